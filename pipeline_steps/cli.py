@@ -1,0 +1,180 @@
+"""The `ps` command: global options, lazily loaded steps, exit codes, and the system-`ps` pass-through."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+
+from pipeline_steps import __version__
+from pipeline_steps.errors import EXIT_USAGE, PsError
+from pipeline_steps.output import Output
+from pipeline_steps.secrets import mask
+
+# name -> "module:attribute"; modules are imported only when the command runs or help lists it,
+# so `ps --help` never loads docker, gitlab, requests or crossplane.
+COMMANDS: dict[str, str] = {
+    "config": "pipeline_steps.steps.config_cmd:group",
+    "context": "pipeline_steps.steps.context_cmd:command",
+    "build": "pipeline_steps.steps.build:command",
+    "push": "pipeline_steps.steps.push:command",
+    "health-gate": "pipeline_steps.steps.health_gate:command",
+    "mattermost-notify": "pipeline_steps.steps.mattermost_notify:command",
+    "deploy-env": "pipeline_steps.steps.deploy_env:command",
+    "status": "pipeline_steps.steps.status:command",
+    "set-weights": "pipeline_steps.steps.set_weights:command",
+    "switch": "pipeline_steps.steps.switch:command",
+    "verify-weights": "pipeline_steps.steps.verify_weights:command",
+    "traffic": "pipeline_steps.steps.traffic:group",
+    "deploy": "pipeline_steps.steps.deploy:command",
+    "lock": "pipeline_steps.steps.lock:group",
+    "history": "pipeline_steps.steps.history:command",
+    "webhook": "pipeline_steps.steps.webhook:group",
+    "gitlab-status": "pipeline_steps.steps.gitlab_status:command",
+}
+
+GLOBAL_OPTIONS = {"--config", "--json", "--dry-run", "-v", "--verbose", "--version", "--help", "-h"}
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  done
+  1  the step ran and its check said no
+  2  bad usage, config or input
+  3  a needed system is unreachable (Docker engine, registry, nginx, webhook endpoint)
+
+Any step option can also come from PS_<STEP>_<OPTION>, e.g. PS_HEALTH_GATE_RETRIES=30.
+A first argument that is not a ps command (`ps aux`, `ps -ef`) runs the system's ps."""
+
+
+def _available(name: str) -> bool:
+    module = COMMANDS[name].partition(":")[0]
+    return importlib.util.find_spec(module) is not None
+
+
+class LazyGroup(click.Group):
+    """Imports a step's module only when that step is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if _available(name)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None or not _available(cmd_name):
+            return None
+        module_name, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except PsError as exc:
+            exc.output = ctx.find_object(Output)
+            raise
+
+
+@click.group(cls=LazyGroup, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", default="ps.yaml", envvar="PS_CONFIG", show_default=True,
+              metavar="FILE", help="Configuration file (env PS_CONFIG).")
+@click.option("--json", "json_mode", is_flag=True, help="One JSON object per step on stdout; human lines on stderr.")
+@click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="More detail; tracebacks on internal errors.")
+@click.version_option(__version__, "--version", prog_name="ps (pipeline-steps)")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str, json_mode: bool, dry_run: bool, verbose: bool) -> None:
+    """pipeline-steps: small, idempotent deployment steps for Jenkins, GitLab CI and by hand."""
+    ctx.obj = Output(json_mode=json_mode, verbose=verbose, dry_run=dry_run, config_path=config_path)
+
+
+def _our_own(path: str) -> bool:
+    """True for an executable that is this toolkit's entry point (so pass-through never loops)."""
+    me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.realpath(path) == me:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2048)
+    except OSError:
+        return True
+    return b"pipeline_steps" in head
+
+
+def system_ps() -> str | None:
+    """The next `ps` on PATH that is not ours."""
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(directory or ".", "ps")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK) and not _our_own(candidate):
+            return candidate
+    return None
+
+
+def wants_system_ps(argv: Sequence[str]) -> bool:
+    """True when the first argument is neither one of our commands nor a global option."""
+    if not argv:
+        return True
+    first = argv[0]
+    if first in COMMANDS or first.split("=", 1)[0] in GLOBAL_OPTIONS:
+        return False
+    return True
+
+
+def _pass_through(argv: Sequence[str]) -> None:
+    target = system_ps()
+    if target is None:
+        click.echo(f"ps: {argv[0] if argv else ''!r} is not a pipeline-steps command and no system ps "
+                   "was found on PATH (see ps --help)", err=True)
+        sys.exit(EXIT_USAGE)
+    os.execv(target, ["ps", *argv])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `ps` and `pipeline-steps`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    invoked_as = os.path.basename(sys.argv[0]) if sys.argv else "ps"
+    if invoked_as == "ps" and wants_system_ps(args):
+        _pass_through(args)
+    verbose = "-v" in args or "--verbose" in args
+    try:
+        code = cli.main(args=args, prog_name="ps", standalone_mode=False, auto_envvar_prefix="PS")
+        sys.exit(code if isinstance(code, int) else 0)
+    except PsError as exc:
+        if verbose:
+            traceback.print_exc()
+        _emit_failure(exc)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("ps: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("ps: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # the promise is one line, never a traceback (unless -v)
+        if verbose:
+            traceback.print_exc()
+        click.echo(mask(f"ps: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
+                   err=True)
+        sys.exit(1)
+
+
+def _emit_failure(exc: PsError) -> None:
+    click.echo(mask(f"ps: {exc.message}"), err=True)
+    out = exc.output
+    if isinstance(out, Output) and out.json_mode and exc.result is not None:
+        import json
+
+        from pipeline_steps.secrets import mask_obj
+
+        record = {"ok": False, "exit_code": exc.exit_code, "error": exc.message, **exc.result}
+        click.echo(json.dumps(mask_obj(record), default=str))

@@ -1,0 +1,40 @@
+"""What every step's click command shares: the Output, the config, common options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from pipeline_steps.config import Config, Service, load_config
+from pipeline_steps.output import Output
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+pass_output = click.make_pass_decorator(Output, ensure=True)
+
+
+def load(out: Output) -> Config:
+    """The validated config named by --config / PS_CONFIG."""
+    return load_config(out.config_path)
+
+
+def service_option(f: F) -> F:
+    """`--service S` (one service; default all)."""
+    return click.option("--service", "-s", "service", metavar="NAME",
+                        help="Only this service (default: all).")(f)
+
+
+def all_option(f: F) -> F:
+    return click.option("--all", "all_services", is_flag=True, help="Every configured service.")(f)
+
+
+def selected_services(config: Config, service: str | None) -> list[Service]:
+    """The services a `--service S | --all` pair chose."""
+    return config.select(service)
+
+
+def report(out: Output, step: str, data: dict[str, Any]) -> None:
+    """Emit a step's result object (printed with --json)."""
+    out.result(step, {"ok": True, **data})

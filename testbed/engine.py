@@ -1,0 +1,92 @@
+"""A Docker engine to test against: the one that answers, or a dockerd we start and stop ourselves."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _answers(base_url: str) -> bool:
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=base_url, timeout=5)
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class Engine:
+    """A running Docker engine reachable at base_url."""
+
+    base_url: str
+    process: subprocess.Popen[bytes] | None = None
+    root: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def client(self) -> Any:
+        import docker
+
+        return docker.DockerClient(base_url=self.base_url, timeout=120)
+
+    def stop(self) -> None:
+        """Stop the dockerd we started (a pre-existing engine is left alone)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+        if self.root is not None:
+            subprocess.run(["umount", "-R", str(self.root / "data")], capture_output=True, check=False)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_dockerd(root: Path, *, bridge: str | None = None, bip: str | None = None,
+                  timeout: float = 60.0) -> Engine:
+    """Start dockerd with its own socket, data root and exec root under `root`."""
+    if shutil.which("dockerd") is None:
+        raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
+    root.mkdir(parents=True, exist_ok=True)
+    sock = root / "docker.sock"
+    args = ["dockerd", "--host", f"unix://{sock}", "--data-root", str(root / "data"),
+            "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid")]
+    if bridge:
+        args += ["--bridge", bridge]
+    if bip:
+        args += ["--bip", bip]
+    log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    engine = Engine(base_url=f"unix://{sock}", process=proc, root=root)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (root / "dockerd.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"dockerd exited: {tail}")
+        if sock.exists() and _answers(engine.base_url):
+            return engine
+        time.sleep(0.2)
+    engine.stop()
+    raise RuntimeError("dockerd did not answer in time")
+
+
+def ensure_engine() -> Engine:
+    """The engine that answers (DOCKER_HOST or the default socket), else one we start."""
+    candidates = [os.environ.get("DOCKER_HOST") or "", "unix:///var/run/docker.sock"]
+    for url in candidates:
+        if url and _answers(url):
+            return Engine(base_url=url)
+    root = Path(tempfile.mkdtemp(prefix="ps-bed-dockerd-"))
+    return start_dockerd(root)

@@ -1,0 +1,84 @@
+"""Images the bed needs, made locally since nothing can be pulled: a busybox base and the sample app."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+BASE_IMAGE = "pipeline-steps/busybox:base"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_APP = REPO_ROOT / "examples" / "sample-app"
+
+
+def _busybox() -> Path:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if Path(candidate).is_file():
+            return Path(candidate)
+    found = shutil.which("busybox")
+    if not found:
+        raise RuntimeError("busybox is not installed (apt-get install busybox-static)")
+    return Path(found)
+
+
+def base_rootfs_tar() -> bytes:
+    """A root file system of busybox-static with every applet linked, as a tar."""
+    busybox = _busybox()
+    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("bin", "tmp", "etc", "app", "proc", "sys", "dev"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(str(busybox), arcname="bin/busybox")
+        for applet in applets:
+            if applet == "busybox":
+                continue
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+        for name, text in {"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+                           "etc/group": "root:x:0:\nnogroup:x:65534:\n"}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def ensure_base_image(client: Any, name: str = BASE_IMAGE) -> str:
+    """`docker import` the busybox root file system once; return the image name."""
+    import docker.errors
+
+    try:
+        client.images.get(name)
+        return name
+    except docker.errors.ImageNotFound:
+        pass
+    repo, _, tag = name.partition(":")
+    client.api.import_image_from_data(base_rootfs_tar(), repository=repo, tag=tag or "latest")
+    client.images.get(name)
+    return name
+
+
+def sample_app_env(**overrides: str) -> dict[str, str]:
+    """Environment for the sample app; keys as in examples/sample-app/app.sh."""
+    return {k: str(v) for k, v in overrides.items()}
+
+
+def copy_sample_app(dest: Path) -> Path:
+    """A copy of the sample app's build context (so a test may change it freely)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in SAMPLE_APP.iterdir():
+        shutil.copy2(item, dest / item.name)
+    os.chmod(dest / "app.sh", 0o755)
+    os.chmod(dest / "handler.sh", 0o755)
+    return dest

@@ -1,0 +1,186 @@
+"""Test bed fixtures: real Docker engine, registry and nginx, all on 127.0.0.1.
+
+Everything started here has unique names and free ports, and is cleaned up.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from testbed import images  # noqa: E402
+from testbed.engine import Engine, ensure_engine  # noqa: E402
+from testbed.nginx import Nginx, start_nginx  # noqa: E402
+from testbed.ports import free_port, unique, wait_port  # noqa: E402
+from testbed.registry import Registry, start_registry  # noqa: E402
+
+SAMPLE_BUILD_ID = "5a3e1e000001"
+
+
+# ---------------------------------------------------------------- running ps
+
+
+class PsRun:
+    """Runs the real `ps` CLI in a subprocess (exit codes, stdout and stderr as a user sees them)."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env = env
+        self.cwd = cwd
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                 input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        full_env = {**self.env, **(env or {})}
+        return subprocess.run([sys.executable, "-m", "pipeline_steps", *args], env=full_env,
+                              cwd=cwd or self.cwd, capture_output=True, text=True, input=input,
+                              timeout=timeout, check=False)
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "PYTHONPATH", "SYSTEMROOT")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh directory outside any CI (no CI_* or Jenkins variables)."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def ps(workdir: Path) -> PsRun:
+    """`ps(...)` without a Docker engine in its environment."""
+    env = _base_env()
+    env["XDG_STATE_HOME"] = str(workdir / ".state")
+    return PsRun(env, workdir)
+
+
+# ---------------------------------------------------------------- Docker
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    eng = ensure_engine()
+    yield eng
+    eng.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client(engine: Engine) -> Iterator[Any]:
+    client = engine.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: Any) -> str:
+    return images.ensure_base_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def sample_image(docker_client: Any, base_image: str) -> str:
+    """The sample app built once per session, tagged pipeline-steps/sample-app:<SAMPLE_BUILD_ID>."""
+    tag = f"pipeline-steps/sample-app:{SAMPLE_BUILD_ID}"
+    docker_client.images.build(path=str(images.SAMPLE_APP), tag=tag, rm=True,
+                               buildargs={"BUILD_ID": SAMPLE_BUILD_ID, "BASE_IMAGE": base_image})
+    return tag
+
+
+@pytest.fixture
+def docker_ps(engine: Engine, ps: PsRun) -> PsRun:
+    """`ps(...)` with DOCKER_HOST set to the bed's engine."""
+    return PsRun({**ps.env, "DOCKER_HOST": engine.base_url}, ps.cwd)
+
+
+@pytest.fixture
+def run_sample(docker_client: Any, sample_image: str) -> Iterator[Callable[..., tuple[Any, int]]]:
+    """Start a sample-app container on a free 127.0.0.1 port: `container, port = run_sample(ENV=...)`."""
+    started: list[Any] = []
+
+    def run(image: str | None = None, port: int | None = None, name: str | None = None,
+            wait: bool = True, **env: str) -> tuple[Any, int]:
+        host_port = port or free_port()
+        container = docker_client.containers.run(
+            image or sample_image, detach=True, name=name or unique("pst-app-"),
+            environment={k: str(v) for k, v in env.items()},
+            ports={"80/tcp": ("127.0.0.1", host_port)}, labels={"pipeline-steps.test": "1"})
+        started.append(container)
+        if wait:
+            wait_port(host_port, timeout=15)
+        return container, host_port
+
+    yield run
+    for c in started:
+        try:
+            c.remove(force=True)
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------- registry and nginx
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    reg = start_registry()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def nginx_factory() -> Iterator[Callable[..., Nginx]]:
+    """`start(servers, upstreams)`; every nginx started is stopped afterwards."""
+    started: list[Nginx] = []
+
+    def start(servers: str, upstreams: str = "", **kw: Any) -> Nginx:
+        n = start_nginx(servers, upstreams, **kw)
+        started.append(n)
+        return n
+
+    yield start
+    for n in started:
+        n.stop()
+
+
+# ---------------------------------------------------------------- projects
+
+
+@pytest.fixture
+def project(workdir: Path) -> Callable[..., Path]:
+    """Write ps.yaml (a dict or YAML text) into the work dir and return its path."""
+
+    def write(config: dict[str, Any] | str, name: str = "ps.yaml") -> Path:
+        path = workdir / name
+        path.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def git_repo(workdir: Path) -> Path:
+    """The work dir as a git checkout with the sample app committed."""
+    app = images.copy_sample_app(workdir / "app")
+    assert app.exists()
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
+                 ["-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-qm", "sample app"]):
+        subprocess.run(["git", *args], cwd=workdir, check=True, capture_output=True)
+    return workdir
+
+
+def head_sha(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
