@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 import click
@@ -56,11 +55,55 @@ def _available(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _source_short_help(name: str, limit: int) -> str | None:
+    """The first sentence of a step command's docstring, read from the module's source without
+    importing it (so `ps --help` stays as fast as a bare click program); None if not found."""
+    module, _, attr = COMMANDS[name].partition(":")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return None
+    try:
+        with open(spec.origin, encoding="utf-8") as fh:
+            source = fh.read()
+    except OSError:
+        return None
+    start = source.find(f"\ndef {attr}(")
+    body = source.find(":\n", start) + 2 if start >= 0 else -1
+    if body < 2:
+        return None
+    rest = source[body:].lstrip()
+    quote = rest[:3]
+    if quote not in ('"""', "'''"):
+        return None
+    end = rest.find(quote, 3)
+    if end < 0:
+        return None
+    return click.utils.make_default_short_help(" ".join(rest[3:end].split()), limit)
+
+
 class LazyGroup(click.Group):
     """Imports a step's module only when that step is asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if _available(name)]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of `ps --help`, without importing every step."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows: list[tuple[str, str]] = []
+        for name in names:
+            text = _source_short_help(name, limit)
+            if text is None:
+                command = self.get_command(ctx, name)
+                if command is None or command.hidden:
+                    continue
+                text = command.get_short_help_str(limit)
+            rows.append((name, text))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
@@ -83,7 +126,8 @@ class LazyGroup(click.Group):
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", default="ps.yaml", envvar="PS_CONFIG", show_default=True,
               metavar="FILE", help="Configuration file (env PS_CONFIG).")
-@click.option("--json", "json_mode", is_flag=True, help="One JSON object per step on stdout; human lines on stderr.")
+@click.option("--json", "json_mode", is_flag=True,
+              help="One JSON object per step on stdout; human lines on stderr.")
 @click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail; tracebacks on internal errors.")
 @click.version_option(__version__, "--version", prog_name="ps (pipeline-steps)")
@@ -146,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except PsError as exc:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         _emit_failure(exc)
         sys.exit(exc.exit_code)
@@ -162,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # the promise is one line, never a traceback (unless -v)
         if verbose:
+            import traceback
+
             traceback.print_exc()
         click.echo(mask(f"ps: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
                    err=True)
@@ -169,7 +217,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _emit_failure(exc: PsError) -> None:
-    click.echo(mask(f"ps: {exc.message}"), err=True)
+    from pipeline_steps.errors import ConfigError
+
+    if isinstance(exc, ConfigError) and exc.result is None:
+        exc.result = {"problems": exc.problems}
+    if isinstance(exc, ConfigError) and len(exc.problems) > 1:
+        for problem in exc.problems:  # every problem with its path, one per line
+            click.echo(mask(f"ps: {exc.source}: {problem}"), err=True)
+    else:
+        click.echo(mask(f"ps: {exc.message}"), err=True)
     out = exc.output
     if isinstance(out, Output) and out.json_mode and exc.result is not None:
         import json

@@ -71,6 +71,7 @@ class Service:
     env_from: tuple[str, ...] = ()
     health: HealthSpec = field(default_factory=HealthSpec)
     upstream: str = ""
+    url: str | None = None  # where nginx serves this service (for measuring the live split)
 
     def pair(self, kind: str) -> tuple[str, str] | None:
         """The slot pair of `kind` ("canary" or "blue-green") if this service has both slots."""
@@ -111,6 +112,7 @@ class CanaryPolicy:
     tolerance: int = 2
     scale: int = 1000
     min_weight: int = 1
+    probe: int = 0  # requests sent through nginx at each step to measure the live split (0: off)
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,15 @@ class _Reader:
         return out
 
 
+def _resolve(r: _Reader, base: Path, value: str, path: str) -> str:
+    """`value` as an absolute path relative to the config file; a problem if it cannot be one."""
+    try:
+        return str((base / value).resolve())
+    except (ValueError, OSError) as exc:
+        r.problem(path, f"not a usable path: {exc}")
+        return value
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -307,9 +318,9 @@ def _read_service(r: _Reader, name: str, raw: Any, base: Path, app: str) -> Serv
     if not _NAME.match(name):
         r.problem(path, "service names use lower-case letters, digits, '.', '_' and '-'")
     data = r.mapping(raw, path, {"context", "dockerfile", "port", "slots", "env", "env_from", "health",
-                                 "upstream"})
+                                 "upstream", "url"})
     context = r.string(data, "context", path, ".") or "."
-    context_path = (base / context).resolve()
+    context_path = _resolve(r, base, context, f"{path}.context")
     port = r.integer(data, "port", path, 80, 1, 65535) or 80
     slots_raw = r.mapping(data.get("slots"), f"{path}.slots", set(SLOT_NAMES))
     slots: dict[str, int] = {}
@@ -341,7 +352,7 @@ def _read_service(r: _Reader, name: str, raw: Any, base: Path, app: str) -> Serv
     upstream = r.string(data, "upstream", path, f"{app}_{name}".replace("-", "_").replace(".", "_"))
     return Service(
         name=name,
-        context=str(context_path),
+        context=context_path,
         dockerfile=r.string(data, "dockerfile", path, "Dockerfile") or "Dockerfile",
         port=port,
         slots=slots,
@@ -349,6 +360,7 @@ def _read_service(r: _Reader, name: str, raw: Any, base: Path, app: str) -> Serv
         env_from=tuple(env_from),
         health=_read_health(r, data.get("health"), f"{path}.health"),
         upstream=upstream or name,
+        url=r.string(data, "url", path),
     )
 
 
@@ -359,17 +371,17 @@ def _read_router(r: _Reader, raw: Any, base: Path) -> NginxRouter | None:
     include = r.string(data, "include", "router", required=True) or ""
     nginx = r.mapping(data.get("nginx"), "router.nginx", {"binary", "prefix", "conf", "error_log", "pid"})
 
-    def local_path(value: str | None) -> str | None:
-        return str((base / value).resolve()) if value else None
+    def local_path(value: str | None, key: str = "include") -> str | None:
+        return _resolve(r, base, value, f"router.{key}") if value else None
 
     container = r.string(data, "container", "router")
     return NginxRouter(
         include=(include if container else local_path(include) or include),
         binary=r.string(nginx, "binary", "router.nginx", "nginx") or "nginx",
-        prefix=local_path(r.string(nginx, "prefix", "router.nginx")),
-        conf=local_path(r.string(nginx, "conf", "router.nginx")),
-        error_log=local_path(r.string(nginx, "error_log", "router.nginx")),
-        pid=local_path(r.string(nginx, "pid", "router.nginx")),
+        prefix=local_path(r.string(nginx, "prefix", "router.nginx"), "nginx.prefix"),
+        conf=local_path(r.string(nginx, "conf", "router.nginx"), "nginx.conf"),
+        error_log=local_path(r.string(nginx, "error_log", "router.nginx"), "nginx.error_log"),
+        pid=local_path(r.string(nginx, "pid", "router.nginx"), "nginx.pid"),
         container=container,
         url=r.string(data, "url", "router"),
         backups=r.integer(data, "backups", "router", 10, 1) or 10,
@@ -379,7 +391,7 @@ def _read_router(r: _Reader, raw: Any, base: Path) -> NginxRouter | None:
 
 def _read_canary(r: _Reader, raw: Any) -> CanaryPolicy:
     data = r.mapping(raw, "canary", {"steps", "pause", "check_interval", "tolerance", "scale",
-                                     "min_weight"})
+                                     "min_weight", "probe"})
     steps: list[CanaryStep] = []
     steps_raw = data.get("steps", [10, 40, 70])
     if not isinstance(steps_raw, list) or not steps_raw:
@@ -413,6 +425,7 @@ def _read_canary(r: _Reader, raw: Any) -> CanaryPolicy:
         tolerance=r.integer(data, "tolerance", "canary", 2, 1) or 2,
         scale=scale,
         min_weight=min_weight,
+        probe=r.integer(data, "probe", "canary", 0, 0, 100000) or 0,
     )
 
 
@@ -486,7 +499,7 @@ def parse_config(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None =
                               f"port {port} is also used by service {seen_ports[key]}")
                 seen_ports[key] = svc.name
     state_dir = r.string(data, "state_dir", "", None)
-    state = str((base / state_dir).resolve()) if state_dir else str(
+    state = _resolve(r, base, state_dir, "state_dir") if state_dir else str(
         Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "pipeline-steps" / app)
     config = Config(
         app=app,

@@ -84,7 +84,7 @@ def detect(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> CIC
             title=env.get("CI_COMMIT_TITLE"),
             pipeline_url=env.get("CI_PIPELINE_URL"),
             job_url=env.get("CI_JOB_URL"),
-            source_url=env.get("CI_PROJECT_URL"),
+            source_url=_without_userinfo(env.get("CI_PROJECT_URL")),
         )
     if env.get("GIT_COMMIT") and (env.get("JENKINS_URL") or env.get("BUILD_URL") or env.get("BUILD_NUMBER")):
         sha = env["GIT_COMMIT"].lower()
@@ -101,12 +101,13 @@ def detect(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> CIC
             title=git.commit_field(cwd, "%s"),
             pipeline_url=job,
             job_url=job,
-            source_url=env.get("GIT_URL"),
+            source_url=_without_userinfo(env.get("GIT_URL")),
         )
-    sha = git.head_commit(cwd)
-    if not sha:
+    head = git.head_commit(cwd)
+    if not head:
         raise BadInput("no commit: not in CI (no CI_COMMIT_SHA or GIT_COMMIT) and not in a git checkout "
                        "with a commit; give --build-id")
+    sha = head
     dirty = git.is_dirty(cwd)
     return CIContext(
         provider="local",
@@ -115,9 +116,18 @@ def detect(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> CIC
         branch=git.branch(cwd),
         author=git.commit_field(cwd, "%an <%ae>"),
         title=git.commit_field(cwd, "%s"),
-        source_url=git.remote_url(cwd),
+        source_url=_without_userinfo(git.remote_url(cwd)),
         dirty=dirty,
     )
+
+
+def _without_userinfo(url: str | None) -> str | None:
+    """A remote URL without `user:token@` (CI clone URLs often carry a job token)."""
+    if not url or "://" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
 
 
 def _check_sha(sha: str, name: str) -> None:

@@ -14,7 +14,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"not a duration: {value!r} (too large)") from None
     elif isinstance(value, str):
         text = value.strip().lower()
         unit = next((u for u in ("ms", "s", "m", "h") if text.endswith(u)), "")

@@ -46,6 +46,7 @@ class ConfigError(BadInput):
 
     def __init__(self, problems: list[str], source: str = "ps.yaml") -> None:
         self.problems = problems
+        self.source = source
         first = problems[0] if problems else "invalid configuration"
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(f"{source}: {first}{more}")

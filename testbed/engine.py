@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class Engine:
 
 
 def start_dockerd(root: Path, *, bridge: str | None = None, bip: str | None = None,
-                  timeout: float = 60.0) -> Engine:
+                  timeout: float = 60.0, extra_args: Sequence[str] = ()) -> Engine:
     """Start dockerd with its own socket, data root and exec root under `root`."""
     if shutil.which("dockerd") is None:
         raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
@@ -67,6 +68,7 @@ def start_dockerd(root: Path, *, bridge: str | None = None, bip: str | None = No
         args += ["--bridge", bridge]
     if bip:
         args += ["--bip", bip]
+    args += list(extra_args)
     log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     engine = Engine(base_url=f"unix://{sock}", process=proc, root=root)

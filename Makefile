@@ -1,0 +1,33 @@
+# The two set-up commands: `make demo` (the main job on the sample app) and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system test lint demo bench clean
+
+setup: system $(STAMP)
+
+system:
+	@bash scripts/install-system
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check pipeline_steps tests testbed bench demo
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+demo: setup
+	$(PY) -m demo
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .demo bench/results

@@ -1,0 +1,103 @@
+"""Slot containers: names, labels, env hashes, and who holds a host port (from /proc, no psutil)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections.abc import Mapping
+
+from pipeline_steps.config import Host
+
+LABEL_PREFIX = "pipeline-steps"
+LABEL_APP = f"{LABEL_PREFIX}.app"
+LABEL_SERVICE = f"{LABEL_PREFIX}.service"
+LABEL_SLOT = f"{LABEL_PREFIX}.slot"
+LABEL_BUILD_ID = f"{LABEL_PREFIX}.build-id"
+LABEL_DIGEST = f"{LABEL_PREFIX}.image-digest"
+LABEL_DEPLOYED_AT = f"{LABEL_PREFIX}.deployed-at"
+LABEL_DEPLOYED_BY = f"{LABEL_PREFIX}.deployed-by"
+LABEL_ENV_HASH = f"{LABEL_PREFIX}.env-hash"
+
+
+def container_name(app: str, service: str, slot: str) -> str:
+    """`<app>-<service>-<slot>`."""
+    return f"{app}-{service}-{slot}"
+
+
+def env_hash(env: Mapping[str, str]) -> str:
+    """A stable hash of an environment (names and values), for idempotency labels."""
+    digest = hashlib.sha256()
+    for key in sorted(env):
+        digest.update(key.encode() + b"\0" + env[key].encode() + b"\0")
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def is_local(host: Host) -> bool:
+    """True when the host's engine runs on this machine (so /proc shows its published ports)."""
+    return host.docker is None or host.docker.startswith("unix://")
+
+
+def _proc_address(hex_addr: str) -> str:
+    raw = bytes.fromhex(hex_addr)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    addr = ipaddress.IPv6Address(words)
+    return str(addr.ipv4_mapped or addr)
+
+
+def listening_inodes(address: str, port: int) -> list[int]:
+    """Socket inodes listening on (address, port) or on a wildcard address with that port."""
+    wildcard = {"0.0.0.0", "::"}
+    inodes: list[int] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                lines = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            hex_addr, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) != port:
+                continue
+            local = _proc_address(hex_addr)
+            if local == address or local in wildcard or address in wildcard:
+                inodes.append(int(fields[9]))
+    return inodes
+
+
+def socket_owner(inode: int) -> tuple[int, str] | None:
+    """(pid, command name) of a process holding socket `inode`."""
+    target = f"socket:[{inode}]"
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fd_dir = f"/proc/{entry.name}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") == target:
+                    with open(f"/proc/{entry.name}/comm", encoding="utf-8", errors="replace") as fh:
+                        return int(entry.name), fh.read().strip()
+            except OSError:
+                continue
+    return None
+
+
+def port_holder(address: str, port: int) -> str | None:
+    """A description of who listens on (address, port), or None when the port is free."""
+    inodes = listening_inodes(address, port)
+    if not inodes:
+        return None
+    for inode in inodes:
+        owner = socket_owner(inode)
+        if owner is not None:
+            return f"process {owner[1]} (pid {owner[0]})"
+    return "a process this user cannot see"

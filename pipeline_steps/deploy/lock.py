@@ -1,0 +1,407 @@
+"""The deploy lock: one deployment per app at a time, across processes and CI runners on one host.
+
+The lock itself is an `fcntl.flock` on `<state_dir>/deploy.lock`. The kernel releases it when the
+holding process exits, however it exits, so a killed deploy never leaves a held lock behind.
+Beside it, `<state_dir>/deploy.lock.json` records who holds it (pid, host, user, pipeline URL, deploy
+type, since), written atomically. A record whose flock is free (its writer died) is stale: it is
+reported as such and taken over by the next `acquire`.
+
+A flock held by a live process cannot be taken away from outside; `release(force=True)` therefore
+asks the holder to stop (SIGTERM to the recorded pid, on this host, when the kernel confirms that pid
+holds the lock) and waits for the kernel to free the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pipeline_steps.errors import BadInput, CheckFailed, PsError
+
+if TYPE_CHECKING:
+    from pipeline_steps.config import Config
+
+LOCK_FILE = "deploy.lock"
+RECORD_FILE = "deploy.lock.json"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds (or held) the deploy lock."""
+
+    app: str
+    pid: int
+    host: str
+    user: str
+    pipeline_url: str | None = None
+    deploy_type: str | None = None
+    since: str = ""
+    token: str = ""
+
+    def describe(self) -> str:
+        """`pid 123 (alice, https://ci/pipelines/7) running canary-auto`."""
+        who = ", ".join(x for x in (self.user, self.pipeline_url) if x)
+        where = f" on {self.host}" if self.host and self.host != socket.gethostname() else ""
+        doing = f" running {self.deploy_type}" if self.deploy_type else ""
+        return f"pid {self.pid}{where} ({who}){doing}"
+
+    def public(self) -> dict[str, Any]:
+        """The record as shown to users (without the ownership token)."""
+        data = asdict(self)
+        data.pop("token", None)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Holder:
+        return cls(app=str(data.get("app", "")), pid=int(data.get("pid", 0)), host=str(data.get("host", "")),
+                   user=str(data.get("user", "")), pipeline_url=data.get("pipeline_url") or None,
+                   deploy_type=data.get("deploy_type") or None, since=str(data.get("since", "")),
+                   token=str(data.get("token", "")))
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    """`held` (a live process holds the flock), `free`, or `stale` (a record left by a dead holder)."""
+
+    app: str
+    state: str
+    holder: Holder | None
+    path: str
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"app": self.app, "state": self.state, "path": self.path, "note": self.note,
+                "holder": self.holder.public() if self.holder else None}
+
+    def describe(self) -> str:
+        """One human line."""
+        if self.state == "free":
+            return f"deploy lock of app {self.app} is free"
+        if self.holder is None:
+            text = f"deploy lock of app {self.app} is held by an unknown process (no holder record)"
+        elif self.state == "stale":
+            text = (f"deploy lock of app {self.app} is free; stale record of {self.holder.describe()} "
+                    f"since {self.holder.since}")
+        else:
+            text = (f"deploy lock of app {self.app} is held by {self.holder.describe()} "
+                    f"since {self.holder.since}")
+            if self.holder.deploy_type:
+                text += f" ({self.holder.deploy_type})"
+        return text + (f"; {self.note}" if self.note else "")
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    app: str
+    action: str  # nothing | cleared-stale | released | signalled
+    holder: Holder | None
+    message: str
+
+
+class _Busy(Exception):
+    """The flock is held by someone else (internal, drives the bounded wait)."""
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kernel_holders(path: Path) -> set[int] | None:
+    """Pids the kernel lists in /proc/locks as holding a flock on `path` (None where unknown)."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    pids: set[int] = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == want:
+                pids.add(int(fields[4]))
+        except ValueError:
+            continue
+    return pids
+
+
+def _current_user() -> str:
+    for var in ("GITLAB_USER_LOGIN", "BUILD_USER_ID", "USER", "LOGNAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _pipeline_url() -> str | None:
+    from pipeline_steps import context
+
+    try:
+        return context.detect().pipeline_url
+    except PsError:
+        return None
+    except Exception:
+        return None
+
+
+def now_iso(timezone: str) -> str:
+    """The current time, ISO 8601 in the configured time zone (seconds)."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        tz = ZoneInfo(timezone)
+    except Exception:
+        tz = None
+    return datetime.now(tz).astimezone(tz).isoformat(timespec="seconds")
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class DeployLock:
+    """`with DeployLock(state_dir, app).acquire(wait=60):` - one deployment of `app` at a time."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], app: str, *, timezone: str = "Asia/Seoul",
+                 deploy_type: str | None = None, pipeline_url: str | None = None,
+                 user: str | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.app = app
+        self.timezone = timezone
+        self.deploy_type = deploy_type
+        self._pipeline_url = pipeline_url
+        self._user = user
+        self.lock_path = self.state_dir / LOCK_FILE
+        self.record_path = self.state_dir / RECORD_FILE
+        self._fd: int | None = None
+        self.holder: Holder | None = None
+        self.took_over: Holder | None = None  # the stale record replaced by the last acquire
+
+    @classmethod
+    def for_config(cls, config: Config, deploy_type: str | None = None,
+                   pipeline_url: str | None = None) -> DeployLock:
+        """The deploy lock of the configured app (state_dir, app and time zone from ps.yaml)."""
+        return cls(config.state_dir, config.app, timezone=config.timezone, deploy_type=deploy_type,
+                   pipeline_url=pipeline_url)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _open(self) -> int:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            return os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise BadInput(f"cannot open deploy lock {self.lock_path}: {exc.strerror or exc}") from None
+
+    def read_record(self) -> Holder | None:
+        """The holder record on disk (None when missing or unreadable)."""
+        try:
+            data = json.loads(self.record_path.read_text(encoding="utf-8"))
+            return Holder.from_dict(data) if isinstance(data, dict) else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _try_lock(self, fd: int, shared: bool = False) -> bool:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._fd is not None
+
+    # ------------------------------------------------------------------ acquire / release
+
+    def acquire(self, wait: float = 0.0, poll: float = 0.1) -> DeployLock:
+        """Take the lock, waiting up to `wait` seconds; CheckFailed naming the holder after that."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+        if self._fd is not None:
+            return self
+        fd = self._open()
+
+        def attempt() -> None:
+            if not self._try_lock(fd):
+                raise _Busy()
+
+        try:
+            for tried in Retrying(stop=stop_after_delay(max(wait, 0.0)), wait=wait_fixed(max(poll, 0.01)),
+                                  retry=retry_if_exception_type(_Busy), reraise=True):
+                with tried:
+                    attempt()
+        except _Busy:
+            os.close(fd)
+            status = self.status()
+            holder = status.holder
+            if holder is None:
+                msg = f"deploy lock of app {self.app} is held by an unknown process ({self.lock_path})"
+            else:
+                msg = (f"deploy lock of app {self.app} is held by {holder.describe()} since {holder.since}")
+            waited = f" (waited {wait:g}s)" if wait > 0 else ""
+            raise CheckFailed(msg + waited, result={"lock": status.as_dict()}) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        previous = self.read_record()
+        self.took_over = previous if previous is not None else None
+        self.holder = Holder(app=self.app, pid=os.getpid(), host=socket.gethostname(),
+                             user=self._user or _current_user(),
+                             pipeline_url=self._pipeline_url if self._pipeline_url is not None
+                             else _pipeline_url(),
+                             deploy_type=self.deploy_type, since=now_iso(self.timezone),
+                             token=secrets.token_hex(8))
+        try:
+            _write_atomic(self.record_path, json.dumps(asdict(self.holder), indent=2) + "\n")
+        except OSError as exc:
+            self._unlock()
+            raise BadInput(f"cannot write deploy lock record {self.record_path}: {exc}") from None
+        return self
+
+    def _unlock(self) -> None:
+        """Give our lock back: our own record is removed first, then the flock is dropped."""
+        if self._fd is None:
+            return
+        current = self.read_record()
+        if current is not None and self.holder is not None and current.token == self.holder.token:
+            with contextlib.suppress(FileNotFoundError):
+                self.record_path.unlink()
+        fd, self._fd = self._fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        self.holder = None
+
+    def __enter__(self) -> DeployLock:
+        return self.acquire()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._unlock()
+
+    # ------------------------------------------------------------------ status / forced release
+
+    def status(self) -> LockStatus:
+        """held / free / stale, with the holder record (read-only: nothing is changed)."""
+        record = self.read_record()
+        path = str(self.lock_path)
+        if self._fd is not None:
+            return LockStatus(self.app, "held", self.holder, path, "held by this process")
+        if not self.lock_path.exists():
+            return LockStatus(self.app, "stale" if record else "free", record, path,
+                              "lock file missing" if record else None)
+        fd = self._open()
+        try:
+            free = self._try_lock(fd, shared=True)
+        finally:
+            os.close(fd)  # closing drops the probe's shared lock at once
+        if free:
+            if record is None:
+                return LockStatus(self.app, "free", None, path)
+            return LockStatus(self.app, "stale", record, path, _stale_reason(record))
+        note = None
+        if record is not None and record.host == socket.gethostname() and not pid_alive(record.pid):
+            owners = kernel_holders(self.lock_path)
+            note = (f"recorded pid {record.pid} is gone but the lock is still held"
+                    + (f" by pid {', '.join(map(str, sorted(owners)))}" if owners else "")
+                    + " (a child that inherited it?)")
+        return LockStatus(self.app, "held", record, path, note)
+
+    def release(self, force: bool = False, wait: float = 10.0) -> ReleaseResult:
+        """Release the lock this object holds; otherwise (`ps lock release`) clear a stale record, and
+        stop a live holder only with force (SIGTERM to its pid on this host, then wait for the kernel)."""
+        if self._fd is not None:
+            holder = self.holder
+            self._unlock()
+            return ReleaseResult(self.app, "released", holder, f"released deploy lock of app {self.app}")
+        status = self.status()
+        holder = status.holder
+        if status.state == "free":
+            return ReleaseResult(self.app, "nothing", None, f"deploy lock of app {self.app} is free")
+        if status.state == "stale":
+            with contextlib.suppress(FileNotFoundError):
+                self.record_path.unlink()
+            return ReleaseResult(self.app, "cleared-stale", holder,
+                                 f"cleared stale deploy lock record of app {self.app} "
+                                 f"({holder.describe() if holder else 'unknown'})")
+        # held by a live process
+        if holder is None:
+            raise CheckFailed(f"deploy lock of app {self.app} is held by a process with no holder record; "
+                              "find it with `fuser` or /proc/locks", result={"lock": status.as_dict()})
+        if not force:
+            raise CheckFailed(f"deploy lock of app {self.app} is held by live {holder.describe()} "
+                              f"since {holder.since}; a running deploy keeps it until it exits "
+                              "(--force stops that process)", result={"lock": status.as_dict()})
+        if holder.host != socket.gethostname():
+            raise CheckFailed(f"deploy lock of app {self.app} is held by {holder.describe()}: "
+                              f"not a process of this host ({socket.gethostname()})",
+                              result={"lock": status.as_dict()})
+        owners = kernel_holders(self.lock_path)
+        if owners is not None and owners and holder.pid not in owners:
+            raise CheckFailed(f"deploy lock of app {self.app}: recorded pid {holder.pid} does not hold it "
+                              f"(the kernel lists pid {', '.join(map(str, sorted(owners)))}); not signalling",
+                              result={"lock": status.as_dict()})
+        try:
+            os.kill(holder.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            raise CheckFailed(f"not allowed to signal pid {holder.pid} holding the deploy lock of app "
+                              f"{self.app}", result={"lock": status.as_dict()}) from None
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.status().state != "held":
+                break
+            time.sleep(0.1)
+        else:
+            raise CheckFailed(f"sent SIGTERM to pid {holder.pid} but it still holds the deploy lock of app "
+                              f"{self.app} after {wait:g}s", result={"lock": self.status().as_dict()})
+        current = self.read_record()
+        if current is not None and current.token == holder.token:
+            with contextlib.suppress(FileNotFoundError):
+                self.record_path.unlink()
+        return ReleaseResult(self.app, "signalled", holder,
+                             f"stopped {holder.describe()}; deploy lock of app {self.app} is free")
+
+
+def _stale_reason(record: Holder) -> str:
+    if record.host == socket.gethostname() and not pid_alive(record.pid):
+        return f"pid {record.pid} is gone"
+    return f"pid {record.pid} no longer holds the lock"

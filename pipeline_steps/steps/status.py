@@ -1,0 +1,129 @@
+"""`ps status`: per host and service, what runs in each slot, and hosts whose BUILD_IDs differ."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from pipeline_steps.adapters import slots as slot_names
+from pipeline_steps.adapters.docker_host import connect
+from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.config import Config
+from pipeline_steps.durations import format_duration
+from pipeline_steps.errors import CheckFailed, Unreachable
+from pipeline_steps.output import Output
+
+
+@dataclass
+class SlotState:
+    """One slot of one service on one host."""
+
+    host: str
+    service: str
+    slot: str
+    container: str
+    port: int
+    state: str  # running | exited | ... | missing
+    health: str  # healthy | unhealthy | starting | none | -
+    build_id: str | None = None
+    uptime_seconds: float | None = None
+    image: str | None = None
+
+
+@dataclass
+class StatusResult:
+    """Every slot on every host, the BUILD_ID mismatches found, and hosts that did not answer."""
+
+    slots: list[SlotState] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.unreachable
+
+
+def _started(attrs: dict[str, Any]) -> float | None:
+    text = (attrs.get("State") or {}).get("StartedAt") or ""
+    if not text or text.startswith("0001-"):
+        return None
+    text = text.rstrip("Z")
+    main, _, frac = text.partition(".")
+    try:
+        start = datetime.fromisoformat(main).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return max(0.0, (datetime.now(UTC) - start).total_seconds() - float(f"0.{frac[:6] or 0}"))
+
+
+def slot_status(config: Config) -> StatusResult:
+    """Inspect the slot containers on every host and flag differing BUILD_IDs per slot."""
+    result = StatusResult()
+    for host in config.hosts:
+        try:
+            client = connect(host, timeout=20)
+        except Unreachable as exc:
+            result.unreachable.append(exc.message)
+            continue
+        try:
+            found = {c.name: c for c in client.containers.list(
+                all=True, filters={"label": f"{slot_names.LABEL_APP}={config.app}"})}
+        finally:
+            client.close()
+        for service in config.services.values():
+            for slot, port in service.slots.items():
+                name = slot_names.container_name(config.app, service.name, slot)
+                c = found.get(name)
+                if c is None:
+                    result.slots.append(SlotState(host.name, service.name, slot, name, port, "missing", "-"))
+                    continue
+                state = c.attrs.get("State") or {}
+                running = state.get("Status") == "running"
+                result.slots.append(SlotState(
+                    host=host.name, service=service.name, slot=slot, container=name, port=port,
+                    state=str(state.get("Status") or c.status),
+                    health=str((state.get("Health") or {}).get("Status") or "none"),
+                    build_id=(c.labels or {}).get(slot_names.LABEL_BUILD_ID),
+                    uptime_seconds=_started(c.attrs) if running else None,
+                    image=(c.attrs.get("Config") or {}).get("Image")))
+    if len(config.hosts) > 1:
+        reachable = len(config.hosts) - len(result.unreachable)
+        for service in config.services.values():
+            for slot in service.slots:
+                states = [s for s in result.slots if s.service == service.name and s.slot == slot]
+                deployed = {s.host: s.build_id for s in states if s.state != "missing"}
+                if not deployed:
+                    continue
+                builds = set(deployed.values())
+                if len(builds) > 1 or len(deployed) < reachable:
+                    per_host = ", ".join(f"{s.host}={s.build_id or '-'}" for s in states)
+                    result.mismatches.append(f"{service.name} {slot}: BUILD_ID differs between hosts "
+                                             f"({per_host})")
+    return result
+
+
+@click.command("status")
+@pass_output
+def command(out: Output) -> None:
+    """Show every slot on every host; exit 1 when hosts run different BUILD_IDs for a slot."""
+    config = load(out)
+    result = slot_status(config)
+    out.say(f"{'HOST':<10} {'SERVICE':<12} {'SLOT':<7} {'CONTAINER':<28} {'BUILD_ID':<20} "
+            f"{'STATE':<8} {'HEALTH':<10} UPTIME")
+    for s in result.slots:
+        uptime = format_duration(s.uptime_seconds) if s.uptime_seconds is not None else "-"
+        out.say(f"{s.host:<10} {s.service:<12} {s.slot:<7} {s.container:<28} {s.build_id or '-':<20} "
+                f"{s.state:<8} {s.health:<10} {uptime}")
+    for line in result.mismatches:
+        out.say(f"MISMATCH {line}")
+    for line in result.unreachable:
+        out.warn(line)
+    data = {**asdict(result), "ok": result.ok}
+    if result.unreachable:
+        raise Unreachable(result.unreachable[0], result=data)
+    if result.mismatches:
+        raise CheckFailed(result.mismatches[0], result=data)
+    report(out, "status", data)

@@ -1,0 +1,187 @@
+"""`ps webhook serve` (receive GitLab pushes, start canary-auto) and `ps webhook deliveries`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from pipeline_steps.command import pass_output, report
+from pipeline_steps.errors import BadInput
+from pipeline_steps.output import Output
+from pipeline_steps.secrets import register_secret
+from pipeline_steps.webhook import actions
+from pipeline_steps.webhook.store import DeliveryStore, default_db_path
+
+ACTIONS = ("jenkins", "gitlab", "local")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything `serve` was given, after checking (secrets are not part of it)."""
+
+    host: str
+    port: int
+    branches: tuple[str, ...]
+    db: str
+    action: str
+    action_description: str
+
+
+def read_token(env_name: str, env: dict[str, str] | None = None) -> str:
+    """The shared webhook secret from the environment (registered for masking); BadInput when unset."""
+    value = (env if env is not None else os.environ).get(env_name, "")
+    if not value:
+        raise BadInput(f"${env_name} is not set: the receiver needs the secret token GitLab sends in "
+                       "X-Gitlab-Token (set it in the environment, never on the command line)")
+    register_secret(value)
+    return value
+
+
+def make_action(kind: str, *, deploy_type: str, jenkins_url: str | None, jenkins_job: str | None,
+                jenkins_user_env: str, jenkins_api_token_env: str, jenkins_job_token_env: str,
+                gitlab_url: str | None, gitlab_project: str | None, gitlab_trigger_token_env: str,
+                gitlab_ref: str | None, local_command: str, config_path: str | None,
+                workdir: str | None) -> actions.Action:
+    """The configured action, with its secrets read from the environment."""
+    if kind == "jenkins":
+        return actions.JenkinsAction.from_env(jenkins_url, jenkins_job, job_token_env=jenkins_job_token_env,
+                                              user_env=jenkins_user_env, api_token_env=jenkins_api_token_env,
+                                              deploy_type=deploy_type)
+    if kind == "gitlab":
+        return actions.GitLabPipelineAction.from_env(gitlab_url, gitlab_project,
+                                                     trigger_token_env=gitlab_trigger_token_env,
+                                                     ref=gitlab_ref, deploy_type=deploy_type)
+    return actions.LocalDeployAction(template=local_command, config_path=config_path, cwd=workdir,
+                                     deploy_type=deploy_type)
+
+
+@click.group("webhook")
+def group() -> None:
+    """Receive GitLab push events and start a canary-auto deploy."""
+
+
+@group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=9000, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--token-env", default="WEBHOOK_TOKEN", show_default=True, metavar="NAME",
+              help="Environment variable holding the secret GitLab sends as X-Gitlab-Token.")
+@click.option("--branch", "branches", multiple=True, default=("develop",), show_default=True,
+              help="Branch whose pushes deploy (repeatable).")
+@click.option("--db", type=click.Path(dir_okay=False), default=None,
+              help="Deliveries database (default $XDG_STATE_HOME/pipeline-steps/webhook/deliveries.sqlite3).")
+@click.option("--action", "action_kind", type=click.Choice(ACTIONS), default="local", show_default=True,
+              help="What an accepted push starts.")
+@click.option("--deploy-type", default=actions.DEFAULT_DEPLOY_TYPE, show_default=True,
+              help="DEPLOY_TYPE passed on.")
+@click.option("--jenkins-url", envvar="JENKINS_URL", help="Jenkins base URL (env JENKINS_URL).")
+@click.option("--jenkins-job", help="Job to trigger; folders as folder/job.")
+@click.option("--jenkins-user-env", default="JENKINS_USER", show_default=True, metavar="NAME",
+              help="Env var with the Jenkins user.")
+@click.option("--jenkins-api-token-env", default="JENKINS_API_TOKEN", show_default=True, metavar="NAME",
+              help="Env var with that user's API token.")
+@click.option("--jenkins-job-token-env", default="JENKINS_JOB_TOKEN", show_default=True, metavar="NAME",
+              help="Env var with the job's 'trigger builds remotely' token.")
+@click.option("--gitlab-url", envvar="GITLAB_URL", help="GitLab base URL (env GITLAB_URL).")
+@click.option("--gitlab-project", envvar="GITLAB_PROJECT", help="Project id or path (env GITLAB_PROJECT).")
+@click.option("--gitlab-trigger-token-env", default="GITLAB_TRIGGER_TOKEN", show_default=True, metavar="NAME",
+              help="Env var with the pipeline trigger token.")
+@click.option("--gitlab-ref", default=None, help="Ref to run the pipeline on (default: the pushed branch).")
+@click.option("--local-command", default=actions.DEFAULT_LOCAL_COMMAND, show_default=True,
+              help="ps arguments the local action runs; {sha} {build_id} {branch} {deploy_type} "
+                   "are filled in.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Working directory of the local action (default: here).")
+@pass_output
+def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str, ...], db: str | None,
+          action_kind: str, deploy_type: str, jenkins_url: str | None, jenkins_job: str | None,
+          jenkins_user_env: str, jenkins_api_token_env: str, jenkins_job_token_env: str,
+          gitlab_url: str | None, gitlab_project: str | None, gitlab_trigger_token_env: str,
+          gitlab_ref: str | None, local_command: str, workdir: str | None) -> None:
+    """Receive GitLab push events; pushes to --branch run the action (default: `ps deploy` locally).
+
+    Every delivery is stored (SQLite) before the 200, deduplicated by Idempotency-Key /
+    X-Gitlab-Event-UUID, and run once by a worker; pending ones survive a restart.
+    GET /healthz and GET /deliveries show the state.
+    """
+    from pipeline_steps.webhook.server import ReceiverSettings, WebhookServer
+
+    token = read_token(token_env)
+    config_path = out.config_path if Path(out.config_path).is_file() else None
+    action = make_action(action_kind, deploy_type=deploy_type, jenkins_url=jenkins_url,
+                         jenkins_job=jenkins_job, jenkins_user_env=jenkins_user_env,
+                         jenkins_api_token_env=jenkins_api_token_env,
+                         jenkins_job_token_env=jenkins_job_token_env, gitlab_url=gitlab_url,
+                         gitlab_project=gitlab_project, gitlab_trigger_token_env=gitlab_trigger_token_env,
+                         gitlab_ref=gitlab_ref, local_command=local_command,
+                         config_path=str(Path(config_path).resolve()) if config_path else None,
+                         workdir=workdir)
+    if action_kind == "local":
+        actions.local_argv(local_command, _probe_delivery(), deploy_type)  # a bad template fails now
+    db_path = Path(db) if db else default_db_path()
+    settings = ServeSettings(host, port, tuple(branches), str(db_path), action.name,
+                             actions.describe(action))
+    if out.dry_run:
+        out.say(f"would listen on http://{host}:{port}, deploy pushes to {', '.join(branches)} "
+                f"and {settings.action_description}")
+        report(out, "webhook-serve", {**settings.__dict__, "dry_run": True})
+        return
+    store = DeliveryStore(db_path)
+    try:
+        server = WebhookServer(store, action, ReceiverSettings(token=token, branches=tuple(branches)),
+                               host, port, log=lambda line: out.say(f"{_now()} {line}"))
+    except OSError as exc:
+        store.close()
+        raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    out.say(f"ps webhook listening on {server.url} (deliveries in {db_path}); pushes to "
+            f"{', '.join(branches)} {settings.action_description}")
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        out.say("ps webhook stopped")
+    finally:
+        store.close()
+    report(out, "webhook-serve", {**settings.__dict__, "port": server.port})
+
+
+@group.command("deliveries")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="Deliveries database.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@pass_output
+def deliveries(out: Output, db: str | None, limit: int) -> None:
+    """List the newest deliveries and what became of them."""
+    db_path = Path(db) if db else default_db_path()
+    if not db_path.is_file():
+        raise BadInput(f"no deliveries database at {db_path} (has `ps webhook serve` run here?)")
+    store = DeliveryStore(db_path)
+    try:
+        rows = store.recent(limit)
+    finally:
+        store.close()
+    for d in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.received_at))
+        out.say(f"{when}  {d.status:<8} {d.event:<10} {d.branch or '-':<16} {(d.sha or '-')[:12]:<12}  "
+                f"{d.key}  {d.outcome or ''}".rstrip())
+    if not rows:
+        out.say("no deliveries yet")
+    report(out, "webhook-deliveries", {"db": str(db_path), "deliveries": [d.as_dict() for d in rows]})
+
+
+def _probe_delivery() -> actions.Delivery:
+    return actions.Delivery(key="probe", received_at=0.0, event="push", ref="refs/heads/x", branch="x",
+                            sha="0" * 40, project=None, user=None, status="pending")
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")

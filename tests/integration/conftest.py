@@ -1,0 +1,134 @@
+"""Fixtures of the slot and traffic tests: a second Docker host, and nginx in front of slot ports."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline_steps.config import Config, load_config, parse_config
+from pipeline_steps.upstreams import initial_file
+from testbed.engine import Engine, start_dockerd
+from testbed.nginx import Nginx
+from testbed.ports import free_ports
+
+SECOND_ADDRESS = "127.0.0.2"
+
+
+@dataclass
+class SecondHost:
+    """A second dockerd with its own socket, data root and bridge; nginx reaches it on 127.0.0.2."""
+
+    engine: Engine
+    address: str
+    bridge: str
+
+    @property
+    def docker(self) -> str:
+        return self.engine.base_url
+
+
+def _free_subnet() -> str:
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
+    for _ in range(100):
+        candidate = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
+        if f"{candidate}." not in routes:
+            return candidate
+    raise RuntimeError("no free private /24 for the second bridge")
+
+
+@pytest.fixture(scope="session")
+def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
+    """A second Docker host (its own dockerd and bridge) holding the sample image."""
+    bridge = f"psbr{uuid.uuid4().hex[:8]}"
+    subnet = _free_subnet()
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True, capture_output=True)
+    engine: Engine | None = None
+    try:
+        subprocess.run(["ip", "addr", "add", f"{subnet}.1/24", "dev", bridge], check=True, capture_output=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True)
+        root = Path(tempfile.mkdtemp(prefix="ps-bed-dockerd2-"))
+        engine = start_dockerd(root, bridge=bridge,
+                               extra_args=["--iptables=false", "--ip-masq=false"])
+        client = engine.client()
+        try:
+            data = b"".join(docker_client.images.get(sample_image).save(named=True))
+            client.images.load(data)
+        finally:
+            client.close()
+        yield SecondHost(engine=engine, address=SECOND_ADDRESS, bridge=bridge)
+    finally:
+        if engine is not None:
+            try:
+                c = engine.client()
+                for container in c.containers.list(all=True):
+                    container.remove(force=True)
+                c.close()
+            except Exception:
+                pass
+            engine.stop()
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+
+
+# ---------------------------------------------------------------- nginx in front of slots
+
+
+@dataclass
+class TrafficBed:
+    """nginx with the ps-owned include, a ps.yaml for it, and the slot ports of each service."""
+
+    nginx: Nginx
+    config_path: Path
+    raw: dict[str, Any]
+    ports: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    def url(self, service: str) -> str:
+        return f"{self.nginx.url}/{service}/"
+
+    def include_text(self) -> str:
+        return self.nginx.include.read_text()
+
+
+def server_block(services: list[str], app: str) -> str:
+    locations = "".join(f"        location /{s}/ {{ proxy_pass http://{app}_{s}; }}\n" for s in services)
+    return ("    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}" + locations + "    }\n")
+
+
+@pytest.fixture
+def traffic_bed(nginx_factory: Callable[..., Nginx], project: Callable[..., Path],
+                workdir: Path) -> Callable[..., TrafficBed]:
+    """`traffic_bed({"backend": "canary", "web": "blue-green"})`: nginx running with ps's first include."""
+
+    def make(kinds: dict[str, str], *, app: str = "shop", hosts: list[dict[str, Any]] | None = None,
+             extra_http: str = "", extra: dict[str, Any] | None = None) -> TrafficBed:
+        ports: dict[str, dict[str, int]] = {}
+        services: dict[str, Any] = {}
+        for name, kind in kinds.items():
+            a, b = free_ports(2)
+            slots = ("stable", "canary") if kind == "canary" else ("blue", "green")
+            ports[name] = {slots[0]: a, slots[1]: b}
+            services[name] = {"context": ".", "slots": ports[name]}
+        raw: dict[str, Any] = {"app": app, "registry": "127.0.0.1:5999", "services": services,
+                               "state_dir": str(workdir / "state"), **(extra or {})}
+        if hosts:
+            raw["hosts"] = hosts
+        first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=workdir)
+        upstreams = initial_file(first, workdir / "ups.conf").render()
+        nginx = nginx_factory(extra_http + server_block(list(kinds), app), upstreams)
+        raw["router"] = {"include": str(nginx.include), "url": nginx.url,
+                         "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),
+                                   "error_log": str(nginx.error_log)}}
+        path = project(raw)
+        return TrafficBed(nginx=nginx, config_path=path, raw=raw, ports=ports)
+
+    return make

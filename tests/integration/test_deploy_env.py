@@ -1,0 +1,160 @@
+"""`ps deploy-env` against the real Docker engine (and a real registry for the pull)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline_steps.config import parse_config
+from pipeline_steps.upstreams import initial_file
+from testbed.ports import free_ports, unique
+
+SECRET = "s3cr3t-Value-never-printed"
+
+
+@pytest.fixture
+def slot_app(docker_client: Any, sample_image: str, project: Any, workdir: Path) -> Iterator[dict[str, Any]]:
+    """A ps.yaml for one canary service whose image (two builds) is tagged in the engine."""
+    app = unique("dep")
+    stable, canary = free_ports(2)
+    raw: dict[str, Any] = {
+        "app": app, "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
+        "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary},
+                                 "env": {"GREETING": "hello"}, "env_from": ["DB_PASSWORD"]}},
+        "router": {"include": str(workdir / "ups.conf")},
+    }
+    project(raw)
+    repo = f"127.0.0.1:5999/{app}/backend"
+    image = docker_client.images.get(sample_image)
+    for tag in ("b1", "b2"):
+        image.tag(repo, tag)
+    yield {"app": app, "raw": raw, "repo": repo, "ports": {"stable": stable, "canary": canary}}
+    for c in docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={app}"}):
+        c.remove(force=True)
+    for tag in ("b1", "b2"):
+        try:
+            docker_client.images.remove(f"{repo}:{tag}")
+        except Exception:
+            pass
+
+
+def test_deploy_idempotent_env_file_and_no_secret(slot_app: dict[str, Any], docker_ps: Any,
+                                                   docker_client: Any, workdir: Path) -> None:
+    env = {"DB_PASSWORD": SECRET}
+    done = docker_ps("--json", "deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert SECRET not in done.stdout + done.stderr
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["changed"] and record["changes"][0]["action"] == "created"
+    assert "DB_PASSWORD" in record["changes"][0]["env_names"]
+    c = docker_client.containers.get(f"{slot_app['app']}-backend-canary")
+    labels = c.labels
+    assert labels["pipeline-steps.build-id"] == "b1" and labels["pipeline-steps.slot"] == "canary"
+    for key in ("app", "service", "image-digest", "deployed-at", "deployed-by", "env-hash"):
+        assert labels[f"pipeline-steps.{key}"]
+    assert f"DB_PASSWORD={SECRET}" in c.attrs["Config"]["Env"] and "PS_SLOT=canary" in c.attrs["Config"]["Env"]
+    assert "TZ=Asia/Seoul" in c.attrs["Config"]["Env"]
+    host = c.attrs["HostConfig"]
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
+    assert host["PortBindings"]["80/tcp"] == [{"HostIp": "127.0.0.1",
+                                               "HostPort": str(slot_app["ports"]["canary"])}]
+    env_file = workdir / "state" / "env" / "backend-canary.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert f"DB_PASSWORD={SECRET}" in env_file.read_text()
+    again = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+    assert again.returncode == 0 and "no change" in again.stdout and "unchanged" in again.stdout
+    assert docker_client.containers.get(c.name).id == c.id
+    changed = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env={"DB_PASSWORD": "other-value"})
+    assert changed.returncode == 0 and "new environment" in changed.stdout
+    assert docker_client.containers.get(c.name).id != c.id
+
+
+def test_missing_env_from_is_exit_2_before_anything(slot_app: dict[str, Any], docker_ps: Any,
+                                                    docker_client: Any) -> None:
+    done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1")
+    assert done.returncode == 2
+    assert "DB_PASSWORD" in done.stderr and "Traceback" not in done.stderr
+    assert not docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={slot_app['app']}"})
+
+
+def test_traffic_carrying_slot_needs_force(slot_app: dict[str, Any], docker_ps: Any, docker_client: Any,
+                                           workdir: Path) -> None:
+    env = {"DB_PASSWORD": SECRET}
+    assert docker_ps("deploy-env", "--slot", "stable", "--build-id", "b1", env=env).returncode == 0
+    config = parse_config(slot_app["raw"], base_dir=workdir)
+    (workdir / "ups.conf").write_text(initial_file(config, workdir / "ups.conf").render())  # stable 999
+    refused = docker_ps("deploy-env", "--slot", "stable", "--build-id", "b2", env=env)
+    assert refused.returncode == 1 and "carries traffic" in refused.stderr
+    name = f"{slot_app['app']}-backend-stable"
+    assert docker_client.containers.get(name).labels["pipeline-steps.build-id"] == "b1"
+    # the canary (weight 1) carries no traffic: replaced directly
+    assert docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env).returncode == 0
+    assert docker_ps("deploy-env", "--slot", "canary", "--build-id", "b2", env=env).returncode == 0
+    forced = docker_ps("deploy-env", "--slot", "stable", "--build-id", "b2", "--force", env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert docker_client.containers.get(name).labels["pipeline-steps.build-id"] == "b2"
+
+
+def test_port_held_by_process_or_container_is_named(slot_app: dict[str, Any], docker_ps: Any,
+                                                    run_sample: Any) -> None:
+    env = {"DB_PASSWORD": SECRET}
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", slot_app["ports"]["canary"]))
+    holder.listen(1)
+    try:
+        done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+        assert done.returncode == 1
+        assert f"pid {os.getpid()}" in done.stderr and str(slot_app["ports"]["canary"]) in done.stderr
+    finally:
+        holder.close()
+    container, _ = run_sample(port=slot_app["ports"]["stable"])
+    done = docker_ps("deploy-env", "--slot", "stable", "--build-id", "b1", env=env)
+    assert done.returncode == 1 and f"container {container.name}" in done.stderr
+
+
+def test_leftover_container_is_removed(slot_app: dict[str, Any], docker_ps: Any, docker_client: Any,
+                                       sample_image: str) -> None:
+    name = f"{slot_app['app']}-backend-canary"
+    left = docker_client.containers.create(sample_image, name=name,
+                                           labels={"pipeline-steps.app": slot_app["app"]})
+    done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env={"DB_PASSWORD": SECRET})
+    assert done.returncode == 0, done.stderr
+    assert "leftover" in done.stdout
+    assert docker_client.containers.get(name).id != left.id
+
+
+def test_pull_from_registry_with_credentials(slot_app: dict[str, Any], docker_ps: Any, docker_client: Any,
+                                             registry: Any, project: Any, sample_image: str) -> None:
+    raw = {**slot_app["raw"], "registry": registry.address}
+    project(raw)
+    repo = f"{registry.address}/{slot_app['app']}/backend"
+    docker_client.images.get(sample_image).tag(repo, "b9")
+    auth = {"username": registry.user, "password": registry.password}
+    for line in docker_client.images.push(repo, tag="b9", auth_config=auth, stream=True, decode=True):
+        assert "error" not in line, line
+    docker_client.images.remove(f"{repo}:b9")
+    env = {"DB_PASSWORD": SECRET, "REGISTRY_USER": registry.user, "REGISTRY_PASSWORD": registry.password}
+    done = docker_ps("--json", "deploy-env", "--slot", "canary", "--build-id", "b9", env=env)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert registry.password not in done.stdout + done.stderr
+        record = json.loads(done.stdout.strip().splitlines()[-1])
+        assert record["changes"][0]["digest"].startswith("sha256:")
+    finally:
+        docker_client.images.remove(f"{repo}:b9", force=True)
+
+
+def test_unreachable_host_is_exit_3(slot_app: dict[str, Any], ps: Any, project: Any, tmp_path: Path) -> None:
+    raw = {**slot_app["raw"], "hosts": [{"name": "gone", "docker": f"unix://{tmp_path}/nope.sock"}]}
+    project(yaml.safe_load(yaml.safe_dump(raw)))
+    done = ps("deploy-env", "--slot", "canary", "--build-id", "b1", env={"DB_PASSWORD": SECRET})
+    assert done.returncode == 3 and "gone" in done.stderr

@@ -1,0 +1,260 @@
+"""`ps deploy --type …` against the real engine, nginx and sample app, under a bounded load."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from testbed import images
+from testbed.load import LoadGenerator
+from testbed.ports import unique
+
+TrafficBed = Any
+APP = unique("shop")  # unique per run: parallel runs on one engine never share containers
+REGISTRY = "ps-test.local"
+
+
+@pytest.fixture(scope="module")
+def app_builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> \
+        Callable[..., str]:
+    """`build("b1")` tags a sample-app image ps-test.local/shop/<service>:b1; fail_after= bakes FAIL_AFTER."""
+    made: dict[tuple[str, str, int | None], str] = {}
+
+    def build(build_id: str, service: str = "web", fail_after: int | None = None) -> str:
+        key = (build_id, service, fail_after)
+        if key in made:
+            return made[key]
+        ctx = images.copy_sample_app(tmp_path_factory.mktemp("ctx"))
+        if fail_after is not None:
+            with open(ctx / "Dockerfile", "a") as fh:
+                fh.write(f"\nENV FAIL_AFTER={fail_after}\n")
+        tag = f"{REGISTRY}/{APP}/{service}:{build_id}"
+        docker_client.images.build(path=str(ctx), tag=tag, rm=True,
+                                   buildargs={"BUILD_ID": build_id, "BASE_IMAGE": base_image})
+        made[key] = tag
+        return tag
+
+    return build
+
+
+@pytest.fixture
+def deploy_bed(traffic_bed: Callable[..., TrafficBed], engine: Any, docker_client: Any,
+               workdir: Path) -> Iterator[Callable[..., TrafficBed]]:
+    """A canary (or blue-green) bed whose ps.yaml deploys through the bed's Docker engine."""
+    beds: list[TrafficBed] = []
+
+    def make(kinds: dict[str, str] | None = None, **canary: Any) -> TrafficBed:
+        kinds = kinds or {"web": "canary"}
+        bed = traffic_bed(kinds, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
+                                                   "address": "127.0.0.1"}])
+        raw = bed.raw
+        raw["registry"] = REGISTRY
+        for name, svc in raw["services"].items():
+            svc["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s", "retries": 40}
+            svc["url"] = bed.url(name)
+        raw["canary"] = {"steps": [10, 40, 70], "pause": "1s", "check_interval": "200ms", "probe": 0,
+                         **canary}
+        bed.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        beds.append(bed)
+        return bed
+
+    yield make
+    for c in docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
+        c.remove(force=True)
+
+
+def _deploy(ps: Any, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return ps("--json", "deploy", *args, env=env, timeout=240)
+
+
+def _result(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _include_weights(bed: TrafficBed) -> list[int]:
+    from pipeline_steps.upstreams import UpstreamFile
+
+    ups = UpstreamFile.load(bed.nginx.include).upstreams()[f"{APP}_web"]
+    return [s.weight for s in ups.servers]
+
+
+def _nginx_t(bed: TrafficBed) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(bed.nginx.command("-t"), capture_output=True, text=True, check=False)
+
+
+def test_canary_auto_promote_rollback_drop_no_request(deploy_bed: Callable[..., TrafficBed],
+                                                      app_builds: Callable[..., str], docker_ps: Any,
+                                                      tmp_path: Path) -> None:
+    bed = deploy_bed(probe=300)
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    first = _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001")
+    assert first.returncode == 0, first.stderr
+    assert _include_weights(bed) == [999, 1]
+    url = bed.url("web")
+    report = tmp_path / "canary.json"
+    with LoadGenerator(url, rate=100, max_seconds=120, timeout=10) as load:
+        auto = _deploy(docker_ps, "--type", "canary-auto", "--build-id", "bbbb00000002",
+                       "--report", str(report))
+        promote = _deploy(docker_ps, "--type", "promote-canary")
+        rollback = _deploy(docker_ps, "--type", "rollback")
+    result = load.report()
+    print(f"load during canary-auto, promote-canary, rollback: {result.summary()}")
+    assert auto.returncode == 0, auto.stderr + auto.stdout
+    assert promote.returncode == 0, promote.stderr + promote.stdout
+    assert rollback.returncode == 0, rollback.stderr + rollback.stdout
+    assert result.sent > 100 and result.failed == 0, result.errors[:5]
+    out = _result(auto)
+    assert out["result"] == "success" and out["weights"] == {"web": 70}
+    assert any("step 2/3: canary 40 %" in d for d in out["decisions"])
+    assert "measured" in auto.stderr or "answered" in auto.stderr  # live split measured at each step
+    assert report.exists() and report.with_suffix(".html").read_text().count("<svg") == 1
+    # promote: stable and canary run the same BUILD_ID, stable carries the traffic
+    status = _result(docker_ps("--json", "status"))
+    builds = {(s["service"], s["slot"]): s["build_id"] for s in status["slots"]}
+    assert builds[("web", "stable")] == builds[("web", "canary")] == "bbbb00000002"
+    assert _include_weights(bed) == [999, 1]
+    history = docker_ps("--json", "history")
+    assert history.returncode == 0
+    types = [e["type"] for e in _result(history)["entries"]]
+    assert types[-4:] == ["stable", "canary-auto", "promote-canary", "rollback"]
+
+
+def test_canary_auto_rolls_back_a_canary_that_turns_unhealthy(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        httpserver: Any) -> None:
+    bed = deploy_bed(steps=[10, 40, 70], pause="3s")
+    app_builds("aaaa00000001")
+    app_builds("dddd00000bad", fail_after=15)  # health fails once the canary served 15 requests
+    messages: list[dict[str, Any]] = []
+
+    def hook(request: Any) -> Any:
+        from werkzeug import Response
+
+        messages.append(request.get_json())
+        return Response("ok", 200)
+
+    httpserver.expect_request("/hooks/secret-token", method="POST").respond_with_handler(hook)
+    env = {"MATTERMOST_WEBHOOK_URL": httpserver.url_for("/hooks/secret-token")}
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001", "--no-notify").returncode == 0
+    with LoadGenerator(bed.url("web"), rate=60, max_seconds=60, timeout=10) as load:
+        done = _deploy(docker_ps, "--type", "canary-auto", "--build-id", "dddd00000bad", env=env)
+    print(f"load during the failed canary: {load.report().summary()}")
+    assert done.returncode == 1, done.stderr
+    out = _result(done)
+    assert out["result"] == "rolled-back"
+    assert "unhealthy" in out["message"]
+    assert out["rollback_seconds"] is not None and out["rollback_seconds"] < 0.2 + 1.0
+    assert _include_weights(bed) == [999, 1]
+    verify = docker_ps("verify-weights", "--expect-canary", "0", "--probe", "200", "--url", bed.url("web"))
+    assert verify.returncode == 0, verify.stderr
+    statuses = [m["attachments"][0].get("title", "") + m.get("text", "") for m in messages]
+    assert len(messages) == 2, statuses  # started, rolled-back: one per state change, never per poll
+    assert "rolled" in json.dumps(messages[-1]).lower()
+    assert "secret-token" not in done.stdout + done.stderr
+
+
+def test_blue_green_switches_without_dropping_requests(deploy_bed: Callable[..., TrafficBed],
+                                                       app_builds: Callable[..., str], docker_ps: Any) -> None:
+    bed = deploy_bed({"web": "blue-green"})
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    first = _deploy(docker_ps, "--type", "blue-green", "--build-id", "aaaa00000001")
+    assert first.returncode == 0, first.stderr
+    one = _result(first)["active"]["web"]
+    other = "green" if one == "blue" else "blue"
+    with LoadGenerator(bed.url("web"), rate=100, max_seconds=60, timeout=10) as load:
+        second = _deploy(docker_ps, "--type", "blue-green", "--build-id", "bbbb00000002")
+        back = _deploy(docker_ps, "--type", "rollback")
+    result = load.report()
+    print(f"load during blue-green and its rollback: {result.summary()}")
+    assert second.returncode == 0, second.stderr
+    assert _result(second)["active"] == {"web": other}
+    assert "stays running as backup" in second.stderr
+    assert back.returncode == 0, back.stderr
+    assert result.sent > 50 and result.failed == 0, result.errors[:5]
+    assert {"stable", "canary"}.isdisjoint(result.by_slot) and set(result.by_slot) <= {"blue", "green"}
+    traffic = _result(docker_ps("--json", "traffic", "status"))
+    assert traffic["services"][0]["active"] == one
+
+
+def test_second_deploy_waits_then_names_the_holder(deploy_bed: Callable[..., TrafficBed],
+                                                   app_builds: Callable[..., str], docker_ps: Any) -> None:
+    deploy_bed(pause="4s")
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def first() -> None:
+        results["first"] = _deploy(docker_ps, "--type", "canary-auto", "--build-id", "bbbb00000002",
+                                   env={"CI_COMMIT_SHA": "b" * 40,
+                                        "CI_PIPELINE_URL": "https://ci.example/p/1"})
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(3)
+    second = docker_ps("deploy", "--type", "rollback", "--lock-wait", "1s")
+    thread.join()
+    assert results["first"].returncode == 0, results["first"].stderr
+    assert second.returncode == 1
+    assert "held by pid" in second.stderr and "running canary-auto" in second.stderr
+    assert "https://ci.example/p/1" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_killed_canary_auto_leaves_nginx_valid_and_rollback_works(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        seed: int) -> None:
+    bed = deploy_bed(pause="1s")
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
+    delay = random.Random(seed).uniform(0.3, 4.0)
+    env = {**docker_ps.env}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline_steps", "deploy", "--type", "canary-auto",
+                             "--build-id", "bbbb00000002"], cwd=docker_ps.cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert _nginx_t(bed).returncode == 0
+    with LoadGenerator(bed.url("web"), rate=50, max_seconds=30, timeout=10) as load:
+        back = docker_ps("deploy", "--type", "rollback", timeout=120)
+    assert back.returncode == 0, back.stderr
+    assert load.report().failed == 0
+    assert _include_weights(bed) == [999, 1]
+    assert _nginx_t(bed).returncode == 0
+
+
+def test_bad_input_is_refused_before_anything_happens(deploy_bed: Callable[..., TrafficBed],
+                                                      docker_ps: Any) -> None:
+    bed = deploy_bed()
+    before = bed.include_text()
+    cases = [
+        (["deploy", "--type", "sideways"], "sideways"),
+        (["deploy", "--type", "canary-manual", "--build-id", "x1"], "--weight"),
+        (["deploy", "--type", "canary-auto", "--build-id", "x1", "--service", "nope"], "nope"),
+        (["deploy", "--type", "stable", "--to", "previous", "--build-id", "x1"], "--to"),
+        (["deploy", "--type", "blue-green", "--build-id", "x1"], "blue-green"),
+    ]
+    for args, word in cases:
+        done = docker_ps(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert word in done.stderr and "Traceback" not in done.stderr
+    assert bed.include_text() == before
+    history = docker_ps("--json", "history")
+    assert _result(history)["entries"] == []

@@ -1,0 +1,463 @@
+"""`ps health-gate` against sample-app containers of the bed and local HTTP servers (all on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from pipeline_steps.steps.health_gate import GatePolicy, HealthTarget, check_once, gate
+from testbed.ports import free_port, unique
+
+FAST = ["--interval", "0.2s", "--timeout", "2s"]
+
+
+def _json_records(stdout: str) -> dict[str, Any]:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, stdout
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------- small raw servers
+
+
+class RawServer:
+    """A one-trick TCP server on 127.0.0.1 answering every connection with `handler(conn)`."""
+
+    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.handler = handler
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                conn.settimeout(2)
+                self.handler(conn)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServer]]:
+    servers: list[RawServer] = []
+
+    def start(handler: Callable[[socket.socket], None]) -> RawServer:
+        server = RawServer(handler)
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def _read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+
+
+def _reset_mid_body(conn: socket.socket) -> None:
+    _read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                 + b'{"status":"healthy"' + b" " * 80)
+    time.sleep(0.05)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def _endless_body(conn: socket.socket) -> None:
+    _read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+    chunk = b"x" * 65536
+    try:
+        for _ in range(2000):  # at most 128 MiB; the gate must hang up long before
+            conn.sendall(chunk)
+    except OSError:
+        return
+
+
+# ---------------------------------------------------------------- local HTTP servers
+
+
+def test_healthy_at_once_with_json_and_try_lines(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/health").respond_with_json({"status": "healthy", "checks": {"redis": "up"}})
+    done = ps("--json", "health-gate", "--url", httpserver.url_for("/health"), "--expect", "status=healthy",
+              "--expect", "checks.redis=up", *FAST)
+    assert done.returncode == 0, done.stderr
+    assert "try 1/30  200" in done.stderr and "status=healthy" in done.stderr
+    data = _json_records(done.stdout)
+    assert data["ok"] is True and data["healthy"] is True and data["tries"] == 1
+    assert data["last_status"] == "200" and data["records"][0]["results"][0]["status"] == "200"
+
+
+def test_json_expectation_not_met_gives_up_with_reason(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/health").respond_with_json({"status": "healthy", "database": "down"})
+    done = ps("--json", "health-gate", "--url", httpserver.url_for("/health"), "--expect", "database=healthy",
+              "--retries", "2", *FAST)
+    assert done.returncode == 1
+    assert "database=down (want healthy)" in done.stderr
+    data = _json_records(done.stdout)
+    assert data["ok"] is False and data["healthy"] is False and data["tries"] == 2
+    assert data["reason"] == "database=down (want healthy)" and len(data["records"]) == 2
+
+
+def test_missing_key_and_non_json_body(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/a").respond_with_json({"status": "healthy"})
+    httpserver.expect_request("/b").respond_with_data("OK", content_type="text/plain")
+    done = ps("health-gate", "--url", httpserver.url_for("/a"), "--expect", "checks.redis=up",
+              "--retries", "1", *FAST)
+    assert done.returncode == 1 and "missing key checks.redis" in done.stderr
+    done = ps("health-gate", "--url", httpserver.url_for("/b"), "--expect", "status=ok", "--retries", "1",
+              *FAST)
+    assert done.returncode == 1 and "body is not JSON" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_expect_status(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/h").respond_with_data("", status=204)
+    assert ps("health-gate", "--url", httpserver.url_for("/h"), "--retries", "1", *FAST).returncode == 0
+    done = ps("health-gate", "--url", httpserver.url_for("/h"), "--expect-status", "200", "--retries", "1",
+              *FAST)
+    assert done.returncode == 1 and "HTTP 204 (want 200)" in done.stderr
+
+
+def test_slow_answer_over_max_latency_fails(ps: Any, httpserver: HTTPServer) -> None:
+    def slow(request: Request) -> Response:
+        time.sleep(0.3)
+        return Response('{"status":"healthy"}', content_type="application/json")
+
+    httpserver.expect_request("/slow").respond_with_handler(slow)
+    done = ps("health-gate", "--url", httpserver.url_for("/slow"), "--max-latency", "100ms", "--retries", "2",
+              *FAST)
+    assert done.returncode == 1 and "too slow" in done.stderr
+    done = ps("health-gate", "--url", httpserver.url_for("/slow"), "--max-latency", "2s", "--retries", "1",
+              *FAST)
+    assert done.returncode == 0
+
+
+def test_per_try_timeout(ps: Any, httpserver: HTTPServer) -> None:
+    def slow(request: Request) -> Response:
+        time.sleep(1.0)
+        return Response("{}", content_type="application/json")
+
+    httpserver.expect_request("/slow").respond_with_handler(slow)
+    done = ps("health-gate", "--url", httpserver.url_for("/slow"), "--timeout", "200ms", "--retries", "1")
+    assert done.returncode == 1 and "no answer within 0.2s" in done.stderr
+
+
+def test_flapping_needs_successes_in_a_row(ps: Any, httpserver: HTTPServer) -> None:
+    calls = {"n": 0}
+
+    def flapping(request: Request) -> Response:
+        calls["n"] += 1
+        ok = calls["n"] % 2 == 1
+        return Response(json.dumps({"status": "healthy" if ok else "degraded"}), status=200 if ok else 503,
+                        content_type="application/json")
+
+    httpserver.expect_request("/flap").respond_with_handler(flapping)
+    url = httpserver.url_for("/flap")
+    assert ps("health-gate", "--url", url, "--retries", "6", *FAST).returncode == 0  # 1 pass is enough
+    calls["n"] = 0
+    done = ps("--json", "health-gate", "--url", url, "--retries", "6", "--successes", "2", *FAST)
+    assert done.returncode == 1
+    data = _json_records(done.stdout)
+    assert data["tries"] == 6 and [r["ok"] for r in data["records"]] == [True, False] * 3
+    httpserver.clear()
+    httpserver.expect_request("/flap").respond_with_json({"status": "healthy"})
+    done = ps("--json", "health-gate", "--url", url, "--retries", "6", "--successes", "3", *FAST)
+    assert done.returncode == 0 and _json_records(done.stdout)["tries"] == 3
+
+
+def test_redirect_loop_is_a_reason(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/loop").respond_with_data("", status=302, headers={"Location": "/loop"})
+    done = ps("health-gate", "--url", httpserver.url_for("/loop"), "--retries", "1", *FAST)
+    assert done.returncode == 1 and "redirect loop" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_redirect_to_healthy_is_followed(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/old").respond_with_data("", status=301, headers={"Location": "/new"})
+    httpserver.expect_request("/new").respond_with_json({"status": "healthy"})
+    done = ps("health-gate", "--url", httpserver.url_for("/old"), "--expect", "status=healthy", "--retries",
+              "1")
+    assert done.returncode == 0, done.stderr
+
+
+def test_body_over_one_mib_is_a_reason(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/big").respond_with_data(b"x" * ((1 << 20) + 10))
+    done = ps("health-gate", "--url", httpserver.url_for("/big"), "--retries", "1", *FAST)
+    assert done.returncode == 1 and "body larger than 1 MiB" in done.stderr
+
+
+def test_endless_body_is_cut_at_one_mib(raw_server: Any) -> None:
+    server = raw_server(_endless_body)
+    started = time.monotonic()
+    record = check_once([HealthTarget.url(f"http://127.0.0.1:{server.port}/")], GatePolicy(timeout=10))
+    assert not record.ok and record.reason == "body larger than 1 MiB"
+    assert time.monotonic() - started < 10  # it hung up instead of reading 128 MiB until the timeout
+
+
+def test_reset_mid_body_is_a_reason(ps: Any, raw_server: Any) -> None:
+    server = raw_server(_reset_mid_body)
+    done = ps("health-gate", "--url", f"http://127.0.0.1:{server.port}/health", "--retries", "1", *FAST)
+    assert done.returncode == 1 and "connection reset mid-body" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_tls_to_a_plain_http_port_is_a_reason(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/h").respond_with_json({"status": "healthy"})
+    done = ps("health-gate", "--url", f"https://127.0.0.1:{httpserver.port}/h", "--retries", "1", *FAST)
+    assert done.returncode == 1 and "TLS error" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_refused_connection_is_a_reason(ps: Any) -> None:
+    done = ps("--json", "health-gate", "--url", f"http://127.0.0.1:{free_port()}/", "--retries", "2",
+              "--interval", "0.3s")
+    assert done.returncode == 1
+    data = _json_records(done.stdout)
+    assert data["reason"] == "connection refused" and data["last_status"] == "refused"
+    # fast re-tries while refused do not use up tries: 2 counted tries, more probes
+    assert data["tries"] == 2 and data["attempts"] > 2
+
+
+def test_unknown_host_is_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_dns(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    record = check_once([HealthTarget.url("http://no-such-host.invalid/health")], GatePolicy(timeout=1))
+    assert not record.ok and record.reason == "unknown host no-such-host.invalid"
+
+
+def test_port_opening_late_is_noticed_by_fast_retries(httpserver: HTTPServer) -> None:
+    """The server starts listening 0.5 s in; with a 2 s interval the gate still needs one counted try."""
+    port = free_port()
+    server = HTTPServer(host="127.0.0.1", port=port)
+    server.expect_request("/health").respond_with_json({"status": "healthy"})
+    timer = threading.Timer(0.5, server.start)
+    timer.start()
+    try:
+        result = gate([HealthTarget.url(f"http://127.0.0.1:{port}/health")],
+                      GatePolicy(retries=3, interval=2.0))
+    finally:
+        timer.join()
+        if server.is_running():
+            server.stop()
+    assert result.healthy and result.tries == 1 and result.attempts > 3
+    assert all(not r.counted for r in result.records[1:])
+
+
+def test_start_period_failures_do_not_count(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/h").respond_with_json({"status": "starting"}, status=503)
+    result = gate([HealthTarget.url(httpserver.url_for("/h"))],
+                  GatePolicy(retries=2, interval=0.1, start_period=0.35))
+    assert not result.healthy and result.tries == 2
+    uncounted = [r for r in result.records if not r.counted]
+    assert len(uncounted) >= 3 and all(r.at < 0.35 for r in uncounted)
+
+
+def test_tcp_target(ps: Any, httpserver: HTTPServer) -> None:
+    assert ps("health-gate", "--tcp", f"127.0.0.1:{httpserver.port}", "--retries", "1").returncode == 0
+    done = ps("health-gate", "--tcp", f"127.0.0.1:{free_port()}", "--retries", "1")
+    assert done.returncode == 1 and "connection refused" in done.stderr
+
+
+def test_all_targets_must_pass(ps: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/h").respond_with_json({"status": "healthy"})
+    done = ps("health-gate", "--url", httpserver.url_for("/h"), "--tcp", f"127.0.0.1:{free_port()}",
+              "--retries", "1")
+    assert done.returncode == 1 and "1/2 up" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no target"),
+    (["--url", "http://127.0.0.1:1/", "--expect", "status"], "KEY=VALUE"),
+    (["--tcp", "localhost"], "HOST:PORT"),
+    (["--service", "web"], "--service needs --slot"),
+    (["--slot", "canary"], "--slot needs --service"),
+    (["--url", "http://127.0.0.1:1/", "--logs-fallback", "ready"], "needs exactly one --container"),
+    (["--url", "127.0.0.1:1/"], "must start with http"),
+    (["--url", "http://127.0.0.1:1/", "--retries", "0"], "--retries"),
+    (["--url", "http://127.0.0.1:1/", "--interval", "soon"], "not a duration"),
+])
+def test_bad_arguments_exit_2(ps: Any, args: list[str], message: str) -> None:
+    done = ps("health-gate", *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unknown_service_exits_2(ps: Any, project: Any) -> None:
+    project({"app": "shop", "registry": "127.0.0.1:5000",
+             "services": {"web": {"slots": {"stable": 18081, "canary": 18082}}}})
+    done = ps("health-gate", "--service", "api", "--slot", "stable")
+    assert done.returncode == 2 and "unknown service 'api'" in done.stderr
+    done = ps("health-gate", "--service", "web", "--slot", "blue")
+    assert done.returncode == 2 and "no slot 'blue'" in done.stderr
+
+
+def test_engine_down_exits_3(ps: Any, tmp_path: Any) -> None:
+    down = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    done = ps("health-gate", "--container", "web", "--retries", "1", env=down)
+    assert done.returncode == 3, done.stderr
+    assert "unreachable" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- the sample app in Docker
+
+
+@pytest.mark.docker
+def test_sample_app_healthy_at_once(docker_ps: Any, run_sample: Any) -> None:
+    _, port = run_sample(PS_SLOT="stable")
+    done = docker_ps("health-gate", "--url", f"http://127.0.0.1:{port}/health", "--expect", "slot=stable",
+                     "--expect", "database=healthy", *FAST)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "try 1/30  200" in done.stdout
+
+
+@pytest.mark.docker
+def test_sample_app_healthy_after_a_delay(docker_ps: Any, run_sample: Any) -> None:
+    _, port = run_sample(HEALTHY_AFTER="1.5")
+    done = docker_ps("--json", "health-gate", "--url", f"http://127.0.0.1:{port}/health", "--interval",
+                     "0.3s", "--expect", "status=healthy")
+    assert done.returncode == 0, done.stderr
+    assert "503" in done.stderr and "status=starting" in done.stderr
+    data = _json_records(done.stdout)
+    assert data["healthy"] and data["tries"] >= 2 and data["records"][0]["status"] == "503"
+
+
+@pytest.mark.docker
+def test_sample_app_never_healthy(docker_ps: Any, run_sample: Any) -> None:
+    _, port = run_sample(APP_STATUS="broken")
+    done = docker_ps("--json", "health-gate", "--url", f"http://127.0.0.1:{port}/health", "--retries", "3",
+                     *FAST)
+    assert done.returncode == 1
+    assert "gave up after 3 tries" in done.stderr and "HTTP 503 (want 2xx)" in done.stderr
+    data = _json_records(done.stdout)
+    assert data["last_status"] == "503" and data["records"][-1]["detail"] == "status=broken"
+
+
+@pytest.mark.docker
+def test_sample_app_database_expectation(docker_ps: Any, run_sample: Any) -> None:
+    _, port = run_sample(HEALTH_DATABASE="down")
+    done = docker_ps("health-gate", "--url", f"http://127.0.0.1:{port}/health", "--expect",
+                     "database=healthy", "--retries", "2", *FAST)
+    assert done.returncode == 1 and "database=down (want healthy)" in done.stdout
+
+
+@pytest.mark.docker
+def test_container_docker_healthcheck(docker_ps: Any, run_sample: Any) -> None:
+    container, _ = run_sample(wait=False)
+    done = docker_ps("--json", "health-gate", "--container", container.name, "--interval", "0.5s",
+                     "--retries", "30")
+    assert done.returncode == 0, done.stderr
+    data = _json_records(done.stdout)
+    assert data["records"][-1]["status"] == "healthy"
+    assert data["records"][0]["status"] == "starting"  # Docker's first check runs 2 s after start
+
+
+@pytest.mark.docker
+def test_container_unhealthy_by_docker(docker_ps: Any, run_sample: Any) -> None:
+    container, _ = run_sample(APP_STATUS="broken")
+    done = docker_ps("health-gate", "--container", container.name, "--interval", "0.3s", "--retries", "3")
+    assert done.returncode == 1 and "Docker health is" in done.stderr
+
+
+@pytest.mark.docker
+def test_container_without_healthcheck_and_stopped(docker_ps: Any, docker_client: Any,
+                                                   sample_image: str) -> None:
+    name = unique("pst-nohc-")
+    container = docker_client.containers.run(sample_image, detach=True, name=name,
+                                             healthcheck={"test": ["NONE"]},
+                                             labels={"pipeline-steps.test": "1"})
+    try:
+        done = docker_ps("health-gate", "--container", name, "--retries", "1")
+        assert done.returncode == 0, done.stderr
+        assert "no HEALTHCHECK" in done.stdout
+        container.stop(timeout=1)
+        done = docker_ps("health-gate", "--container", name, "--retries", "1")
+        assert done.returncode == 1 and "container is exited" in done.stderr
+        done = docker_ps("health-gate", "--container", unique("pst-none-"), "--retries", "1")
+        assert done.returncode == 1 and "no such container" in done.stderr
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_tcp_on_sample_app(docker_ps: Any, run_sample: Any) -> None:
+    _, port = run_sample()
+    assert docker_ps("health-gate", "--tcp", f"127.0.0.1:{port}", "--retries", "1").returncode == 0
+
+
+@pytest.mark.docker
+def test_logs_fallback_with_url_and_container(docker_ps: Any, run_sample: Any) -> None:
+    container, port = run_sample(APP_STATUS="broken")
+    url = f"http://127.0.0.1:{port}/health"
+    done = docker_ps("health-gate", "--url", url, "--container", container.name, "--logs-fallback",
+                     r"listening on :\d+", "--retries", "2", *FAST)
+    assert done.returncode == 0, done.stderr
+    assert "match" in done.stdout
+    done = docker_ps("health-gate", "--url", url, "--container", container.name, "--logs-fallback",
+                     "never printed", "--retries", "2", *FAST)
+    assert done.returncode == 1
+
+
+@pytest.mark.docker
+def test_service_and_slot_from_ps_yaml(docker_ps: Any, run_sample: Any, project: Any) -> None:
+    app = unique("pstapp")
+    container, port = run_sample(name=f"{app}-web-canary", PS_SLOT="canary", HEALTH_REDIS="down")
+    other = free_port()
+    project({"app": app, "registry": "127.0.0.1:5000",
+             "services": {"web": {"slots": {"stable": other, "canary": port},
+                                  "health": {"expect": {"slot": "canary"}, "retries": 2,
+                                             "interval": "200ms"}}}})
+    done = docker_ps("health-gate", "--service", "web", "--slot", "canary")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "try 1/2  200" in done.stdout
+    # an explicit option overrides the spec; the container's logs are found by its slot name
+    done = docker_ps("health-gate", "--service", "web", "--slot", "canary", "--expect", "redis=healthy")
+    assert done.returncode == 1 and "redis=down (want healthy)" in done.stderr
+    done = docker_ps("health-gate", "--service", "web", "--slot", "canary", "--expect", "redis=healthy",
+                     "--logs-fallback", "sample-app listening")
+    assert done.returncode == 0, done.stderr
+    assert container.name in done.stdout
+    # the slot nobody serves
+    done = docker_ps("health-gate", "--service", "web", "--slot", "stable", "--interval", "100ms")
+    assert done.returncode == 1 and "connection refused" in done.stderr
+
+
+@pytest.mark.docker
+def test_service_logs_fallback_with_engine_down_exits_3(ps: Any, project: Any, tmp_path: Any) -> None:
+    project({"app": "shop", "registry": "127.0.0.1:5000",
+             "services": {"web": {"slots": {"stable": free_port(), "canary": free_port()},
+                                  "health": {"logs_fallback": "ready", "retries": 1}}}})
+    done = ps("health-gate", "--service", "web", "--slot", "stable",
+              env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert done.returncode == 3, done.stderr

@@ -1,0 +1,178 @@
+"""`ps set-weights` against a real nginx in front of real sample-app slots."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from testbed.nginx import PROXY_DEFAULTS
+from testbed.ports import free_port
+
+TrafficBed = Any  # the traffic_bed fixture of tests/integration/conftest.py
+
+
+def _json(stdout: str) -> dict[str, Any]:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _start_slots(run_sample: Callable[..., Any], bed: TrafficBed, service: str) -> None:
+    for slot, port in bed.ports[service].items():
+        run_sample(port=port, PS_SLOT=slot)
+
+
+def test_weights_applied_and_measured_exactly(traffic_bed: Callable[..., TrafficBed], run_sample: Any,
+                                              ps: Any) -> None:
+    bed = traffic_bed({"backend": "canary"})
+    _start_slots(run_sample, bed, "backend")
+    for pct in (10, 40, 70):
+        done = ps("--json", "set-weights", "--canary", str(pct))
+        assert done.returncode == 0, done.stderr
+        result = _json(done.stdout)
+        assert result["changed"] and result["reloaded"]
+        text = bed.include_text()
+        assert f"weight={1000 - pct * 10};" in text and f"weight={pct * 10};" in text
+        probe = ps("--json", "verify-weights", "--expect-canary", str(pct), "--probe", "1000",
+                   "--url", bed.url("backend"))
+        assert probe.returncode == 0, probe.stderr
+        measured = _json(probe.stdout)["services"][0]["measured"]
+        # one worker, smooth weighted round robin: 1000 requests split exactly by the weights
+        assert measured["counts"] == {"stable": 1000 - pct * 10, "canary": pct * 10}
+    again = ps("set-weights", "--canary", "70")
+    assert again.returncode == 0 and "no change" in again.stdout
+
+
+def test_two_services_set_in_one_call(traffic_bed: Callable[..., TrafficBed], ps: Any) -> None:
+    bed = traffic_bed({"backend": "canary", "api": "canary", "web": "blue-green"})
+    workers_before = set(_workers(bed))
+    done = ps("--json", "set-weights", "--canary", "40", "--service", "backend", "--service", "api")
+    assert done.returncode == 0, done.stderr
+    result = _json(done.stdout)
+    assert sorted(s["service"] for s in result["services"]) == ["api", "backend"]
+    from pipeline_steps.upstreams import UpstreamFile
+
+    ups = UpstreamFile.load(bed.nginx.include).upstreams()
+    for name in ("shop_backend", "shop_api"):
+        assert [s.weight for s in ups[name].servers] == [600, 400]
+    assert any(not s.backup for s in ups["shop_web"].servers)  # the blue/green service untouched
+    assert set(_workers(bed)) - workers_before  # new workers: the reload took effect
+    backups = list((bed.nginx.include.parent / "ps-backups").glob("*.bak"))
+    assert len(backups) == 1  # one change, one backup, one reload
+
+
+def _workers(bed: TrafficBed) -> list[int]:
+    from pipeline_steps.adapters.nginx import _children
+
+    pid = bed.nginx.master_pid()
+    assert pid
+    return sorted(_children(pid))
+
+
+@pytest.mark.parametrize("args", [
+    ("set-weights", "--canary", "101"),
+    ("set-weights", "--canary", "-5"),
+    ("set-weights", "--canary", "ten"),
+    ("set-weights", "--canary", "10", "--service", "nope"),
+    ("set-weights", "--canary", "10", "--service", "web"),  # blue/green service has no canary
+    ("switch", "--to", "purple"),
+    ("switch", "--to", "green", "--service", "nope"),
+    ("verify-weights", "--expect-canary", "150"),
+    ("verify-weights", "--expect-active", "red"),
+])
+def test_bad_input_exits_2_and_changes_nothing(traffic_bed: Callable[..., TrafficBed], ps: Any,
+                                               args: tuple[str, ...]) -> None:
+    bed = traffic_bed({"backend": "canary", "web": "blue-green"})
+    before = bed.include_text()
+    workers = _workers(bed)
+    done = ps(*args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith(("ps:", "Error:"))]
+    assert len(errors) == 1, done.stderr
+    assert bed.include_text() == before
+    assert _workers(bed) == workers
+    assert not (bed.nginx.include.parent / "ps-backups").exists() or \
+        not list((bed.nginx.include.parent / "ps-backups").glob("*.bak"))
+
+
+def test_malformed_include_on_disk(traffic_bed: Callable[..., TrafficBed], ps: Any) -> None:
+    bed = traffic_bed({"backend": "canary"})
+    broken = "upstream shop_backend { server 127.0.0.1:1 weight=5;\n"
+    bed.nginx.include.write_text(broken)
+    done = ps("set-weights", "--canary", "10")
+    assert done.returncode == 2
+    assert str(bed.nginx.include) in done.stderr and "unexpected end of file" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert bed.include_text() == broken
+
+
+def test_change_failing_nginx_t_is_restored(traffic_bed: Callable[..., TrafficBed], ps: Any) -> None:
+    # the service's upstream name clashes with one nginx.conf already defines: nginx -t says duplicate
+    bed = traffic_bed({"backend": "canary"},
+                      extra_http="    upstream legacy { server 127.0.0.1:9; }\n")
+    import yaml
+
+    bed.raw["services"]["backend"]["upstream"] = "legacy"
+    bed.config_path.write_text(yaml.safe_dump(bed.raw))
+    before = bed.include_text()
+    workers = _workers(bed)
+    done = ps("set-weights", "--canary", "10")
+    assert done.returncode == 1, done.stderr
+    assert 'duplicate upstream "legacy"' in done.stderr and "restored" in done.stderr
+    assert bed.include_text() == before
+    assert _workers(bed) == workers
+
+
+def test_reload_that_cannot_apply_is_detected(traffic_bed: Callable[..., TrafficBed], run_sample: Any,
+                                              ps: Any) -> None:
+    bed = traffic_bed({"backend": "canary"})
+    _start_slots(run_sample, bed, "backend")
+    assert ps("set-weights", "--canary", "10").returncode == 0
+    workers = _workers(bed)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = free_port()
+    holder.bind(("127.0.0.1", port))
+    holder.listen(1)
+    try:
+        # someone added a server block on a port another process holds: nginx -t passes, the reload
+        # cannot bind, and nginx keeps its old config while `nginx -s reload` exits 0
+        edited = bed.include_text() + f"server {{ listen 127.0.0.1:{port}; {PROXY_DEFAULTS} }}\n"
+        bed.nginx.include.write_text(edited)
+        done = ps("set-weights", "--canary", "40")
+        assert done.returncode == 1, done.stderr
+        assert "Address already in use" in done.stderr and "restored" in done.stderr
+        assert bed.include_text() == edited
+        assert set(_workers(bed)) <= set(workers)  # no new workers: the old ones still serve
+    finally:
+        holder.close()
+    bed.nginx.include.write_text(edited.split("server {")[0])
+    probe = ps("verify-weights", "--expect-canary", "10", "--probe", "200", "--url", bed.url("backend"))
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_verify_weights_catches_a_difference(traffic_bed: Callable[..., TrafficBed], ps: Any) -> None:
+    bed = traffic_bed({"backend": "canary"})
+    assert ps("set-weights", "--canary", "10").returncode == 0
+    assert ps("verify-weights", "--expect-canary", "10").returncode == 0
+    text = bed.include_text().replace("weight=900", "weight=898").replace("weight=100", "weight=102")
+    bed.nginx.include.write_text(text)
+    done = ps("--json", "verify-weights", "--expect-canary", "10")
+    assert done.returncode == 1
+    assert "weight 898, expected 900" in done.stderr
+    record = _json(done.stdout)
+    assert record["ok"] is False and record["services"][0]["expected"]["weights"] == {"stable": 900,
+                                                                                      "canary": 100}
+    assert ps("verify-weights", "--expect-canary", "10", "--tolerance", "3").returncode == 0
+
+
+def test_first_apply_creates_the_include(traffic_bed: Callable[..., TrafficBed], ps: Any) -> None:
+    bed = traffic_bed({"backend": "canary", "web": "blue-green"})
+    bed.nginx.include.unlink()
+    done = ps("set-weights", "--canary", "0")
+    assert done.returncode == 0, done.stderr
+    text = bed.include_text()
+    assert "weight=999;" in text and "weight=1;" in text and "backup" in text

@@ -1,0 +1,78 @@
+"""`ps status` over two Docker hosts (the bed's engine and a second dockerd on 127.0.0.2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from testbed.ports import free_ports, unique
+
+SAMPLE_TAG = "pipeline-steps/sample-app"
+
+
+def test_status_flags_a_host_with_another_build(second_host: Any, engine: Any, docker_client: Any,
+                                                sample_image: str, docker_ps: Any, project: Any,
+                                                workdir: Path) -> None:
+    app = unique("st")
+    stable, canary = free_ports(2)
+    raw: dict[str, Any] = {
+        "app": app, "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
+        "hosts": [{"name": "one", "docker": engine.base_url, "address": "127.0.0.1"},
+                  {"name": "two", "docker": second_host.docker, "address": second_host.address}],
+        "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary}}},
+    }
+    project(raw)
+    repo = f"127.0.0.1:5999/{app}/backend"
+    two = second_host.engine.client()
+    clients = {"one": docker_client, "two": two}
+    try:
+        for client in clients.values():
+            image = client.images.get(sample_image)
+            image.tag(repo, "b1")
+            image.tag(repo, "b2")
+        done = docker_ps("deploy-env", "--slot", "stable", "--build-id", "b1")
+        assert done.returncode == 0, done.stderr
+        # the slot answers on both hosts' addresses
+        for address in ("127.0.0.1", second_host.address):
+            answer = requests.get(f"http://{address}:{stable}/", timeout=5)
+            assert answer.headers["X-Slot"] == "stable"
+        ok = docker_ps("--json", "status")
+        assert ok.returncode == 0, ok.stderr
+        record = json.loads(ok.stdout.strip().splitlines()[-1])
+        builds = {(s["host"], s["slot"]): s["build_id"] for s in record["slots"]}
+        assert builds[("one", "stable")] == builds[("two", "stable")] == "b1"
+        assert builds[("one", "canary")] is None
+        # host two alone gets another build in the stable slot: the dual-server mismatch
+        raw_two = {**raw, "hosts": [raw["hosts"][1]]}
+        project(raw_two, name="two.yaml")
+        done = docker_ps("--config", "two.yaml", "deploy-env", "--slot", "stable", "--build-id", "b2",
+                         "--force")
+        assert done.returncode == 0, done.stderr
+        flagged = docker_ps("status")
+        assert flagged.returncode == 1
+        assert "MISMATCH backend stable" in flagged.stdout and "one=b1, two=b2" in flagged.stdout
+        # a different image under the same tag on host two: deploy-env refuses
+        other = two.images.get(f"{SAMPLE_TAG}:5a3e1e000001")
+        two.images.build(fileobj=_dockerfile(other.id), tag=f"{repo}:b3", rm=True)
+        docker_client.images.get(sample_image).tag(repo, "b3")
+        differ = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b3")
+        assert differ.returncode == 1 and "differs between hosts" in differ.stderr
+    finally:
+        for client in clients.values():
+            for c in client.containers.list(all=True, filters={"label": f"pipeline-steps.app={app}"}):
+                c.remove(force=True)
+            for tag in ("b1", "b2", "b3"):
+                try:
+                    client.images.remove(f"{repo}:{tag}")
+                except Exception:
+                    pass
+        two.close()
+
+
+def _dockerfile(base: str) -> Any:
+    import io
+
+    return io.BytesIO(f"FROM {base}\nENV DIFFERENT=1\n".encode())

@@ -1,0 +1,468 @@
+"""`ps webhook serve` over real HTTP: in-process on a free port, and as a real `ps` subprocess.
+
+Jenkins is a local pytest-httpserver endpoint; GitLab is python-gitlab against `responses`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+import responses
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from pipeline_steps.errors import CheckFailed
+from pipeline_steps.webhook.actions import GitLabPipelineAction, JenkinsAction, LocalDeployAction
+from pipeline_steps.webhook.server import MAX_BODY, ReceiverSettings, WebhookServer
+from pipeline_steps.webhook.store import DONE, FAILED, PENDING, Delivery, DeliveryStore
+from testbed.ports import free_port, wait_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+PsRun = Any  # tests/conftest.py's runner of the real `ps`
+
+TOKEN = "whk-test-token-4f9a"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def head_sha(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def push_payload(branch: str = "develop", sha: str = SHA, kind: str = "push") -> dict[str, Any]:
+    return {"object_kind": kind, "event_name": kind, "ref": f"refs/heads/{branch}", "before": "f" * 40,
+            "after": sha, "checkout_sha": sha, "user_username": "dev",
+            "project": {"id": 42, "path_with_namespace": "team/app"}}
+
+
+def post(url: str, payload: Any = None, *, token: str | None = TOKEN, uuid: str | None = None,
+         body: bytes | None = None, headers: dict[str, str] | None = None) -> requests.Response:
+    h = {"Content-Type": "application/json", "X-Gitlab-Event": "Push Hook", **(headers or {})}
+    if token is not None:
+        h["X-Gitlab-Token"] = token
+    if uuid:
+        h["X-Gitlab-Event-UUID"] = uuid
+    data = body if body is not None else json.dumps(payload).encode()
+    return requests.post(url, data=data, headers=h, timeout=5)
+
+
+def padded_json(kind: str, size: int) -> bytes:
+    """A JSON object of exactly `size` bytes."""
+    head, tail = b'{"object_kind": "' + kind.encode() + b'", "pad": "', b'"}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Recorder:
+    """An action that records what it was asked to do (optionally held until released)."""
+
+    name = "recorder"
+
+    def __init__(self, hold: bool = False) -> None:
+        self.calls: list[Delivery] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, delivery: Delivery) -> str:
+        self.started.set()
+        self.release.wait(timeout=10)
+        self.calls.append(delivery)
+        return f"recorded {delivery.sha}"
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., WebhookServer]]:
+    """Start WebhookServers in-process on free 127.0.0.1 ports; all stopped afterwards."""
+    started: list[tuple[WebhookServer, DeliveryStore]] = []
+
+    def start(action: Any, db: Path | None = None, *, start_worker: bool = True,
+              branches: tuple[str, ...] = ("develop",)) -> WebhookServer:
+        store = DeliveryStore(db or tmp_path / "deliveries.sqlite3")
+        server = WebhookServer(store, action, ReceiverSettings(token=TOKEN, branches=branches), "127.0.0.1",
+                               free_port(), start_worker=start_worker)
+        server.start()
+        started.append((server, store))
+        return server
+
+    yield start
+    for server, store in started:
+        server.stop()
+        store.close()
+
+
+@pytest.fixture
+def jenkins() -> Iterator[HTTPServer]:
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
+
+
+def deliveries(server: WebhookServer) -> list[dict[str, Any]]:
+    answer = requests.get(f"{server.url}/deliveries", timeout=5)
+    assert answer.status_code == 200
+    return list(answer.json()["deliveries"])
+
+
+# ------------------------------------------------------------------ receiving
+
+
+def test_accepted_push_is_recorded_answered_fast_and_acted_on_once(
+        serve: Callable[..., WebhookServer]) -> None:
+    action = Recorder()
+    server = serve(action)
+    started = time.monotonic()
+    answer = post(server.url, push_payload(), uuid="uuid-1")
+    assert time.monotonic() - started < 1.0
+    assert (answer.status_code, answer.json()) == (200, {"status": "accepted", "delivery": "uuid-1"})
+    assert wait_for(lambda: deliveries(server)[0]["status"] == DONE)
+    assert [d.sha for d in action.calls] == [SHA]
+    record = deliveries(server)[0]
+    assert (record["branch"], record["sha"], record["project"], record["outcome"]) == (
+        "develop", SHA, "team/app", f"recorded {SHA}")
+    health = requests.get(f"{server.url}/healthz", timeout=5).json()
+    assert health == {"status": "ok", "pending": 0, "action": "recorder"}
+
+
+def test_replayed_delivery_is_acted_on_once(serve: Callable[..., WebhookServer]) -> None:
+    action = Recorder()
+    server = serve(action)
+    first = post(server.url, push_payload(), uuid="uuid-replay")
+    assert first.json()["status"] == "accepted"
+    assert wait_for(lambda: len(action.calls) == 1)
+    for _ in range(3):
+        again = post(server.url, push_payload(), uuid="uuid-replay")
+        assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    by_key = post(server.url, push_payload(), headers={"Idempotency-Key": "idem-1"})
+    assert by_key.json() == {"status": "accepted", "delivery": "idem-1"}
+    replay = post(server.url, push_payload(), headers={"Idempotency-Key": "idem-1"})
+    assert replay.json()["status"] == "duplicate"
+    assert wait_for(lambda: len(action.calls) == 2)
+    time.sleep(0.3)
+    assert len(action.calls) == 2
+    assert len(deliveries(server)) == 2
+
+
+def test_wrong_or_missing_token_is_401_and_not_recorded(serve: Callable[..., WebhookServer]) -> None:
+    action = Recorder()
+    server = serve(action)
+    for token in ("wrong-token", "", None, TOKEN[:-1]):
+        answer = post(server.url, push_payload(), token=token, uuid=f"uuid-{token}")
+        assert answer.status_code == 401
+        assert TOKEN not in answer.text
+    assert deliveries(server) == []
+    time.sleep(0.2)
+    assert action.calls == []
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (push_payload(branch="main"), "branch 'main' does not deploy"),
+    (push_payload(kind="merge_request"), "is not a push"),
+    (push_payload(kind="tag_push"), "is not a push"),
+])
+def test_other_branches_and_events_get_200_ignored(serve: Callable[..., WebhookServer],
+                                                   payload: dict[str, Any], reason: str) -> None:
+    action = Recorder()
+    server = serve(action)
+    answer = post(server.url, payload, uuid="uuid-other")
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ignored" and reason in answer.json()["reason"]
+    time.sleep(0.3)
+    assert action.calls == []
+    assert [d["status"] for d in deliveries(server)] == ["ignored"]
+
+
+def test_malformed_bodies_are_400(serve: Callable[..., WebhookServer]) -> None:
+    server = serve(Recorder())
+    for body in (b"{not json", b"\xff\xfe", b"[1, 2]", b'"push"', b""):
+        answer = post(server.url, body=body)
+        assert answer.status_code == 400, body
+    assert deliveries(server) == []
+
+
+def test_oversize_body_is_413_and_not_read(serve: Callable[..., WebhookServer]) -> None:
+    server = serve(Recorder())
+    # a client announcing 5 MiB: the answer comes before any body byte is sent (nothing more is read)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"X-Gitlab-Token: " + TOKEN.encode() + b"\r\n"
+                     b"Content-Length: " + str(5 * MAX_BODY).encode() + b"\r\n\r\n")
+        head = sock.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 413")
+    # a body one byte over the limit, actually sent
+    big = padded_json("push", MAX_BODY + 1)
+    assert len(big) == MAX_BODY + 1
+    try:
+        answer = post(server.url, body=big)
+        assert answer.status_code == 413
+    except requests.ConnectionError:
+        pass  # the server may close before the client finished sending: also refused, also unread
+    assert deliveries(server) == []
+    # exactly at the limit is fine (read, then ignored as not a push to develop)
+    at_limit = padded_json("note", MAX_BODY)
+    assert len(at_limit) == MAX_BODY
+    assert post(server.url, body=at_limit).json()["status"] == "ignored"
+
+
+def test_pending_delivery_survives_a_restart_and_runs_exactly_once(
+        serve: Callable[..., WebhookServer], tmp_path: Path) -> None:
+    db = tmp_path / "restart.sqlite3"
+    first = serve(Recorder(), db, start_worker=False)  # accepts, never works: "killed before the worker ran"
+    assert post(first.url, push_payload(), uuid="uuid-restart").json()["status"] == "accepted"
+    first.stop()
+    with sqlite3.connect(db) as conn:  # durable before the 200
+        assert conn.execute("SELECT status FROM deliveries WHERE key='uuid-restart'").fetchone() == (PENDING,)
+
+    action = Recorder()
+    second = serve(action, db)
+    assert wait_for(lambda: len(action.calls) == 1)
+    assert post(second.url, push_payload(), uuid="uuid-restart").json()["status"] == "duplicate"
+    assert wait_for(lambda: deliveries(second)[0]["status"] == DONE)
+    second.stop()
+
+    third_action = Recorder()
+    third = serve(third_action, db)
+    time.sleep(0.5)
+    assert third_action.calls == [] and len(action.calls) == 1
+    assert [(d["key"], d["status"], d["attempts"]) for d in deliveries(third)] == [("uuid-restart", DONE, 1)]
+
+
+def test_failing_action_is_recorded_as_failed_and_the_worker_goes_on(
+        serve: Callable[..., WebhookServer]) -> None:
+    calls: list[str] = []
+
+    class Flaky:
+        name = "flaky"
+
+        def __call__(self, delivery: Delivery) -> str:
+            calls.append(delivery.key)
+            if delivery.key == "bad":
+                raise CheckFailed("Jenkins refused the trigger")
+            if delivery.key == "boom":
+                raise RuntimeError("unexpected")
+            return "fine"
+
+    server = serve(Flaky())
+    for key in ("bad", "boom", "good"):
+        assert post(server.url, push_payload(), uuid=key).json()["status"] == "accepted"
+    assert wait_for(lambda: len(calls) == 3)
+    assert wait_for(lambda: all(d["status"] != "running" for d in deliveries(server)))
+    outcome = {d["key"]: (d["status"], d["outcome"]) for d in deliveries(server)}
+    assert outcome["bad"] == (FAILED, "Jenkins refused the trigger")
+    assert outcome["boom"][0] == FAILED and "RuntimeError" in outcome["boom"][1]
+    assert outcome["good"] == (DONE, "fine")
+
+
+# ------------------------------------------------------------------ actions
+
+
+def test_jenkins_action_posts_parameters_with_basic_auth(serve: Callable[..., WebhookServer],
+                                                         jenkins: HTTPServer) -> None:
+    seen: list[Request] = []
+
+    def handler(request: Request) -> Response:
+        seen.append(request)
+        return Response("", status=201, headers={"Location": f"{jenkins.url_for('/queue/item/7/')}"})
+
+    jenkins.expect_request("/job/team/job/deploy/buildWithParameters", method="POST").respond_with_handler(
+        handler)
+    action = JenkinsAction.from_env(jenkins.url_for("/"), "team/deploy", job_token_env="JT", user_env="JU",
+                                    api_token_env="JA",
+                                    env={"JT": "job-token-123", "JU": "ci-bot", "JA": "api-token-456"})
+    server = serve(action)
+    assert post(server.url, push_payload(), uuid="uuid-jenkins").json()["status"] == "accepted"
+    assert wait_for(lambda: deliveries(server)[0]["status"] == DONE)
+    assert len(seen) == 1
+    request = seen[0]
+    form = parse_qs(request.get_data(as_text=True))
+    assert form == {"DEPLOY_TYPE": ["canary-auto"], "COMMIT_SHA": [SHA], "BUILD_ID": [SHA[:12]],
+                    "COMMIT_BRANCH": ["develop"], "token": ["job-token-123"]}
+    assert request.args == {}  # no secret in the URL
+    assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"ci-bot:api-token-456").decode()
+    outcome = deliveries(server)[0]["outcome"]
+    assert "201" in outcome and "/queue/item/7/" in outcome
+    assert "job-token-123" not in outcome and "api-token-456" not in outcome
+
+
+def test_jenkins_refusal_and_absence_fail_the_delivery(jenkins: HTTPServer) -> None:
+    jenkins.expect_request("/job/deploy/buildWithParameters", method="POST").respond_with_data("no",
+                                                                                              status=403)
+    delivery = Delivery("k", 0.0, "push", "refs/heads/develop", "develop", SHA, None, None, PENDING)
+    action = JenkinsAction(url=jenkins.url_for("/"), job="deploy", user="u", api_token="wrong")
+    with pytest.raises(CheckFailed, match="refused"):
+        action(delivery)
+    gone = JenkinsAction(url=f"http://127.0.0.1:{free_port()}", job="deploy")
+    from pipeline_steps.errors import Unreachable
+    with pytest.raises(Unreachable):
+        gone(delivery)
+
+
+@responses.activate
+def test_gitlab_action_triggers_a_pipeline_through_python_gitlab(serve: Callable[..., WebhookServer]) -> None:
+    responses.add_passthru("http://127.0.0.1")  # the receiver itself is real
+    trigger = responses.post("https://gitlab.example.com/api/v4/projects/42/trigger/pipeline",
+                             json={"id": 99, "ref": "develop", "web_url": "https://gitlab.example.com/p/-/pipelines/99"},
+                             status=201)
+    action = GitLabPipelineAction.from_env("https://gitlab.example.com", "42", trigger_token_env="GT",
+                                           env={"GT": "trigger-token-789"})
+    server = serve(action)
+    assert post(server.url, push_payload(), uuid="uuid-gitlab").json()["status"] == "accepted"
+    assert wait_for(lambda: deliveries(server)[0]["status"] == DONE)
+    assert trigger.call_count == 1
+    sent = trigger.calls[0].request
+    body = sent.body
+    fields = json.loads(body) if body and body[:1] in (b"{", "{") else parse_qs(str(body))
+    assert fields["ref"] == "develop" and fields["token"] == "trigger-token-789"
+    assert fields["variables"] == {"DEPLOY_TYPE": "canary-auto", "COMMIT_SHA": SHA, "BUILD_ID": SHA[:12],
+                                   "COMMIT_BRANCH": "develop"}
+    assert "PRIVATE-TOKEN" not in sent.headers
+    outcome = deliveries(server)[0]["outcome"]
+    assert "pipeline 99" in outcome and "trigger-token-789" not in outcome
+
+
+@responses.activate
+def test_gitlab_action_maps_a_bad_trigger_token_to_check_failed() -> None:
+    responses.post("https://gitlab.example.com/api/v4/projects/team%2Fapp/trigger/pipeline",
+                   json={"message": "404 Not Found"}, status=404)
+    responses.post("https://gitlab.example.com/api/v4/projects/7/trigger/pipeline",
+                   json={"message": "401 Unauthorized"}, status=401)
+    delivery = Delivery("k", 0.0, "push", "refs/heads/develop", "develop", SHA, None, None, PENDING)
+    with pytest.raises(CheckFailed, match="404"):
+        GitLabPipelineAction("https://gitlab.example.com", "team/app", "tok-tok")(delivery)
+    with pytest.raises(CheckFailed, match="401"):
+        GitLabPipelineAction("https://gitlab.example.com", "7", "tok-tok")(delivery)
+
+
+def test_local_action_runs_ps_in_a_subprocess(serve: Callable[..., WebhookServer], git_repo: Path,
+                                             workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    for name in ("CI_COMMIT_SHA", "GIT_COMMIT"):
+        monkeypatch.delenv(name, raising=False)
+    sha = head_sha(git_repo)
+    action = LocalDeployAction(template="--json context", cwd=str(git_repo))
+    server = serve(action)
+    assert post(server.url, push_payload(sha=sha), uuid="uuid-local").json()["status"] == "accepted"
+    assert wait_for(lambda: deliveries(server)[0]["status"] in (DONE, FAILED), timeout=30)
+    record = deliveries(server)[0]
+    assert record["status"] == DONE, record["outcome"]
+    assert sha in record["outcome"]
+
+    outside = workdir.parent / "not-a-checkout"
+    outside.mkdir()
+    failing = LocalDeployAction(template="context", cwd=str(outside))
+    with pytest.raises(CheckFailed, match="exited 2"):
+        failing(Delivery("k", 0.0, "push", None, "develop", sha, None, None, PENDING))
+
+
+# ------------------------------------------------------------------ the real `ps webhook serve`
+
+
+def start_ps_serve(ps: PsRun, port: int, db: Path, jenkins_url: str, extra_env: dict[str, str]
+                   ) -> subprocess.Popen[str]:
+    env = {**ps.env, "WEBHOOK_TOKEN": TOKEN, **extra_env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline_steps", "webhook", "serve", "--port", str(port), "--db", str(db),
+         "--action", "jenkins", "--jenkins-url", jenkins_url, "--jenkins-job", "deploy"],
+        env=env, cwd=ps.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    if not wait_port(port, timeout=15):
+        proc.kill()
+        raise AssertionError(f"ps webhook serve did not listen: {proc.communicate(timeout=5)[0]}")
+    return proc
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    try:
+        return proc.communicate(timeout=10)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate(timeout=5)[0]
+
+
+def test_ps_webhook_serve_subprocess_end_to_end_and_crash_recovery(ps: PsRun, jenkins: HTTPServer,
+                                                                   tmp_path: Path) -> None:
+    hold = threading.Event()
+    hits: list[dict[str, list[str]]] = []
+
+    def handler(request: Request) -> Response:
+        hits.append(parse_qs(request.get_data(as_text=True)))
+        if len(hits) == 2:
+            hold.wait(timeout=10)  # the second trigger hangs: the server gets killed meanwhile
+        return Response("", status=201)
+
+    jenkins.expect_request("/job/deploy/buildWithParameters", method="POST").respond_with_handler(handler)
+    db, port = tmp_path / "serve.sqlite3", free_port()
+    secrets_env = {"JENKINS_USER": "bot", "JENKINS_API_TOKEN": "jenkins-api-secret-1"}
+    proc = start_ps_serve(ps, port, db, jenkins.url_for("/"), secrets_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert post(url, push_payload(), uuid="one").json()["status"] == "accepted"
+        assert post(url, push_payload(), uuid="one").json()["status"] == "duplicate"
+        assert post(url, push_payload(), token="nope").status_code == 401
+        assert wait_for(lambda: requests.get(f"{url}/deliveries", timeout=5).json()["deliveries"][0]["status"]
+                        == DONE)
+        assert len(hits) == 1 and hits[0]["COMMIT_SHA"] == [SHA]
+
+        # second delivery: the worker is inside the Jenkins call when the server is killed
+        assert post(url, push_payload(sha="b" * 40), uuid="two").json()["status"] == "accepted"
+        assert wait_for(lambda: len(hits) == 2)
+    finally:
+        log = stop(proc, signal.SIGKILL)
+    hold.set()
+    with sqlite3.connect(db) as conn:
+        assert dict(conn.execute("SELECT key, status FROM deliveries").fetchall()) == {"one": DONE,
+                                                                                       "two": "running"}
+    proc = start_ps_serve(ps, port, db, jenkins.url_for("/"), secrets_env)
+    try:
+        assert wait_for(lambda: len(hits) == 3)
+        assert wait_for(lambda: {d["key"]: d["status"] for d in requests.get(
+            f"{url}/deliveries", timeout=5).json()["deliveries"]} == {"one": DONE, "two": DONE})
+        assert hits[2]["COMMIT_SHA"] == ["b" * 40]  # the interrupted one ran again; "one" did not
+        assert requests.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
+    finally:
+        log += stop(proc)
+    assert proc.returncode == 0
+    assert "ps webhook stopped" in log and "interrupted" in log
+    assert TOKEN not in log and "jenkins-api-secret-1" not in log
+
+    listing = ps("--json", "webhook", "deliveries", "--db", str(db))
+    assert listing.returncode == 0, listing.stderr
+    assert [d["key"] for d in json.loads(listing.stdout)["deliveries"]] == ["two", "one"]
+
+
+def test_ps_webhook_serve_refuses_to_start_without_a_token(ps: PsRun, tmp_path: Path) -> None:
+    done = ps("webhook", "serve", "--port", str(free_port()), "--db", str(tmp_path / "x.sqlite3"))
+    assert done.returncode == 2
+    assert "WEBHOOK_TOKEN is not set" in done.stderr and "Traceback" not in done.stderr
+    bad = ps("webhook", "serve", "--action", "jenkins", env={"WEBHOOK_TOKEN": TOKEN})
+    assert bad.returncode == 2 and "--jenkins-job" in bad.stderr

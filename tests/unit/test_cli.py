@@ -1,0 +1,183 @@
+"""The ps CLI as a user runs it: help, exit codes, env options, config and context commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def two_services(workdir: Path) -> dict[str, Any]:
+    for name in ("web", "api"):
+        (workdir / name).mkdir(exist_ok=True)
+        (workdir / name / "Dockerfile").write_text("FROM scratch\n")
+    return {"app": "shop", "registry": "127.0.0.1:5000",
+            "services": {"web": {"context": "web", "slots": {"stable": 18081, "canary": 18082},
+                                 "env": {"DB_PASSWORD": "hunter2hunter2", "MODE": "fast"}},
+                         "api": {"context": "api", "slots": {"blue": 18091, "green": 18092}}}}
+
+
+def test_help_lists_steps_and_exit_codes(ps: Any) -> None:
+    done = ps("--help")
+    assert done.returncode == 0
+    for word in ("build", "push", "config", "context", "Exit codes:", "3  a needed system is unreachable",
+                 "PS_<STEP>_<OPTION>"):
+        assert word in done.stdout
+
+
+def test_help_does_not_import_heavy_libraries(ps: Any) -> None:
+    code = ("import sys\nfrom pipeline_steps import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = {'docker', 'requests', 'yaml', 'gitlab', 'crossplane', 'tenacity'}\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=ps.env, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_version(ps: Any) -> None:
+    done = ps("--version")
+    assert done.returncode == 0 and "0.1.0" in done.stdout
+
+
+def test_bad_usage_exits_2(ps: Any) -> None:
+    assert ps("--no-such-option").returncode == 2
+    done = ps("build", "--no-such-option")
+    assert done.returncode == 2 and "No such option" in done.stderr
+
+
+def test_missing_config_exits_2_in_one_line(ps: Any) -> None:
+    done = ps("config", "validate")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ps: ps.yaml: config file not found: ps.yaml (use --config FILE or PS_CONFIG)"]
+
+
+def test_validate_ok_prints_a_summary(ps: Any, project: Any, workdir: Path) -> None:
+    project(two_services(workdir), name="deploy.yaml")
+    done = ps("config", "validate", env={"PS_CONFIG": "deploy.yaml"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "ok: deploy.yaml is valid"
+    assert any("service web: 127.0.0.1:5000/shop/web" in line for line in lines)
+    assert any("slots blue 18091, green 18092" in line for line in lines)
+
+
+def test_validate_lists_every_problem_with_its_path(ps: Any, project: Any) -> None:
+    project({"app": "shop", "registry": "r", "services": {
+        "backend": {"slots": {"stable": 1, "canary": 2}, "health": {"path": "health", "timeout": "x"}}},
+        "canary": {"tolerance": 0}})
+    done = ps("config", "validate")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert 'ps: ps.yaml: services.backend.health.path: must start with "/"' in lines
+    timeout = "ps: ps.yaml: services.backend.health.timeout: not a duration"
+    assert any(line.startswith(timeout) for line in lines)
+    assert "ps: ps.yaml: canary.tolerance: must be >= 1" in lines
+    assert len(lines) == 3 and "Traceback" not in done.stderr
+
+
+def test_validate_failure_as_json(ps: Any, project: Any) -> None:
+    project({"app": "shop", "registry": "r", "services": {
+        "web": {"slots": {"stable": 1, "canary": 2}, "health": {"path": "x"}}}})
+    done = ps("--json", "config", "validate")
+    assert done.returncode == 2
+    record = json.loads(done.stdout)
+    assert record["ok"] is False and record["exit_code"] == 2
+    assert record["problems"] == ['services.web.health.path: must start with "/"']
+
+
+def test_traceback_only_with_verbose(ps: Any, project: Any) -> None:
+    project({"app": "shop"})
+    quiet, loud = ps("config", "validate"), ps("-v", "config", "validate")
+    assert quiet.returncode == loud.returncode == 2
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr
+
+
+def test_show_masks_secrets_as_yaml_and_json(ps: Any, project: Any, workdir: Path) -> None:
+    project(two_services(workdir))
+    env = {"MATTERMOST_WEBHOOK_URL": "https://chat.example.com/hooks/s3cr3t-hook"}
+    done = ps("config", "show", env=env)
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["timezone"] == "Asia/Seoul"
+    assert shown["services"]["web"]["env"] == {"DB_PASSWORD": "****", "MODE": "fast"}
+    assert shown["services"]["web"]["health"]["retries"] == 30
+    assert shown["notify"]["webhook"] == "set (masked)"
+    as_json = ps("--json", "config", "show", env=env)
+    record = json.loads(as_json.stdout)
+    assert record["step"] == "config-show" and record["config"]["services"]["api"]["slots"]["blue"] == 18091
+    for out in (done.stdout + done.stderr, as_json.stdout + as_json.stderr):
+        assert "hunter2hunter2" not in out and "s3cr3t-hook" not in out
+
+
+def test_step_options_come_from_the_environment(ps: Any, project: Any, workdir: Path) -> None:
+    project(two_services(workdir))
+    env = {"PS_BUILD_SERVICE": "api", "PS_BUILD_BUILD_ID": "fromenv01"}
+    done = ps("--dry-run", "--json", "build", env=env)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert [i["image"] for i in record["images"]] == ["127.0.0.1:5000/shop/api:fromenv01"]
+    assert "would build api" in done.stderr and "would build web" not in done.stderr
+
+
+def test_unknown_service_from_the_environment_exits_2(ps: Any, project: Any, workdir: Path) -> None:
+    project(two_services(workdir))
+    done = ps("--dry-run", "build", "--build-id", "x1", env={"PS_BUILD_SERVICE": "nope"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "ps: unknown service 'nope' (configured: api, web)"
+
+
+def test_bad_build_inputs_exit_2(ps: Any, project: Any, workdir: Path) -> None:
+    project(two_services(workdir))
+    for args, message in ((["--build-id", "no/slash"], "is not a valid image tag"),
+                          (["--build-id", "x1", "--tag", "bad tag"], "is not a valid image tag"),
+                          (["--build-id", "x1", "--build-arg", "=x"], "give NAME=VALUE"),
+                          (["--build-id", "x1", "--build-arg", "UNSET_VAR_XYZ"],
+                           "$UNSET_VAR_XYZ is not set")):
+        done = ps("--dry-run", "build", *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_no_commit_and_no_build_id_exits_2(ps: Any, project: Any, workdir: Path) -> None:
+    project(two_services(workdir))
+    done = ps("--dry-run", "build", env={"GIT_CEILING_DIRECTORIES": str(workdir.parent)})
+    assert done.returncode == 2 and "give --build-id" in done.stderr
+
+
+def test_context_local(ps: Any, git_repo: Path) -> None:
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=git_repo, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    done = ps("--json", "context")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["provider"] == "local" and record["sha"] == sha and record["build_id"] == sha[:12]
+    assert record["branch"] == "main" and record["title"] == "sample app"
+    dotenv = ps("context", "--dotenv")
+    assert dotenv.stdout.splitlines()[:2] == [f"BUILD_ID={sha[:12]}", f"COMMIT_SHA={sha}"]
+    human = ps("context")
+    assert any(line.split() == ["build_id", sha[:12]] for line in human.stdout.splitlines())
+
+
+def test_context_from_jenkins_and_gitlab(ps: Any) -> None:
+    jenkins = ps("context", "--dotenv", env={"GIT_COMMIT": SHA, "BUILD_NUMBER": "9",
+                                             "GIT_BRANCH": "origin/develop"})
+    assert jenkins.returncode == 0, jenkins.stderr
+    assert jenkins.stdout.splitlines() == [f"BUILD_ID={SHA[:12]}", f"COMMIT_SHA={SHA}",
+                                           "COMMIT_BRANCH=develop"]
+    gitlab = ps("--json", "context", env={"CI_COMMIT_SHA": SHA, "CI_COMMIT_BRANCH": "main",
+                                          "CI_PIPELINE_URL": "https://gitlab.example.com/p/-/pipelines/1"})
+    record = json.loads(gitlab.stdout)
+    assert record["provider"] == "gitlab" and record["pipeline_url"].endswith("/pipelines/1")
+
+
+def test_context_outside_git_and_ci_exits_2(ps: Any, workdir: Path) -> None:
+    done = ps("context", env={"GIT_CEILING_DIRECTORIES": str(workdir.parent)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
