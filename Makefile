@@ -9,6 +9,7 @@ setup: system $(STAMP)
 
 system:
 	@bash scripts/install-system
+	@bash scripts/install-ci-tools
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,7 +22,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: setup lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
 
 demo: setup
 	$(PY) -m demo

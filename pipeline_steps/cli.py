@@ -15,26 +15,46 @@ from pipeline_steps.errors import EXIT_USAGE, PsError
 from pipeline_steps.output import Output
 from pipeline_steps.secrets import mask
 
-# name -> "module:attribute"; modules are imported only when the command runs or help lists it,
-# so `ps --help` never loads docker, gitlab, requests or crossplane.
-COMMANDS: dict[str, str] = {
-    "config": "pipeline_steps.steps.config_cmd:group",
-    "context": "pipeline_steps.steps.context_cmd:command",
-    "build": "pipeline_steps.steps.build:command",
-    "push": "pipeline_steps.steps.push:command",
-    "health-gate": "pipeline_steps.steps.health_gate:command",
-    "mattermost-notify": "pipeline_steps.steps.mattermost_notify:command",
-    "deploy-env": "pipeline_steps.steps.deploy_env:command",
-    "status": "pipeline_steps.steps.status:command",
-    "set-weights": "pipeline_steps.steps.set_weights:command",
-    "switch": "pipeline_steps.steps.switch:command",
-    "verify-weights": "pipeline_steps.steps.verify_weights:command",
-    "traffic": "pipeline_steps.steps.traffic:group",
-    "deploy": "pipeline_steps.steps.deploy:command",
-    "lock": "pipeline_steps.steps.lock:group",
-    "history": "pipeline_steps.steps.history:command",
-    "webhook": "pipeline_steps.steps.webhook:group",
-    "gitlab-status": "pipeline_steps.steps.gitlab_status:command",
+# name -> (where the command lives, its one-line summary for `ps --help`). Modules are imported only
+# when their command runs, so `ps --help` never loads docker, gitlab, requests or crossplane.
+# tests/unit/test_cli.py keeps each summary equal to the first line of the command's docstring.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("pipeline_steps.steps.config_cmd:group",
+               "Check ps.yaml and show the effective configuration."),
+    "context": ("pipeline_steps.steps.context_cmd:command",
+                "Show the CI context: commit, BUILD_ID, branch, author and links."),
+    "build": ("pipeline_steps.steps.build:command",
+              "Build service images tagged <registry>/<app>/<service>:<BUILD_ID>."),
+    "push": ("pipeline_steps.steps.push:command",
+             "Push the built images to the registry (REGISTRY_USER / REGISTRY_PASSWORD or docker login)."),
+    "health-gate": ("pipeline_steps.steps.health_gate:command",
+                    "Wait until every target is healthy (exit 0), or give up with the last reason (exit 1)."),
+    "mattermost-notify": ("pipeline_steps.steps.mattermost_notify:command",
+                          "Post a deploy notification to Mattermost (a failure warns and exits 0 unless "
+                          "--fail-on-error)."),
+    "deploy-env": ("pipeline_steps.steps.deploy_env:command",
+                   "Run the service image in SLOT on every configured host."),
+    "status": ("pipeline_steps.steps.status:command",
+               "Show every slot on every host; exit 1 when hosts run different BUILD_IDs for a slot."),
+    "set-weights": ("pipeline_steps.steps.set_weights:command",
+                    "Set the stable/canary weights in the nginx upstreams and reload nginx safely."),
+    "switch": ("pipeline_steps.steps.switch:command",
+               "Send the traffic to COLOR; the other color stays as nginx backup."),
+    "verify-weights": ("pipeline_steps.steps.verify_weights:command",
+                       "Prove the live nginx weights (and measured split) match the expectation; exit 1 "
+                       "if not."),
+    "traffic": ("pipeline_steps.steps.traffic:group", "How nginx splits traffic between the slots."),
+    "deploy": ("pipeline_steps.steps.deploy:command",
+               "Run a deployment type: stable, canary-manual, canary-auto, promote-canary, rollback, "
+               "blue-green."),
+    "lock": ("pipeline_steps.steps.lock:group",
+             "The deploy lock: one deployment per app at a time on this host."),
+    "history": ("pipeline_steps.steps.history:command",
+                "Show the recorded deployment actions (time, type, BUILD_IDs, weights, result, who)."),
+    "webhook": ("pipeline_steps.steps.webhook:group",
+                "Receive GitLab push events and start a canary-auto deploy."),
+    "gitlab-status": ("pipeline_steps.steps.gitlab_status:command",
+                      "Set a GitLab commit status (GITLAB_URL, GITLAB_TOKEN from the environment)."),
 }
 
 GLOBAL_OPTIONS = {"--config", "--json", "--dry-run", "-v", "--verbose", "--version", "--help", "-h"}
@@ -51,34 +71,8 @@ A first argument that is not a ps command (`ps aux`, `ps -ef`) runs the system's
 
 
 def _available(name: str) -> bool:
-    module = COMMANDS[name].partition(":")[0]
+    module = COMMANDS[name][0].partition(":")[0]
     return importlib.util.find_spec(module) is not None
-
-
-def _source_short_help(name: str, limit: int) -> str | None:
-    """The first sentence of a step command's docstring, read from the module's source without
-    importing it (so `ps --help` stays as fast as a bare click program); None if not found."""
-    module, _, attr = COMMANDS[name].partition(":")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin:
-        return None
-    try:
-        with open(spec.origin, encoding="utf-8") as fh:
-            source = fh.read()
-    except OSError:
-        return None
-    start = source.find(f"\ndef {attr}(")
-    body = source.find(":\n", start) + 2 if start >= 0 else -1
-    if body < 2:
-        return None
-    rest = source[body:].lstrip()
-    quote = rest[:3]
-    if quote not in ('"""', "'''"):
-        return None
-    end = rest.find(quote, 3)
-    if end < 0:
-        return None
-    return click.utils.make_default_short_help(" ".join(rest[3:end].split()), limit)
 
 
 class LazyGroup(click.Group):
@@ -93,23 +87,15 @@ class LazyGroup(click.Group):
         if not names:
             return
         limit = formatter.width - 6 - max(len(name) for name in names)
-        rows: list[tuple[str, str]] = []
-        for name in names:
-            text = _source_short_help(name, limit)
-            if text is None:
-                command = self.get_command(ctx, name)
-                if command is None or command.hidden:
-                    continue
-                text = command.get_short_help_str(limit)
-            rows.append((name, text))
+        rows = [(name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit))
+                for name in names]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None or not _available(cmd_name):
+        if cmd_name not in COMMANDS or not _available(cmd_name):
             return None
-        module_name, _, attr = target.partition(":")
+        module_name, _, attr = COMMANDS[cmd_name][0].partition(":")
         command = getattr(importlib.import_module(module_name), attr)
         assert isinstance(command, click.Command)
         return command

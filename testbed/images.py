@@ -45,8 +45,9 @@ def base_rootfs_tar() -> bytes:
             link.type = tarfile.SYMTYPE
             link.linkname = "busybox"
             tar.addfile(link)
-        for name, text in {"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
-                           "etc/group": "root:x:0:\nnogroup:x:65534:\n"}.items():
+        files = {"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+                 "etc/group": "root:x:0:\nnogroup:x:65534:\n"}
+        for name, text in files.items():
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -24,7 +24,7 @@ def head_commit(cwd: Path) -> str | None:
 
 
 def is_dirty(cwd: Path) -> bool:
-    """True when tracked files differ from HEAD (untracked files do not count, as in `git describe --dirty`)."""
+    """True when tracked files differ from HEAD (untracked files do not count: `git describe --dirty`)."""
     status = _git(cwd, "status", "--porcelain", "--untracked-files=no")
     return bool(status)
 

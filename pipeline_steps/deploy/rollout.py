@@ -507,7 +507,7 @@ class Rollout:
             except (StepFailed, PsError) as exc:
                 self._finish_failure(exc)
             self.outcome.duration = round(time.monotonic() - started, 3)
-            weight = next(iter(self.outcome.weights.values()), None)
+            weight = self._notified_weight()
             if self.outcome.result == "success":
                 self.notify("success", weight=_int(weight), message=self.outcome.message,
                             duration=self.outcome.duration)
@@ -521,6 +521,14 @@ class Rollout:
             self._record()
             lock.release()
         return self.outcome
+
+    def _notified_weight(self) -> float | None:
+        """The split a notification shows: the canary's share, or the new color's 100 %."""
+        if "canary" in self.request.type:
+            return next(iter(self.outcome.weights.values()), None)
+        if self.request.type == "blue-green" and self.outcome.result == "success":
+            return 100.0
+        return None
 
     def _finish_failure(self, exc: Exception) -> None:
         message = exc.message if isinstance(exc, StepFailed | PsError) else str(exc)

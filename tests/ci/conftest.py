@@ -63,7 +63,8 @@ def groovy() -> Callable[..., Any]:
 def jenkins_plans(groovy: Callable[..., Any]) -> dict[str, Any]:
     """The Jenkinsfile evaluated once for every DEPLOY_TYPE (one JVM start for all of them)."""
     types = "stable,canary-manual,canary-auto,promote-canary,rollback,blue-green"
-    return groovy(str(JENKINSFILE), types)  # type: ignore[no-any-return]
+    plans: dict[str, Any] = groovy(str(JENKINSFILE), types)
+    return plans
 
 
 def tool(name: str) -> Path:
@@ -103,7 +104,8 @@ def endpoints(httpserver: Any) -> Endpoints:
                       gitlab_token=secrets.token_hex(10))
 
     def mattermost(request: Request) -> Response:
-        found.posts.append(request.get_json(force=True, silent=True) or {"raw": request.get_data(as_text=True)})
+        body = request.get_json(force=True, silent=True)
+        found.posts.append(body or {"raw": request.get_data(as_text=True)})
         return Response("ok", status=200, content_type="text/plain")
 
     def gitlab(request: Request) -> Response:
@@ -182,7 +184,8 @@ class CiBed:
         """The X-Slot of `count` sequential requests through the bed's nginx."""
         import requests
 
-        return [requests.get(f"{self.nginx.url}/", timeout=5).headers.get("X-Slot", "?") for _ in range(count)]
+        url = f"{self.nginx.url}/"
+        return [requests.get(url, timeout=5).headers.get("X-Slot", "?") for _ in range(count)]
 
 
 def site_servers(app_upstream: str) -> str:

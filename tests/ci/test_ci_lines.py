@@ -15,7 +15,6 @@ from .cifiles import (
     PsLine,
     all_lines,
     double_quoted_sh,
-    gitlab_lines,
     gitlab_variables,
     groovy_sh_lines,
     option_env_names,
@@ -77,7 +76,8 @@ def _env_names_in_groovy() -> set[str]:
 
 
 def test_ps_variables_name_real_options() -> None:
-    names = {key.rsplit(".", 1)[-1] for path in (GITLAB_CI, GITLAB_TEMPLATE) for key in gitlab_variables(path)}
+    names = {key.rsplit(".", 1)[-1]
+             for path in (GITLAB_CI, GITLAB_TEMPLATE) for key in gitlab_variables(path)}
     used = {n for n in names | _env_names_in_groovy() if n.startswith("PS_")}
     assert used, "expected PS_CONFIG at least"
     unknown = used - option_env_names()

@@ -52,7 +52,8 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
     subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True, capture_output=True)
     engine: Engine | None = None
     try:
-        subprocess.run(["ip", "addr", "add", f"{subnet}.1/24", "dev", bridge], check=True, capture_output=True)
+        subprocess.run(["ip", "addr", "add", f"{subnet}.1/24", "dev", bridge], check=True,
+                       capture_output=True)
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True)
         root = Path(tempfile.mkdtemp(prefix="ps-bed-dockerd2-"))
         engine = start_dockerd(root, bridge=bridge,

@@ -60,7 +60,8 @@ def test_deploy_idempotent_env_file_and_no_secret(slot_app: dict[str, Any], dock
     assert labels["pipeline-steps.build-id"] == "b1" and labels["pipeline-steps.slot"] == "canary"
     for key in ("app", "service", "image-digest", "deployed-at", "deployed-by", "env-hash"):
         assert labels[f"pipeline-steps.{key}"]
-    assert f"DB_PASSWORD={SECRET}" in c.attrs["Config"]["Env"] and "PS_SLOT=canary" in c.attrs["Config"]["Env"]
+    container_env = c.attrs["Config"]["Env"]
+    assert f"DB_PASSWORD={SECRET}" in container_env and "PS_SLOT=canary" in container_env
     assert "TZ=Asia/Seoul" in c.attrs["Config"]["Env"]
     host = c.attrs["HostConfig"]
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
@@ -73,7 +74,8 @@ def test_deploy_idempotent_env_file_and_no_secret(slot_app: dict[str, Any], dock
     again = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
     assert again.returncode == 0 and "no change" in again.stdout and "unchanged" in again.stdout
     assert docker_client.containers.get(c.name).id == c.id
-    changed = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env={"DB_PASSWORD": "other-value"})
+    changed = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1",
+                        env={"DB_PASSWORD": "other-value"})
     assert changed.returncode == 0 and "new environment" in changed.stdout
     assert docker_client.containers.get(c.name).id != c.id
 
@@ -83,7 +85,8 @@ def test_missing_env_from_is_exit_2_before_anything(slot_app: dict[str, Any], do
     done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1")
     assert done.returncode == 2
     assert "DB_PASSWORD" in done.stderr and "Traceback" not in done.stderr
-    assert not docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={slot_app['app']}"})
+    label = f"pipeline-steps.app={slot_app['app']}"
+    assert not docker_client.containers.list(all=True, filters={"label": label})
 
 
 def test_traffic_carrying_slot_needs_force(slot_app: dict[str, Any], docker_ps: Any, docker_client: Any,

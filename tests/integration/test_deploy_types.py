@@ -166,8 +166,8 @@ def test_canary_auto_rolls_back_a_canary_that_turns_unhealthy(
     assert "secret-token" not in done.stdout + done.stderr
 
 
-def test_blue_green_switches_without_dropping_requests(deploy_bed: Callable[..., TrafficBed],
-                                                       app_builds: Callable[..., str], docker_ps: Any) -> None:
+def test_blue_green_switches_without_dropping_requests(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any) -> None:
     bed = deploy_bed({"web": "blue-green"})
     app_builds("aaaa00000001")
     app_builds("bbbb00000002")

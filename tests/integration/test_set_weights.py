@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,12 @@ def _workers(bed: TrafficBed) -> list[int]:
 
     pid = bed.nginx.master_pid()
     assert pid
-    return sorted(_children(pid))
+    for _ in range(200):  # a freshly started master may not have forked its worker yet
+        found = _children(pid)
+        if found:
+            return sorted(found)
+        time.sleep(0.02)
+    return []
 
 
 @pytest.mark.parametrize("args", [

@@ -21,7 +21,8 @@ def _slots_answering(url: str, n: int) -> dict[str, int]:
     return counts
 
 
-def test_switch_and_backup_takes_over(traffic_bed: Callable[..., TrafficBed], run_sample: Any, ps: Any) -> None:
+def test_switch_and_backup_takes_over(traffic_bed: Callable[..., TrafficBed], run_sample: Any,
+                                      ps: Any) -> None:
     bed = traffic_bed({"web": "blue-green"})
     containers = {slot: run_sample(port=port, PS_SLOT=slot)[0] for slot, port in bed.ports["web"].items()}
     url = bed.url("web")

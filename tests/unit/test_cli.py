@@ -181,3 +181,28 @@ def test_context_from_jenkins_and_gitlab(ps: Any) -> None:
 def test_context_outside_git_and_ci_exits_2(ps: Any, workdir: Path) -> None:
     done = ps("context", env={"GIT_CEILING_DIRECTORIES": str(workdir.parent)})
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_help_reads_short_help_without_importing_steps(ps: Any) -> None:
+    code = ("import sys\nfrom pipeline_steps import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('pipeline_steps.steps.')))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=ps.env, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_help_summaries_match_each_commands_docstring() -> None:
+    """`ps --help` shows the COMMANDS summaries without importing steps; they must say what the
+    commands themselves say."""
+    import click
+
+    from pipeline_steps.cli import COMMANDS, LazyGroup, cli
+
+    ctx = click.Context(cli)
+    assert isinstance(cli, LazyGroup)
+    for name, (_target, summary) in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None, name
+        first_line = " ".join((command.help or "").split("\n\n")[0].split())
+        assert summary == first_line, name

@@ -1,0 +1,84 @@
+"""canary-auto's time beyond its configured pauses, and rollback time from a failed check to stable.
+
+Two services on one host, steps 10/40/70 with 1 s pauses. Figures:
+- overhead = wall time of `ps deploy --type canary-auto` minus the configured pauses (goal <= 3 s);
+- rollback = seconds from the failed canary check to traffic on stable (goal <= 0.5 s), against a raw
+  `nginx -t && nginx -s reload` of the same config measured in the same run (the floor any tool pays).
+Writes bench/results/canary.json. Run from the repo root: .venv/bin/python bench/canary.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from testbed.deploy_bed import start_deploy_bed  # noqa: E402
+from testbed.load import LoadGenerator  # noqa: E402
+
+RUNS = 3
+PAUSES = 3 * 1.0
+
+
+def raw_reload(bed_nginx_command: list[str]) -> float:
+    start = time.monotonic()
+    subprocess.run([*bed_nginx_command, "-t"], check=True, capture_output=True)
+    subprocess.run([*bed_nginx_command, "-s", "reload"], check=True, capture_output=True)
+    return time.monotonic() - start
+
+
+def main() -> int:
+    bed = start_deploy_bed({"web": "canary", "api": "canary"})
+    try:
+        bed.build("c0ffee000001")
+        bed.build("c0ffee000002")
+        for i in range(RUNS):  # unhealthy once it served 5 requests; a new build each run
+            bed.build(f"bad00000000{i}", fail_after=5)
+        done = bed.ps("deploy", "--type", "stable", "--build-id", "c0ffee000001", "--no-notify")
+        assert done.returncode == 0, done.stderr
+        overheads: list[float] = []
+        for i in range(RUNS):
+            build = "c0ffee000002" if i % 2 == 0 else "c0ffee000001"
+            start = time.monotonic()
+            done = bed.ps("deploy", "--type", "canary-auto", "--build-id", build, "--no-notify")
+            total = time.monotonic() - start
+            assert done.returncode == 0, done.stderr
+            overheads.append(total - PAUSES)
+        rollbacks: list[float] = []
+        for i in range(RUNS):
+            with LoadGenerator(bed.url("web"), rate=30, max_seconds=60, timeout=10):
+                done = bed.ps("--json", "deploy", "--type", "canary-auto", "--build-id", f"bad00000000{i}",
+                              "--no-notify")
+            assert done.returncode == 1, done.stderr
+            assert '"rolled-back"' in done.stdout, done.stderr
+            rollbacks.append(float(json.loads(done.stdout.strip().splitlines()[-1])["rollback_seconds"]))
+        raw = [raw_reload(bed.nginx.command()) for _ in range(5)]
+    finally:
+        bed.close()
+    result = {
+        "canary_auto_overhead_s": round(statistics.median(overheads), 3),
+        "overhead_goal_s": 3.0,
+        "rollback_s": round(statistics.median(rollbacks), 3),
+        "rollback_goal_s": 0.5,
+        "raw_reload_s": round(statistics.median(raw), 3),
+        "rollback_vs_raw_reload": round(statistics.median(rollbacks) / statistics.median(raw), 2),
+        "runs": RUNS,
+    }
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "canary.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"RESULT canary: canary-auto overhead beyond pauses {result['canary_auto_overhead_s']:.2f}s "
+          f"(goal <= 3s, two services); rollback {result['rollback_s']:.3f}s from failed check to stable "
+          f"(goal <= 0.5s) = {result['rollback_vs_raw_reload']}x a raw nginx -t && reload "
+          f"({result['raw_reload_s']:.3f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""`make demo`: the main job of a pipeline on the bundled sample app, run locally.
+
+build -> push -> stable -> canary-auto 10/40/70 (live split measured at each step, load running)
+-> promote-canary -> a canary that turns unhealthy -> automatic rollback. Everything runs on 127.0.0.1:
+a Docker engine (started when none answers), Debian's docker-registry with htpasswd auth, nginx under
+a temporary prefix, and a local endpoint standing in for Mattermost. The report stays in .demo/report/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from testbed import images  # noqa: E402
+from testbed.engine import ensure_engine  # noqa: E402
+from testbed.load import LoadGenerator  # noqa: E402
+from testbed.nginx import start_nginx  # noqa: E402
+from testbed.ports import free_ports  # noqa: E402
+from testbed.registry import start_registry  # noqa: E402
+
+APP = "demo-shop"
+SERVICES = ("web", "api")
+DEMO = REPO / ".demo"
+
+
+class Chat(BaseHTTPRequestHandler):
+    """Stands in for a Mattermost incoming webhook: keeps the payloads, answers `ok`."""
+
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("Content-Length") or 0)
+        self.received.append(json.loads(self.rfile.read(length) or b"{}"))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def git(work: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=Demo Dev", "-c", "user.email=dev@demo.local", *args], cwd=work,
+                   check=True, capture_output=True)
+
+
+def main() -> int:
+    shutil.rmtree(DEMO / "work", ignore_errors=True)
+    (DEMO / "report").mkdir(parents=True, exist_ok=True)
+    work = DEMO / "work"
+    work.mkdir(parents=True)
+    started: list[Any] = []
+    banner("test bed: Docker engine, registry (htpasswd), nginx, chat endpoint, all on 127.0.0.1")
+    engine = ensure_engine()
+    started.append(engine.stop)
+    client = engine.client()
+    for c in client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
+        c.remove(force=True)
+    base = images.ensure_base_image(client)
+    registry = start_registry(user="deployer")
+    started.append(registry.stop)
+    chat = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    threading.Thread(target=chat.serve_forever, daemon=True).start()
+    started.append(chat.shutdown)
+    ports = free_ports(4)
+    slots = {"web": {"stable": ports[0], "canary": ports[1]}, "api": {"stable": ports[2], "canary": ports[3]}}
+    upstreams = "".join(
+        f"upstream {APP.replace('-', '_')}_{s} {{ server 127.0.0.1:{p['stable']} weight=999; "
+        f"server 127.0.0.1:{p['canary']} weight=1; keepalive 32; }}\n" for s, p in slots.items())
+    locations = "".join(f"        location /{s}/ {{ proxy_pass http://{APP.replace('-', '_')}_{s}; }}\n"
+                        for s in SERVICES)
+    server = "    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}" + locations + "    }\n"
+    nginx = start_nginx(server, upstreams)
+    started.append(nginx.stop)
+    print(f"engine {engine.base_url}; registry {registry.address}; nginx {nginx.url}")
+    try:
+        return pipeline(work, engine.base_url, base, registry, nginx, slots, chat.server_address[1])
+    finally:
+        banner("cleaning up (containers, nginx, registry, and dockerd if the demo started it)")
+        for c in client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
+            c.remove(force=True)
+        client.close()
+        for stop in reversed(started):
+            stop()
+
+
+def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
+             slots: dict[str, dict[str, int]], chat_port: int) -> int:
+    images.copy_sample_app(work / "app")
+    config = {
+        "app": APP, "registry": registry.address, "timezone": "Asia/Seoul",
+        "hosts": [{"name": "local", "docker": docker_url, "address": "127.0.0.1"}],
+        "services": {s: {"context": "app", "port": 80, "slots": slots[s], "url": f"{nginx.url}/{s}/",
+                         "env": {"GREETING": "hello"},
+                         "health": {"path": "/health", "expect": {"status": "healthy"}, "interval": "250ms",
+                                    "timeout": "2s", "retries": 30}} for s in SERVICES},
+        "router": {"include": str(nginx.include), "url": nginx.url,
+                   "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),
+                             "error_log": str(nginx.error_log)}},
+        "canary": {"steps": [10, 40, 70], "pause": "3s", "check_interval": "500ms", "probe": 400},
+        "notify": {"mattermost": {"channel": "deploys", "username": "pipeline-steps"}},
+        "state_dir": ".ps-state",
+    }
+    (work / "ps.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (work / ".gitignore").write_text(".ps-state/\nbuild.env\n")
+    git(work, "init", "-q", "-b", "develop")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "sample app v1")
+    env = {**os.environ, "DOCKER_HOST": docker_url, "REGISTRY_USER": registry.user,
+           "REGISTRY_PASSWORD": registry.password,
+           "MATTERMOST_WEBHOOK_URL": f"http://127.0.0.1:{chat_port}/hooks/demo-secret-hook",
+           "PYTHONPATH": str(REPO)}
+    env.pop("CI_COMMIT_SHA", None)
+    env.pop("GIT_COMMIT", None)
+    report_dir = DEMO / "report"
+
+    def ps(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+        print(f"$ ps {' '.join(args)}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "pipeline_steps", *args], cwd=work, env=env, text=True,
+                              check=False)
+        if done.returncode != expect:
+            raise SystemExit(f"demo: `ps {' '.join(args)}` exited {done.returncode}, expected {expect}")
+        return done
+
+    build_arg = f"BASE_IMAGE={base}"
+    banner("stage: build and push v1 (BUILD_ID = the git commit)")
+    ps("config", "validate")
+    ps("build", "--build-arg", build_arg, "--dotenv-out", "build.env")
+    ps("push")
+    banner("deploy --type stable")
+    ps("deploy", "--type", "stable")
+
+    banner("a push to develop: v2, canary-auto 10 -> 40 -> 70 under 100 requests/s")
+    (work / "app" / "VERSION").write_text("2\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "v2: a new feature")
+    ps("build", "--build-arg", build_arg)
+    ps("push")
+    with LoadGenerator(f"{nginx.url}/web/", rate=100, max_seconds=120, timeout=10) as load:
+        ps("deploy", "--type", "canary-auto", "--report", str(report_dir / "canary-auto.json"))
+        banner("deploy --type promote-canary (still under load)")
+        ps("deploy", "--type", "promote-canary")
+    print(f"load through nginx during canary-auto and promote: {load.report().summary()}")
+    ps("status")
+
+    banner("v3 has a bug: its health fails after 120 requests; canary-auto must roll it back by itself")
+    with open(work / "app" / "Dockerfile", "a") as fh:
+        fh.write("\nENV FAIL_AFTER=120\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "v3: a subtle bug")
+    ps("build", "--build-arg", build_arg)
+    ps("push")
+    with LoadGenerator(f"{nginx.url}/web/", rate=50, max_seconds=120, timeout=10) as load:
+        ps("deploy", "--type", "canary-auto", "--report", str(report_dir / "canary-rollback.json"), expect=1)
+    print(f"load through nginx during the failed canary: {load.report().summary()}")
+    ps("verify-weights", "--expect-canary", "0", "--probe", "300", "--url", f"{nginx.url}/web/",
+       "--service", "web")
+    ps("traffic", "status")
+    ps("history", "--limit", "10")
+
+    banner("notifications the team received")
+    for payload in Chat.received:
+        attachment = (payload.get("attachments") or [{}])[0]
+        print(f"  [{attachment.get('color', '')}] {attachment.get('fallback') or payload.get('text', '')}")
+    banner("report")
+    for name in ("canary-auto", "canary-rollback"):
+        print(f"  {report_dir / (name + '.json')}\n  {report_dir / (name + '.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

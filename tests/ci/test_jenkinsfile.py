@@ -1,0 +1,290 @@
+"""The Jenkinsfile and the shared Jenkins library: linted, evaluated with a DSL stub, and run on the bed."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from .cifiles import JENKINS_VARS, JENKINSFILE, REPO, resolve
+from .conftest import CiBed, tool
+
+TYPES = ("stable", "canary-manual", "canary-auto", "promote-canary", "rollback", "blue-green")
+DEPLOYING = ("ps deploy-env", "ps set-weights", "ps deploy ", "ps switch")
+
+
+def sh_steps(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in plan["steps"] if s["kind"] == "sh"]
+
+
+def ran(plan: dict[str, Any]) -> list[str]:
+    return [s["name"] for s in plan["stages"] if s["ran"]]
+
+
+# ---------------------------------------------------------------- lint
+
+
+@pytest.mark.slow
+def test_npm_groovy_lint_passes() -> None:
+    lint = tool("npm-groovy-lint")
+    files = [str(JENKINSFILE), *sorted(str(p) for p in JENKINS_VARS.glob("*.groovy"))]
+    done = subprocess.run([str(lint), "--noserver", "--failon", "warning", "--loglevel", "warning",
+                           "--config", str(REPO / ".groovylintrc.json"), *files],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "0 error(s)" in done.stdout or "Error" in done.stdout
+
+
+def test_groovylintrc_uses_the_jenkinsfile_rules() -> None:
+    import json
+
+    assert json.loads((REPO / ".groovylintrc.json").read_text())["extends"] == "recommended-jenkinsfile"
+
+
+# ---------------------------------------------------------------- structure, per DEPLOY_TYPE
+
+
+def test_parameters_and_trigger(jenkins_plans: dict[str, Any]) -> None:
+    params = {p["name"]: p for p in jenkins_plans["parameters"]}
+    assert set(params["DEPLOY_TYPE"]["choices"]) == set(TYPES)
+    # a GitLab push trigger starts the job with defaults: the default type is canary-auto
+    assert params["DEPLOY_TYPE"]["default"] == "canary-auto"
+    assert params["CANARY_WEIGHT"]["kind"] == "string"
+    gitlab = [t for t in jenkins_plans["triggers"] if t["name"] == "gitlab"]
+    assert gitlab and gitlab[0]["args"][0]["includeBranchesSpec"] == "develop"
+    assert any(o["name"] == "timeout" for o in jenkins_plans["options"])
+
+
+def test_every_type_runs_checkout_and_only_ps_steps(jenkins_plans: dict[str, Any]) -> None:
+    assert set(jenkins_plans["runs"]) == set(TYPES)
+    for deploy_type, plan in jenkins_plans["runs"].items():
+        kinds = {s["kind"] for s in plan["steps"]}
+        assert kinds <= {"sh", "checkout"}, (deploy_type, kinds)
+        assert ran(plan)[0] == "Checkout"
+        assert plan["environment"]["DEPLOY_TYPE"] == deploy_type
+        for step in sh_steps(plan):
+            assert step["command"].startswith("ps "), step
+            resolve(step["command"], {k: str(v) for k, v in step["env"].items()} | {"BUILD_URL": "http://x/1/"})
+
+
+@pytest.mark.parametrize("deploy_type, stages", [
+    ("stable", ["Build", "Push", "Deploy stable slot", "Health gate stable", "Traffic to stable",
+                "Verify weights stable"]),
+    ("canary-manual", ["Build", "Push", "Deploy canary slot", "Health gate canary", "Traffic to canary",
+                       "Verify weights canary"]),
+    ("canary-auto", ["Build", "Push", "Deploy canary slot", "Health gate canary", "Traffic by ps deploy",
+                     "Verify weights"]),
+    ("promote-canary", ["Approve promote", "Traffic by ps deploy", "Verify weights"]),
+    ("rollback", ["Traffic by ps deploy", "Verify weights"]),
+    ("blue-green", ["Build", "Push", "Traffic by ps deploy", "Verify weights"]),
+])
+def test_stages_each_type_runs(jenkins_plans: dict[str, Any], deploy_type: str, stages: list[str]) -> None:
+    plan = jenkins_plans["runs"][deploy_type]
+    ran_stages = [s for s in ran(plan) if s not in ("Checkout", "Deploy")]
+    assert ran_stages == stages
+
+
+def test_health_gate_retries_and_deploy_type_passed_to_ps_deploy(jenkins_plans: dict[str, Any]) -> None:
+    for plan in jenkins_plans["runs"].values():
+        for step in sh_steps(plan):
+            if step["command"].startswith("ps health-gate"):
+                assert "--retries 30" in step["command"]
+            if step["command"].startswith("ps deploy "):
+                assert '--type "$DEPLOY_TYPE"' in step["command"]
+
+
+def test_deploying_steps_hold_the_lock_and_timeouts(jenkins_plans: dict[str, Any]) -> None:
+    for deploy_type, plan in jenkins_plans["runs"].items():
+        for step in sh_steps(plan):
+            if step["command"].startswith(DEPLOYING):
+                assert step["locks"] == ["ps-deploy-sample-app"], (deploy_type, step["command"])
+                assert step["timeouts"], (deploy_type, step["command"])
+
+
+def test_credentials_bound_where_needed(jenkins_plans: dict[str, Any]) -> None:
+    for deploy_type, plan in jenkins_plans["runs"].items():
+        post = [s for steps in plan["post"].values() for s in steps if s["kind"] == "sh"]
+        for step in sh_steps(plan) + post:
+            bound = {v for c in step["credentials"] for v in c["variables"]}
+            command = step["command"]
+            if command.startswith(("ps push", "ps deploy-env", "ps deploy ")):
+                assert {"REGISTRY_USER", "REGISTRY_PASSWORD"} <= bound, (deploy_type, command)
+            if command.startswith(("ps mattermost-notify", "ps deploy ")):
+                assert "MATTERMOST_WEBHOOK_URL" in bound, (deploy_type, command)
+            if command.startswith("ps gitlab-status"):
+                assert "GITLAB_TOKEN" in bound, (deploy_type, command)
+
+
+def test_promote_asks_first_unless_told_not_to(groovy: Any, jenkins_plans: dict[str, Any]) -> None:
+    stages = {s["name"]: s for s in jenkins_plans["runs"]["promote-canary"]["stages"]}
+    approve = stages["Approve promote"]
+    assert approve["ran"] and approve["input"][0]["name"] == "message"
+    assert approve["timeouts"]
+    assert not {s["name"]: s for s in jenkins_plans["runs"]["stable"]["stages"]}["Approve promote"]["ran"]
+    plans = groovy(str(JENKINSFILE), "promote-canary", "CONFIRM_PROMOTE=false")
+    unconfirmed = plans["runs"]["promote-canary"]
+    assert "Approve promote" not in ran(unconfirmed)
+    assert "Traffic by ps deploy" in ran(unconfirmed)
+
+
+def test_post_notifies_every_outcome(jenkins_plans: dict[str, Any]) -> None:
+    post = jenkins_plans["runs"]["stable"]["post"]
+    for outcome, status, state in (("success", "success", "success"), ("failure", "failure", "failed"),
+                                   ("aborted", "failure", "canceled")):
+        commands = [s["command"] for s in post[outcome]]
+        assert any(c.startswith(f"ps mattermost-notify --status {status}") for c in commands), outcome
+        assert f"ps gitlab-status --state {state}" in commands
+
+
+# ---------------------------------------------------------------- the shared library
+
+
+@pytest.mark.parametrize("call, expected", [
+    (["psBuild", "service=web"], ['ps build --service "$SERVICE" --dotenv-out build.env',
+                                  'ps push --service "$SERVICE"']),
+    (["psDeployEnv", "slot=canary"], ['ps set-weights --canary 0 --service "$SERVICE"',
+                                      'ps deploy-env --slot "$SLOT" --service "$SERVICE"',
+                                      'ps health-gate --service "$SERVICE" --slot "$SLOT" '
+                                      '--retries "$HEALTH_RETRIES"']),
+    (["psDeployEnv", "slot=stable", "force=true"], ['ps deploy-env --slot "$SLOT" --service "$SERVICE"',
+                                                    'ps health-gate --service "$SERVICE" --slot "$SLOT" '
+                                                    '--retries "$HEALTH_RETRIES"']),
+    (["psTraffic", "canary=40"], ['ps set-weights --canary "$CANARY_WEIGHT" --service "$SERVICE"',
+                                  'ps verify-weights --expect-canary "$CANARY_WEIGHT" --service "$SERVICE"']),
+    (["psDeploy", "type=canary-manual", "weight=25"],
+     ['ps deploy --type "$DEPLOY_TYPE" --service "$SERVICE" --report ps-report.json']),
+    (["psNotify", "status=failure", "message=boom"],
+     ['ps mattermost-notify --status "$NOTIFY_STATUS" --deploy-type "$DEPLOY_TYPE" --log-url "$LOG_URL"',
+      'ps gitlab-status --state "$GITLAB_STATE"']),
+])
+def test_library_globals_wrap_ps_steps(groovy: Any, call: list[str], expected: list[str]) -> None:
+    result = groovy("--library", str(JENKINS_VARS), "--call", *call)
+    steps = [s for s in result["steps"] if s["kind"] == "sh"]
+    assert [s["command"] for s in steps] == expected
+    for step in steps:
+        assert {c["id"] for c in step["credentials"]} == {"registry", "mattermost-webhook", "gitlab-token"}
+        env = {k: str(v) for k, v in step["env"].items()}
+        ctx = resolve(step["command"], {"LOG_URL": "http://x/1/", **env})
+        assert ctx.command.name
+    env = steps[0]["env"]
+    if call[0] == "psDeployEnv":
+        assert env["SLOT"] == call[1].split("=")[1]
+        assert env["PS_DEPLOY_ENV_FORCE"] == ("true" if "force=true" in call else "false")
+    if call[0] == "psDeploy":
+        assert env["DEPLOY_TYPE"] == "canary-manual" and env["PS_DEPLOY_WEIGHT"] == "25"
+    if call[0] == "psNotify":
+        assert env["GITLAB_STATE"] == "failed" and env["PS_MATTERMOST_NOTIFY_MESSAGE"] == "boom"
+
+
+# ---------------------------------------------------------------- run on the test bed
+
+
+@dataclass
+class JenkinsRun:
+    """What the recorded steps did when run like Jenkins' `sh` would."""
+
+    outputs: list[tuple[str, subprocess.CompletedProcess[str]]] = field(default_factory=list)
+    failed: str | None = None
+    outcome: str = "success"
+
+    def text(self) -> str:
+        return "\n".join(f"$ {cmd}\n{p.stdout}{p.stderr}" for cmd, p in self.outputs)
+
+
+def run_plan(bed: CiBed, plan: dict[str, Any], build_number: int) -> JenkinsRun:
+    """Run every recorded `sh` step in order in the bed's checkout, then the matching `post` block."""
+    secrets = bed.secrets()
+    base = bed.env(GIT_COMMIT=bed.head(), GIT_BRANCH="origin/main", BUILD_NUMBER=str(build_number),
+                   BUILD_ID=str(build_number),  # Jenkins' own BUILD_ID: the build number, not ours
+                   JOB_NAME="sample-app", JENKINS_URL="http://127.0.0.1:9/",
+                   BUILD_URL=f"http://127.0.0.1:9/job/sample-app/{build_number}/")
+    result = JenkinsRun()
+
+    def run(step: dict[str, Any]) -> bool:
+        env = {**base, **{k: str(v) for k, v in step["env"].items()}, "GITLAB_URL": bed.endpoints.base}
+        for binding in step["credentials"]:
+            for variable in binding["variables"]:
+                env[variable] = secrets[variable]
+        done = subprocess.run(["bash", "-ec", step["command"]], cwd=bed.repo, env=env, capture_output=True,
+                              text=True, timeout=600, check=False)
+        result.outputs.append((step["command"], done))
+        return done.returncode == 0
+
+    for step in plan["steps"]:
+        if step["kind"] == "sh" and not run(step):
+            result.failed, result.outcome = step["command"], "failure"
+            break
+    for step in plan["post"].get(result.outcome, []):
+        if step["kind"] == "sh":
+            run(step)
+    for secret in bed.secret_values():
+        assert secret not in result.text(), "a secret was printed"
+    return result
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_jenkinsfile_stable_then_canary_manual_on_the_bed(ci_bed: CiBed,
+                                                          jenkins_plans: dict[str, Any]) -> None:
+    stable = run_plan(ci_bed, jenkins_plans["runs"]["stable"], 1)
+    assert stable.failed is None, stable.text()[-6000:]
+    first = ci_bed.head()[:12]
+    assert set(ci_bed.through_nginx(20)) == {"stable"}
+
+    ci_bed.commit_change("second build")
+    canary = run_plan(ci_bed, jenkins_plans["runs"]["canary-manual"], 2)
+    assert canary.failed is None, canary.text()[-6000:]
+    second = ci_bed.head()[:12]
+    assert second != first
+    slots = ci_bed.through_nginx(100)
+    assert 4 <= slots.count("canary") <= 16, slots  # 10 % with smooth weighted round robin
+
+    import docker
+
+    client = docker.DockerClient(base_url=ci_bed.docker_host)
+    try:
+        labels = {c.name: c.labels for c in client.containers.list(filters={"name": ci_bed.app})}
+    finally:
+        client.close()
+    by_slot = {lbl.get("pipeline-steps.slot"): lbl.get("pipeline-steps.build-id") for lbl in labels.values()}
+    assert by_slot == {"stable": first, "canary": second}
+
+    texts = ci_bed.endpoints.notified()
+    assert len(texts) == 4 and "started" in texts[0].lower() and "success" in texts[1].lower()
+    states = [s.get("state") for s in ci_bed.endpoints.statuses]
+    assert states == ["running", "success", "running", "success"]
+    assert ci_bed.endpoints.statuses[-1]["path"].endswith(ci_bed.head())
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_jenkinsfile_failing_gate_notifies_failure(ci_bed: CiBed, jenkins_plans: dict[str, Any]) -> None:
+    stable = run_plan(ci_bed, jenkins_plans["runs"]["stable"], 1)
+    assert stable.failed is None, stable.text()[-6000:]
+    ci_bed.commit_change("broken canary", app_sh_line="touch /tmp/unhealthy")
+    canary = run_plan(ci_bed, jenkins_plans["runs"]["canary-manual"], 2)
+    assert canary.failed is not None and canary.failed.startswith("ps health-gate"), canary.text()[-4000:]
+    assert set(ci_bed.through_nginx(20)) == {"stable"}  # the canary never got its weight
+    assert "failure" in ci_bed.endpoints.notified()[-1].lower()
+    assert ci_bed.endpoints.statuses[-1].get("state") == "failed"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_jenkinsfile_canary_auto_then_promote_on_the_bed(ci_bed: CiBed,
+                                                         jenkins_plans: dict[str, Any]) -> None:
+    stable = run_plan(ci_bed, jenkins_plans["runs"]["stable"], 1)
+    assert stable.failed is None, stable.text()[-6000:]
+    ci_bed.commit_change("canary build")
+    auto = run_plan(ci_bed, jenkins_plans["runs"]["canary-auto"], 2)
+    assert auto.failed is None, auto.text()[-6000:]
+    slots = ci_bed.through_nginx(100)
+    assert 60 <= slots.count("canary") <= 80, slots  # canary-auto ends at its last step, 70 %
+    assert (ci_bed.repo / "ps-report.json").exists()
+
+    promote = run_plan(ci_bed, jenkins_plans["runs"]["promote-canary"], 3)
+    assert promote.failed is None, promote.text()[-6000:]
+    assert ci_bed.through_nginx(20).count("stable") == 20
+    assert "success" in ci_bed.endpoints.notified()[-1].lower()
