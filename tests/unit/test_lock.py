@@ -81,7 +81,7 @@ def test_second_process_waits_then_fails_naming_the_holder(tmp_path: Path, holde
     assert 0.6 <= waited < 5
     message = failed.value.message
     assert message.startswith(f"deploy lock of app shop is held by pid {holder.pid} (alice, "
-                              "https://gitlab.example.com/shop/-/pipelines/42) since ")
+                              "https://gitlab.example.com/shop/-/pipelines/42) running canary-auto since ")
     assert "+09:00" in message and "waited 0.6s" in message
     assert failed.value.exit_code == 1
     result: dict[str, Any] = failed.value.result or {}
