@@ -1,3 +1,3 @@
-from pipeline_steps.cli import main
+from pipeline_steps.cli import run
 
-main()
+run()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from pipeline_steps.adapters.proc import children, pid_alive
 from pipeline_steps.config import NginxRouter
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
 
@@ -44,23 +45,6 @@ class ApplyResult:
     seconds: float = 0.0
 
 
-def _children(pid: int) -> set[int]:
-    """PIDs whose parent is `pid` (from /proc)."""
-    found: set[int] = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read().decode(errors="replace")
-        except OSError:
-            continue
-        rest = stat.rpartition(")")[2].split()
-        if len(rest) > 1 and rest[1].isdigit() and int(rest[1]) == pid:
-            found.add(int(entry.name))
-    return found
-
-
 def _shutting_down(pid: int) -> bool:
     """True when an nginx worker's title says it is shutting down (it no longer accepts)."""
     try:
@@ -68,16 +52,6 @@ def _shutting_down(pid: int) -> bool:
             return b"shutting down" in fh.read()
     except OSError:
         return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class NginxControl:
@@ -161,19 +135,19 @@ class NginxControl:
             pid = int(self.pid_file().read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def workers(self) -> set[int]:
         """Current children of the master."""
         pid = self.master_pid()
-        return _children(pid) if pid else set()
+        return children(pid) if pid else set()
 
     def reload(self) -> tuple[list[int], list[int]]:
         """Signal a reload and confirm it: new workers, no `[emerg]` since. NginxFailed otherwise."""
         master = self.master_pid()
         if master is None:
             raise Unreachable(f"nginx is not running (no live master in {self.pid_file()})")
-        before = _children(master)
+        before = children(master)
         log = self.error_log()
         offset = log.stat().st_size if log and log.exists() else 0
         done = self._run("-s", "reload")
@@ -184,13 +158,13 @@ class NginxControl:
             emerg = _emergencies(log, offset)
             if emerg:
                 raise NginxFailed(f"nginx could not apply the new config: {emerg}")
-            now = _children(master)
+            now = children(master)
             if now - before:
                 # the old workers stop accepting once they say "shutting down" (or are gone)
-                if all(not _alive(pid) or _shutting_down(pid) for pid in before & now) \
+                if all(not pid_alive(pid) or _shutting_down(pid) for pid in before & now) \
                         or time.monotonic() > deadline:
                     return sorted(before), sorted(now - before)
-            if not _alive(master):
+            if not pid_alive(master):
                 raise NginxFailed("nginx master exited during the reload")
             if time.monotonic() > deadline:
                 raise NginxFailed(f"nginx did not replace its workers within {self.confirm_timeout:g}s "

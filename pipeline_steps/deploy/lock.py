@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from pipeline_steps.adapters.proc import pid_alive
 from pipeline_steps.errors import BadInput, CheckFailed, PsError
 
 if TYPE_CHECKING:
@@ -112,19 +113,6 @@ class ReleaseResult:
 
 class _Busy(Exception):
     """The flock is held by someone else (internal, drives the bounded wait)."""
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def kernel_holders(path: Path) -> set[int] | None:

@@ -274,7 +274,8 @@ class Rollout:
             self.set_weights(0, [s for s in services if s.name in busy])
         self.decide(f"deploying {build_id} into the canary slot of {', '.join(self.names(services))}")
         self.deploy("canary", services, build_id)
-        self.gate("canary", services)
+        # a canary that fails its gate never got traffic, but the rollback still proves stable has it all
+        self.gate("canary", services, rollback_on_failure=True)
         return build_id
 
     def run_canary_manual(self) -> None:

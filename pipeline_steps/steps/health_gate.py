@@ -10,11 +10,6 @@ Timing rule (documented in the README):
   Such fast re-tries inside one interval window do not use up tries: a try counts when it starts at least
   one interval after the last counted try started (the first try always counts). So `--retries 30
   --interval 2s` still gives a service about a minute, yet a port that opens is noticed within ~50 ms;
-- a port just opened by docker-proxy accepts connections before the container serves them and may hold
-  them for a second (the proxy's own connect is retried by TCP). So a fast re-try is hedged: it waits
-  100 ms for its answer; 50 ms later the next one is sent while the earlier ones stay open (the last 8
-  are listened to, each with the full --timeout); whichever answers first is the answer. No answer yet
-  counts as "not serving yet" (a slow service is not failed by this: a later try picks its answer up);
 - failing tries that start inside `--start-period` do not count toward the retries (as Docker's
   HEALTHCHECK); a passing one counts toward `--successes`;
 - `--successes K` needs K passing tries in a row; any failing try resets the streak.
@@ -27,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -46,8 +40,6 @@ if TYPE_CHECKING:
     import requests
 
 FAST_RETRY = 0.05  # seconds between tries while nothing serves the port yet
-HEDGE_WAIT = 0.1  # how long a fast re-try waits for its answer before the next one is sent
-MAX_PENDING = 8  # fast re-tries of one target whose answers are still awaited
 LOG_TAIL = 200  # lines of container logs searched by --logs-fallback
 _TOLERANCE = 0.001  # scheduling slack when deciding whether a try starts a new interval window
 
@@ -296,7 +288,6 @@ class Prober:
     def __init__(self) -> None:
         self._session: requests.Session | None = None
         self._clients: dict[Host, Any] = {}
-        self._pending: dict[str, list[_Pending]] = {}
 
     @property
     def session(self) -> requests.Session:
@@ -322,10 +313,10 @@ class Prober:
                 pass
         self._clients.clear()
 
-    def probe(self, target: HealthTarget, policy: GatePolicy, quick: bool = False) -> ProbeResult:
-        """One target once; `quick`: a fast re-try with a short timeout (no answer = not serving yet)."""
+    def probe(self, target: HealthTarget, policy: GatePolicy) -> ProbeResult:
+        """One target once."""
         if target.kind == "http":
-            result = self._http(target, policy, quick)
+            result = self._http(target, policy)
         elif target.kind == "tcp":
             host, _, port = target.address.rpartition(":")
             answer = http_probe.tcp_connect(host, int(port), policy.timeout)
@@ -343,40 +334,9 @@ class Prober:
                                    detail=f"logs of {target.logs_container} match (was: {result.reason})")
         return result
 
-    def _hedged(self, target: HealthTarget, policy: GatePolicy) -> http_probe.Answer | None:
-        """A fast re-try: send one more request, wait briefly for any of the open ones to answer."""
-        pending = [p for p in self._pending.get(target.address, []) if not p.consumed]
-        pending = pending[-(MAX_PENDING - 1):]  # older ones are abandoned (they end by their timeout)
-        pending.append(_Pending(target.address, policy.timeout, policy.max_body))
-        self._pending[target.address] = pending
-        deadline = time.monotonic() + HEDGE_WAIT
-        while True:
-            done = [p for p in pending if p.done.is_set()]
-            answered = [p for p in done if p.answer and not p.answer.not_listening]
-            if answered:
-                chosen = min(answered, key=lambda p: p.started)
-                chosen.consumed = True
-                return chosen.answer
-            for p in done:
-                p.consumed = True
-            if done:
-                return done[-1].answer
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            pending[-1].done.wait(min(left, 0.005))
-
-    def _http(self, target: HealthTarget, policy: GatePolicy, quick: bool = False) -> ProbeResult:
+    def _http(self, target: HealthTarget, policy: GatePolicy) -> ProbeResult:
         label = target.label
-        if quick:
-            hedged = self._hedged(target, policy)
-            if hedged is None:
-                return ProbeResult(label, False, "no answer", HEDGE_WAIT * 1000,
-                                   "no answer yet (port just opened)", not_listening=True)
-            answer = hedged
-        else:
-            self._pending.pop(target.address, None)
-            answer = http_probe.http_get(target.address, policy.timeout, policy.max_body, self.session)
+        answer = http_probe.http_get(target.address, policy.timeout, policy.max_body, self.session)
         ms = answer.latency * 1000
         if answer.status is None:
             status = "refused" if answer.error == "connection refused" else "error"
@@ -459,23 +419,6 @@ class Prober:
         return re.search(pattern, text, re.MULTILINE) is not None
 
 
-class _Pending:
-    """One hedged request running in a daemon thread (it never delays the exit of `ps`)."""
-
-    def __init__(self, url: str, timeout: float, max_body: int) -> None:
-        self.started = time.monotonic()
-        self.done = threading.Event()
-        self.answer: http_probe.Answer | None = None
-        self.consumed = False
-        threading.Thread(target=self._run, args=(url, timeout, max_body), daemon=True).start()
-
-    def _run(self, url: str, timeout: float, max_body: int) -> None:
-        try:
-            self.answer = http_probe.http_get(url, timeout, max_body)
-        finally:
-            self.done.set()
-
-
 def _ms(start: float) -> float:
     return (time.monotonic() - start) * 1000
 
@@ -540,8 +483,7 @@ class _Run:
         begin = time.monotonic()
         since = begin - self.window_start if self.window_start is not None else 0.0
         new_window = self.window_start is None or since >= self.policy.interval - _TOLERANCE
-        quick = self.last is not None and self.last.not_listening
-        results = [self.prober.probe(t, self.policy, quick) for t in self.targets]
+        results = [self.prober.probe(t, self.policy) for t in self.targets]
         duration = time.monotonic() - begin
         failed = any(not r.ok for r in results)
         in_start = begin - self.started < self.policy.start_period

@@ -238,12 +238,18 @@ def test_canary_failing_its_gate_is_rolled_back_and_notified(ci_bed: CiBed) -> N
     done = run_jobs(ci_bed)
     assert done.returncode != 0
     assert "FAIL  health:canary" in done.stdout, done.stdout[-6000:]
-    # GitLab then runs the pipeline's `when: on_failure` jobs. gitlab-ci-local 4.73 stops at the first
-    # later stage whose jobs do not run, so it never reaches them: run them as GitLab would.
-    for job in ("rollback:on-failure", "notify:failure"):
+    # GitLab now runs the pipeline's `when: on_failure` jobs. gitlab-ci-local 4.73 stops at the first
+    # later stage whose jobs do not run and never reaches them, so they run here as GitLab would: the
+    # same jobs, with only their `when` lifted.
+    failure_jobs = ("rollback:on-failure", "notify:failure")
+    for job in failure_jobs:
         assert runs_on_failure(job), job
-    after = run_jobs(ci_bed, "rollback:on-failure", "notify:failure")
-    assert after.returncode == 0, after.stdout[-6000:]
+    lifted = yaml.safe_load((ci_bed.repo / ".gitlab-ci.yml").read_text())
+    for job in failure_jobs:
+        lifted[job] = {**lifted[job], "rules": [{"when": "on_success"}]}
+    (ci_bed.repo / ".gitlab-ci.on-failure.yml").write_text(yaml.safe_dump(lifted, sort_keys=False))
+    after = run_jobs(ci_bed, "--file", ".gitlab-ci.on-failure.yml", *failure_jobs)
+    assert after.returncode == 0, after.stdout[-6000:] + after.stderr[-2000:]
     assert "PASS  rollback:on-failure" in after.stdout, after.stdout[-6000:]
     assert "PASS  notify:failure" in after.stdout, after.stdout[-6000:]
     assert set(ci_bed.through_nginx(20)) == {"stable"}

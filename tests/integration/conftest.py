@@ -17,7 +17,7 @@ from pipeline_steps.config import Config, load_config, parse_config
 from pipeline_steps.upstreams import initial_file
 from testbed.engine import Engine, start_dockerd
 from testbed.nginx import Nginx
-from testbed.ports import free_ports
+from testbed.ports import free_ports, unique
 
 SECOND_ADDRESS = "127.0.0.2"
 
@@ -133,3 +133,16 @@ def traffic_bed(nginx_factory: Callable[..., Nginx], project: Callable[..., Path
         return TrafficBed(nginx=nginx, config_path=path, raw=raw, ports=ports)
 
     return make
+
+
+@pytest.fixture
+def app_name(docker_client: Any) -> Iterator[str]:
+    """A unique app name; every image labelled with it is removed afterwards."""
+    name = unique("pstapp")
+    yield name
+    for image in docker_client.images.list(filters={"label": f"pipeline-steps.app={name}"}):
+        try:
+            docker_client.images.remove(image.id, force=True)
+        except Exception:
+            pass
+

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testbed.ports import unique
-
 BASE_ARG = "BASE_IMAGE=pipeline-steps/busybox:base"
 SHA = "fedcba9876543210fedcba9876543210fedcba98"
-
-
-@pytest.fixture
-def app_name(docker_client: Any) -> Iterator[str]:
-    """A unique app name; every image labelled with it is removed afterwards."""
-    name = unique("pstb")
-    yield name
-    for image in docker_client.images.list(filters={"label": f"pipeline-steps.app={name}"}):
-        try:
-            docker_client.images.remove(image.id, force=True)
-        except Exception:
-            pass
 
 
 @pytest.fixture

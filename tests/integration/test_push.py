@@ -8,30 +8,17 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
-from testbed.ports import free_port, unique
+from testbed.ports import free_port
 from testbed.registry import Registry
 
 BASE_ARG = "BASE_IMAGE=pipeline-steps/busybox:base"
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json, "
                   "application/vnd.oci.image.manifest.v1+json")
-
-
-@pytest.fixture
-def app_name(docker_client: Any) -> Iterator[str]:
-    name = unique("pstp")
-    yield name
-    for image in docker_client.images.list(filters={"label": f"pipeline-steps.app={name}"}):
-        try:
-            docker_client.images.remove(image.id, force=True)
-        except Exception:
-            pass
 
 
 def write_project(project: Any, app: str, registry: str) -> None:

@@ -65,12 +65,12 @@ def test_two_services_set_in_one_call(traffic_bed: Callable[..., TrafficBed], ps
 
 
 def _workers(bed: TrafficBed) -> list[int]:
-    from pipeline_steps.adapters.nginx import _children
+    from pipeline_steps.adapters.proc import children
 
     pid = bed.nginx.master_pid()
     assert pid
     for _ in range(200):  # a freshly started master may not have forked its worker yet
-        found = _children(pid)
+        found = children(pid)
         if found:
             return sorted(found)
         time.sleep(0.02)
