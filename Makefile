@@ -27,7 +27,7 @@ test: setup lint
 demo: setup
 	$(PY) -m demo
 
-bench: setup
+bench: setup  # every bench/ script (figures for the README)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -55,14 +55,14 @@ def deploy_bed(traffic_bed: Callable[..., TrafficBed], engine: Any, docker_clien
     """A canary (or blue-green) bed whose ps.yaml deploys through the bed's Docker engine."""
     beds: list[TrafficBed] = []
 
-    def make(kinds: dict[str, str] | None = None, **canary: Any) -> TrafficBed:
+    def make(kinds: dict[str, str] | None = None, retries: int = 40, **canary: Any) -> TrafficBed:
         kinds = kinds or {"web": "canary"}
         bed = traffic_bed(kinds, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
                                                    "address": "127.0.0.1"}])
         raw = bed.raw
         raw["registry"] = REGISTRY
         for name, svc in raw["services"].items():
-            svc["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s", "retries": 40}
+            svc["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s", "retries": retries}
             svc["url"] = bed.url(name)
         raw["canary"] = {"steps": [10, 40, 70], "pause": "1s", "check_interval": "200ms", "probe": 0,
                          **canary}
@@ -164,6 +164,21 @@ def test_canary_auto_rolls_back_a_canary_that_turns_unhealthy(
     assert len(messages) == 2, statuses  # started, rolled-back: one per state change, never per poll
     assert "rolled" in json.dumps(messages[-1]).lower()
     assert "secret-token" not in done.stdout + done.stderr
+
+
+def test_canary_failing_its_gate_is_rolled_back_before_any_step(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any) -> None:
+    bed = deploy_bed(retries=5)
+    app_builds("aaaa00000001")
+    app_builds("eeee0000dead", fail_after=0)  # unhealthy from its first answer
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
+    done = _deploy(docker_ps, "--type", "canary-auto", "--build-id", "eeee0000dead")
+    assert done.returncode == 1, done.stderr
+    out = _result(done)
+    assert out["result"] == "rolled-back"
+    assert "not healthy after 5 tries" in out["message"]
+    assert not any("step 1/3" in d for d in out["decisions"])  # no canary step was ever taken
+    assert _include_weights(bed) == [999, 1]
 
 
 def test_blue_green_switches_without_dropping_requests(
