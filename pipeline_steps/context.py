@@ -38,7 +38,14 @@ class CIContext:
     @property
     def who(self) -> str:
         """Who is deploying: the pipeline URL in CI, else the local user."""
-        return self.pipeline_url or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+        if self.pipeline_url:
+            return self.pipeline_url
+        import getpass
+
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):
+            return "unknown"
 
     def commit_url(self) -> str | None:
         """A link to the commit when the source is a GitLab/GitHub-style web URL."""

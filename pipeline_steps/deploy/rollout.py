@@ -332,8 +332,8 @@ class Rollout:
         from pipeline_steps.steps.traffic import traffic_status
 
         status = traffic_status(self.config)
-        canary = [s for s in self.services_or_empty("canary")]
-        blue_green = [s for s in self.services_or_empty("blue-green")]
+        canary = self.services_or_empty("canary")
+        blue_green = self.services_or_empty("blue-green")
         if canary:
             self.rollback_to_stable(canary, "requested")
         for service in blue_green:
@@ -475,11 +475,45 @@ class Rollout:
         from pipeline_steps.steps.mattermost_notify import notify
 
         result = notify(self.config, self.ctx, status=status, deploy_type=self.request.type,
-                        services=[s for s in self.request.services] or list(self.config.services), **kw)
+                        services=list(self.request.services) or list(self.config.services), **kw)
         self.report.notify(f"{status}: {'delivered' if result.delivered else result.reason}",
                            ok=result.delivered)
         if not result.delivered and "no webhook URL" not in result.reason:
             self.say(f"warning: notification not delivered: {result.reason}")
+
+    def plan(self) -> list[str]:
+        """What the type would do, step by step, changing nothing (for --dry-run)."""
+        self.preflight()
+        t = self.request.type
+        policy = self.config.canary
+        if t == "rollback":
+            every = self.names(self.services_or_empty("canary") + self.services_or_empty("blue-green"))
+            steps = [f"lock, notify started; all traffic of {', '.join(every)} to stable (blue/green: back "
+                     "to the kept color) in one reload, verified"]
+            if self.request.to:
+                steps.append(f"redeploy {self.request.to} into stable through the canary slot")
+            return steps
+        kind = "blue-green" if t == "blue-green" else "canary"
+        names = ", ".join(self.names(self.services(kind)))
+        build = self.request.build_id or (self.ctx.build_id if self.ctx else "the canary's build")
+        if t == "stable":
+            return [f"deploy {build} into stable of {names} (replaced in place)", "gate stable",
+                    "stable 100 % (canary keeps the minimum weight), verify", "prune old images"]
+        if t == "blue-green":
+            return [f"deploy {build} into the inactive color of {names}", "gate it", "switch to it, verify",
+                    "keep the old color as backup" if self.request.keep is None
+                    else f"stop the old color after {self.request.keep:g}s"]
+        if t == "promote-canary":
+            return [f"gate the canary of {names}", "traffic to the canary",
+                    "deploy the canary's BUILD_ID into stable, gate", "stable 100 %, verify"]
+        start = [f"deploy {build} into canary of {names} (moving any canary traffic to stable first)",
+                 "gate canary (failure: rollback to stable)"]
+        if t == "canary-manual":
+            return [*start, f"canary {self.request.weight:g} %, verify"]
+        return [*start, *[f"canary {step.weight} %, verify, hold "
+                          f"{policy.pause if step.pause is None else step.pause:g}s checking health every "
+                          f"{policy.check_interval:g}s (failure: rollback to stable, notify, exit 1)"
+                          for step in policy.steps]]
 
     def preflight(self) -> None:
         """Bad input is refused before the lock, a notification or any change."""

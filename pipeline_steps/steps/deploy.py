@@ -58,9 +58,13 @@ def command(out: Output, deploy_type: str, weight: float | None, service_names: 
     request = DeployRequest(type=deploy_type, services=service_names, weight=weight, build_id=build_id, to=to,
                             keep=keep, lock_wait=config.deploy.lock_wait if lock_wait is None else lock_wait,
                             report=report_path, notify=not no_notify)
-    if out.dry_run:
-        raise BadInput("ps deploy has no --dry-run: run the single steps with --dry-run to preview them")
     rollout = Rollout(config, request, ctx, out)
+    if out.dry_run:
+        steps = rollout.plan()
+        for number, line in enumerate(steps, 1):
+            out.say(f"dry run {number}. {line}")
+        out.result("deploy", {"ok": True, "dry_run": True, "type": deploy_type, "plan": steps})
+        return
     out.say(f"ps deploy --type {deploy_type}: app {config.app}")
     outcome = rollout.run()
     if request.report:
