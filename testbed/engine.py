@@ -51,7 +51,10 @@ class Engine:
             self.process.wait(timeout=10)
         self.process = None
         if self.root is not None:
-            subprocess.run(["umount", "-R", str(self.root / "data")], capture_output=True, check=False)
+            # dockerd leaves mounts behind (overlays under data, the default netns under exec)
+            for mounted in ("data", "exec/netns/default", "exec"):
+                subprocess.run(["umount", "-R", "-l", str(self.root / mounted)], capture_output=True,
+                               check=False)
             shutil.rmtree(self.root, ignore_errors=True)
 
 

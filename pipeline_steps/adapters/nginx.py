@@ -4,6 +4,11 @@
 reload counts only when the master's worker processes were replaced and the error log shows no
 `[emerg]` since the signal. Any failure puts the previous file back (and reloads back), so nginx is
 never left with a config that fails `nginx -t`.
+
+nginx runs either on this machine (router.nginx.prefix/conf) or in a container (router.container):
+then the include file is still written here (the host side of a bind mount) while `nginx -t` and
+`nginx -s reload` run through the Docker API (`exec`), the workers are read with `top` and `[emerg]`
+lines come from the container's logs (or router.nginx.error_log when the log is bind-mounted here).
 """
 
 from __future__ import annotations
@@ -13,15 +18,19 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.adapters.proc import children, pid_alive
-from pipeline_steps.config import NginxRouter
-from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.config import Host, NginxRouter
+from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
+
+if TYPE_CHECKING:
+    import docker
 
 BACKUP_DIR = "ps-backups"
 DEFAULT_PID = "/run/nginx.pid"
@@ -45,6 +54,16 @@ class ApplyResult:
     seconds: float = 0.0
 
 
+def nginx_command(router: NginxRouter, *args: str) -> list[str]:
+    """The nginx command line with the configured binary, prefix and conf (early errors to stderr)."""
+    cmd = [router.binary]
+    if router.prefix:
+        cmd += ["-p", router.prefix.rstrip("/") + "/"]
+    if router.conf:
+        cmd += ["-c", router.conf]
+    return [*cmd, "-e", "stderr", *args]
+
+
 def _shutting_down(pid: int) -> bool:
     """True when an nginx worker's title says it is shutting down (it no longer accepts)."""
     try:
@@ -54,44 +73,199 @@ def _shutting_down(pid: int) -> bool:
         return True
 
 
-class NginxControl:
-    """Reads, tests, writes and reloads the ps-owned include of a local nginx."""
+# ---------------------------------------------------------------- where [emerg] lines appear
 
-    def __init__(self, router: NginxRouter, *, confirm_timeout: float = 5.0) -> None:
-        if router.container:
-            raise BadInput("router.container (nginx inside a container) is not supported by this "
-                           "version of ps; run ps on the nginx host (router.nginx.prefix/conf)")
+
+class LogWatch:
+    """A place nginx writes errors to; `mark()` before the reload, `emergencies(mark)` after."""
+
+    def mark(self) -> object:
+        return None
+
+    def emergencies(self, mark: object) -> str | None:
+        return None
+
+
+class FileLog(LogWatch):
+    """An error log file on this machine (host nginx, or a log directory bind-mounted from a container)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mark(self) -> object:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def emergencies(self, mark: object) -> str | None:
+        offset = mark if isinstance(mark, int) else 0
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(offset)
+                tail = fh.read(65536).decode(errors="replace")
+        except OSError:
+            return None
+        return first_emergency(tail.splitlines())
+
+
+class ContainerLog(LogWatch):
+    """The container's stderr/stdout through the Docker API, cut at the engine's own timestamps."""
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+
+    def _lines(self, **kw: Any) -> list[str]:
+        import docker.errors
+
+        try:
+            raw = self.container.logs(stdout=True, stderr=True, timestamps=True, **kw)
+        except docker.errors.DockerException:
+            return []  # a logging driver that cannot be read back: the worker check still decides
+        return bytes(raw).decode(errors="replace").splitlines()
+
+    def mark(self) -> object:
+        lines = self._lines(tail=1)
+        return parse_log_timestamp(lines[-1].partition(" ")[0]) if lines else None
+
+    def emergencies(self, mark: object) -> str | None:
+        if isinstance(mark, int):
+            lines = self._lines(since=max(mark // 1_000_000_000, 1))
+        else:
+            lines = self._lines()
+        return first_emergency(log_lines_after(lines, mark if isinstance(mark, int) else None))
+
+
+def parse_log_timestamp(stamp: str) -> int | None:
+    """Docker's RFC 3339 log timestamp (`2024-05-01T10:00:00.123456789Z`) as nanoseconds since the epoch."""
+    stamp = stamp.strip()
+    if not stamp.endswith("Z") or "T" not in stamp:
+        return None
+    whole, _, fraction = stamp[:-1].partition(".")
+    if fraction and not fraction.isdigit():
+        return None
+    try:
+        seconds = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+    epoch = int((seconds - datetime(1970, 1, 1)).total_seconds())
+    nanos = int((fraction + "000000000")[:9]) if fraction else 0
+    return epoch * 1_000_000_000 + nanos
+
+
+def log_lines_after(lines: Sequence[str], mark: int | None) -> list[str]:
+    """The messages of timestamped log lines written strictly after `mark` (all when mark is None)."""
+    found: list[str] = []
+    for line in lines:
+        stamp, _, message = line.partition(" ")
+        at = parse_log_timestamp(stamp)
+        if at is None:
+            continue
+        if mark is None or at > mark:
+            found.append(message)
+    return found
+
+
+def first_emergency(lines: Sequence[str]) -> str | None:
+    """nginx's words of the first `[emerg]` line (`bind() to ... failed (98: ...)`), or None."""
+    for line in lines:
+        if "[emerg]" in line:
+            return line.partition("[emerg]")[2].strip().partition(": ")[2] or line.strip()
+    return None
+
+
+# ---------------------------------------------------------------- the processes of a container
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One row of `docker top`."""
+
+    pid: int
+    ppid: int
+    command: str
+
+
+def parse_top(top: dict[str, Any]) -> list[Proc]:
+    """Rows of `container.top()` (`ps -ef` columns: UID PID PPID ... CMD) as Proc; bad rows skipped."""
+    titles = [str(t).upper() for t in top.get("Titles") or []]
+    if "PID" not in titles or "PPID" not in titles:
+        return []
+    i_pid, i_ppid = titles.index("PID"), titles.index("PPID")
+    i_cmd = next((titles.index(t) for t in ("CMD", "COMMAND", "ARGS") if t in titles), len(titles) - 1)
+    procs: list[Proc] = []
+    for row in top.get("Processes") or []:
+        try:
+            procs.append(Proc(int(row[i_pid]), int(row[i_ppid]), " ".join(str(c) for c in row[i_cmd:])))
+        except (IndexError, TypeError, ValueError):
+            continue
+    return procs
+
+
+def nginx_tree(procs: Sequence[Proc]) -> tuple[int | None, dict[int, bool]]:
+    """The nginx master among `procs` and its children, each with True when it is shutting down.
+
+    The master is the process titled `nginx: master process`, else the container's first process
+    (the one whose parent lies outside the container)."""
+    pids = {p.pid for p in procs}
+    masters = [p for p in procs if "master process" in p.command]
+    roots = [p for p in procs if p.ppid not in pids]
+    master = next((p for p in masters if p.ppid not in pids), None) or \
+        (masters[0] if masters else None) or (roots[0] if roots else None)
+    if master is None:
+        return None, {}
+    return master.pid, {p.pid: "shutting down" in p.command for p in procs if p.ppid == master.pid}
+
+
+# ---------------------------------------------------------------- where nginx runs
+
+
+class NginxRunner:
+    """How to run nginx commands and see its processes; HostRunner or ContainerRunner."""
+
+    poll_interval = 0.005
+
+    def __init__(self, router: NginxRouter) -> None:
         self.router = router
-        self.path = Path(router.include)
-        self.confirm_timeout = confirm_timeout
+
+    def where(self) -> str:
+        """Where nginx runs, for messages."""
+        return "nginx"
+
+    def ready(self) -> None:
+        """Raise Unreachable when nginx cannot be driven at all (before anything is written)."""
+
+    def run(self, *args: str) -> tuple[int, str]:
+        """Run nginx with `args`; (exit code, what it printed)."""
+        raise NotImplementedError
+
+    def processes(self) -> tuple[int | None, dict[int, bool]]:
+        """The live master PID (None when gone) and its workers -> shutting down."""
+        raise NotImplementedError
+
+    def log(self) -> LogWatch:
+        return LogWatch()
+
+    def close(self) -> None:
+        """Release what the runner holds (a Docker client)."""
+
+
+class HostRunner(NginxRunner):
+    """nginx on this machine: subprocess, its pid file and /proc."""
+
+    def __init__(self, router: NginxRouter) -> None:
+        super().__init__(router)
         self._main: dict[str, str] | None = None
 
-    # ------------------------------------------------------------ nginx invocations
-
-    def command(self, *args: str) -> list[str]:
-        """The nginx command line with the configured prefix and conf."""
-        cmd = [self.router.binary]
-        if self.router.prefix:
-            cmd += ["-p", self.router.prefix.rstrip("/") + "/"]
-        if self.router.conf:
-            cmd += ["-c", self.router.conf]
-        return [*cmd, "-e", "stderr", *args]
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str) -> tuple[int, str]:
         try:
-            return subprocess.run(self.command(*args), capture_output=True, text=True, timeout=30,
-                                  check=False)
+            done = subprocess.run(nginx_command(self.router, *args), capture_output=True, text=True,
+                                  timeout=30, check=False)
         except FileNotFoundError:
             raise Unreachable(f"nginx binary not found: {self.router.binary} (router.nginx.binary)") from None
         except subprocess.TimeoutExpired:
             raise Unreachable("nginx did not answer within 30s") from None
-
-    def test(self) -> str | None:
-        """Run `nginx -t` on the whole config; None when it passes, else nginx's message."""
-        done = self._run("-t", "-q")
-        if done.returncode == 0:
-            return None
-        return _nginx_message(done.stderr) or f"nginx -t exited {done.returncode}"
+        return done.returncode, done.stderr
 
     def _main_directives(self) -> dict[str, str]:
         """`pid` and `error_log` from the main conf (parsed with crossplane, main file only)."""
@@ -130,46 +304,198 @@ class NginxControl:
         return None
 
     def master_pid(self) -> int | None:
-        """The running master's PID, or None."""
         try:
             pid = int(self.pid_file().read_text().strip())
         except (OSError, ValueError):
             return None
         return pid if pid_alive(pid) else None
 
+    def processes(self) -> tuple[int | None, dict[int, bool]]:
+        master = self.master_pid()
+        if master is None:
+            return None, {}
+        return master, {pid: not pid_alive(pid) or _shutting_down(pid) for pid in children(master)}
+
+    def log(self) -> LogWatch:
+        path = self.error_log()
+        return FileLog(path) if path else LogWatch()
+
+    def where(self) -> str:
+        return f"nginx (no live master in {self.pid_file()})"
+
+
+class ContainerRunner(NginxRunner):
+    """nginx in a container of the local Docker engine: `exec`, `top` and `logs` through the SDK."""
+
+    poll_interval = 0.02
+
+    def __init__(self, router: NginxRouter, host: Host | None = None) -> None:
+        super().__init__(router)
+        self.name = router.container or ""
+        self.host = host or Host(name="local")
+        self._client: docker.DockerClient | None = None
+        self._container: Any = None
+
+    def where(self) -> str:
+        return f"nginx in container {self.name}"
+
+    def container(self) -> Any:
+        """The running container (connects on first use); Unreachable when missing or stopped."""
+        if self._container is not None:
+            return self._container
+        import docker.errors
+
+        from pipeline_steps.adapters.docker_host import connect
+
+        if self._client is None:
+            self._client = connect(self.host, timeout=30)
+        try:
+            found = self._client.containers.get(self.name)
+        except docker.errors.NotFound:
+            raise Unreachable(f"nginx container {self.name} not found on the Docker engine "
+                              f"({self.host.endpoint}) (router.container)") from None
+        except docker.errors.DockerException as exc:
+            raise Unreachable(f"nginx container {self.name}: {_first_line(exc)}") from None
+        if found.status != "running":
+            raise Unreachable(f"nginx container {self.name} is not running (status {found.status})")
+        self._container = found
+        return found
+
+    def ready(self) -> None:
+        self.container()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        import docker.errors
+
+        from pipeline_steps.adapters.docker_host import is_unreachable
+
+        try:
+            return fn(*args, **kw)
+        except docker.errors.NotFound:
+            raise Unreachable(f"nginx container {self.name} is gone ({what})") from None
+        except docker.errors.DockerException as exc:
+            raise Unreachable(f"nginx container {self.name}: {what} failed: {_first_line(exc)}") from None
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise Unreachable(f"Docker engine ({self.host.endpoint}) went away during {what}") from None
+            raise
+
+    def run(self, *args: str) -> tuple[int, str]:
+        container = self.container()
+        cmd = nginx_command(self.router, *args)
+        done = self._call(f"exec {' '.join(cmd[:1] + list(args))}", container.exec_run, cmd, demux=True)
+        out, err = done.output if isinstance(done.output, tuple) else (done.output, None)
+        text = b"".join(part for part in (err, out) if part).decode(errors="replace")
+        if done.exit_code in (126, 127) and ("executable file not found" in text
+                                             or "no such file or directory" in text.lower()):
+            raise Unreachable(f"nginx binary not found in container {self.name}: {self.router.binary} "
+                              f"(router.nginx.binary): {_first_line(text)}")
+        return int(done.exit_code if done.exit_code is not None else 1), text
+
+    def processes(self) -> tuple[int | None, dict[int, bool]]:
+        import docker.errors
+
+        container = self.container()
+        try:
+            top = self._call("top", container.top)
+        except Unreachable:
+            try:
+                container.reload()
+                running = container.status == "running"
+            except docker.errors.NotFound:
+                running = False
+            except Exception:
+                raise
+            if not running:
+                return None, {}  # the container (and so its nginx master) stopped
+            raise
+        return nginx_tree(parse_top(top))
+
+    def log(self) -> LogWatch:
+        if self.router.error_log:
+            return FileLog(Path(self.router.error_log))
+        return ContainerLog(self.container())
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        self._container = None
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return (text.splitlines()[0] if text else type(value).__name__)[:300]
+
+
+# ---------------------------------------------------------------- the include file and its reloads
+
+
+class NginxControl:
+    """Reads, tests, writes and reloads the ps-owned include of an nginx here or in a container."""
+
+    def __init__(self, router: NginxRouter, *, confirm_timeout: float = 5.0,
+                 docker_host: Host | None = None) -> None:
+        self.router = router
+        self.path = Path(router.include)
+        self.confirm_timeout = confirm_timeout
+        self.runner: NginxRunner = (ContainerRunner(router, docker_host) if router.container
+                                    else HostRunner(router))
+
+    # ------------------------------------------------------------ nginx invocations
+
+    def command(self, *args: str) -> list[str]:
+        """The nginx command line with the configured prefix and conf."""
+        return nginx_command(self.router, *args)
+
+    def test(self) -> str | None:
+        """Run `nginx -t` on the whole config; None when it passes, else nginx's message."""
+        code, stderr = self.runner.run("-t", "-q")
+        if code == 0:
+            return None
+        return _nginx_message(stderr) or f"nginx -t exited {code}"
+
+    def master_pid(self) -> int | None:
+        """The running master's PID (as this machine's or the Docker host's kernel numbers it), or None."""
+        return self.runner.processes()[0]
+
     def workers(self) -> set[int]:
         """Current children of the master."""
-        pid = self.master_pid()
-        return children(pid) if pid else set()
+        return set(self.runner.processes()[1])
+
+    def close(self) -> None:
+        """Let go of the Docker client a container runner holds."""
+        self.runner.close()
 
     def reload(self) -> tuple[list[int], list[int]]:
         """Signal a reload and confirm it: new workers, no `[emerg]` since. NginxFailed otherwise."""
-        master = self.master_pid()
+        runner = self.runner
+        master, old = runner.processes()
         if master is None:
-            raise Unreachable(f"nginx is not running (no live master in {self.pid_file()})")
-        before = children(master)
-        log = self.error_log()
-        offset = log.stat().st_size if log and log.exists() else 0
-        done = self._run("-s", "reload")
-        if done.returncode != 0:
-            raise NginxFailed(f"nginx reload failed: {_nginx_message(done.stderr)}")
+            raise Unreachable(f"{runner.where()} is not running")
+        before = set(old)
+        log = runner.log()
+        mark = log.mark()
+        code, stderr = runner.run("-s", "reload")
+        if code != 0:
+            raise NginxFailed(f"nginx reload failed: {_nginx_message(stderr)}")
         deadline = time.monotonic() + self.confirm_timeout
         while True:
-            emerg = _emergencies(log, offset)
+            emerg = log.emergencies(mark)
             if emerg:
                 raise NginxFailed(f"nginx could not apply the new config: {emerg}")
-            now = children(master)
-            if now - before:
-                # the old workers stop accepting once they say "shutting down" (or are gone)
-                if all(not pid_alive(pid) or _shutting_down(pid) for pid in before & now) \
-                        or time.monotonic() > deadline:
-                    return sorted(before), sorted(now - before)
-            if not pid_alive(master):
+            now_master, now = runner.processes()
+            if now_master != master:
                 raise NginxFailed("nginx master exited during the reload")
+            fresh = set(now) - before
+            if fresh:
+                # the old workers stop accepting once they say "shutting down" (or are gone)
+                if all(now[pid] for pid in before & set(now)) or time.monotonic() > deadline:
+                    return sorted(before), sorted(fresh)
             if time.monotonic() > deadline:
                 raise NginxFailed(f"nginx did not replace its workers within {self.confirm_timeout:g}s "
                                   "after the reload signal")
-            time.sleep(0.005)
+            time.sleep(runner.poll_interval)
 
     # ------------------------------------------------------------ the include file
 
@@ -236,36 +562,54 @@ class NginxControl:
         started = time.monotonic()
         if not self.path.parent.is_dir():
             raise BadInput(f"directory of router.include does not exist: {self.path.parent}")
-        with self.locked():
-            old_text = self.read_text()
-            result = ApplyResult(path=str(self.path), changed=old_text != text, created=old_text is None)
-            if not result.changed or dry_run:
+        try:
+            with self.locked():
+                old_text = self.read_text()
+                result = ApplyResult(path=str(self.path), changed=old_text != text,
+                                     created=old_text is None)
+                if not result.changed or dry_run:
+                    return result
+                self.runner.ready()  # nginx (or its container) unreachable: nothing written
+                if old_text is not None:
+                    result.backup = str(self._backup(old_text))
+                self._write(text)
+                try:
+                    problem = self.test()
+                except Unreachable as exc:
+                    self._restore(old_text)
+                    raise _annotated(exc, "; previous file restored") from None
+                if problem is not None:
+                    self._restore(old_text)
+                    raise NginxFailed(f"nginx -t rejected the change, previous file restored: {problem}")
+                try:
+                    before, after = self.reload()
+                except (NginxFailed, Unreachable) as exc:
+                    self._restore(old_text)
+                    raise _annotated(exc, f"; previous file restored{self._reload_back(exc)}") from None
+                result.reloaded = True
+                result.workers_before, result.workers_after = before, after
+                result.seconds = round(time.monotonic() - started, 4)
                 return result
-            if old_text is not None:
-                result.backup = str(self._backup(old_text))
-            self._write(text)
-            problem = self.test()
-            if problem is not None:
-                self._restore(old_text)
-                raise NginxFailed(f"nginx -t rejected the change, previous file restored: {problem}")
-            try:
-                before, after = self.reload()
-            except (NginxFailed, Unreachable) as exc:
-                self._restore(old_text)
-                back = ""
-                if isinstance(exc, NginxFailed) and self.test() is None:
-                    try:
-                        self.reload()
-                        back = " and reloaded"
-                    except (NginxFailed, Unreachable) as again:
-                        back = f" (reloading it failed too: {again.message})"
-                exc.message = f"{exc.message}; previous file restored{back}"
-                exc.args = (exc.message,)
-                raise
-            result.reloaded = True
-            result.workers_before, result.workers_after = before, after
-            result.seconds = round(time.monotonic() - started, 4)
-            return result
+        finally:
+            self.close()
+
+    def _reload_back(self, failure: PsError) -> str:
+        """After a failed reload of the new file: reload the restored one; a note for the message."""
+        if not isinstance(failure, NginxFailed):
+            return ""
+        try:
+            if self.test() is not None:
+                return ""
+            self.reload()
+            return " and reloaded"
+        except (NginxFailed, Unreachable) as again:
+            return f" (reloading it failed too: {again.message})"
+
+
+def _annotated(exc: PsError, note: str) -> PsError:
+    exc.message = f"{exc.message}{note}"
+    exc.args = (exc.message,)
+    return exc
 
 
 def _nginx_message(stderr: str) -> str:
@@ -276,17 +620,3 @@ def _nginx_message(stderr: str) -> str:
     return text[:500]
 
 
-def _emergencies(log: Path | None, offset: int) -> str | None:
-    """The first `[emerg]` line written to the error log after `offset`."""
-    if log is None:
-        return None
-    try:
-        with open(log, "rb") as fh:
-            fh.seek(offset)
-            tail = fh.read(65536).decode(errors="replace")
-    except OSError:
-        return None
-    for line in tail.splitlines():
-        if "[emerg]" in line:
-            return line.partition("[emerg]")[2].strip().partition(": ")[2] or line.strip()
-    return None

@@ -219,8 +219,8 @@ class Rollout:
         """All traffic back on stable in one reload (no Docker call in the way), then verified."""
         started = self._failed_at or time.monotonic()
         self.report.rollback(f"rollback: {reason}")
-        self.decide(f"rolling back {', '.join(self.names(services))} to stable 100 % (canary keeps "
-                    f"the minimum weight {self.config.canary.min_weight})")
+        self.decide(f"{reason}: rolling back {', '.join(self.names(services))} to stable 100 % (canary "
+                    f"keeps the minimum weight {self.config.canary.min_weight})")
         self.set_weights(0, services)
         self.outcome.rollback_seconds = round(time.monotonic() - started, 3)
         self.verify(services, canary=0)
@@ -335,7 +335,7 @@ class Rollout:
         canary = self.services_or_empty("canary")
         blue_green = self.services_or_empty("blue-green")
         if canary:
-            self.rollback_to_stable(canary, "requested")
+            self.rollback_to_stable(canary, "rollback requested")
         for service in blue_green:
             live = next((s for s in status.services if s.service == service.name), None)
             active = live.active if live else None
