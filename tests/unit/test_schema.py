@@ -109,3 +109,16 @@ def test_schema_knows_every_top_level_key_the_loader_knows(
         parse_config({**VALID, "zzz": 1})
     known = info.value.problems[0].split("(known: ")[1].rstrip(")").split(", ")
     assert set(known) == set(validator.schema["properties"])
+
+
+def test_the_readme_config_reference_is_valid_for_loader_and_schema(
+        validator: jsonschema.Draft202012Validator) -> None:
+    """The README's ps.yaml reference uses every key: both the loader and the schema must accept it."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Configuration: `ps.yaml`", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = yaml.safe_load(block)
+    config = parse_config(data, "README.md", REPO)
+    assert config.canary.probe == 0 and config.services["web"].url
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(data)]
+    assert errors == []
