@@ -206,3 +206,21 @@ def test_help_summaries_match_each_commands_docstring() -> None:
         assert command is not None, name
         first_line = " ".join((command.help or "").split("\n\n")[0].split())
         assert summary == first_line, name
+
+
+def test_every_step_help_loads_no_heavy_library() -> None:
+    """`ps <step> --help` stays fast: docker, gitlab, requests, crossplane and yaml load when a step runs."""
+    from pipeline_steps.cli import COMMANDS
+
+    code = (
+        "import sys\n"
+        "from pipeline_steps.cli import main\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        main([name, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print([m for m in ('docker', 'gitlab', 'requests', 'crossplane', 'yaml') if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *COMMANDS], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
