@@ -375,13 +375,19 @@ def _read_router(r: _Reader, raw: Any, base: Path) -> NginxRouter | None:
         return _resolve(r, base, value, f"router.{key}") if value else None
 
     container = r.string(data, "container", "router")
+
+    def nginx_path(key: str) -> str | None:
+        # with router.container, nginx's own paths are as the container sees them: left as written
+        value = r.string(nginx, key, "router.nginx")
+        return value if container else local_path(value, f"nginx.{key}")
+
     return NginxRouter(
-        include=(include if container else local_path(include) or include),
+        include=local_path(include) or include,  # written by ps on this machine, in every mode
         binary=r.string(nginx, "binary", "router.nginx", "nginx") or "nginx",
-        prefix=local_path(r.string(nginx, "prefix", "router.nginx"), "nginx.prefix"),
-        conf=local_path(r.string(nginx, "conf", "router.nginx"), "nginx.conf"),
+        prefix=nginx_path("prefix"),
+        conf=nginx_path("conf"),
         error_log=local_path(r.string(nginx, "error_log", "router.nginx"), "nginx.error_log"),
-        pid=local_path(r.string(nginx, "pid", "router.nginx"), "nginx.pid"),
+        pid=nginx_path("pid"),
         container=container,
         url=r.string(data, "url", "router"),
         backups=r.integer(data, "backups", "router", 10, 1) or 10,

@@ -398,14 +398,14 @@ class ContainerRunner(NginxRunner):
         container = self.container()
         try:
             top = self._call("top", container.top)
-        except Unreachable:
+        except Unreachable as failure:
             try:
                 container.reload()
                 running = container.status == "running"
             except docker.errors.NotFound:
                 running = False
             except Exception:
-                raise
+                raise failure from None
             if not running:
                 return None, {}  # the container (and so its nginx master) stopped
             raise

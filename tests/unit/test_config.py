@@ -262,3 +262,23 @@ def test_arbitrary_yaml_text_raises_only_config_error(text: str) -> None:
             load_config(path)
         except ConfigError:
             pass
+
+
+def test_router_paths_host_nginx_and_nginx_in_a_container(tmp_path: Path) -> None:
+    """Host nginx: every path is on this machine (relative to ps.yaml). nginx in a container: the include
+    (and a bind-mounted error log) are written/read here, nginx's own paths are as the container sees them."""
+    raw: dict[str, Any] = {"app": "shop", "registry": "r:5000",
+                           "services": {"web": {"slots": {"stable": 18081, "canary": 18082}}}}
+    host_router = {"include": "ups.conf", "nginx": {"conf": "nginx.conf", "prefix": "pfx"}}
+    host = parse_config({**raw, "router": host_router}, base_dir=tmp_path)
+    assert host.router is not None
+    assert host.router.include == str(tmp_path / "ups.conf")
+    assert host.router.conf == str(tmp_path / "nginx.conf") and host.router.prefix == str(tmp_path / "pfx")
+    boxed_router = {"include": "edge/ups.conf", "container": "edge-nginx",
+                    "nginx": {"conf": "/etc/nginx/nginx.conf", "error_log": "logs/e.log",
+                              "pid": "/run/nginx.pid"}}
+    boxed = parse_config({**raw, "router": boxed_router}, base_dir=tmp_path)
+    assert boxed.router is not None
+    assert boxed.router.include == str(tmp_path / "edge" / "ups.conf")
+    assert boxed.router.error_log == str(tmp_path / "logs" / "e.log")
+    assert (boxed.router.conf, boxed.router.pid) == ("/etc/nginx/nginx.conf", "/run/nginx.pid")
