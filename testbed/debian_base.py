@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from testbed.images import import_once
+
 DEBIAN_PYTHON_IMAGE = "pipeline-steps/debian-python:base"
 SUITE = "bookworm"
 PACKAGES = ("python3", "python3-venv", "ca-certificates")
@@ -63,23 +65,11 @@ def make_rootfs_tar(work: Path, mirror: str | None = None, suite: str = SUITE) -
 
 def ensure_debian_python_image(client: Any, name: str = DEBIAN_PYTHON_IMAGE) -> str:
     """The Debian + Python base image in `client`'s engine, made (slowly, once) when missing."""
-    import docker.errors
-
-    try:
-        client.images.get(name)
-        return name
-    except docker.errors.ImageNotFound:
-        pass
     work = Path(tempfile.mkdtemp(prefix="ps-bed-debian-"))
     try:
-        tar = make_rootfs_tar(work)
-        repo, _, tag = name.partition(":")
-        client.api.import_image_from_file(str(tar), repository=repo, tag=tag or "latest",
-                                          changes=['CMD ["/bin/bash"]',
-                                                   "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:"
-                                                   "/usr/bin:/sbin:/bin LANG=C.UTF-8"])
-        client.images.get(name)
-        return name
+        return import_once(client, name, lambda: make_rootfs_tar(work),
+                           changes=['CMD ["/bin/bash"]', "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:"
+                                    "/usr/bin:/sbin:/bin LANG=C.UTF-8"])
     finally:
         _unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)

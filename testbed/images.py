@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,10 @@ def base_rootfs_tar() -> bytes:
     return buf.getvalue()
 
 
-def ensure_base_image(client: Any, name: str = BASE_IMAGE) -> str:
-    """`docker import` the busybox root file system once; return the image name."""
+def import_once(client: Any, name: str, make: Callable[[], bytes | Path],
+                changes: Sequence[str] = ()) -> str:
+    """`docker import` the root file system `make()` returns (tar bytes or a tar file) unless `name`
+    is already there; return the image name."""
     import docker.errors
 
     try:
@@ -65,9 +68,19 @@ def ensure_base_image(client: Any, name: str = BASE_IMAGE) -> str:
     except docker.errors.ImageNotFound:
         pass
     repo, _, tag = name.partition(":")
-    client.api.import_image_from_data(base_rootfs_tar(), repository=repo, tag=tag or "latest")
+    tar = make()
+    target = {"repository": repo, "tag": tag or "latest", "changes": list(changes)}
+    if isinstance(tar, Path):
+        client.api.import_image_from_file(str(tar), **target)
+    else:
+        client.api.import_image_from_data(tar, **target)
     client.images.get(name)
     return name
+
+
+def ensure_base_image(client: Any, name: str = BASE_IMAGE) -> str:
+    """`docker import` the busybox root file system once; return the image name."""
+    return import_once(client, name, base_rootfs_tar)
 
 
 def sample_app_env(**overrides: str) -> dict[str, str]:

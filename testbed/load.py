@@ -223,3 +223,19 @@ def slot_counts(reports: list[LoadReport]) -> Counter[str]:
     for rep in reports:
         total.update(rep.by_slot)
     return total
+
+
+def slots_answering(url: str, n: int) -> dict[str, int]:
+    """Send n requests (a new connection each) and count the X-Slot of the answers; non-200 fails."""
+    import requests
+
+    counts: dict[str, int] = {}
+    with requests.Session() as session:
+        for _ in range(n):
+            answer = session.get(url, timeout=5, headers={"Connection": "close"})
+            if answer.status_code != 200:
+                raise AssertionError(f"{url} answered {answer.status_code}")
+            slot = answer.headers.get("X-Slot", "?")
+            counts[slot] = counts.get(slot, 0) + 1
+    return counts
+

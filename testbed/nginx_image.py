@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.images import import_once
 from testbed.nginx import PROXY_DEFAULTS
 from testbed.ports import free_port, unique, wait_port
 
@@ -108,19 +109,9 @@ def nginx_rootfs_tar(binary: str = NGINX_BINARY) -> bytes:
 
 def ensure_nginx_image(client: Any, name: str = NGINX_IMAGE) -> str:
     """`docker import` the nginx root file system once; return the image name."""
-    import docker.errors
-
-    try:
-        client.images.get(name)
-        return name
-    except docker.errors.ImageNotFound:
-        pass
-    repo, _, tag = name.partition(":")
-    client.api.import_image_from_data(
-        nginx_rootfs_tar(), repository=repo, tag=tag or "latest",
-        changes=['ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'CMD ["nginx", "-g", "daemon off;"]'])
-    client.images.get(name)
-    return name
+    return import_once(client, name, nginx_rootfs_tar,
+                       changes=["ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                                'CMD ["nginx", "-g", "daemon off;"]'])
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,3 +46,17 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> bool
         except OSError:
             time.sleep(0.05)
     return False
+
+
+@contextmanager
+def held_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A free port that another process (this one) listens on until the block ends."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind((host, 0))
+    holder.listen(1)
+    try:
+        yield int(holder.getsockname()[1])
+    finally:
+        holder.close()
+

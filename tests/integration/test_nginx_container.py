@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,9 +16,10 @@ import yaml
 from pipeline_steps.adapters.nginx import nginx_tree, parse_top
 from pipeline_steps.config import parse_config
 from pipeline_steps.upstreams import initial_file
+from testbed.load import slots_answering
 from testbed.nginx import PROXY_DEFAULTS
 from testbed.nginx_image import NginxContainer, start_nginx_container
-from testbed.ports import free_port, free_ports, unique
+from testbed.ports import free_ports, held_port, unique
 
 
 @dataclass
@@ -127,33 +127,23 @@ def test_weights_through_container_measured_exactly(container_bed: Callable[...,
     assert again.returncode == 0 and "no change" in again.stdout
 
 
-def _slots_answering(url: str, n: int) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    with requests.Session() as s:
-        for _ in range(n):
-            answer = s.get(url, timeout=5, headers={"Connection": "close"})
-            assert answer.status_code == 200
-            counts[answer.headers["X-Slot"]] = counts.get(answer.headers["X-Slot"], 0) + 1
-    return counts
-
-
 def test_switch_through_container(container_bed: Callable[..., ContainerBed], run_sample: Any,
                                   docker_ps: Any) -> None:
     bed = container_bed({"web": "blue-green"})
     containers = _start_slots(run_sample, bed, "web")
     url = bed.url("web")
-    assert _slots_answering(url, 20) == {"blue": 20}
+    assert slots_answering(url, 20) == {"blue": 20}
     done = docker_ps("--json", "switch", "--to", "green")
     assert done.returncode == 0, done.stderr
     assert _json(done.stdout)["services"][0]["after"] == "green active, blue backup"
-    assert _slots_answering(url, 20) == {"green": 20}
+    assert slots_answering(url, 20) == {"green": 20}
     probe = docker_ps("verify-weights", "--expect-active", "green", "--probe", "50", "--url", url)
     assert probe.returncode == 0, probe.stderr
     containers["green"].kill()  # the active slot dies: nginx's backup (blue) answers
-    assert _slots_answering(url, 20) == {"blue": 20}
+    assert slots_answering(url, 20) == {"blue": 20}
     back = docker_ps("switch", "--to", "blue")
     assert back.returncode == 0, back.stderr
-    assert _slots_answering(url, 10) == {"blue": 10}
+    assert slots_answering(url, 10) == {"blue": 10}
 
 
 def test_change_failing_nginx_t_in_container_is_restored(container_bed: Callable[..., ContainerBed],
@@ -181,12 +171,7 @@ def test_reload_that_cannot_apply_in_container_is_detected(
     _start_slots(run_sample, bed, "backend")
     assert docker_ps("set-weights", "--canary", "10").returncode == 0
     workers = bed.workers()
-    holder = socket.socket()
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    port = free_port()
-    holder.bind(("127.0.0.1", port))
-    holder.listen(1)
-    try:
+    with held_port() as port:
         # a server block on a port a host process holds: nginx -t passes, the reload cannot bind
         edited = bed.include_text() + f"server {{ listen 127.0.0.1:{port}; {PROXY_DEFAULTS} }}\n"
         bed.nginx.include.write_text(edited)
@@ -198,8 +183,6 @@ def test_reload_that_cannot_apply_in_container_is_detected(
         assert time.monotonic() - started < 30
         assert bed.include_text() == edited
         assert set(bed.workers()) <= set(workers)  # no new workers: the old one still serves
-    finally:
-        holder.close()
     if log_on_host:
         assert bed.nginx.error_log and "Address already in use" in bed.nginx.error_log.read_text()
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from testbed.nginx import PROXY_DEFAULTS
-from testbed.ports import free_port
+from testbed.ports import held_port
 
 TrafficBed = Any  # the traffic_bed fixture of tests/integration/conftest.py
 
@@ -138,12 +137,7 @@ def test_reload_that_cannot_apply_is_detected(traffic_bed: Callable[..., Traffic
     _start_slots(run_sample, bed, "backend")
     assert ps("set-weights", "--canary", "10").returncode == 0
     workers = _workers(bed)
-    holder = socket.socket()
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    port = free_port()
-    holder.bind(("127.0.0.1", port))
-    holder.listen(1)
-    try:
+    with held_port() as port:
         # someone added a server block on a port another process holds: nginx -t passes, the reload
         # cannot bind, and nginx keeps its old config while `nginx -s reload` exits 0
         edited = bed.include_text() + f"server {{ listen 127.0.0.1:{port}; {PROXY_DEFAULTS} }}\n"
@@ -153,8 +147,6 @@ def test_reload_that_cannot_apply_is_detected(traffic_bed: Callable[..., Traffic
         assert "Address already in use" in done.stderr and "restored" in done.stderr
         assert bed.include_text() == edited
         assert set(_workers(bed)) <= set(workers)  # no new workers: the old ones still serve
-    finally:
-        holder.close()
     bed.nginx.include.write_text(edited.split("server {")[0])
     probe = ps("verify-weights", "--expect-canary", "10", "--probe", "200", "--url", bed.url("backend"))
     assert probe.returncode == 0, probe.stderr

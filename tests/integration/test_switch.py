@@ -6,19 +6,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import requests
+from testbed.load import slots_answering
 
 TrafficBed = Any  # the traffic_bed fixture of tests/integration/conftest.py
-
-
-def _slots_answering(url: str, n: int) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    with requests.Session() as s:
-        for _ in range(n):
-            answer = s.get(url, timeout=5, headers={"Connection": "close"})
-            assert answer.status_code == 200
-            counts[answer.headers["X-Slot"]] = counts.get(answer.headers["X-Slot"], 0) + 1
-    return counts
 
 
 def test_switch_and_backup_takes_over(traffic_bed: Callable[..., TrafficBed], run_sample: Any,
@@ -26,26 +16,26 @@ def test_switch_and_backup_takes_over(traffic_bed: Callable[..., TrafficBed], ru
     bed = traffic_bed({"web": "blue-green"})
     containers = {slot: run_sample(port=port, PS_SLOT=slot)[0] for slot, port in bed.ports["web"].items()}
     url = bed.url("web")
-    assert _slots_answering(url, 20) == {"blue": 20}  # first include: blue active
+    assert slots_answering(url, 20) == {"blue": 20}  # first include: blue active
     done = ps("--json", "switch", "--to", "green")
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout.strip().splitlines()[-1])
     assert record["services"][0]["after"] == "green active, blue backup"
     text = bed.include_text()
     assert f"127.0.0.1:{bed.ports['web']['blue']} backup max_fails=3 fail_timeout=30s;" in text
-    assert _slots_answering(url, 20) == {"green": 20}
+    assert slots_answering(url, 20) == {"green": 20}
     probe = ps("verify-weights", "--expect-active", "green", "--probe", "50", "--url", url)
     assert probe.returncode == 0, probe.stderr
     wrong = ps("verify-weights", "--expect-active", "blue")
     assert wrong.returncode == 1 and "active color is green, expected blue" in wrong.stderr
     # the active container dies: nginx's backup (blue) answers every request
     containers["green"].kill()
-    assert _slots_answering(url, 20) == {"blue": 20}
+    assert slots_answering(url, 20) == {"blue": 20}
     again = ps("switch", "--to", "green")
     assert again.returncode == 0 and "no change" in again.stdout
     back = ps("switch", "--to", "blue", "--service", "web")
     assert back.returncode == 0
-    assert _slots_answering(url, 10) == {"blue": 10}
+    assert slots_answering(url, 10) == {"blue": 10}
 
 
 def test_switch_dry_run_changes_nothing(traffic_bed: Callable[..., TrafficBed], ps: Any) -> None:
