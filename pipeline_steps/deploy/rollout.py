@@ -328,25 +328,32 @@ class Rollout:
         self.outcome.message = "promoted: stable and canary run " + ", ".join(
             f"{n} {b}" for n, b in builds.items())
 
-    def run_rollback(self) -> None:
-        from pipeline_steps.steps.traffic import traffic_status
+    def rollback_traffic(self) -> None:
+        """rollback's first move, before any notification or Docker call: read only the live include
+        file and put the traffic back (stable 100 %, or the kept color) in one reload per kind."""
+        from pipeline_steps.steps.traffic import load_live
+        from pipeline_steps.upstreams import active_color
 
-        status = traffic_status(self.config)
+        live = load_live(self.config)
+        upstreams = live.upstreams() if live is not None else {}
         canary = self.services_or_empty("canary")
-        blue_green = self.services_or_empty("blue-green")
         if canary:
             self.rollback_to_stable(canary, "rollback requested")
-        for service in blue_green:
-            live = next((s for s in status.services if s.service == service.name), None)
-            active = live.active if live else None
+        for service in self.services_or_empty("blue-green"):
+            upstream = upstreams.get(service.upstream)
+            active = active_color(upstream, service, self.config.hosts) if upstream else None
             if active is None:
                 self.say(f"{service.name}: no active color in nginx, nothing to switch back")
                 continue
             previous = "green" if active == "blue" else "blue"
             self.decide(f"{service.name}: switching back to {previous} (kept as backup for this)")
             self.switch(previous, [service])
+
+    def run_rollback(self) -> None:
+        """After rollback_traffic: with --to, redeploy stable with an earlier build."""
         target = self.request.to
         if target:
+            canary = self.services_or_empty("canary")
             if not canary:
                 raise BadInput("--to needs stable/canary services")
             for service in canary:
@@ -534,9 +541,11 @@ class Rollout:
         lock.acquire(wait=self.request.lock_wait)
         started = time.monotonic()
         try:
-            self.notify("started")
             handler = getattr(self, "run_" + self.request.type.replace("-", "_"))
             try:
+                if self.request.type == "rollback":
+                    self.rollback_traffic()  # first: a slow chat endpoint or engine must not delay it
+                self.notify("started")
                 handler()
                 self.outcome.result = "success"
             except (StepFailed, PsError) as exc:

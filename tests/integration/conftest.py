@@ -17,7 +17,8 @@ from pipeline_steps.config import Config, load_config, parse_config
 from pipeline_steps.upstreams import initial_file
 from testbed.engine import Engine, start_dockerd
 from testbed.nginx import Nginx
-from testbed.ports import free_ports, unique
+from testbed.ports import free_port, free_ports, unique
+from testbed.sshd import SshServer, start_sshd
 
 SECOND_ADDRESS = "127.0.0.2"
 
@@ -29,6 +30,7 @@ class SecondHost:
     engine: Engine
     address: str
     bridge: str
+    tcp_url: str = ""  # the same dockerd on plain TCP, loopback only: tcp://127.0.0.1:<port>
 
     @property
     def docker(self) -> str:
@@ -56,15 +58,16 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
                        capture_output=True)
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True)
         root = Path(tempfile.mkdtemp(prefix="ps-bed-dockerd2-"))
+        tcp_url = f"tcp://127.0.0.1:{free_port()}"
         engine = start_dockerd(root, bridge=bridge,
-                               extra_args=["--iptables=false", "--ip-masq=false"])
+                               extra_args=["--iptables=false", "--ip-masq=false", "-H", tcp_url])
         client = engine.client()
         try:
             data = b"".join(docker_client.images.get(sample_image).save(named=True))
             client.images.load(data)
         finally:
             client.close()
-        yield SecondHost(engine=engine, address=SECOND_ADDRESS, bridge=bridge)
+        yield SecondHost(engine=engine, address=SECOND_ADDRESS, bridge=bridge, tcp_url=tcp_url)
     finally:
         if engine is not None:
             try:
@@ -76,6 +79,23 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
                 pass
             engine.stop()
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def tcp_host(second_host: SecondHost) -> str:
+    """The second host's dockerd as a tcp:// endpoint (plain TCP on 127.0.0.1)."""
+    return second_host.tcp_url
+
+
+@pytest.fixture
+def ssh_host(second_host: SecondHost) -> Iterator[SshServer]:
+    """sshd on 127.0.0.1:<free port> whose sessions reach the second host's dockerd (an ssh:// host).
+
+    Clients need `ssh_host.client_env` (a temp HOME with .ssh/config and known_hosts).
+    """
+    server = start_sshd(second_host.docker)
+    yield server
+    server.stop()
 
 
 # ---------------------------------------------------------------- nginx in front of slots

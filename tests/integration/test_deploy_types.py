@@ -273,3 +273,40 @@ def test_bad_input_is_refused_before_anything_happens(deploy_bed: Callable[..., 
     assert bed.include_text() == before
     history = docker_ps("--json", "history")
     assert _result(history)["entries"] == []
+
+
+def test_rollback_moves_traffic_even_with_the_docker_engine_down(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any) -> None:
+    bed = deploy_bed()
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
+    manual = _deploy(docker_ps, "--type", "canary-manual", "--weight", "40", "--build-id", "bbbb00000002")
+    assert manual.returncode == 0, manual.stderr
+    assert _include_weights(bed) == [600, 400]
+    raw = yaml.safe_load(bed.config_path.read_text())
+    raw["hosts"][0]["docker"] = "unix:///nonexistent/docker.sock"  # the engine is gone
+    bed.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    started = time.monotonic()
+    done = _deploy(docker_ps, "--type", "rollback", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 10
+    assert _include_weights(bed) == [999, 1]
+
+
+def test_rollback_to_previous_redeploys_the_earlier_stable_build(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any) -> None:
+    bed = deploy_bed()
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    for build in ("aaaa00000001", "bbbb00000002"):
+        assert _deploy(docker_ps, "--type", "stable", "--build-id", build).returncode == 0
+    with LoadGenerator(bed.url("web"), rate=50, max_seconds=60, timeout=10) as load:
+        done = _deploy(docker_ps, "--type", "rollback", "--to", "previous")
+    assert done.returncode == 0, done.stderr
+    assert load.report().failed == 0, load.report().errors[:5]
+    status = _result(docker_ps("--json", "status"))
+    builds = {(s["service"], s["slot"]): s["build_id"] for s in status["slots"]}
+    assert builds[("web", "stable")] == "aaaa00000001"
+    assert _include_weights(bed) == [999, 1]
+    assert "redeploying aaaa00000001 into stable" in done.stderr

@@ -1,0 +1,157 @@
+"""The three Docker endpoint kinds of `hosts[].docker` for real: unix://, tcp:// and ssh:// (paramiko).
+
+The first host is the bed's engine on its unix socket (127.0.0.1); the second is the second dockerd
+(127.0.0.2), reached over plain TCP on loopback or through a real sshd running `docker system
+dial-stdio`. Both engines hold the same image, so the same digest goes to every host.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from testbed.ports import free_port, free_ports, unique
+from testbed.sshd import SshServer
+
+BUILD = "b1"
+
+
+class TwoHosts:
+    """A ps.yaml with host `one` (unix://, the bed's engine) and host `two` (the endpoint under test)."""
+
+    def __init__(self, app: str, ports: dict[str, int], repo: str, clients: dict[str, Any]) -> None:
+        self.app = app
+        self.ports = ports
+        self.repo = repo
+        self.clients = clients
+
+    def container(self, host: str, slot: str = "stable") -> Any:
+        return self.clients[host].containers.get(f"{self.app}-backend-{slot}")
+
+
+@pytest.fixture
+def two_hosts(engine: Any, docker_client: Any, second_host: Any, sample_image: str, project: Any,
+              workdir: Path) -> Iterator[Callable[[str], TwoHosts]]:
+    """`two_hosts(endpoint)` writes ps.yaml with hosts [unix engine, endpoint] and tags the image on both."""
+    app = unique("ep")
+    stable, canary = free_ports(2)
+    repo = f"127.0.0.1:5999/{app}/backend"
+    two = second_host.engine.client()
+    clients = {"one": docker_client, "two": two}
+
+    def make(endpoint: str) -> TwoHosts:
+        project({
+            "app": app, "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
+            "hosts": [{"name": "one", "docker": engine.base_url, "address": "127.0.0.1"},
+                      {"name": "two", "docker": endpoint, "address": second_host.address}],
+            "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary}}},
+        })
+        for client in clients.values():
+            client.images.get(sample_image).tag(repo, BUILD)
+        return TwoHosts(app, {"stable": stable, "canary": canary}, repo, clients)
+
+    yield make
+    for client in clients.values():
+        for c in client.containers.list(all=True, filters={"label": f"pipeline-steps.app={app}"}):
+            c.remove(force=True)
+        try:
+            client.images.remove(f"{repo}:{BUILD}")
+        except Exception:
+            pass
+    two.close()
+
+
+def _deploy_everywhere(bed: TwoHosts, ps: Any, env: dict[str, str] | None = None) -> None:
+    """deploy-env stable on both hosts: same image on each, answering on each host's address."""
+    done = ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "host one:" in done.stdout and "host two:" in done.stdout
+    one, two = bed.container("one"), bed.container("two")
+    assert one.image.id == two.image.id  # the same digest went to both hosts
+    assert one.labels["pipeline-steps.image-digest"] == two.labels["pipeline-steps.image-digest"]
+    assert two.labels["pipeline-steps.build-id"] == BUILD
+    for address in ("127.0.0.1", "127.0.0.2"):
+        answer = requests.get(f"http://{address}:{bed.ports['stable']}/", timeout=5)
+        assert answer.status_code == 200 and answer.headers["X-Slot"] == "stable"
+    again = ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "no change" in again.stdout and "host two:" in again.stdout
+    assert bed.container("two").id == two.id
+    status = ps("--json", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    record = json.loads(status.stdout.strip().splitlines()[-1])
+    builds = {(s["host"], s["slot"]): (s["build_id"], s["state"]) for s in record["slots"]}
+    assert builds[("one", "stable")] == builds[("two", "stable")] == (BUILD, "running")
+    assert builds[("two", "canary")] == (None, "missing")
+
+
+def _one_line_exit_3(done: Any, *needles: str) -> str:
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_tcp_host_runs_the_same_image(two_hosts: Callable[[str], TwoHosts], tcp_host: str,
+                                      docker_ps: Any) -> None:
+    assert tcp_host.startswith("tcp://127.0.0.1:")
+    bed = two_hosts(tcp_host)
+    _deploy_everywhere(bed, docker_ps)
+
+
+def test_ssh_host_runs_the_same_image(two_hosts: Callable[[str], TwoHosts], ssh_host: SshServer,
+                                      docker_ps: Any) -> None:
+    bed = two_hosts(ssh_host.url)
+    _deploy_everywhere(bed, docker_ps, env=ssh_host.client_env)
+    log = ssh_host.log()
+    assert "Accepted publickey for root from 127.0.0.1" in log  # it really went through sshd
+    assert "Starting session: command for root" in log
+
+
+def test_ssh_host_down_is_unreachable(two_hosts: Callable[[str], TwoHosts], ssh_host: SshServer,
+                                      docker_ps: Any) -> None:
+    bed = two_hosts(ssh_host.url)
+    ssh_host.stop(remove=False)  # keep the client HOME: only the server is gone
+    done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=ssh_host.client_env)
+    _one_line_exit_3(done, "host two", ssh_host.url, "sshd")
+    with pytest.raises(Exception):  # nothing was started on the reachable host either
+        bed.container("one")
+    status = docker_ps("status", env=ssh_host.client_env)
+    assert status.returncode == 3 and "Traceback" not in status.stderr
+    assert "host two" in status.stderr and ssh_host.url in status.stderr
+    assert any(line.startswith("one ") for line in status.stdout.splitlines())  # host one still listed
+
+
+def test_ssh_host_key_not_known_is_unreachable_with_a_hint(two_hosts: Callable[[str], TwoHosts],
+                                                            ssh_host: SshServer, docker_ps: Any) -> None:
+    two_hosts(ssh_host.url)
+    (ssh_host.home / ".ssh" / "known_hosts").write_text("")
+    done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=ssh_host.client_env)
+    _one_line_exit_3(done, "host two", "known_hosts", "ssh-keyscan")
+    assert "Accepted publickey" not in ssh_host.log()  # refused before any login
+
+
+def test_ssh_key_not_accepted_is_unreachable(two_hosts: Callable[[str], TwoHosts], ssh_host: SshServer,
+                                             docker_ps: Any) -> None:
+    two_hosts(ssh_host.url)
+    (ssh_host.root / "authorized_keys").write_text("")
+    done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=ssh_host.client_env)
+    _one_line_exit_3(done, "host two", "IdentityFile")
+
+
+def test_tcp_port_nobody_listens_on_is_unreachable(two_hosts: Callable[[str], TwoHosts],
+                                                   docker_ps: Any) -> None:
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    two_hosts(dead)
+    done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD)
+    _one_line_exit_3(done, "host two", dead)
+    status = docker_ps("status")
+    assert status.returncode == 3 and "host two" in status.stderr and dead in status.stderr
