@@ -383,12 +383,19 @@ class Rollout:
         self.verify([service], canary=0)
 
     def previous_build(self, service: Service) -> str:
-        """The newest image of the service kept on the first host that stable does not run now."""
+        """The stable build before the one running now: from the history of successful deploys, else
+        the newest other image of the service kept on the first host."""
         from pipeline_steps.adapters.docker_host import engine
         from pipeline_steps.steps.status import slot_status
 
         current = {s.build_id for s in slot_status(self.config).slots
                    if s.service == service.name and s.slot == "stable"}
+        history = HistoryLog(self.config.state_dir, timezone=self.config.timezone)
+        for entry in reversed(history.read(app=self.config.app).entries):
+            build = entry.build_ids.get(f"{service.name}/stable")
+            if entry.result == "success" and build and build not in current:
+                self.say(f"{service.name}: previous stable build {build} (history, {entry.time})")
+                return build
         repo = self.config.image_repo(service)
         with engine(self.config.hosts[0]) as client:
             images = sorted(client.images.list(name=repo), key=lambda i: i.attrs.get("Created", ""),
@@ -397,6 +404,7 @@ class Rollout:
             for tag in image.tags:
                 build = tag.rpartition(":")[2]
                 if tag.startswith(repo + ":") and build not in current:
+                    self.say(f"{service.name}: no earlier stable in the history; newest other image {build}")
                     return build
         raise StepFailed(f"{service.name}: no earlier image of {repo} is kept on host "
                          f"{self.config.hosts[0].name}")
