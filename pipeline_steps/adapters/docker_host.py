@@ -1,5 +1,9 @@
 """Docker engines of the configured hosts, through the Docker SDK.
 
+Endpoints: unix:// (a local socket), tcp:// (plain TCP; keep it on loopback or a private network) and
+ssh://[user@]host[:port] through the SDK's paramiko transport, which runs `docker system dial-stdio`
+on the host. For ssh:// the key, user and port come from ~/.ssh/config (IdentityFile, User, Port) and
+the host key must already be in ~/.ssh/known_hosts: unknown host keys are refused, never asked about.
 Connection failures become Unreachable (exit 3) with one line naming the host.
 """
 
@@ -19,7 +23,6 @@ if TYPE_CHECKING:
 def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
     """A client for the host's engine that has answered a ping; Unreachable otherwise."""
     import docker
-    import docker.errors
 
     try:
         if host.docker:
@@ -28,12 +31,11 @@ def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
             client = docker.from_env(timeout=int(timeout))
         client.ping()
         return client
-    except docker.errors.DockerException as exc:
+    except Exception as exc:  # DockerException; requests/paramiko errors surface as plain exceptions
+        ssh = host.docker is not None and host.docker.startswith("ssh://")
+        reason = _ssh_reason(host.docker, exc) if ssh and host.docker else None
         raise Unreachable(f"Docker engine of host {host.name} ({host.endpoint}) is unreachable: "
-                          f"{_short(exc)}") from None
-    except Exception as exc:  # requests/paramiko errors surface as plain exceptions
-        raise Unreachable(f"Docker engine of host {host.name} ({host.endpoint}) is unreachable: "
-                          f"{_short(exc)}") from None
+                          f"{reason or _short(exc)}") from None
 
 
 @contextmanager
@@ -51,6 +53,36 @@ def is_unreachable(exc: BaseException) -> bool:
     import requests
 
     return isinstance(exc, requests.ConnectionError | requests.Timeout | ConnectionError)
+
+
+def _ssh_reason(url: str, exc: BaseException) -> str | None:
+    """What went wrong on an ssh:// endpoint, with the fix, in one line (None: not an SSH problem)."""
+    from urllib.parse import urlparse
+
+    try:
+        import paramiko
+    except ImportError:
+        return None
+    parsed = urlparse(url)
+    where = f"-p {parsed.port} " if parsed.port else ""
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
+        return "nothing answers on its SSH port (is sshd running?)"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return ("its SSH host key differs from the one in ~/.ssh/known_hosts (host key changed? "
+                "check it, then replace the entry)")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return ("SSH login refused: is the key named by IdentityFile in ~/.ssh/config (for this host) "
+                "in the host's authorized_keys?")
+    text = str(exc)
+    if isinstance(exc, paramiko.SSHException) and "known_hosts" in text:
+        return (f"its SSH host key is not in ~/.ssh/known_hosts; add it after checking it: "
+                f"ssh-keyscan {where}{parsed.hostname} >> ~/.ssh/known_hosts")
+    if isinstance(exc, paramiko.SSHException) and "No authentication methods" in text:
+        return "no SSH key to log in with: set IdentityFile for this host in ~/.ssh/config"
+    if "Connection aborted" in text or "RemoteDisconnected" in text:
+        return ("SSH login worked but `docker system dial-stdio` there did not reach an engine (docker CLI "
+                "on its PATH? DOCKER_HOST there? user in the docker group?)")
+    return None
 
 
 def _short(exc: Any) -> str:

@@ -8,6 +8,7 @@ dial-stdio`. Both engines hold the same image, so the same digest goes to every 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,9 @@ def test_ssh_host_down_is_unreachable(two_hosts: Callable[[str], TwoHosts], ssh_
     ssh_host.stop(remove=False)  # keep the client HOME: only the server is gone
     done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=ssh_host.client_env)
     _one_line_exit_3(done, "host two", ssh_host.url, "sshd")
-    with pytest.raises(Exception):  # nothing was started on the reachable host either
+    import docker.errors
+
+    with pytest.raises(docker.errors.NotFound):  # nothing was started on the reachable host either
         bed.container("one")
     status = docker_ps("status", env=ssh_host.client_env)
     assert status.returncode == 3 and "Traceback" not in status.stderr
@@ -130,21 +133,42 @@ def test_ssh_host_down_is_unreachable(two_hosts: Callable[[str], TwoHosts], ssh_
     assert any(line.startswith("one ") for line in status.stdout.splitlines())  # host one still listed
 
 
-def test_ssh_host_key_not_known_is_unreachable_with_a_hint(two_hosts: Callable[[str], TwoHosts],
-                                                            ssh_host: SshServer, docker_ps: Any) -> None:
-    two_hosts(ssh_host.url)
-    (ssh_host.home / ".ssh" / "known_hosts").write_text("")
-    done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=ssh_host.client_env)
-    _one_line_exit_3(done, "host two", "known_hosts", "ssh-keyscan")
-    assert "Accepted publickey" not in ssh_host.log()  # refused before any login
+def _forget_host_key(server: SshServer) -> None:
+    (server.home / ".ssh" / "known_hosts").write_text("")
 
 
-def test_ssh_key_not_accepted_is_unreachable(two_hosts: Callable[[str], TwoHosts], ssh_host: SshServer,
-                                             docker_ps: Any) -> None:
+def _another_host_key(server: SshServer) -> None:
+    other = server.root / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True,
+                   capture_output=True)
+    key_type, key_data = other.with_name("other_host_key.pub").read_text().split()[:2]
+    (server.home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{server.port} {key_type} {key_data}\n")
+
+
+def _revoke_client_key(server: SshServer) -> None:
+    (server.root / "authorized_keys").write_text("")
+
+
+def _no_identity_file(server: SshServer) -> None:
+    config = server.home / ".ssh" / "config"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if "IdentityFile" not in line))
+
+
+@pytest.mark.parametrize(("breakage", "needles"), [
+    (_forget_host_key, ("known_hosts", "ssh-keyscan -p")),
+    (_another_host_key, ("host key differs",)),
+    (_revoke_client_key, ("login refused", "IdentityFile")),
+    (_no_identity_file, ("no SSH key", "IdentityFile")),
+], ids=["host-key-unknown", "host-key-changed", "key-not-authorized", "no-key"])
+def test_ssh_problem_is_unreachable_with_the_fix(two_hosts: Callable[[str], TwoHosts], ssh_host: SshServer,
+                                                 docker_ps: Any, breakage: Callable[[SshServer], None],
+                                                 needles: tuple[str, ...]) -> None:
     two_hosts(ssh_host.url)
-    (ssh_host.root / "authorized_keys").write_text("")
+    breakage(ssh_host)
     done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=ssh_host.client_env)
-    _one_line_exit_3(done, "host two", "IdentityFile")
+    _one_line_exit_3(done, "host two", ssh_host.url, *needles)
+    assert "Accepted publickey" not in ssh_host.log()  # refused before any session
 
 
 def test_tcp_port_nobody_listens_on_is_unreachable(two_hosts: Callable[[str], TwoHosts],
@@ -155,3 +179,17 @@ def test_tcp_port_nobody_listens_on_is_unreachable(two_hosts: Callable[[str], Tw
     _one_line_exit_3(done, "host two", dead)
     status = docker_ps("status")
     assert status.returncode == 3 and "host two" in status.stderr and dead in status.stderr
+
+
+def test_ssh_host_whose_docker_cannot_reach_its_engine_is_unreachable(
+        two_hosts: Callable[[str], TwoHosts], tmp_path: Path, docker_ps: Any) -> None:
+    from testbed.sshd import start_sshd
+
+    server = start_sshd(f"unix://{tmp_path / 'no-such-docker.sock'}")
+    try:
+        two_hosts(server.url)
+        done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=server.client_env)
+        _one_line_exit_3(done, "host two", server.url, "dial-stdio")
+        assert "Accepted publickey" in server.log()  # the login worked; the remote docker did not
+    finally:
+        server.stop()
