@@ -31,7 +31,7 @@ from pipeline_steps.steps.verify_weights import verify_weights  # noqa: E402
 from pipeline_steps.upstreams import initial_file  # noqa: E402
 from testbed import images  # noqa: E402
 from testbed.engine import ensure_engine  # noqa: E402
-from testbed.nginx import start_nginx  # noqa: E402
+from testbed.nginx import server_block, start_nginx  # noqa: E402
 from testbed.ports import free_ports, unique, wait_port  # noqa: E402
 
 RUNS = 15
@@ -55,10 +55,8 @@ def main() -> None:
            "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary}},
                         "web": {"context": ".", "slots": {"blue": blue, "green": green}}}}
     first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=work)
-    servers = ("    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}"
-               f"        location /backend/ {{ proxy_pass http://{raw['app']}_backend; }}\n"
-               f"        location /web/ {{ proxy_pass http://{raw['app']}_web; }}\n    }}\n")
-    nginx = start_nginx(servers, initial_file(first, work / "ups.conf").render())
+    nginx = start_nginx(server_block(("backend", "web"), str(raw["app"])),
+                        initial_file(first, work / "ups.conf").render())
     engine = ensure_engine()
     client = engine.client()
     containers = []

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from testbed import images  # noqa: E402
 from testbed.engine import ensure_engine  # noqa: E402
 from testbed.load import LoadGenerator  # noqa: E402
-from testbed.nginx import start_nginx  # noqa: E402
+from testbed.nginx import server_block, start_nginx  # noqa: E402
 from testbed.ports import free_ports  # noqa: E402
 from testbed.registry import start_registry  # noqa: E402
 
@@ -84,10 +84,7 @@ def main() -> int:
     upstreams = "".join(
         f"upstream {APP.replace('-', '_')}_{s} {{ server 127.0.0.1:{p['stable']} weight=999; "
         f"server 127.0.0.1:{p['canary']} weight=1; keepalive 32; }}\n" for s, p in slots.items())
-    locations = "".join(f"        location /{s}/ {{ proxy_pass http://{APP.replace('-', '_')}_{s}; }}\n"
-                        for s in SERVICES)
-    server = "    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}" + locations + "    }\n"
-    nginx = start_nginx(server, upstreams)
+    nginx = start_nginx(server_block(SERVICES, APP), upstreams)
     started.append(nginx.stop)
     print(f"engine {engine.base_url}; registry {registry.address}; nginx {nginx.url}")
     try:

@@ -15,7 +15,7 @@ import yaml
 
 from testbed import images
 from testbed.engine import Engine, ensure_engine
-from testbed.nginx import Nginx, start_nginx
+from testbed.nginx import Nginx, server_block, start_nginx
 from testbed.ports import free_ports, unique
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,9 +87,7 @@ def start_deploy_bed(kinds: dict[str, str], canary: dict[str, Any] | None = None
     first = "".join(
         f"upstream {upstream}_{s} {{ server 127.0.0.1:{list(p.values())[0]} weight=999; "
         f"server 127.0.0.1:{list(p.values())[1]} weight=1; keepalive 32; }}\n" for s, p in slots.items())
-    locations = "".join(f"        location /{s}/ {{ proxy_pass http://{upstream}_{s}; }}\n" for s in slots)
-    nginx = start_nginx("    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}" + locations
-                        + "    }\n", first)
+    nginx = start_nginx(server_block(slots, app), first)
     workdir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
     bed = DeployBed(engine, client, nginx, workdir, app, base, slots)
     config = {

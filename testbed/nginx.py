@@ -8,8 +8,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from testbed.ports import free_port, wait_port
 
@@ -21,6 +23,15 @@ PROXY_DEFAULTS = """\
     proxy_next_upstream_tries 3;
     add_header X-Upstream $upstream_addr always;
 """
+
+
+def server_block(services: Iterable[str], app: str) -> str:
+    """A server on the front port sending /<service>/ to upstream <app>_<service>, ps's default name."""
+    def upstream(service: str) -> str:
+        return f"{app}_{service}".replace("-", "_").replace(".", "_")
+
+    locations = "".join(f"        location /{s}/ {{ proxy_pass http://{upstream(s)}; }}\n" for s in services)
+    return "    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}" + locations + "    }\n"
 
 
 @dataclass
@@ -112,3 +123,32 @@ def start_nginx(servers: str, upstreams: str = "", *, port: int | None = None) -
         nginx.stop()
         raise RuntimeError("nginx did not listen in time")
     return nginx
+
+
+@dataclass
+class SiteBed:
+    """nginx (on the host, or in a container) with the include ps owns, a ps.yaml for it, and the slot
+    ports of each service."""
+
+    nginx: Any  # Nginx or testbed.nginx_image.NginxContainer: both have .url and .include
+    config_path: Path
+    raw: dict[str, Any]
+    ports: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def config(self) -> Any:
+        from pipeline_steps.config import load_config
+
+        return load_config(self.config_path)
+
+    def url(self, service: str) -> str:
+        return f"{self.nginx.url}/{service}/"
+
+    def include_text(self) -> str:
+        return str(self.nginx.include.read_text())
+
+    def save(self) -> None:
+        """Write `raw` back to the ps.yaml."""
+        import yaml
+
+        self.config_path.write_text(yaml.safe_dump(self.raw, sort_keys=False))
+

@@ -7,16 +7,16 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline_steps.config import Config, load_config, parse_config
+from pipeline_steps.config import parse_config
 from pipeline_steps.upstreams import initial_file
 from testbed.engine import Engine, start_dockerd
-from testbed.nginx import Nginx
+from testbed.nginx import Nginx, SiteBed, server_block
 from testbed.ports import free_port, free_ports, unique
 from testbed.sshd import SshServer, start_sshd
 
@@ -101,28 +101,7 @@ def ssh_host(second_host: SecondHost) -> Iterator[SshServer]:
 # ---------------------------------------------------------------- nginx in front of slots
 
 
-@dataclass
-class TrafficBed:
-    """nginx with the ps-owned include, a ps.yaml for it, and the slot ports of each service."""
-
-    nginx: Nginx
-    config_path: Path
-    raw: dict[str, Any]
-    ports: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def config(self) -> Config:
-        return load_config(self.config_path)
-
-    def url(self, service: str) -> str:
-        return f"{self.nginx.url}/{service}/"
-
-    def include_text(self) -> str:
-        return self.nginx.include.read_text()
-
-
-def server_block(services: list[str], app: str) -> str:
-    locations = "".join(f"        location /{s}/ {{ proxy_pass http://{app}_{s}; }}\n" for s in services)
-    return ("    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}" + locations + "    }\n")
+TrafficBed = SiteBed  # host nginx in front of the slots (testbed.nginx.SiteBed)
 
 
 @pytest.fixture

@@ -5,40 +5,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import yaml
 
 from pipeline_steps.adapters.nginx import nginx_tree, parse_top
 from pipeline_steps.config import parse_config
 from pipeline_steps.upstreams import initial_file
 from testbed.load import slots_answering
-from testbed.nginx import PROXY_DEFAULTS
+from testbed.nginx import PROXY_DEFAULTS, SiteBed, server_block
 from testbed.nginx_image import NginxContainer, start_nginx_container
 from testbed.ports import free_ports, held_port, unique
 
 
-@dataclass
-class ContainerBed:
+class ContainerBed(SiteBed):
     """An nginx container with ps's include bind-mounted, a ps.yaml for it and each service's slot ports."""
 
     nginx: NginxContainer
-    config_path: Path
-    raw: dict[str, Any]
-    ports: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def url(self, service: str) -> str:
-        return f"{self.nginx.url}/{service}/"
-
-    def include_text(self) -> str:
-        return self.nginx.include.read_text()
-
-    def save(self) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.raw))
 
     def backups(self) -> list[Path]:
         return sorted((self.nginx.include.parent / "ps-backups").glob("*.bak"))
@@ -51,11 +36,6 @@ class ContainerBed:
                 return sorted(workers)
             time.sleep(0.02)
         return []
-
-
-def _server_block(services: list[str], app: str) -> str:
-    locations = "".join(f"        location /{s}/ {{ proxy_pass http://{app}_{s}; }}\n" for s in services)
-    return "    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}" + locations + "    }\n"
 
 
 @pytest.fixture
@@ -77,7 +57,7 @@ def container_bed(docker_client: Any, project: Callable[..., Path],
                                "state_dir": str(workdir / "state")}
         first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=workdir)
         upstreams = initial_file(first, workdir / "ups.conf").render()
-        nginx = start_nginx_container(docker_client, extra_http + _server_block(list(kinds), app),
+        nginx = start_nginx_container(docker_client, extra_http + server_block(list(kinds), app),
                                       upstreams, log_on_host=log_on_host)
         started.append(nginx)
         raw["router"] = nginx.router()
