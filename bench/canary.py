@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from testbed.bench import write_result  # noqa: E402
 from testbed.deploy_bed import start_deploy_bed  # noqa: E402
 from testbed.load import LoadGenerator  # noqa: E402
 
@@ -70,9 +71,7 @@ def main() -> int:
         "rollback_vs_raw_reload": round(statistics.median(rollbacks) / statistics.median(raw), 2),
         "runs": RUNS,
     }
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "canary.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("canary", result)
     print(f"RESULT canary: canary-auto overhead beyond pauses {result['canary_auto_overhead_s']:.2f}s "
           f"(goal <= 3s, two services); rollback {result['rollback_s']:.3f}s from failed check to stable "
           f"(goal <= 0.5s) = {result['rollback_vs_raw_reload']}x a raw nginx -t && reload "

@@ -26,7 +26,6 @@ Run from the repo root: .venv/bin/python bench/health_gate.py [--reps N]
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from testbed import images  # noqa: E402
+from testbed.bench import write_result  # noqa: E402
 from testbed.engine import ensure_engine  # noqa: E402
 from testbed.ports import free_port, unique  # noqa: E402
 
@@ -146,15 +146,13 @@ def main() -> None:
               "goal": "median <= 0.15 s and <= 0.2x",
               "gate_median_s": cold["gate_median_s"], "shell_median_s": cold["shell_median_s"],
               "ratio": cold["ratio"], "goal_met": goal, "scenarios": [cold, warm]}
-    out = REPO / "bench" / "results" / "health_gate.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("health_gate", result)
     for s in (cold, warm):
         print(f"health_gate {s['scenario']}: ps health-gate {s['gate_median_s']:.3f} s, shell loop "
               f"{s['shell_median_s']:.3f} s, ratio {s['ratio']} (median of {s['reps']}, "
               f"{s['failed_runs']} failed runs)")
     print(f"health_gate: gate {cold['gate_median_s']:.3f} s vs shell {cold['shell_median_s']:.3f} s "
-          f"= {cold['ratio']}x; goal {'met' if goal else 'NOT met'} -> {out.relative_to(REPO)}")
+          f"= {cold['ratio']}x; goal {'met' if goal else 'NOT met'} -> {out}")
 
 
 if __name__ == "__main__":

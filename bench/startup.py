@@ -11,7 +11,6 @@ Run from the repo root: .venv/bin/python bench/startup.py [--runs N]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from testbed.bench import write_result  # noqa: E402
 
 GOAL = 1.5
 
@@ -59,12 +60,10 @@ def main() -> int:
         "ps_help_s": [round(t, 4) for t in ps_times],
         "import_click_s": [round(t, 4) for t in base_times],
     }
-    out = REPO / "bench" / "results" / "startup.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("startup", result)
     print(f"startup: ps --help {ps_median * 1000:.0f} ms vs import click {base_median * 1000:.0f} ms "
           f"(medians of {len(ps_times)}): {ratio:.2f}x (goal <= {GOAL}x) "
-          f"{'MET' if result['met'] else 'NOT MET'} -> {out.relative_to(REPO)}")
+          f"{'MET' if result['met'] else 'NOT MET'} -> {out}")
     return 0
 
 

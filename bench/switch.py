@@ -12,7 +12,6 @@ for that hand-over, read from /proc the way an operator's script would.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from pipeline_steps.config import load_config, parse_config  # noqa: E402
 from pipeline_steps.steps.verify_weights import verify_weights  # noqa: E402
 from pipeline_steps.upstreams import initial_file  # noqa: E402
 from testbed import images  # noqa: E402
+from testbed.bench import write_result  # noqa: E402
 from testbed.engine import ensure_engine  # noqa: E402
 from testbed.nginx import server_block, start_nginx  # noqa: E402
 from testbed.ports import free_ports, unique, wait_port  # noqa: E402
@@ -140,9 +140,7 @@ def main() -> None:
         }
         figures["ok"] = (figures["set_weights_ratio"] <= 3 and figures["switch_ratio"] <= 3
                          and set_ms < 300 and switch_ms < 300 and worst <= 1.0)
-        out = REPO / "bench" / "results" / "switch.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(figures, indent=2) + "\n")
+        write_result("switch", figures)
         print(f"switch: raw reload + hand-over {confirmed:.0f} ms: set-weights "
               f"{figures['set_weights_vs_confirmed']}x, switch {figures['switch_vs_confirmed']}x")
         print(f"switch: raw nginx -t && reload {baseline:.0f} ms; ps set-weights {set_ms:.0f} ms "

@@ -10,7 +10,6 @@ Writes bench/results/zero_downtime.json. Run from the repo root: .venv/bin/pytho
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from testbed.bench import write_result  # noqa: E402
 from testbed.deploy_bed import DeployBed, start_deploy_bed  # noqa: E402
 from testbed.load import LoadGenerator, LoadReport  # noqa: E402
 
@@ -77,9 +77,7 @@ def main() -> int:
         "baseline": baseline.as_dict(),
         "measured_at": time.strftime("%Y-%m-%d"),
     })
-    out = REPO / "bench" / "results" / "zero_downtime.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result("zero_downtime", results)
     print(f"RESULT zero_downtime: {sent} requests at {RATE:g}/s during canary-auto, promote-canary, rollback "
           f"and blue-green: {failed} failed (baseline {baseline.sent} sent, {baseline.failed} failed); p99 "
           f"{p99:.0f} ms = {results['p99_ratio']}x the baseline's")
