@@ -152,3 +152,24 @@ class SiteBed:
 
         self.config_path.write_text(yaml.safe_dump(self.raw, sort_keys=False))
 
+
+def site_plan(kinds: dict[str, str], app: str, workdir: Path,
+              extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, dict[str, int]], str]:
+    """ps.yaml data (without `router`) for services of `kinds` ("canary" or "blue-green") on free slot
+    ports, those ports, and the first include file ps would write for them."""
+    from pipeline_steps.config import parse_config
+    from pipeline_steps.upstreams import initial_file
+    from testbed.ports import free_ports
+
+    ports: dict[str, dict[str, int]] = {}
+    services: dict[str, Any] = {}
+    for name, kind in kinds.items():
+        a, b = free_ports(2)
+        slots = ("stable", "canary") if kind == "canary" else ("blue", "green")
+        ports[name] = {slots[0]: a, slots[1]: b}
+        services[name] = {"context": ".", "slots": ports[name]}
+    raw: dict[str, Any] = {"app": app, "registry": "127.0.0.1:5999", "services": services,
+                           "state_dir": str(workdir / "state"), **(extra or {})}
+    first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=workdir)
+    return raw, ports, initial_file(first, workdir / "ups.conf").render()
+

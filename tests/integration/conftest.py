@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
-from pipeline_steps.config import parse_config
-from pipeline_steps.upstreams import initial_file
 from testbed.engine import Engine, start_dockerd
-from testbed.nginx import Nginx, SiteBed, server_block
-from testbed.ports import free_port, free_ports, unique
+from testbed.nginx import Nginx, SiteBed, server_block, site_plan
+from testbed.ports import free_port, unique
 from testbed.sshd import SshServer, start_sshd
 
 SECOND_ADDRESS = "127.0.0.2"
@@ -111,19 +109,9 @@ def traffic_bed(nginx_factory: Callable[..., Nginx], project: Callable[..., Path
 
     def make(kinds: dict[str, str], *, app: str = "shop", hosts: list[dict[str, Any]] | None = None,
              extra_http: str = "", extra: dict[str, Any] | None = None) -> TrafficBed:
-        ports: dict[str, dict[str, int]] = {}
-        services: dict[str, Any] = {}
-        for name, kind in kinds.items():
-            a, b = free_ports(2)
-            slots = ("stable", "canary") if kind == "canary" else ("blue", "green")
-            ports[name] = {slots[0]: a, slots[1]: b}
-            services[name] = {"context": ".", "slots": ports[name]}
-        raw: dict[str, Any] = {"app": app, "registry": "127.0.0.1:5999", "services": services,
-                               "state_dir": str(workdir / "state"), **(extra or {})}
-        if hosts:
-            raw["hosts"] = hosts
-        first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=workdir)
-        upstreams = initial_file(first, workdir / "ups.conf").render()
+        # the hosts go in before the first include is rendered: it has a server line per host
+        extra = {**(extra or {}), **({"hosts": hosts} if hosts else {})}
+        raw, ports, upstreams = site_plan(kinds, app, workdir, extra)
         nginx = nginx_factory(extra_http + server_block(list(kinds), app), upstreams)
         raw["router"] = {"include": str(nginx.include), "url": nginx.url,
                          "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),

@@ -12,12 +12,10 @@ import pytest
 import requests
 
 from pipeline_steps.adapters.nginx import nginx_tree, parse_top
-from pipeline_steps.config import parse_config
-from pipeline_steps.upstreams import initial_file
 from testbed.load import slots_answering
-from testbed.nginx import PROXY_DEFAULTS, SiteBed, server_block
+from testbed.nginx import PROXY_DEFAULTS, SiteBed, server_block, site_plan
 from testbed.nginx_image import NginxContainer, start_nginx_container
-from testbed.ports import free_ports, held_port, unique
+from testbed.ports import held_port, unique
 
 
 class ContainerBed(SiteBed):
@@ -46,17 +44,7 @@ def container_bed(docker_client: Any, project: Callable[..., Path],
 
     def make(kinds: dict[str, str], *, app: str = "shop", extra_http: str = "",
              log_on_host: bool = False) -> ContainerBed:
-        ports: dict[str, dict[str, int]] = {}
-        services: dict[str, Any] = {}
-        for name, kind in kinds.items():
-            a, b = free_ports(2)
-            slots = ("stable", "canary") if kind == "canary" else ("blue", "green")
-            ports[name] = {slots[0]: a, slots[1]: b}
-            services[name] = {"context": ".", "slots": ports[name]}
-        raw: dict[str, Any] = {"app": app, "registry": "127.0.0.1:5999", "services": services,
-                               "state_dir": str(workdir / "state")}
-        first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=workdir)
-        upstreams = initial_file(first, workdir / "ups.conf").render()
+        raw, ports, upstreams = site_plan(kinds, app, workdir)
         nginx = start_nginx_container(docker_client, extra_http + server_block(list(kinds), app),
                                       upstreams, log_on_host=log_on_host)
         started.append(nginx)
