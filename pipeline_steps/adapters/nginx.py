@@ -77,12 +77,12 @@ def _shutting_down(pid: int) -> bool:
 
 
 class LogWatch:
-    """A place nginx writes errors to; `mark()` before the reload, `emergencies(mark)` after."""
+    """Where nginx writes errors: `mark()` before a reload, `failure_since(mark)` says why nginx gave up."""
 
     def mark(self) -> object:
         return None
 
-    def emergencies(self, mark: object) -> str | None:
+    def failure_since(self, mark: object) -> str | None:
         return None
 
 
@@ -98,7 +98,7 @@ class FileLog(LogWatch):
         except OSError:
             return 0
 
-    def emergencies(self, mark: object) -> str | None:
+    def failure_since(self, mark: object) -> str | None:
         offset = mark if isinstance(mark, int) else 0
         try:
             with open(self.path, "rb") as fh:
@@ -106,7 +106,7 @@ class FileLog(LogWatch):
                 tail = fh.read(65536).decode(errors="replace")
         except OSError:
             return None
-        return first_emergency(tail.splitlines())
+        return reload_failure(tail.splitlines())
 
 
 class ContainerLog(LogWatch):
@@ -128,12 +128,12 @@ class ContainerLog(LogWatch):
         lines = self._lines(tail=1)
         return parse_log_timestamp(lines[-1].partition(" ")[0]) if lines else None
 
-    def emergencies(self, mark: object) -> str | None:
+    def failure_since(self, mark: object) -> str | None:
         if isinstance(mark, int):
             lines = self._lines(since=max(mark // 1_000_000_000, 1))
         else:
             lines = self._lines()
-        return first_emergency(log_lines_after(lines, mark if isinstance(mark, int) else None))
+        return reload_failure(log_lines_after(lines, mark if isinstance(mark, int) else None))
 
 
 def parse_log_timestamp(stamp: str) -> int | None:
@@ -166,11 +166,27 @@ def log_lines_after(lines: Sequence[str], mark: int | None) -> list[str]:
     return found
 
 
-def first_emergency(lines: Sequence[str]) -> str | None:
-    """nginx's words of the first `[emerg]` line (`bind() to ... failed (98: ...)`), or None."""
+def _emerg_words(line: str) -> str:
+    return line.partition("[emerg]")[2].strip().partition(": ")[2] or line.strip()
+
+
+def reload_failure(lines: Sequence[str]) -> str | None:
+    """Why nginx gave up a reload, in its own words, or None while it has not (yet) given up.
+
+    A `bind() ... failed (98: Address already in use)` is not final: nginx tries again every 500 ms,
+    five times, and only `still could not bind()` ends the attempt. Any other `[emerg]` ends it at once.
+    """
+    first_bind: str | None = None
     for line in lines:
-        if "[emerg]" in line:
-            return line.partition("[emerg]")[2].strip().partition(": ")[2] or line.strip()
+        if "[emerg]" not in line:
+            continue
+        words = _emerg_words(line)
+        if words.startswith("bind() to ") and "(98:" in words:
+            first_bind = first_bind or words
+        elif words.startswith("still could not bind()"):
+            return first_bind or words
+        else:
+            return words
     return None
 
 
@@ -468,7 +484,7 @@ class NginxControl:
         self.runner.close()
 
     def reload(self) -> tuple[list[int], list[int]]:
-        """Signal a reload and confirm it: new workers, no `[emerg]` since. NginxFailed otherwise."""
+        """Signal a reload and confirm it: new workers, and nginx did not give up. NginxFailed otherwise."""
         runner = self.runner
         master, old = runner.processes()
         if master is None:
@@ -481,7 +497,7 @@ class NginxControl:
             raise NginxFailed(f"nginx reload failed: {_nginx_message(stderr)}")
         deadline = time.monotonic() + self.confirm_timeout
         while True:
-            emerg = log.emergencies(mark)
+            emerg = log.failure_since(mark)
             if emerg:
                 raise NginxFailed(f"nginx could not apply the new config: {emerg}")
             now_master, now = runner.processes()

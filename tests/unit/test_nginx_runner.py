@@ -16,12 +16,12 @@ from pipeline_steps.adapters.nginx import (
     NginxControl,
     Proc,
     _nginx_message,
-    first_emergency,
     log_lines_after,
     nginx_command,
     nginx_tree,
     parse_log_timestamp,
     parse_top,
+    reload_failure,
 )
 from pipeline_steps.config import NginxRouter
 
@@ -108,9 +108,28 @@ def test_log_lines_after_cuts_strictly_after_the_mark() -> None:
     mark = parse_log_timestamp("2024-05-01T10:00:00.2Z")
     after = log_lines_after(lines, mark)
     assert len(after) == 1
-    assert first_emergency(after) == "bind() to 127.0.0.1:9 failed (98: Address already in use)"
-    assert first_emergency(log_lines_after(lines, None)) == "old failure"
-    assert first_emergency(log_lines_after(lines[1:3], None)) is None
+    assert reload_failure(log_lines_after(lines, None)) == "old failure"
+    assert reload_failure(log_lines_after(lines[1:3], None)) is None
+    assert reload_failure(after) is None  # nginx tries a busy port again: not over yet
+
+
+BIND = "2024/05/01 10:00:00 [emerg] 1#1: bind() to 127.0.0.1:9 failed (98: Address already in use)"
+RETRY = "2024/05/01 10:00:00 [notice] 1#1: try again to bind() after 500ms"
+
+
+def test_reload_failure_waits_for_nginx_to_give_up_a_busy_port() -> None:
+    assert reload_failure([BIND, RETRY, BIND, RETRY]) is None
+    gave_up = [BIND, RETRY] * 5 + ["2024/05/01 10:00:02 [emerg] 1#1: still could not bind()"]
+    assert reload_failure(gave_up) == "bind() to 127.0.0.1:9 failed (98: Address already in use)"
+    # the port came free on a later try: workers start, no failure
+    assert reload_failure([BIND, RETRY, "2024/05/01 10:00:01 [notice] 1#1: start worker processes"]) is None
+
+
+def test_reload_failure_other_errors_are_final_at_once() -> None:
+    assert reload_failure(['x [emerg] 1#1: unknown directive "bogus" in /etc/nginx/a.conf:3']) == \
+        'unknown directive "bogus" in /etc/nginx/a.conf:3'
+    denied = "x [emerg] 1#1: bind() to 0.0.0.0:80 failed (13: Permission denied)"
+    assert reload_failure([denied]) == "bind() to 0.0.0.0:80 failed (13: Permission denied)"
 
 
 def test_nginx_message_keeps_nginx_words() -> None:
