@@ -93,6 +93,7 @@ def main() -> int:
         banner("cleaning up (containers, nginx, registry, and dockerd if the demo started it)")
         for c in client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
             c.remove(force=True)
+        images.remove_images(client, repo_prefix=f"{registry.address}/{APP}/")
         client.close()
         for stop in reversed(started):
             stop()

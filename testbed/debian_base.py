@@ -92,14 +92,22 @@ def prepare_build_context(dest: Path, repo: Path = REPO_ROOT, wheels: bool = Tru
     return dest
 
 
+def build_stage_tag(tag: str) -> str:
+    """The tag build_ps_image gives the Dockerfile's build stage of image `tag`."""
+    return f"{tag}-build"
+
+
 def build_ps_image(client: Any, tag: str, base_image: str, context: Path, wheels: bool = True) -> str:
     """Build the repo's Dockerfile from `base_image`; returns the tag. Raises with the build log's tail."""
     import docker.errors
 
     buildargs = {"BASE_IMAGE": base_image, "WHEELS": "wheels" if wheels else ""}
     try:
-        client.images.build(path=str(context), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
-                            pull=False)
+        # the build stage under a tag of its own first (the full build reuses it from the cache), so
+        # the caller removes exactly its own stage: pruning dangling stages would hit a parallel run's
+        for target, name in (("build", build_stage_tag(tag)), (None, tag)):
+            client.images.build(path=str(context), tag=name, buildargs=buildargs, rm=True, forcerm=True,
+                                pull=False, **({"target": target} if target else {}))
     except docker.errors.BuildError as exc:
         tail = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)
         raise RuntimeError(f"image build failed: {exc.msg}\n{tail[-3000:]}") from None

@@ -62,10 +62,7 @@ class DeployBed:
     def close(self) -> None:
         for c in self.client.containers.list(all=True, filters={"label": f"pipeline-steps.app={self.app}"}):
             c.remove(force=True)
-        for img in self.client.images.list():
-            for tag in img.tags:
-                if tag.startswith(f"{REGISTRY}/{self.app}/"):
-                    self.client.images.remove(tag, force=True)
+        images.remove_images(self.client, repo_prefix=f"{REGISTRY}/{self.app}/")
         self.nginx.stop()
         self.client.close()
         self.engine.stop()

@@ -96,3 +96,27 @@ def copy_sample_app(dest: Path) -> Path:
     os.chmod(dest / "app.sh", 0o755)
     os.chmod(dest / "handler.sh", 0o755)
     return dest
+
+
+def remove_images(client: Any, *, repo_prefix: str | None = None, label: str | None = None) -> list[str]:
+    """Untag this run's images (tags starting with repo_prefix, or images carrying label): never by ID
+    with force, which would also take the tags of another run whose identical build hit the same cache.
+    An image goes once its last tag does; one still in use stays. Returns the tags removed."""
+    import docker.errors
+
+    found = client.images.list(filters={"label": label}) if label else client.images.list()
+    removed: list[str] = []
+    for image in found:
+        tags = [t for t in image.tags if repo_prefix is None or t.startswith(repo_prefix)]
+        for tag in tags:
+            try:
+                client.images.remove(tag)
+                removed.append(tag)
+            except docker.errors.APIError:
+                pass
+        if label and not image.tags:
+            try:
+                client.images.remove(image.id)
+            except docker.errors.APIError:
+                pass
+    return removed

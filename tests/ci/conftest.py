@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from testbed import images
 from testbed.nginx import Nginx
 from testbed.ports import free_ports, unique
 from testbed.registry import Registry
@@ -257,8 +258,4 @@ def ci_bed(git_repo: Path, engine: Any, sample_image: str, registry: Registry,
             container.remove(force=True)
         except Exception:
             pass
-    for image in docker_client.images.list(name=f"{registry.address}/{app}/web"):
-        try:
-            docker_client.images.remove(image.id, force=True)
-        except Exception:
-            pass
+    images.remove_images(docker_client, repo_prefix=f"{registry.address}/{app}/")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from testbed import images
 from testbed.engine import Engine, start_dockerd
 from testbed.nginx import Nginx, SiteBed, server_block, site_plan
 from testbed.ports import free_port, unique
@@ -127,9 +128,5 @@ def app_name(docker_client: Any) -> Iterator[str]:
     """A unique app name; every image labelled with it is removed afterwards."""
     name = unique("pstapp")
     yield name
-    for image in docker_client.images.list(filters={"label": f"pipeline-steps.app={name}"}):
-        try:
-            docker_client.images.remove(image.id, force=True)
-        except Exception:
-            pass
+    images.remove_images(docker_client, label=f"pipeline-steps.app={name}")
 

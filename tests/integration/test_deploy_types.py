@@ -28,7 +28,7 @@ REGISTRY = "ps-test.local"
 
 @pytest.fixture(scope="module")
 def app_builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> \
-        Callable[..., str]:
+        Iterator[Callable[..., str]]:
     """`build("b1")` tags a sample-app image ps-test.local/shop/<service>:b1; fail_after= bakes FAIL_AFTER."""
     made: dict[tuple[str, str, int | None], str] = {}
 
@@ -46,7 +46,8 @@ def app_builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.Tem
         made[key] = tag
         return tag
 
-    return build
+    yield build
+    images.remove_images(docker_client, repo_prefix=f"{REGISTRY}/{APP}/")
 
 
 @pytest.fixture

@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from testbed.debian_base import build_ps_image, ensure_debian_python_image, prepare_build_context
+from testbed.debian_base import (
+    build_ps_image,
+    build_stage_tag,
+    ensure_debian_python_image,
+    prepare_build_context,
+)
 from testbed.ports import unique
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -33,8 +38,8 @@ def ps_image(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> It
     context = prepare_build_context(tmp_path_factory.mktemp("image") / "context")
     tag = build_ps_image(docker_client, f"pipeline-steps/ps:{unique('test')}", base, context)
     yield tag
-    docker_client.images.remove(tag, force=True)
-    docker_client.images.prune(filters={"dangling": True, "label": "pipeline-steps.stage=build"})
+    for name in (tag, build_stage_tag(tag)):
+        docker_client.images.remove(name)
 
 
 @pytest.fixture
