@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from pipeline_steps.errors import PsError
 from pipeline_steps.secrets import mask
 from pipeline_steps.webhook.actions import Action
-from pipeline_steps.webhook.store import DONE, FAILED, IGNORED, PENDING, Delivery, DeliveryStore
+from pipeline_steps.webhook.store import DONE, FAILED, IGNORED, PENDING, Delivery, DeliveryStore, PushEvent
 
 MAX_BODY = 1024 * 1024
 ZERO_SHA = "0" * 40
@@ -38,15 +38,9 @@ class ReceiverSettings:
 
 
 @dataclass(frozen=True)
-class Classified:
+class Classified(PushEvent):
     """A parsed delivery: what it is and, when we will not act on it, why."""
 
-    event: str
-    ref: str | None
-    branch: str | None
-    sha: str | None
-    project: str | None
-    user: str | None
     ignored: str | None  # the reason, or None when this push starts the action
 
 
@@ -204,8 +198,7 @@ class WebhookServer:
                             "X-Gitlab-Event-UUID": lowered.get("X-Gitlab-Event-Uuid", "")}, body)
         info = classify(payload, self.settings.branches)
         now = time.time()
-        delivery = Delivery(key=key, received_at=now, event=info.event, ref=info.ref, branch=info.branch,
-                            sha=info.sha, project=info.project, user=info.user,
+        delivery = Delivery(**info.push_fields(), key=key, received_at=now,
                             status=IGNORED if info.ignored else PENDING, outcome=info.ignored,
                             updated_at=now)
         try:

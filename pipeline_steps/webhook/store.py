@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,27 @@ PENDING, RUNNING, DONE, FAILED, IGNORED = "pending", "running", "done", "failed"
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """One received webhook delivery and what became of it."""
+class PushEvent:
+    """What a GitLab delivery says: its event kind and, for a push, the ref, branch, commit, project, user."""
 
-    key: str
-    received_at: float
     event: str
     ref: str | None
     branch: str | None
     sha: str | None
     project: str | None
     user: str | None
+
+    def push_fields(self) -> dict[str, Any]:
+        """Just the PushEvent fields (of a subclass too)."""
+        return {f.name: getattr(self, f.name) for f in fields(PushEvent)}
+
+
+@dataclass(frozen=True)
+class Delivery(PushEvent):
+    """One received webhook delivery and what became of it."""
+
+    key: str
+    received_at: float
     status: str
     outcome: str | None = None
     attempts: int = 0
@@ -57,8 +67,7 @@ class Delivery:
         return asdict(self)
 
 
-_COLUMNS = ("key", "received_at", "event", "ref", "branch", "sha", "project", "user", "status", "outcome",
-            "attempts", "updated_at")
+_COLUMNS = tuple(f.name for f in fields(Delivery))  # the SELECT order Delivery(*row) reads back
 
 
 class DeliveryStore:
@@ -106,14 +115,14 @@ class DeliveryStore:
                 if row is None:
                     self._db.execute("COMMIT")
                     return None
+                claimed = Delivery(*row)
                 now = time.time()
                 self._db.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
-                                 "WHERE key = ?", (RUNNING, now, row[0]))
+                                 "WHERE key = ?", (RUNNING, now, claimed.key))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        claimed = Delivery(*row)
         return Delivery(**{**claimed.as_dict(), "status": RUNNING, "attempts": claimed.attempts + 1,
                            "updated_at": now})
 

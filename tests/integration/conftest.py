@@ -62,7 +62,8 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
                                extra_args=["--iptables=false", "--ip-masq=false", "-H", tcp_url])
         client = engine.client()
         try:
-            data = b"".join(docker_client.images.get(sample_image).save(named=True))
+            # saved under this very tag: named=True takes the image's first tag, maybe a parallel run's
+            data = b"".join(docker_client.images.get(sample_image).save(named=sample_image))
             client.images.load(data)
         finally:
             client.close()

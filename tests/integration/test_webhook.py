@@ -315,7 +315,8 @@ def test_jenkins_action_posts_parameters_with_basic_auth(serve: Callable[..., We
 def test_jenkins_refusal_and_absence_fail_the_delivery(jenkins: HTTPServer) -> None:
     jenkins.expect_request("/job/deploy/buildWithParameters", method="POST").respond_with_data("no",
                                                                                               status=403)
-    delivery = Delivery("k", 0.0, "push", "refs/heads/develop", "develop", SHA, None, None, PENDING)
+    delivery = Delivery("push", "refs/heads/develop", "develop", SHA, None, None, key="k", received_at=0.0,
+                        status=PENDING)
     action = JenkinsAction(url=jenkins.url_for("/"), job="deploy", user="u", api_token="wrong")
     with pytest.raises(CheckFailed, match="refused"):
         action(delivery)
@@ -354,7 +355,8 @@ def test_gitlab_action_maps_a_bad_trigger_token_to_check_failed() -> None:
                    json={"message": "404 Not Found"}, status=404)
     responses.post("https://gitlab.example.com/api/v4/projects/7/trigger/pipeline",
                    json={"message": "401 Unauthorized"}, status=401)
-    delivery = Delivery("k", 0.0, "push", "refs/heads/develop", "develop", SHA, None, None, PENDING)
+    delivery = Delivery("push", "refs/heads/develop", "develop", SHA, None, None, key="k", received_at=0.0,
+                        status=PENDING)
     with pytest.raises(CheckFailed, match="404"):
         GitLabPipelineAction("https://gitlab.example.com", "team/app", "tok-tok")(delivery)
     with pytest.raises(CheckFailed, match="401"):
@@ -379,7 +381,7 @@ def test_local_action_runs_ps_in_a_subprocess(serve: Callable[..., WebhookServer
     outside.mkdir()
     failing = LocalDeployAction(template="context", cwd=str(outside))
     with pytest.raises(CheckFailed, match="exited 2"):
-        failing(Delivery("k", 0.0, "push", None, "develop", sha, None, None, PENDING))
+        failing(Delivery("push", None, "develop", sha, None, None, key="k", received_at=0.0, status=PENDING))
 
 
 # ------------------------------------------------------------------ the real `ps webhook serve`
