@@ -101,22 +101,26 @@ def copy_sample_app(dest: Path) -> Path:
 def remove_images(client: Any, *, repo_prefix: str | None = None, label: str | None = None) -> list[str]:
     """Untag this run's images (tags starting with repo_prefix, or images carrying label): never by ID
     with force, which would also take the tags of another run whose identical build hit the same cache.
-    An image goes once its last tag does; one still in use stays. Returns the tags removed."""
+    An image goes once its last tag does; one still in use stays. Returns the tags removed.
+
+    The raw image list, read once: the SDK's images.list() inspects every image afterwards and fails
+    when a parallel run removes one in between."""
     import docker.errors
 
-    found = client.images.list(filters={"label": label}) if label else client.images.list()
+    rows = client.api.images(filters={"label": label}) if label else client.api.images()
     removed: list[str] = []
-    for image in found:
-        tags = [t for t in image.tags if repo_prefix is None or t.startswith(repo_prefix)]
-        for tag in tags:
+    for row in rows:
+        tags = [t for t in row.get("RepoTags") or [] if t != "<none>:<none>"]
+        chosen = [t for t in tags if repo_prefix is None or t.startswith(repo_prefix)]
+        for tag in chosen:
             try:
                 client.images.remove(tag)
                 removed.append(tag)
             except docker.errors.APIError:
                 pass
-        if label and not image.tags:
+        if label and not tags:
             try:
-                client.images.remove(image.id)
+                client.images.remove(row["Id"])
             except docker.errors.APIError:
                 pass
     return removed

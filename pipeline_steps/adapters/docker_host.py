@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.config import Host
@@ -46,6 +47,28 @@ def engine(host: Host, timeout: float = 60.0) -> Iterator[docker.DockerClient]:
         yield client
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class KeptImage:
+    """An image of one repository on a host: its ID, its tags there, when it was made."""
+
+    id: str
+    tags: tuple[str, ...]
+    created: int
+
+
+def repo_images(client: docker.DockerClient, repo: str) -> list[KeptImage]:
+    """The images tagged `repo:*` on this host, newest first.
+
+    Read from the raw list in one call: the SDK's images.list() inspects each image afterwards and fails
+    when another process removes one in between.
+    """
+    prefix = f"{repo}:"
+    found = [KeptImage(str(row["Id"]), tuple(t for t in row.get("RepoTags") or [] if t.startswith(prefix)),
+                       int(row.get("Created") or 0))
+             for row in client.api.images(name=repo)]
+    return sorted(found, key=lambda image: image.created, reverse=True)
 
 
 def is_unreachable(exc: BaseException) -> bool:

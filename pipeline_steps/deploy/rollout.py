@@ -385,7 +385,7 @@ class Rollout:
     def previous_build(self, service: Service) -> str:
         """The stable build before the one running now: from the history of successful deploys, else
         the newest other image of the service kept on the first host."""
-        from pipeline_steps.adapters.docker_host import engine
+        from pipeline_steps.adapters.docker_host import engine, repo_images
         from pipeline_steps.steps.status import slot_status
 
         current = {s.build_id for s in slot_status(self.config).slots
@@ -398,12 +398,11 @@ class Rollout:
                 return build
         repo = self.config.image_repo(service)
         with engine(self.config.hosts[0]) as client:
-            images = sorted(client.images.list(name=repo), key=lambda i: i.attrs.get("Created", ""),
-                            reverse=True)
+            images = repo_images(client, repo)
         for image in images:
             for tag in image.tags:
                 build = tag.rpartition(":")[2]
-                if tag.startswith(repo + ":") and build not in current:
+                if build not in current:
                     self.say(f"{service.name}: no earlier stable in the history; newest other image {build}")
                     return build
         raise StepFailed(f"{service.name}: no earlier image of {repo} is kept on host "
@@ -462,7 +461,7 @@ class Rollout:
         """Keep the newest deploy.keep_images images per service on every host (for --to previous)."""
         import docker.errors
 
-        from pipeline_steps.adapters.docker_host import engine
+        from pipeline_steps.adapters.docker_host import engine, repo_images
 
         keep = self.config.deploy.keep_images
         for host in self.config.hosts:
@@ -471,16 +470,16 @@ class Rollout:
                 used = {c.get("ImageID") for c in client.api.containers(all=True)}
                 for service in services:
                     repo = self.config.image_repo(service)
-                    images = sorted(client.images.list(name=repo), key=lambda i: i.attrs.get("Created", ""),
-                                    reverse=True)
-                    for image in images[keep:]:
+                    for image in repo_images(client, repo)[keep:]:
                         if image.id in used:
                             continue
-                        try:
-                            client.images.remove(image.id, force=False, noprune=False)
-                            self.say(f"host {host.name}: removed old image {', '.join(image.tags)}")
-                        except docker.errors.APIError:
-                            pass
+                        # untag, never remove by ID: a tag of the same image in another repository stays
+                        for tag in image.tags:
+                            try:
+                                client.images.remove(tag)
+                                self.say(f"host {host.name}: removed old image {tag}")
+                            except docker.errors.APIError:
+                                pass
 
     # ---------------------------------------------------------------- the frame
 

@@ -311,3 +311,37 @@ def test_rollback_to_previous_redeploys_the_earlier_stable_build(
     assert builds[("web", "stable")] == "aaaa00000001"
     assert _include_weights(bed) == [999, 1]
     assert "redeploying aaaa00000001 into stable" in done.stderr
+
+
+def test_stable_deploys_keep_the_newest_images_and_only_untag(
+        deploy_bed: Callable[..., TrafficBed], docker_client: Any, base_image: str, docker_ps: Any,
+        tmp_path: Path) -> None:
+    bed = deploy_bed()
+    registry = "ps-prune.local"  # a repository of this test alone: the module's other builds stay
+    repo = f"{registry}/{APP}/web"
+    raw = yaml.safe_load(bed.config_path.read_text())
+    raw["registry"], raw["deploy"] = registry, {"keep_images": 2}
+    bed.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    ctx = images.copy_sample_app(tmp_path / "ctx")
+    with open(ctx / "Dockerfile", "a") as fh:
+        fh.write(f"\nENV TEST_RUN={unique('run')}\n")  # no cached image: each build is made now, in order
+    builds = ["c0de00000001", "c0de00000002", "c0de00000003"]
+    try:
+        for n, build in enumerate(builds):
+            if n:
+                time.sleep(1.1)  # the engine lists creation times in whole seconds
+            image, _ = docker_client.images.build(path=str(ctx), tag=f"{repo}:{build}", rm=True,
+                                                  buildargs={"BUILD_ID": build, "BASE_IMAGE": base_image})
+            if n == 0:
+                image.tag(f"{registry}/{APP}/keepme", "x")  # the same image in another repository
+        said = ""
+        for build in builds:
+            done = _deploy(docker_ps, "--type", "stable", "--build-id", build)
+            assert done.returncode == 0, done.stderr
+            said += done.stderr
+        tags = {t for row in docker_client.api.images(name=repo) for t in row.get("RepoTags") or []}
+        assert tags == {f"{repo}:c0de00000002", f"{repo}:c0de00000003"}
+        assert said.count("removed old image") == 1 and f"removed old image {repo}:c0de00000001" in said
+        docker_client.images.get(f"{registry}/{APP}/keepme:x")  # untagged from this repo only
+    finally:
+        images.remove_images(docker_client, repo_prefix=f"{registry}/{APP}/")
