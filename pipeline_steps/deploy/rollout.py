@@ -453,7 +453,7 @@ class Rollout:
             with engine(host) as client:
                 for service in services:
                     name = slots.container_name(self.config.app, service.name, slot)
-                    for c in client.containers.list(filters={"name": f"^{name}$"}):
+                    for c in client.containers.list(filters={"name": f"^{name}$"}, ignore_removed=True):
                         c.stop(timeout=10)
                         self.say(f"host {host.name}: stopped {name}")
 

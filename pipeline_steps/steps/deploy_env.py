@@ -159,7 +159,7 @@ def image_digest(image: Any, repo: str) -> str:
 def _port_users(client: docker.DockerClient, address: str, port: int) -> list[str]:
     """Names of running containers publishing host port `port` on `address` (or a wildcard)."""
     users: list[str] = []
-    for container in client.containers.list():
+    for container in client.containers.list(ignore_removed=True):  # others come and go meanwhile
         for bindings in (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
             for b in bindings or []:
                 if b.get("HostPort") == str(port) and b.get("HostIp") in (address, "0.0.0.0", "", "::"):

@@ -69,7 +69,7 @@ def slot_status(config: Config) -> StatusResult:
             result.unreachable.append(exc.message)
             continue
         try:
-            found = {c.name: c for c in client.containers.list(
+            found = {c.name: c for c in client.containers.list(ignore_removed=True,
                 all=True, filters={"label": f"{slot_names.LABEL_APP}={config.app}"})}
         finally:
             client.close()

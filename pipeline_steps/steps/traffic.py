@@ -183,7 +183,7 @@ def _build_ids(config: Config, warnings: list[str]) -> dict[tuple[str, str, str]
             warnings.append(exc.message)
             continue
         try:
-            for c in client.containers.list(all=True,
+            for c in client.containers.list(all=True, ignore_removed=True,
                                             filters={"label": f"{slot_names.LABEL_APP}={config.app}"}):
                 labels = c.labels or {}
                 key = (host.name, labels.get(slot_names.LABEL_SERVICE, ""),
