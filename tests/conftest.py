@@ -44,6 +44,12 @@ class PsRun:
                               cwd=cwd or self.cwd, capture_output=True, text=True, input=input,
                               timeout=timeout, check=False)
 
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """The same run, started in the background (stdout and stderr piped)."""
+        return subprocess.Popen([sys.executable, "-m", "pipeline_steps", *args],
+                                env={**self.env, **(env or {})}, cwd=self.cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
 
 def _base_env() -> dict[str, str]:
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "PYTHONPATH", "SYSTEMROOT")

@@ -152,6 +152,29 @@ def test_reload_that_cannot_apply_is_detected(traffic_bed: Callable[..., Traffic
     assert probe.returncode == 0, probe.stderr
 
 
+def test_port_freed_while_nginx_retries_the_bind_is_a_good_reload(
+        traffic_bed: Callable[..., TrafficBed], run_sample: Any, ps: Any) -> None:
+    # nginx tries a busy port again every 500 ms (five times): when it comes free in that time the
+    # reload takes effect, and ps must say so rather than take the first [emerg] as the end
+    bed = traffic_bed({"backend": "canary"})
+    _start_slots(run_sample, bed, "backend")
+    assert ps("set-weights", "--canary", "10").returncode == 0
+    with held_port() as port:
+        bed.nginx.include.write_text(bed.include_text() +
+                                     f"server {{ listen 127.0.0.1:{port}; {PROXY_DEFAULTS} }}\n")
+        done = ps.popen("--json", "set-weights", "--canary", "40")
+        deadline = time.monotonic() + 30
+        while "try again to bind()" not in bed.nginx.error_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)  # let go of the port only once nginx has found it busy
+    out, err = done.communicate(timeout=60)
+    assert done.returncode == 0, err
+    assert _json(out)["reloaded"] is True
+    log = bed.nginx.error_log.read_text()
+    assert "try again to bind()" in log and "still could not bind()" not in log
+    probe = ps("verify-weights", "--expect-canary", "40", "--probe", "200", "--url", bed.url("backend"))
+    assert probe.returncode == 0, probe.stderr
+
+
 def test_verify_weights_catches_a_difference(traffic_bed: Callable[..., TrafficBed], ps: Any) -> None:
     bed = traffic_bed({"backend": "canary"})
     assert ps("set-weights", "--canary", "10").returncode == 0
