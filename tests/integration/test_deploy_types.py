@@ -344,4 +344,6 @@ def test_stable_deploys_keep_the_newest_images_and_only_untag(
         assert said.count("removed old image") == 1 and f"removed old image {repo}:c0de00000001" in said
         docker_client.images.get(f"{registry}/{APP}/keepme:x")  # untagged from this repo only
     finally:
+        for c in docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
+            c.remove(force=True)  # the running build's tag goes only once no container uses it
         images.remove_images(docker_client, repo_prefix=f"{registry}/{APP}/")
