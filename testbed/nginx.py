@@ -8,7 +8,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,28 @@ class SiteBed:
         import yaml
 
         self.config_path.write_text(yaml.safe_dump(self.raw, sort_keys=False))
+
+    def start_slots(self, run_sample: Callable[..., Any], service: str) -> dict[str, Any]:
+        """A sample-app container on each of the service's slot ports; the containers by slot."""
+        return {slot: run_sample(port=port, PS_SLOT=slot)[0] for slot, port in self.ports[service].items()}
+
+    def set_and_measure(self, ps: Callable[..., Any], pct: int, service: str = "backend",
+                        probes: int = 1000) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`ps set-weights --canary pct`, then `ps verify-weights --probe` through nginx: the set-weights
+        record and the measured split (both runs asserted to exit 0)."""
+        done = ps("--json", "set-weights", "--canary", str(pct))
+        assert done.returncode == 0, done.stderr
+        probe = ps("--json", "verify-weights", "--expect-canary", str(pct), "--probe", str(probes),
+                   "--url", self.url(service))
+        assert probe.returncode == 0, probe.stderr
+        return last_json(done.stdout), last_json(probe.stdout)["services"][0]["measured"]
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    """The last line of a `ps --json` run's stdout (the step's record)."""
+    import json
+
+    return dict(json.loads(stdout.strip().splitlines()[-1]))
 
 
 def site_plan(kinds: dict[str, str], app: str, workdir: Path,

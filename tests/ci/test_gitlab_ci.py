@@ -228,8 +228,6 @@ def test_develop_push_runs_canary_auto_to_the_end(ci_bed: CiBed) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-@pytest.mark.docker
-@pytest.mark.slow
 def test_canary_failing_its_gate_is_rolled_back_and_notified(ci_bed: CiBed) -> None:
     stable = run_jobs(ci_bed, branch="main")
     assert stable.returncode == 0, stable.stdout[-6000:]

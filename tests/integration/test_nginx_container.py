@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import requests
 
 from pipeline_steps.adapters.nginx import nginx_tree, parse_top
 from testbed.load import slots_answering
-from testbed.nginx import PROXY_DEFAULTS, SiteBed, server_block, site_plan
+from testbed.nginx import PROXY_DEFAULTS, SiteBed, last_json, server_block, site_plan
 from testbed.nginx_image import NginxContainer, start_nginx_container
 from testbed.ports import held_port, unique
 
@@ -56,14 +55,6 @@ def container_bed(docker_client: Any, project: Callable[..., Path],
         n.stop()
 
 
-def _json(stdout: str) -> dict[str, Any]:
-    return json.loads(stdout.strip().splitlines()[-1])
-
-
-def _start_slots(run_sample: Callable[..., Any], bed: ContainerBed, service: str) -> dict[str, Any]:
-    return {slot: run_sample(port=port, PS_SLOT=slot)[0] for slot, port in bed.ports[service].items()}
-
-
 def _one_error_line(stderr: str) -> str:
     assert "Traceback" not in stderr
     errors = [ln for ln in stderr.splitlines() if ln.startswith(("ps:", "Error:"))]
@@ -74,20 +65,14 @@ def _one_error_line(stderr: str) -> str:
 def test_weights_through_container_measured_exactly(container_bed: Callable[..., ContainerBed],
                                                      run_sample: Any, docker_ps: Any) -> None:
     bed = container_bed({"backend": "canary"})
-    _start_slots(run_sample, bed, "backend")
+    bed.start_slots(run_sample, "backend")
     for pct in (10, 40, 70):
         workers = bed.workers()
-        done = docker_ps("--json", "set-weights", "--canary", str(pct))
-        assert done.returncode == 0, done.stderr
-        result = _json(done.stdout)
+        result, measured = bed.set_and_measure(docker_ps, pct)
         assert result["changed"] and result["reloaded"]
         text = bed.include_text()
         assert f"weight={1000 - pct * 10};" in text and f"weight={pct * 10};" in text
         assert not set(bed.workers()) & set(workers)  # the container's nginx replaced its worker
-        probe = docker_ps("--json", "verify-weights", "--expect-canary", str(pct), "--probe", "1000",
-                          "--url", bed.url("backend"))
-        assert probe.returncode == 0, probe.stderr
-        measured = _json(probe.stdout)["services"][0]["measured"]
         # one worker, smooth weighted round robin: 1000 requests split exactly by the weights
         assert measured["counts"] == {"stable": 1000 - pct * 10, "canary": pct * 10}
     assert len(bed.backups()) == 3
@@ -98,12 +83,12 @@ def test_weights_through_container_measured_exactly(container_bed: Callable[...,
 def test_switch_through_container(container_bed: Callable[..., ContainerBed], run_sample: Any,
                                   docker_ps: Any) -> None:
     bed = container_bed({"web": "blue-green"})
-    containers = _start_slots(run_sample, bed, "web")
+    containers = bed.start_slots(run_sample, "web")
     url = bed.url("web")
     assert slots_answering(url, 20) == {"blue": 20}
     done = docker_ps("--json", "switch", "--to", "green")
     assert done.returncode == 0, done.stderr
-    assert _json(done.stdout)["services"][0]["after"] == "green active, blue backup"
+    assert last_json(done.stdout)["services"][0]["after"] == "green active, blue backup"
     assert slots_answering(url, 20) == {"green": 20}
     probe = docker_ps("verify-weights", "--expect-active", "green", "--probe", "50", "--url", url)
     assert probe.returncode == 0, probe.stderr
@@ -136,7 +121,7 @@ def test_reload_that_cannot_apply_in_container_is_detected(
         container_bed: Callable[..., ContainerBed], run_sample: Any, docker_ps: Any,
         log_on_host: bool) -> None:
     bed = container_bed({"backend": "canary"}, log_on_host=log_on_host)
-    _start_slots(run_sample, bed, "backend")
+    bed.start_slots(run_sample, "backend")
     assert docker_ps("set-weights", "--canary", "10").returncode == 0
     workers = bed.workers()
     with held_port() as port:

@@ -2,43 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from testbed.nginx import PROXY_DEFAULTS
+from testbed.nginx import PROXY_DEFAULTS, last_json
 from testbed.ports import held_port
 
 TrafficBed = Any  # the traffic_bed fixture of tests/integration/conftest.py
 
 
-def _json(stdout: str) -> dict[str, Any]:
-    return json.loads(stdout.strip().splitlines()[-1])
-
-
-def _start_slots(run_sample: Callable[..., Any], bed: TrafficBed, service: str) -> None:
-    for slot, port in bed.ports[service].items():
-        run_sample(port=port, PS_SLOT=slot)
-
-
 def test_weights_applied_and_measured_exactly(traffic_bed: Callable[..., TrafficBed], run_sample: Any,
                                               ps: Any) -> None:
     bed = traffic_bed({"backend": "canary"})
-    _start_slots(run_sample, bed, "backend")
+    bed.start_slots(run_sample, "backend")
     for pct in (10, 40, 70):
-        done = ps("--json", "set-weights", "--canary", str(pct))
-        assert done.returncode == 0, done.stderr
-        result = _json(done.stdout)
+        result, measured = bed.set_and_measure(ps, pct)
         assert result["changed"] and result["reloaded"]
         text = bed.include_text()
         assert f"weight={1000 - pct * 10};" in text and f"weight={pct * 10};" in text
-        probe = ps("--json", "verify-weights", "--expect-canary", str(pct), "--probe", "1000",
-                   "--url", bed.url("backend"))
-        assert probe.returncode == 0, probe.stderr
-        measured = _json(probe.stdout)["services"][0]["measured"]
         # one worker, smooth weighted round robin: 1000 requests split exactly by the weights
         assert measured["counts"] == {"stable": 1000 - pct * 10, "canary": pct * 10}
     again = ps("set-weights", "--canary", "70")
@@ -50,7 +34,7 @@ def test_two_services_set_in_one_call(traffic_bed: Callable[..., TrafficBed], ps
     workers_before = set(_workers(bed))
     done = ps("--json", "set-weights", "--canary", "40", "--service", "backend", "--service", "api")
     assert done.returncode == 0, done.stderr
-    result = _json(done.stdout)
+    result = last_json(done.stdout)
     assert sorted(s["service"] for s in result["services"]) == ["api", "backend"]
     from pipeline_steps.upstreams import UpstreamFile
 
@@ -134,7 +118,7 @@ def test_change_failing_nginx_t_is_restored(traffic_bed: Callable[..., TrafficBe
 def test_reload_that_cannot_apply_is_detected(traffic_bed: Callable[..., TrafficBed], run_sample: Any,
                                               ps: Any) -> None:
     bed = traffic_bed({"backend": "canary"})
-    _start_slots(run_sample, bed, "backend")
+    bed.start_slots(run_sample, "backend")
     assert ps("set-weights", "--canary", "10").returncode == 0
     workers = _workers(bed)
     with held_port() as port:
@@ -157,7 +141,7 @@ def test_port_freed_while_nginx_retries_the_bind_is_a_good_reload(
     # nginx tries a busy port again every 500 ms (five times): when it comes free in that time the
     # reload takes effect, and ps must say so rather than take the first [emerg] as the end
     bed = traffic_bed({"backend": "canary"})
-    _start_slots(run_sample, bed, "backend")
+    bed.start_slots(run_sample, "backend")
     assert ps("set-weights", "--canary", "10").returncode == 0
     with held_port() as port:
         bed.nginx.include.write_text(bed.include_text() +
@@ -168,7 +152,7 @@ def test_port_freed_while_nginx_retries_the_bind_is_a_good_reload(
             time.sleep(0.05)  # let go of the port only once nginx has found it busy
     out, err = done.communicate(timeout=60)
     assert done.returncode == 0, err
-    assert _json(out)["reloaded"] is True
+    assert last_json(out)["reloaded"] is True
     log = bed.nginx.error_log.read_text()
     assert "try again to bind()" in log and "still could not bind()" not in log
     probe = ps("verify-weights", "--expect-canary", "40", "--probe", "200", "--url", bed.url("backend"))
@@ -184,7 +168,7 @@ def test_verify_weights_catches_a_difference(traffic_bed: Callable[..., TrafficB
     done = ps("--json", "verify-weights", "--expect-canary", "10")
     assert done.returncode == 1
     assert "weight 898, expected 900" in done.stderr
-    record = _json(done.stdout)
+    record = last_json(done.stdout)
     assert record["ok"] is False and record["services"][0]["expected"]["weights"] == {"stable": 900,
                                                                                       "canary": 100}
     assert ps("verify-weights", "--expect-canary", "10", "--tolerance", "3").returncode == 0
