@@ -132,6 +132,11 @@ class DeployPolicy:
 
 
 @dataclass(frozen=True)
+class BlueGreenPolicy:
+    watch: float = 30.0  # after the switch the new color is watched like a canary hold (0: off)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole, validated ps.yaml."""
 
@@ -144,6 +149,7 @@ class Config:
     canary: CanaryPolicy = field(default_factory=CanaryPolicy)
     notify: MattermostNotify = field(default_factory=MattermostNotify)
     deploy: DeployPolicy = field(default_factory=DeployPolicy)
+    blue_green: BlueGreenPolicy = field(default_factory=BlueGreenPolicy)
     state_dir: str = ""
     source: str = DEFAULT_CONFIG
 
@@ -466,6 +472,11 @@ def _read_deploy(r: _Reader, raw: Any) -> DeployPolicy:
     )
 
 
+def _read_blue_green(r: _Reader, raw: Any) -> BlueGreenPolicy:
+    data = r.mapping(raw, "blue_green", {"watch"})
+    return BlueGreenPolicy(watch=r.duration(data, "watch", "blue_green", 30.0) or 0.0)
+
+
 def parse_config(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None = None) -> Config:
     """Validate raw YAML data and build a Config; raise ConfigError listing every problem."""
     base = base_dir or Path.cwd()
@@ -473,7 +484,7 @@ def parse_config(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None =
     if not isinstance(raw, dict):
         raise ConfigError(["top level: must be a mapping (app, registry, services, ...)"], source)
     data = r.mapping(raw, "", {"app", "registry", "timezone", "hosts", "services", "router", "canary",
-                               "notify", "deploy", "state_dir"})
+                               "notify", "deploy", "blue_green", "state_dir"})
     app = r.string(data, "app", "", required=True) or "app"
     if "app" in data and not _NAME.match(app):
         r.problem("app", "use lower-case letters, digits, '.', '_' and '-'")
@@ -517,6 +528,7 @@ def parse_config(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None =
         canary=_read_canary(r, data.get("canary")),
         notify=_read_notify(r, data.get("notify")),
         deploy=_read_deploy(r, data.get("deploy")),
+        blue_green=_read_blue_green(r, data.get("blue_green")),
         state_dir=state,
         source=source,
     )
