@@ -32,6 +32,7 @@ case "$path" in
     fi
     body="{\"status\":\"$state\",\"database\":\"${HEALTH_DATABASE:-healthy}\",\"redis\":\"${HEALTH_REDIS:-healthy}\",\"version\":\"${BUILD_ID:-unknown}\",\"slot\":\"${PS_SLOT:-none}\",\"uptime\":$up,\"served\":$served}"
     if [ "$state" = healthy ]; then respond 200 OK application/json "$body"
+    elif [ "$state" = starting ] && [ "${STARTING_STATUS:-503}" = 200 ]; then respond 200 OK application/json "$body"
     else respond 503 "Service Unavailable" application/json "$body"; fi
     ;;
   *)

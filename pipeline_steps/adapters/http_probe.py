@@ -27,7 +27,7 @@ class Answer:
     latency: float  # seconds from the request to the end of the body (or the failure)
     error: str | None = None  # set when there is no complete answer
     not_listening: bool = False  # refused, or closed before any answer: nothing serves the port yet
-    timed_out: bool = False  # no (complete) answer within the timeout
+    timed_out: bool = False  # no answer at all (not even a status line) within the timeout
 
 
 def new_session() -> requests.Session:
@@ -149,7 +149,8 @@ def tcp_connect(host: str, port: int, timeout: float) -> Answer:
     except socket.gaierror:
         return Answer(None, b"", time.monotonic() - start, f"unknown host {host}")
     except TimeoutError:
-        return Answer(None, b"", time.monotonic() - start, f"connect timed out after {timeout:g}s")
+        return Answer(None, b"", time.monotonic() - start, f"connect timed out after {timeout:g}s",
+                      timed_out=True)
     except OSError as exc:
         return Answer(None, b"", time.monotonic() - start, f"connect failed: {exc.strerror or exc}")
 

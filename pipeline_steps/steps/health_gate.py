@@ -5,14 +5,27 @@ health status of a container, and TCP ports. All targets must pass in the same t
 
 Timing rule (documented in the README):
 - an interval is measured from the START of a try: wait = max(0, interval - try duration);
-- when nothing serves the port yet (connection refused, or closed before any answer, as docker-proxy does
-  while the app starts), the gate re-tries after `fast_retry` (50 ms) instead of a full interval.
-  Such fast re-tries inside one interval window do not use up tries: a try counts when it starts at least
-  one interval after the last counted try started (the first try always counts). So `--retries 30
-  --interval 2s` still gives a service about a minute, yet a port that opens is noticed within ~50 ms;
+- fast re-tries: when nothing serves the port yet (connection refused, or closed before any answer, as
+  docker-proxy does while the app starts), the gate re-tries after `fast_retry` (50 ms); when the app
+  answers but is not ready (non-2xx, or an unmet --expect such as `{"status":"starting"}`) and no try has
+  passed yet (it is still booting), it re-tries after as long as that answer took, at least 50 ms and at
+  most 100 ms (FAST_RETRY_CAP: a booting app is never kept busy more than half the time). Only after a
+  quick try (under QUICK_TRY, 0.5 s): after a timeout or a slow answer the next try waits for the interval;
+- fast re-tries inside one interval window do not use up tries: a try counts when it starts at least one
+  interval after the last counted try started (the first try always counts). So `--retries 30
+  --interval 2s` still gives a service about a minute, yet a port that opens or an app that turns ready
+  is noticed within ~0.1 s;
 - failing tries that start inside `--start-period` do not count toward the retries (as Docker's
   HEALTHCHECK); a passing one counts toward `--successes`;
 - `--successes K` needs K passing tries in a row; any failing try resets the streak.
+
+Logs fallback (`--logs-fallback REGEX`, `health.logs_fallback`): a failing target counts as up when its
+container's logs prove it, but only when the endpoint gave no answer at all (refused, closed or reset
+before any answer, timed out; for a --container target: Docker health still `starting`). An answer that
+says unhealthy (any status that is not wanted, an unmet --expect, a partial answer) stays unhealthy. The
+container must be running (and not Docker-unhealthy), and only a complete log line of its current run
+counts (stamped by the engine since State.StartedAt, see run_start_ns; compared in nanoseconds on the
+engine's own clock), never a line of an earlier run or of another container of the same name.
 
 A container without a HEALTHCHECK counts as healthy while it is running; a container that is not running
 fails.
@@ -40,7 +53,10 @@ if TYPE_CHECKING:
     import requests
 
 FAST_RETRY = 0.05  # seconds between tries while nothing serves the port yet
-LOG_TAIL = 200  # lines of container logs searched by --logs-fallback
+FAST_RETRY_CAP = 0.1  # longest fast re-try wait after a not-ready answer
+QUICK_TRY = 0.5  # a try slower than this (a timeout, a slow answer) is never followed by a fast re-try
+LOG_TAIL = 500  # lines of container logs (since its start) searched by --logs-fallback
+LOG_EARLY_NS = 50_000_000  # a run's first log lines may be stamped this much before its State.StartedAt
 _TOLERANCE = 0.001  # scheduling slack when deciding whether a try starts a new interval window
 
 
@@ -88,12 +104,34 @@ def check_expectations(data: Any, expect: Iterable[tuple[str, str]]) -> str | No
     return None
 
 
-def next_wait(interval: float, try_duration: float, not_listening: bool, since_window_start: float,
+def next_wait(interval: float, try_duration: float, fast: bool, since_window_start: float,
               fast_retry: float = FAST_RETRY) -> float:
-    """Seconds to wait after a try: interval measured from the try's start; fast while not listening."""
-    if not_listening:
+    """Seconds to wait after a try: interval measured from the try's start; `fast_retry` when fast."""
+    if fast:
         return max(0.0, min(fast_retry, interval - since_window_start))
     return max(0.0, interval - try_duration)
+
+
+def fast_wait(results: Sequence[ProbeResult], try_duration: float, passed_before: bool,
+              fast_retry: float = FAST_RETRY) -> float | None:
+    """The fast re-try wait after a failing try, or None when the next try waits for the interval.
+
+    Refused / closed before an answer: `fast_retry`. A not-ready answer while no try has passed yet: as
+    long as the try took, within [fast_retry, FAST_RETRY_CAP]. Never after a slow try (QUICK_TRY).
+    """
+    failing = [r for r in results if not r.ok]
+    if not failing or try_duration > QUICK_TRY:
+        return None
+    if all(r.not_listening for r in failing):
+        return fast_retry
+    if not passed_before and all(r.not_listening or r.not_ready for r in failing):
+        return min(max(fast_retry, FAST_RETRY_CAP), max(fast_retry, try_duration))
+    return None
+
+
+def logs_allowed(result: ProbeResult) -> bool:
+    """Whether the logs fallback may turn this failing result into a pass: only when nothing answered."""
+    return not result.ok and result.no_answer
 
 
 def is_counted(first: bool, since_window_start: float, interval: float, failed: bool,
@@ -217,7 +255,9 @@ class ProbeResult:
     latency_ms: float
     reason: str = ""  # why it failed ("" when ok)
     detail: str = ""  # e.g. status=starting, or "logs matched"
-    not_listening: bool = False
+    not_listening: bool = False  # refused, or closed before any answer
+    not_ready: bool = False  # a complete answer that is not (yet) the wanted one: re-tried fast at boot
+    no_answer: bool = False  # nothing answered (refused, closed, timed out): the logs fallback may apply
 
 
 @dataclass(frozen=True)
@@ -314,7 +354,7 @@ class Prober:
         self._clients.clear()
 
     def probe(self, target: HealthTarget, policy: GatePolicy) -> ProbeResult:
-        """One target once."""
+        """One target once (the logs fallback only when the target gave no answer at all)."""
         if target.kind == "http":
             result = self._http(target, policy)
         elif target.kind == "tcp":
@@ -323,15 +363,18 @@ class Prober:
             ms = answer.latency * 1000
             if answer.error:
                 result = ProbeResult(target.label, False, "refused" if answer.not_listening else "error", ms,
-                                     answer.error, not_listening=answer.not_listening)
+                                     answer.error, not_listening=answer.not_listening,
+                                     no_answer=answer.not_listening or answer.timed_out)
             else:
                 result = ProbeResult(target.label, True, "open", ms)
         else:
             result = self._container(target)
-        if not result.ok and policy.logs_fallback and target.logs_container and target.docker:
-            if self._logs_match(target.docker, target.logs_container, policy.logs_fallback):
-                return ProbeResult(target.label, True, result.status, result.latency_ms,
-                                   detail=f"logs of {target.logs_container} match (was: {result.reason})")
+        if logs_allowed(result) and policy.logs_fallback and target.logs_container and target.docker:
+            why = self._logs_proof(target.docker, target.logs_container, policy.logs_fallback)
+            if why is None:
+                return replace(result, ok=True, reason="",
+                               detail=f"logs of {target.logs_container} match (was: {result.reason})")
+            return replace(result, reason=f"{result.reason} ({why})")
         return result
 
     def _http(self, target: HealthTarget, policy: GatePolicy) -> ProbeResult:
@@ -341,9 +384,10 @@ class Prober:
         if answer.status is None:
             status = "refused" if answer.error == "connection refused" else "error"
             return ProbeResult(label, False, status, ms, answer.error or "no answer",
-                               not_listening=answer.not_listening)
+                               not_listening=answer.not_listening,
+                               no_answer=answer.not_listening or answer.timed_out)
         status = str(answer.status)
-        if answer.error:
+        if answer.error:  # a partial answer (reset mid-body, too big, too slow to finish): it answered
             return ProbeResult(label, False, status, ms, answer.error)
         data: Any = None
         parsed = False
@@ -358,39 +402,50 @@ class Prober:
         if policy.expect_status is not None:
             if answer.status != policy.expect_status:
                 return ProbeResult(label, False, status, ms, f"HTTP {status} (want {policy.expect_status})",
-                                   detail)
+                                   detail, not_ready=True)
         elif not 200 <= answer.status < 300:
-            return ProbeResult(label, False, status, ms, f"HTTP {status} (want 2xx)", detail)
+            return ProbeResult(label, False, status, ms, f"HTTP {status} (want 2xx)", detail, not_ready=True)
         if policy.expect:
             if not parsed:
-                return ProbeResult(label, False, status, ms, "body is not JSON", detail)
+                return ProbeResult(label, False, status, ms, "body is not JSON", detail, not_ready=True)
             problem = check_expectations(data, policy.expect)
             if problem:
-                return ProbeResult(label, False, status, ms, problem, detail)
+                return ProbeResult(label, False, status, ms, problem, detail, not_ready=True)
         if policy.max_latency is not None and answer.latency > policy.max_latency:
             return ProbeResult(label, False, status, ms,
                                f"too slow: {ms:.0f} ms > {policy.max_latency * 1000:.0f} ms", detail)
         return ProbeResult(label, True, status, ms, "", detail)
 
-    def _container(self, target: HealthTarget) -> ProbeResult:
+    def _inspect(self, host: Host, name: str) -> dict[str, Any] | None:
+        """`docker inspect` of a container (None when there is none; Unreachable for a dead engine)."""
         import docker.errors
 
         from pipeline_steps.adapters import docker_host
 
-        host = target.docker or Host(name="local")
         client = self.docker(host)
-        start = time.monotonic()
         try:
-            info = client.api.inspect_container(target.address)
+            return dict(client.api.inspect_container(name))
         except docker.errors.NotFound:
-            return ProbeResult(target.label, False, "missing", _ms(start), "no such container")
-        except docker.errors.APIError as exc:
-            return ProbeResult(target.label, False, "error", _ms(start), f"Docker: {exc.explanation or exc}")
+            return None
+        except docker.errors.APIError:
+            raise
         except Exception as exc:
             if docker_host.is_unreachable(exc):
                 raise Unreachable(f"Docker engine of host {host.name} ({host.endpoint}) stopped answering") \
                     from None
             raise
+
+    def _container(self, target: HealthTarget) -> ProbeResult:
+        import docker.errors
+
+        host = target.docker or Host(name="local")
+        start = time.monotonic()
+        try:
+            info = self._inspect(host, target.address)
+        except docker.errors.APIError as exc:
+            return ProbeResult(target.label, False, "error", _ms(start), f"Docker: {exc.explanation or exc}")
+        if info is None:
+            return ProbeResult(target.label, False, "missing", _ms(start), "no such container")
         state = info.get("State") or {}
         running = state.get("Status", "unknown")
         if running != "running":
@@ -405,18 +460,73 @@ class Prober:
         detail = f"exit={log[-1].get('ExitCode')} {last}".strip() if log else ""
         if status == "healthy":
             return ProbeResult(target.label, True, status, _ms(start), detail=detail)
-        return ProbeResult(target.label, False, status, _ms(start), f"Docker health is {status}", detail)
+        # Docker has no verdict yet while `starting`: like a port that does not answer yet
+        return ProbeResult(target.label, False, status, _ms(start), f"Docker health is {status}", detail,
+                           no_answer=status == "starting")
 
-    def _logs_match(self, host: Host, container: str, pattern: str) -> bool:
+    def _logs_proof(self, host: Host, container: str, pattern: str) -> str | None:
+        """None when a complete log line of the container's current run matches, else why not."""
         import docker.errors
 
-        client = self.docker(host)
         try:
-            logs = client.api.logs(container, stdout=True, stderr=True, tail=LOG_TAIL)
-        except docker.errors.DockerException:
-            return False
-        text = logs.decode("utf-8", "replace") if isinstance(logs, bytes) else str(logs)
-        return re.search(pattern, text, re.MULTILINE) is not None
+            info = self._inspect(host, container)
+        except docker.errors.APIError as exc:
+            return f"logs of {container}: Docker: {exc.explanation or exc}"
+        if info is None:
+            return f"logs of {container}: no such container"
+        state = info.get("State") or {}
+        if not state.get("Running") or state.get("Restarting"):
+            return f"logs of {container}: not counted, it is {state.get('Status', 'not running')}"
+        if str((state.get("Health") or {}).get("Status")) == "unhealthy":
+            return f"logs of {container}: not counted, Docker health is unhealthy"
+        since = run_start_ns(state)
+        if since is None:
+            return f"logs of {container}: start time {state.get('StartedAt')!r} unreadable"
+        try:  # by id: a container re-created under the same name since the inspect has other logs
+            raw = self.docker(host).api.logs(info.get("Id") or container, stdout=True, stderr=True,
+                                             timestamps=True, since=max(1, since // 1_000_000_000),
+                                             tail=LOG_TAIL)
+        except docker.errors.DockerException as exc:
+            return f"logs of {container}: unreadable ({type(exc).__name__})"
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        if logs_match(text, since, pattern):
+            return None
+        return f"logs of {container}: no line matching {pattern!r} since it started"
+
+
+def run_start_ns(state: Mapping[str, Any]) -> int | None:
+    """From when (ns since the epoch, the engine's clock) a log line belongs to the container's current run.
+
+    The engine stamps State.StartedAt just after the process began, so its first lines may be stamped up to
+    LOG_EARLY before it; lines of a previous run (restart, stop/start) end at FinishedAt, and may be read
+    out a little after it, so the bound is never before the middle of the gap between the two.
+    None when StartedAt is unreadable (the fallback then does not count).
+    """
+    from pipeline_steps.adapters.nginx import parse_log_timestamp
+
+    text = str(state.get("StartedAt") or "")
+    started = parse_log_timestamp(text) if text and not text.startswith("0001-") else None
+    if started is None:
+        return None
+    bound = started - LOG_EARLY_NS
+    finished_text = str(state.get("FinishedAt") or "")
+    finished = parse_log_timestamp(finished_text) if not finished_text.startswith("0001-") else None
+    if finished is not None and finished < started:
+        bound = max(bound, (finished + started) // 2)
+    return bound
+
+
+def logs_match(text: str, since_ns: int, pattern: str) -> bool:
+    """Whether a complete line of timestamped Docker logs, stamped at or after `since_ns`, matches.
+
+    Each line is `<RFC 3339 nano timestamp> <message>\\n`; the regex is searched in one message at a time
+    (never across lines), and a last line without its newline (still being written) is not counted.
+    """
+    from pipeline_steps.adapters.nginx import log_lines_after
+
+    lines = text.split("\n")[:-1]  # the piece after the last newline is not a complete line
+    regex = re.compile(pattern)
+    return any(regex.search(message.rstrip("\r")) for message in log_lines_after(lines, since_ns - 1))
 
 
 def _ms(start: float) -> float:
@@ -474,6 +584,7 @@ class _Run:
         self.records: list[TryRecord] = []
         self.last: TryRecord | None = None
         self.last_duration = 0.0
+        self.passed = False  # a try has passed: the app has booted, not-ready answers wait the interval
 
     @property
     def healthy(self) -> bool:
@@ -493,6 +604,7 @@ class _Run:
         if new_window:
             self.window_start = begin
         self.streak = 0 if failed else self.streak + 1
+        self.passed = self.passed or not failed
         record = _summarise(max(self.counted, 1), counted, begin - self.started, duration, results)
         self.records.append(record)
         self.last = record
@@ -506,14 +618,15 @@ class _Run:
 
     def wait_seconds(self, retry_state: Any) -> float:
         record = self.last
-        not_listening = bool(record and record.not_listening)
-        since = time.monotonic() - self.window_start if self.window_start is not None else 0.0
-        if record is not None and not not_listening:
-            # measured from the start of this try
-            return next_wait(self.policy.interval, time.monotonic() - (self.started + record.at),
-                             False, since, self.policy.fast_retry)
-        return next_wait(self.policy.interval, self.last_duration, not_listening, since,
-                         self.policy.fast_retry)
+        if record is None:
+            return 0.0
+        now = time.monotonic()
+        since = now - self.window_start if self.window_start is not None else 0.0
+        fast = fast_wait(record.results, self.last_duration, self.passed, self.policy.fast_retry)
+        if fast is not None:
+            return next_wait(self.policy.interval, self.last_duration, True, since, fast)
+        # measured from the start of this try
+        return next_wait(self.policy.interval, now - (self.started + record.at), False, since)
 
 
 def gate(targets: Sequence[HealthTarget], policy: GatePolicy,

@@ -13,6 +13,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from pipeline_steps.config import Host
 from pipeline_steps.steps.health_gate import GatePolicy, HealthTarget, check_once, gate
 from testbed.ports import free_port, unique
 
@@ -127,7 +128,9 @@ def test_json_expectation_not_met_gives_up_with_reason(ps: Any, httpserver: HTTP
     assert "database=down (want healthy)" in done.stderr
     data = _json_records(done.stdout)
     assert data["ok"] is False and data["healthy"] is False and data["tries"] == 2
-    assert data["reason"] == "database=down (want healthy)" and len(data["records"]) == 2
+    # issue 9: an unmet expectation is re-tried fast, so there are more records than the 2 counted tries
+    assert data["reason"] == "database=down (want healthy)"
+    assert len([r for r in data["records"] if r["counted"]]) == 2 and data["attempts"] == len(data["records"])
 
 
 def test_missing_key_and_non_json_body(ps: Any, httpserver: HTTPServer) -> None:
@@ -280,8 +283,11 @@ def test_start_period_failures_do_not_count(httpserver: HTTPServer) -> None:
     result = gate([HealthTarget.url(httpserver.url_for("/h"))],
                   GatePolicy(retries=2, interval=0.1, start_period=0.35))
     assert not result.healthy and result.tries == 2
-    uncounted = [r for r in result.records if not r.counted]
-    assert len(uncounted) >= 3 and all(r.at < 0.35 for r in uncounted)
+    inside = [r for r in result.records if r.at < 0.35]
+    assert len(inside) >= 3 and not any(r.counted for r in inside)
+    # issue 9: a 503 is re-tried fast too; those re-tries inside a window do not count either
+    pairs = zip(result.records, result.records[1:], strict=False)
+    assert all(b.at - a.at < 0.1 for a, b in pairs if b.at >= 0.35 and not b.counted)
 
 
 def test_tcp_target(ps: Any, httpserver: HTTPServer) -> None:
@@ -417,20 +423,34 @@ def test_tcp_on_sample_app(docker_ps: Any, run_sample: Any) -> None:
 
 
 @pytest.mark.docker
-def test_logs_fallback_with_url_and_container(docker_ps: Any, run_sample: Any) -> None:
+def test_logs_fallback_with_url_and_container(docker_ps: Any, run_sample: Any, docker_client: Any,
+                                              base_image: str) -> None:
+    # issue 9 changes this test: a 503 is an answer that says unhealthy, the logs cannot overrule it
     container, port = run_sample(APP_STATUS="broken")
     url = f"http://127.0.0.1:{port}/health"
     done = docker_ps("health-gate", "--url", url, "--container", container.name, "--logs-fallback",
                      r"listening on :\d+", "--retries", "2", *FAST)
-    assert done.returncode == 0, done.stderr
-    assert "match" in done.stdout
-    done = docker_ps("health-gate", "--url", url, "--container", container.name, "--logs-fallback",
-                     "never printed", "--retries", "2", *FAST)
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stdout
+    assert "HTTP 503 (want 2xx)" in done.stderr and "match" not in done.stdout
+    # a port that gives no answer at all, with a container that logged the line: up
+    worker = _run_worker(docker_client, base_image, "echo worker ready; exec sleep 600")
+    try:
+        _wait_log(worker, "worker ready")
+        url = f"http://127.0.0.1:{free_port()}/health"
+        done = docker_ps("health-gate", "--url", url, "--container", worker.name, "--logs-fallback",
+                         "worker ready", "--retries", "2", *FAST)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "logs of" in done.stdout and "match (was: connection refused)" in done.stdout
+        done = docker_ps("health-gate", "--url", url, "--container", worker.name, "--logs-fallback",
+                         "never printed", "--retries", "2", *FAST)
+        assert done.returncode == 1 and "no line matching 'never printed' since it started" in done.stderr
+    finally:
+        worker.remove(force=True)
 
 
 @pytest.mark.docker
-def test_service_and_slot_from_ps_yaml(docker_ps: Any, run_sample: Any, project: Any) -> None:
+def test_service_and_slot_from_ps_yaml(docker_ps: Any, run_sample: Any, project: Any, docker_client: Any,
+                                       base_image: str) -> None:
     app = unique("pstapp")
     container, port = run_sample(name=f"{app}-web-canary", PS_SLOT="canary", HEALTH_REDIS="down")
     other = free_port()
@@ -441,16 +461,27 @@ def test_service_and_slot_from_ps_yaml(docker_ps: Any, run_sample: Any, project:
     done = docker_ps("health-gate", "--service", "web", "--slot", "canary")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "try 1/2  200" in done.stdout
-    # an explicit option overrides the spec; the container's logs are found by its slot name
+    # an explicit option overrides the spec
     done = docker_ps("health-gate", "--service", "web", "--slot", "canary", "--expect", "redis=healthy")
     assert done.returncode == 1 and "redis=down (want healthy)" in done.stderr
+    # issue 9 changes this: an unmet --expect is an answer, matching logs do not overrule it
     done = docker_ps("health-gate", "--service", "web", "--slot", "canary", "--expect", "redis=healthy",
-                     "--logs-fallback", "sample-app listening")
-    assert done.returncode == 0, done.stderr
-    assert container.name in done.stdout
+                     "--logs-fallback", "sample-app listening", "--retries", "2")
+    assert done.returncode == 1 and "redis=down (want healthy)" in done.stderr
     # the slot nobody serves
     done = docker_ps("health-gate", "--service", "web", "--slot", "stable", "--interval", "100ms")
     assert done.returncode == 1 and "connection refused" in done.stderr
+    # the container's logs are found by its slot name when the slot's port gives no answer
+    stable = _run_worker(docker_client, base_image, "echo sample-app listening; exec sleep 600",
+                         name=f"{app}-web-stable")
+    try:
+        _wait_log(stable, "sample-app listening")
+        done = docker_ps("health-gate", "--service", "web", "--slot", "stable", "--interval", "100ms",
+                         "--logs-fallback", "sample-app listening")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert stable.name in done.stdout
+    finally:
+        stable.remove(force=True)
 
 
 @pytest.mark.docker
@@ -461,3 +492,149 @@ def test_service_logs_fallback_with_engine_down_exits_3(ps: Any, project: Any, t
     done = ps("health-gate", "--service", "web", "--slot", "stable",
               env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
     assert done.returncode == 3, done.stderr
+
+
+# ---------------------------------------------------------------- issue 9: what the logs may prove
+
+
+def _run_worker(client: Any, image: str, script: str, port: int | None = None,
+                name: str | None = None) -> Any:
+    """A container running `sh -c script` that serves nothing (no HEALTHCHECK), optionally publishing port."""
+    return client.containers.run(image, ["sh", "-c", script], detach=True, name=name or unique("pst-hgw-"),
+                                 healthcheck={"test": ["NONE"]}, labels={"pipeline-steps.test": "1"},
+                                 ports={"80/tcp": ("127.0.0.1", port)} if port else None)
+
+
+def _log_stamps(container: Any, text: str) -> list[int]:
+    """Engine timestamps (ns) of the container's log lines containing `text`."""
+    from pipeline_steps.adapters.nginx import parse_log_timestamp
+
+    stamps = []
+    for line in container.logs(timestamps=True).decode().splitlines():
+        stamp, _, message = line.partition(" ")
+        at = parse_log_timestamp(stamp)
+        if text in message and at is not None:
+            stamps.append(at)
+    return stamps
+
+
+def _wait_log(container: Any, text: str, count: int = 1, timeout: float = 20) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stamps = _log_stamps(container, text)
+        if len(stamps) >= count:
+            return stamps
+        time.sleep(0.05)
+    raise AssertionError(f"{container.name} did not log {text!r} {count} times in {timeout} s")
+
+
+def _logs_policy(retries: int, interval: float) -> GatePolicy:
+    return GatePolicy(retries=retries, interval=interval, timeout=2, logs_fallback=r"^worker ready$")
+
+
+@pytest.mark.docker
+def test_unhealthy_answer_stays_unhealthy_whatever_the_logs(docker_ps: Any, run_sample: Any) -> None:
+    container, port = run_sample(APP_STATUS="unhealthy")
+    done = docker_ps("--json", "health-gate", "--url", f"http://127.0.0.1:{port}/health", "--container",
+                     container.name, "--logs-fallback", "sample-app", "--retries", "3", *FAST)
+    assert done.returncode == 1, done.stdout
+    data = _json_records(done.stdout)
+    assert "503" in data["last_status"] and data["records"][-1]["detail"] == "status=unhealthy"
+    assert not any("logs of" in r["detail"] for r in data["records"])
+    # a 200 whose JSON says unhealthy (an unmet --expect) is no better
+    done = docker_ps("health-gate", "--url", f"http://127.0.0.1:{port}/health", "--container",
+                     container.name, "--logs-fallback", "sample-app", "--expect-status", "503",
+                     "--expect", "status=healthy", "--retries", "2", *FAST)
+    assert done.returncode == 1 and "status=unhealthy (want healthy)" in done.stderr
+
+
+@pytest.mark.docker
+def test_no_answer_and_a_line_after_start_is_healthy(docker_client: Any, base_image: str) -> None:
+    worker = _run_worker(docker_client, base_image, "echo worker ready; exec sleep 600")
+    try:
+        _wait_log(worker, "worker ready")
+        target = HealthTarget.url(f"http://127.0.0.1:{free_port()}/health", logs_container=worker.name,
+                                  docker=Host(name="local"))
+        result = gate([target], _logs_policy(3, 0.2))
+        assert result.healthy, result.reason
+        assert result.records[-1].detail == f"logs of {worker.name} match (was: connection refused)"
+        # a stopped container proves nothing, even with the line in its logs
+        worker.stop(timeout=0)
+        result = gate([target], _logs_policy(2, 0.2))
+        assert not result.healthy and "not counted, it is exited" in result.reason
+    finally:
+        worker.remove(force=True)
+
+
+@pytest.mark.docker
+def test_line_of_an_earlier_run_does_not_count_after_a_restart(docker_client: Any, base_image: str) -> None:
+    """The first run logs `worker ready` at once; after a restart the line comes only 6 s in."""
+    port = free_port()
+    script = "[ -e /tmp/ran ] && sleep 6; touch /tmp/ran; echo worker ready; exec sleep 600"
+    worker = _run_worker(docker_client, base_image, script, port=port)
+    target = HealthTarget.url(f"http://127.0.0.1:{port}/health", logs_container=worker.name,
+                              docker=Host(name="local"))
+    try:
+        _wait_log(worker, "worker ready")
+        first = gate([target], _logs_policy(3, 0.2))
+        assert first.healthy, first.reason  # nothing answers the port, the current run logged the line
+        assert first.records[-1].detail.startswith(f"logs of {worker.name} match")
+        worker.restart(timeout=0)
+        early = gate([target], _logs_policy(4, 0.3))  # about 1.2 s: well before the new line
+        assert not early.healthy, early.records[-1].detail
+        assert "no line matching '^worker ready$' since it started" in early.reason
+        late = gate([target], _logs_policy(60, 0.3))
+        passed_ns = time.time_ns()
+        assert late.healthy, late.reason
+        stamps = _wait_log(worker, "worker ready", count=2)
+        assert passed_ns >= stamps[1]  # it passed on the new line, not before it was written
+    finally:
+        worker.remove(force=True)
+
+
+@pytest.mark.docker
+def test_worker_ready_at_4s_does_not_pass_at_1_2s(docker_client: Any, base_image: str) -> None:
+    worker = _run_worker(docker_client, base_image, "sleep 4; echo worker ready; exec sleep 600")
+    target = HealthTarget.url(f"http://127.0.0.1:{free_port()}/health", logs_container=worker.name,
+                              docker=Host(name="local"))
+    try:
+        early = gate([target], _logs_policy(4, 0.3))
+        assert not early.healthy and early.elapsed < 4
+        late = gate([target], _logs_policy(60, 0.3))
+        passed_ns = time.time_ns()
+        assert late.healthy, late.reason
+        assert passed_ns >= _wait_log(worker, "worker ready")[0]
+    finally:
+        worker.remove(force=True)
+
+
+# ---------------------------------------------------------------- issue 9: not-ready answers re-tried fast
+
+
+@pytest.mark.docker
+def test_503_then_healthy_is_noticed_fast(docker_client: Any, run_sample: Any) -> None:
+    container, port = run_sample(HEALTHY_AFTER="1.5")
+    result = gate([HealthTarget.url(f"http://127.0.0.1:{port}/health")], GatePolicy(retries=30, interval=2.0))
+    with open("/proc/uptime", encoding="ascii") as fh:
+        exited = float(fh.read().split()[0])
+    started = float(container.exec_run(["cat", "/tmp/started"]).output.decode().strip())
+    assert result.healthy and any(r.status == "503" for r in result.records)
+    lag = exited - (started + 1.5)
+    assert lag < 1.0, lag  # well under one interval (the bench has the real figure)
+    assert result.tries <= 2 and result.attempts > result.tries  # fast re-tries do not use up --retries
+
+
+def test_200_starting_then_healthy_is_noticed_fast(httpserver: HTTPServer) -> None:
+    healthy_at = time.monotonic() + 1.0
+
+    def app(request: Request) -> Response:
+        state = "healthy" if time.monotonic() >= healthy_at else "starting"
+        return Response(json.dumps({"status": state}), content_type="application/json")
+
+    httpserver.expect_request("/health").respond_with_handler(app)
+    result = gate([HealthTarget.url(httpserver.url_for("/health"))],
+                  GatePolicy(retries=30, interval=2.0, expect=(("status", "healthy"),)))
+    lag = time.monotonic() - healthy_at
+    assert result.healthy and result.records[0].reason == "status=starting (want healthy)"
+    assert lag < 1.0, lag
+    assert result.tries == 1 and result.attempts > 3
