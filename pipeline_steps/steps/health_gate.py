@@ -692,7 +692,8 @@ def try_line(record: TryRecord, retries: int) -> str:
 @click.option("--successes", type=click.IntRange(min=1), help="Passing tries in a row [1].")
 @click.option("--start-period", type=DURATION, help="Failures inside it do not count toward retries.")
 @click.option("--logs-fallback", metavar="REGEX",
-              help="A container whose recent logs match counts as up (with --url needs --container).")
+              help="When a target gives no answer at all, a matching log line of the container's current "
+                   "run counts as up (with --url needs --container).")
 @pass_output
 def command(out: Output, urls: tuple[str, ...], service: str | None, slot: str | None,
             containers: tuple[str, ...], tcps: tuple[str, ...], retries: int | None, interval: float | None,
