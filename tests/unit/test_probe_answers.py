@@ -79,7 +79,8 @@ def test_only_2xx_naming_our_server_ever_counts(status: int, upstream: str | Non
     slot, reason = classify(Answer(status, upstream, build), SERVERS, BUILDS)
     if slot is not None:
         assert 200 <= status < 300 and reason == ""
-        assert (upstream and SERVERS[upstream] == slot) or (not upstream and build and BUILDS[build] == {slot})
+        by_header = bool(upstream) and SERVERS[str(upstream)] == slot
+        assert by_header or (not upstream and build and BUILDS[build] == {slot})
     else:
         assert reason
 
@@ -127,7 +128,8 @@ def test_measure_judges_only_valid_answers_and_fails_on_any_invalid(tmp_path: Pa
     # one foreign answer among good ones fails too (no budget)
     mixed = [*good[:-1], Answer(200, "127.0.0.1:9999")]
     _, problems = measure(config, service, upstream, ProbeRun("u", 100, mixed), "canary", 0.1)
-    assert len(problems) == 1 and "1 of 100 answers named a server outside upstream shop_backend" in problems[0]
+    assert len(problems) == 1
+    assert "1 of 100 answers named a server outside upstream shop_backend" in problems[0]
     late = ProbeRun("u", 200, good, timed_out=True)
     _, problems = measure(config, service, upstream, late, "canary", 0.1)
     assert any("ran out of time after 100 of 200" in p for p in problems)
