@@ -213,6 +213,9 @@ def send_probe(url: str, n: int, *, timeout: float = PROBE_TIMEOUT, deadline: fl
                 got = session.get(url, timeout=min(timeout, max(left, 0.05)), allow_redirects=False,
                                   headers={"Connection": "close"})
             except requests.RequestException as exc:
+                if time.monotonic() >= ends:  # cut by the deadline, not an answer of the service
+                    run.timed_out = True
+                    break
                 if i == 0:
                     raise Unreachable(f"nginx at {url} did not answer: {type(exc).__name__}") from None
                 run.answers.append(Answer(None, error=type(exc).__name__))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from pipeline_steps.steps.verify_weights import (
     last_upstream,
     measure,
     probe_url,
+    send_probe,
 )
 from pipeline_steps.upstreams import canary_upstream
 from pipeline_steps.weights import Weights
@@ -133,3 +135,46 @@ def test_measure_judges_only_valid_answers_and_fails_on_any_invalid(tmp_path: Pa
     late = ProbeRun("u", 200, good, timed_out=True)
     _, problems = measure(config, service, upstream, late, "canary", 0.1)
     assert any("ran out of time after 100 of 200" in p for p in problems)
+
+
+@pytest.fixture
+def slow_server() -> Iterator[str]:
+    """A loopback HTTP server answering 200 with X-Upstream after 50 ms."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            threading.Event().wait(0.05)
+            self.send_response(200)
+            self.send_header("X-Upstream", "127.0.0.1:8081")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_probes_run_side_by_side_in_threads_and_stay_bounded(slow_server: str) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: send_probe(slow_server, 1000, deadline=0.6), range(2)))
+    assert time.monotonic() - started < 5
+    for run in runs:
+        assert run.timed_out and 0 < len(run.answers) < 1000
+        assert all(a.status == 200 and a.upstream == "127.0.0.1:8081" for a in run.answers)
+    stop = threading.Event()
+    stop.set()
+    stopped = send_probe(slow_server, 10, stop=stop)
+    assert stopped.stopped and stopped.answers == []
