@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "Prove the live nginx weights (and measured split) match the expectation; exit 1 "
                        "if not."),
     "traffic": ("pipeline_steps.steps.traffic:group", "How nginx splits traffic between the slots."),
+    "router": ("pipeline_steps.steps.router:group", "Write the first nginx include (router init)."),
     "deploy": ("pipeline_steps.steps.deploy:command",
                "Run a deployment type: stable, canary-manual, canary-auto, promote-canary, rollback, "
                "blue-green."),

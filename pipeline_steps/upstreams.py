@@ -19,7 +19,17 @@ from pipeline_steps.weights import Weights
 
 HEADER = (" Managed by pipeline-steps (ps set-weights / ps switch): upstream blocks of configured "
           "services are rewritten on every change.")
-FAILOVER = ("max_fails=3", "fail_timeout=30s")
+# nginx's passive check (max_fails / fail_timeout) is switched off on every server line ps writes.
+# Why: the check is kept per worker (no `zone` here) and reset only by a reload, and a failed server is
+# skipped for fail_timeout however soon it answers again. A slot restarted while the other serves would be
+# kept out after it is healthy, and with ps's minimum weight of 1 an upstream whose big server blips while
+# the small one is restarting (or empty) has every server marked failed: "no live upstreams", 502 for
+# fail_timeout (issue 9: 11 s of 502 after a stable deploy). With max_fails=0 nginx never marks a server
+# failed: a refused or failed attempt is retried on the other slot in the same request
+# (proxy_next_upstream), the next request tries the server again, and its weight stays whole (nginx lowers
+# effective weights only when max_fails > 0). Keeping traffic off a bad slot is ps's job (health checks,
+# weights, backup). The cost: a host that drops packets costs proxy_connect_timeout per attempt sent there.
+PASSIVE_CHECK = ("max_fails=0",)
 Directive = dict[str, Any]
 
 
@@ -60,15 +70,14 @@ class ServerLine:
         return cls(address=args[0], weight=weight, backup=backup, down=down, params=tuple(params))
 
     def args(self) -> list[str]:
-        """crossplane args for this line."""
-        out = [self.address]
+        """crossplane args for this line (other params right after the address)."""
+        out = [self.address, *self.params]
         if self.weight is not None:
             out.append(f"weight={self.weight}")
         if self.backup:
             out.append("backup")
         if self.down:
             out.append("down")
-        out.extend(self.params)
         return out
 
     @property
@@ -232,21 +241,26 @@ def canary_upstream(service: Service, hosts: Iterable[Host], weights: Weights,
     """stable and canary server lines on every host with the given weights."""
     servers: list[ServerLine] = []
     for host in hosts:
-        servers.append(ServerLine(slot_address(host, service.slots["stable"]), weight=weights.stable))
-        servers.append(ServerLine(slot_address(host, service.slots["canary"]), weight=weights.canary))
+        servers.append(ServerLine(slot_address(host, service.slots["stable"]), weight=weights.stable,
+                                  params=PASSIVE_CHECK))
+        servers.append(ServerLine(slot_address(host, service.slots["canary"]), weight=weights.canary,
+                                  params=PASSIVE_CHECK))
     return Upstream(name=service.upstream, servers=servers, others=_others(keepalive))
 
 
 def blue_green_upstream(service: Service, hosts: Iterable[Host], active: str,
                         keepalive: int = 32) -> Upstream:
-    """The active color carries the traffic; the other color stays as `backup`."""
+    """The active color carries the traffic; the other color stays as `backup`.
+
+    A request the active server fails (refused, 502/503/504) is retried on the backup in the same request.
+    """
     if active not in SLOT_PAIRS["blue-green"]:
         raise BadInput(f"unknown color {active!r} (use blue or green)")
     servers: list[ServerLine] = []
     for host in hosts:
         for color in SLOT_PAIRS["blue-green"]:
             servers.append(ServerLine(slot_address(host, service.slots[color]), backup=color != active,
-                                      params=FAILOVER))
+                                      params=PASSIVE_CHECK))
     return Upstream(name=service.upstream, servers=servers, others=_others(keepalive))
 
 

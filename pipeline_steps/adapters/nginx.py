@@ -54,6 +54,19 @@ class ApplyResult:
     seconds: float = 0.0
 
 
+@dataclass
+class InstallResult:
+    """What writing a first include did."""
+
+    path: str
+    written: bool
+    running: bool
+    reloaded: bool = False
+    tested: bool = False
+    backup: str | None = None
+    note: str = ""
+
+
 def nginx_command(router: NginxRouter, *args: str) -> list[str]:
     """The nginx command line with the configured binary, prefix and conf (early errors to stderr)."""
     cmd = [router.binary]
@@ -586,6 +599,9 @@ class NginxControl:
                 if not result.changed or dry_run:
                     return result
                 self.runner.ready()  # nginx (or its container) unreachable: nothing written
+                if self.runner.processes()[0] is None:
+                    raise Unreachable(f"{self.runner.where()} is not running: nothing was changed; start "
+                                      f"nginx (`ps router init` writes {self.path.name} for a first start)")
                 if old_text is not None:
                     result.backup = str(self._backup(old_text))
                 self._write(text)
@@ -608,6 +624,70 @@ class NginxControl:
                 return result
         finally:
             self.close()
+
+    def install(self, text: str, *, force: bool = False) -> InstallResult:
+        """Write a first include: with nginx running, the safe apply; without, write it and `nginx -t`.
+
+        An existing file is left alone unless `force`. Without a running nginx the file is written
+        atomically (0644) and tested with `nginx -t` when the binary (and router.nginx.conf, if set) are
+        there; a failing test removes it again (NginxFailed).
+        """
+        if not self.path.parent.is_dir():
+            raise BadInput(f"directory of router.include does not exist: {self.path.parent}")
+        old_text = self.read_text()
+        if old_text is not None and not force:
+            return InstallResult(path=str(self.path), written=False, running=False, note="already there")
+        if self._running():
+            applied = self.apply(text)
+            return InstallResult(path=str(self.path), written=applied.changed, running=True,
+                                 reloaded=applied.reloaded, tested=applied.changed, backup=applied.backup,
+                                 note="" if applied.changed else "already says so")
+        try:
+            with self.locked():
+                result = InstallResult(path=str(self.path), written=old_text != text, running=False)
+                if not result.written:
+                    result.note = "already says so"
+                    return result
+                if old_text is not None:
+                    result.backup = str(self._backup(old_text))
+                self._write(text)
+                skip = self._untestable()
+                if skip:
+                    result.note = f"nginx -t not run: {skip}"
+                    return result
+                try:
+                    problem = self.test()
+                except Unreachable as exc:
+                    result.note = f"nginx -t not run: {exc.message}"
+                    return result
+                if problem is not None:
+                    self._restore(old_text)
+                    what = "previous file restored" if old_text is not None else "file removed again"
+                    raise NginxFailed(f"nginx -t rejected {self.path}, {what}: {problem}")
+                result.tested = True
+                return result
+        finally:
+            self.close()
+
+    def _running(self) -> bool:
+        """True when an nginx master runs (a missing or stopped nginx container counts as not running)."""
+        try:
+            self.runner.ready()
+            return self.runner.processes()[0] is not None
+        except Unreachable:
+            return False
+
+    def _untestable(self) -> str | None:
+        """Why `nginx -t` cannot run here (no binary, no conf), or None."""
+        import shutil
+
+        if self.router.container:
+            return f"nginx container {self.router.container} is not running"
+        if shutil.which(self.router.binary) is None:
+            return f"nginx binary {self.router.binary} not found (router.nginx.binary)"
+        if self.router.conf and not Path(self.router.conf).is_file():
+            return f"nginx conf {self.router.conf} does not exist (router.nginx.conf)"
+        return None
 
     def _reload_back(self, failure: PsError) -> str:
         """After a failed reload of the new file: reload the restored one; a note for the message."""

@@ -10,7 +10,7 @@ import click
 
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import Config, NginxRouter, Service
-from pipeline_steps.errors import BadInput, Unreachable
+from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
 from pipeline_steps.output import Output
 from pipeline_steps.upstreams import (
     Upstream,
@@ -73,6 +73,11 @@ def describe(upstream: Upstream | None, service: Service, config: Config) -> str
     return f"{active} active, {other} backup"
 
 
+def missing_include(router: NginxRouter) -> str:
+    """The line for an include file that does not exist yet."""
+    return f"nginx include file {router.include} does not exist: `ps router init` writes it"
+
+
 def load_live(config: Config) -> UpstreamFile | None:
     """The include file on disk (None when it does not exist yet); malformed: exit 2."""
     router = require_router(config)
@@ -128,8 +133,12 @@ def say_change(out: Output, change: TrafficChange) -> None:
             out.say(f"{s.service}: already {s.after} (upstream {s.upstream})")
         else:
             out.say(f"{s.service}: {s.before or 'new'} -> {s.after} (upstream {s.upstream})")
-    if change.dry_run:
-        out.say(f"dry run: {change.include} not changed")
+    if change.dry_run and change.created:
+        out.say(f"dry run: would create {change.include} (nothing written)")
+    elif change.dry_run and change.changed:
+        out.say(f"dry run: would change {change.include} and reload nginx (nothing written)")
+    elif change.dry_run:
+        out.say(f"dry run: {change.include} already says so, nothing to change")
     elif not change.changed:
         out.say(f"no change: {change.include} already says so, nginx not reloaded")
     else:
@@ -200,7 +209,7 @@ def traffic_status(config: Config) -> TrafficStatus:
     live = load_live(config)
     status = TrafficStatus(include=router.include, exists=live is not None)
     if live is None:
-        status.warnings.append(f"{router.include} does not exist yet (no set-weights/switch so far)")
+        status.warnings.append(missing_include(router))
         return status
     builds = _build_ids(config, status.warnings)
     upstreams = live.upstreams()
@@ -238,6 +247,8 @@ def status_command(out: Output) -> None:
     """Per service: the current split, active color, backup, and the BUILD_ID behind each server."""
     config = load(out)
     result = traffic_status(config)
+    if not result.exists:
+        raise CheckFailed(missing_include(require_router(config)), result=asdict(result))
     for svc in result.services:
         split = ", ".join(f"{slot} {pct:g} %" for slot, pct in sorted(svc.split.items()))
         extra = f"; active {svc.active}" if svc.active else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,7 @@ from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_PAIRS, Config, Service
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
 from pipeline_steps.output import Output
-from pipeline_steps.steps.traffic import load_live, require_router
+from pipeline_steps.steps.traffic import load_live, missing_include, require_router
 from pipeline_steps.upstreams import Upstream, active_color, locate, slots_in
 from pipeline_steps.weights import Weights, binomial_interval, check_percent
 
@@ -117,43 +118,225 @@ def _check_blue_green(config: Config, service: Service, upstream: Upstream,
     return verdict
 
 
-def _probe(config: Config, service: Service, url: str, n: int) -> dict[str, int]:
-    """Send n sequential requests through nginx; count answers per slot (X-Upstream, else X-Slot)."""
+# ---------------------------------------------------------------- the probe
+
+INVALID_TEXT = {
+    "no answer": "got no answer",
+    "other upstream": "named a server outside upstream {upstream}",
+    "unknown build": "named a build that none of the service's slots runs",
+    "ambiguous build": "named a build that several slots run (add X-Upstream to tell them apart)",
+    "no server named": "named no server (neither X-Upstream nor X-Build-Id; the site needs "
+                       "`add_header X-Upstream $upstream_addr always;`)",
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One probe request's outcome: the status and the headers that name who answered."""
+
+    status: int | None  # None: no HTTP answer at all
+    upstream: str | None = None  # X-Upstream ($upstream_addr)
+    build_id: str | None = None  # X-Build-Id
+    error: str | None = None
+
+
+def last_upstream(value: str) -> str:
+    """The server that gave the answer: the last address of `$upstream_addr`.
+
+    nginx lists every server it tried, `a, b` after a retry and `a : b` after an internal redirect.
+    """
+    return value.split(",")[-1].split(" : ")[-1].strip()
+
+
+def classify(answer: Answer, servers: dict[str, str], builds: dict[str, set[str]]) -> tuple[str | None, str]:
+    """(slot, "") for an answer that counts, else (None, reason).
+
+    It counts only when it is 2xx and names a server of the service's upstream: X-Upstream's last address
+    is one of `servers` (address -> slot), or without X-Upstream its X-Build-Id runs in exactly one slot
+    (`builds`: build id -> slots).
+    """
+    if answer.status is None:
+        return None, "no answer"
+    if not 200 <= answer.status < 300:
+        return None, f"status {answer.status}"
+    if answer.upstream and answer.upstream.strip():
+        slot = servers.get(last_upstream(answer.upstream))
+        return (slot, "") if slot else (None, "other upstream")
+    if answer.build_id and answer.build_id.strip():
+        slots = builds.get(answer.build_id.strip(), set())
+        if len(slots) == 1:
+            return next(iter(slots)), ""
+        return None, "ambiguous build" if slots else "unknown build"
+    return None, "no server named"
+
+
+def describe_invalid(reason: str, count: int, total: int, upstream: str) -> str:
+    """`12 of 400 answers were 404`."""
+    if reason.startswith("status "):
+        return f"{count} of {total} answers were {reason.removeprefix('status ')}"
+    return f"{count} of {total} answers {INVALID_TEXT.get(reason, reason).format(upstream=upstream)}"
+
+
+@dataclass
+class ProbeRun:
+    """The answers of one probe, and whether it ended before sending all requests."""
+
+    url: str
+    wanted: int
+    answers: list[Answer] = field(default_factory=list)
+    timed_out: bool = False
+    stopped: bool = False
+
+
+def send_probe(url: str, n: int, *, timeout: float = PROBE_TIMEOUT, deadline: float | None = None,
+          stop: threading.Event | None = None) -> ProbeRun:
+    """Send up to n sequential GETs to `url` (a new connection each, so no old nginx worker keeps us).
+
+    Thread-safe (its own requests.Session, no shared state) and bounded: `timeout` per request and
+    `deadline` seconds in all (default max(30, n / 4)); `stop` ends it early. Unreachable (exit 3) when
+    the very first request gets no answer.
+    """
     import requests
 
-    from pipeline_steps.upstreams import ServerLine
-
-    counts: dict[str, int] = {}
-    deadline = time.monotonic() + max(30.0, n * 0.25)
+    run = ProbeRun(url=url, wanted=n)
+    ends = time.monotonic() + (deadline if deadline is not None else max(30.0, n * 0.25))
     with requests.Session() as session:
         for i in range(n):
-            if time.monotonic() > deadline:
-                raise CheckFailed(f"probe of {url} ran out of time after {i} of {n} requests")
+            if stop is not None and stop.is_set():
+                run.stopped = True
+                break
+            left = ends - time.monotonic()
+            if left <= 0:
+                run.timed_out = True
+                break
             try:
-                answer = session.get(url, timeout=PROBE_TIMEOUT, allow_redirects=False,
-                                     headers={"Connection": "close"})  # no old worker keeps us
+                got = session.get(url, timeout=min(timeout, max(left, 0.05)), allow_redirects=False,
+                                  headers={"Connection": "close"})
             except requests.RequestException as exc:
+                if time.monotonic() >= ends:  # cut by the deadline, not an answer of the service
+                    run.timed_out = True
+                    break
                 if i == 0:
                     raise Unreachable(f"nginx at {url} did not answer: {type(exc).__name__}") from None
-                counts["error"] = counts.get("error", 0) + 1
+                run.answers.append(Answer(None, error=type(exc).__name__))
                 continue
-            slot: str | None = None
-            upstream_addr = answer.headers.get("X-Upstream", "")
-            if upstream_addr:
-                last = upstream_addr.split(",")[-1].strip()
-                where = locate(service, config.hosts, ServerLine(last))
-                slot = where[1] if where else None
-            slot = slot or answer.headers.get("X-Slot") or "unknown"
+            run.answers.append(Answer(got.status_code, got.headers.get("X-Upstream"),
+                                      got.headers.get("X-Build-Id")))
+            got.close()
+    return run
+
+
+def probe_url(config: Config, service: Service, url: str | None = None) -> str:
+    """Where to probe `service`: --url, else services.<s>.url, else router.url when it is the only
+    service. BadInput (exit 2) naming the key otherwise."""
+    if url:
+        return url
+    if service.url:
+        return service.url
+    if config.router and config.router.url and len(config.services) == 1:
+        return config.router.url
+    raise BadInput(f"--probe needs the URL where nginx serves {service.name}: set "
+                   f"services.{service.name}.url in {config.source} (router.url stands in only when "
+                   "ps.yaml has one service) or give --url")
+
+
+def upstream_servers(config: Config, service: Service, upstream: Upstream) -> dict[str, str]:
+    """Server address (as written, and as nginx resolves a host name) -> slot, for the upstream's lines."""
+    import ipaddress
+    import socket
+
+    found: dict[str, str] = {}
+    for line in upstream.servers:
+        where = locate(service, config.hosts, line)
+        if where is None:
+            continue
+        found[line.address] = where[1]
+        host, port = line.host, line.port
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        except OSError:
+            continue
+        for info in infos:
+            ip = str(info[4][0])
+            found[f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"] = where[1]
+    return found
+
+
+def slot_builds(config: Config, service: Service, warnings: list[str]) -> dict[str, set[str]]:
+    """BUILD_ID -> slots of `service` from the slot containers' labels (for answers without X-Upstream)."""
+    from pipeline_steps.steps.traffic import _build_ids
+
+    out: dict[str, set[str]] = {}
+    for (_host, name, slot), build in _build_ids(config, warnings).items():
+        if name == service.name and build and slot in service.slots:
+            out.setdefault(build, set()).add(slot)
+    return out
+
+
+def measure(config: Config, service: Service, upstream: Upstream, run: ProbeRun, target_slot: str,
+            p: float) -> tuple[dict[str, Any], list[str]]:
+    """Judge a probe run: the measured dict and the problems (any invalid answer is one)."""
+    servers = upstream_servers(config, service, upstream)
+    warnings: list[str] = []
+    builds: dict[str, set[str]] = {}
+    if any(a.status is not None and not (a.upstream or "").strip() and (a.build_id or "").strip()
+           for a in run.answers):
+        builds = slot_builds(config, service, warnings)
+    counts: dict[str, int] = {}
+    invalid: dict[str, int] = {}
+    examples: list[str] = []
+    for answer in run.answers:
+        slot, reason = classify(answer, servers, builds)
+        if slot is not None:
             counts[slot] = counts.get(slot, 0) + 1
-    return counts
+            continue
+        invalid[reason] = invalid.get(reason, 0) + 1
+        if len(examples) < 5:
+            examples.append(f"status {answer.status if answer.status is not None else '-'}, "
+                            f"X-Upstream {answer.upstream or '-'}, X-Build-Id {answer.build_id or '-'}"
+                            + (f", {answer.error}" if answer.error else ""))
+    valid = sum(counts.values())
+    hits = counts.get(target_slot, 0)
+    low, high = binomial_interval(valid, p, CONFIDENCE)
+    measured: dict[str, Any] = {
+        "url": run.url, "requests": run.wanted, "answered": len(run.answers), "valid": valid,
+        "counts": counts, "invalid": invalid, "examples": examples, "slot": target_slot,
+        "share": hits / valid if valid else 0.0, "expected_share": p,
+        "interval": [low / valid, high / valid] if valid else [0.0, 0.0], "confidence": CONFIDENCE,
+        "timed_out": run.timed_out, "stopped": run.stopped, "warnings": warnings}
+    problems: list[str] = []
+    total = len(run.answers)
+    for reason, count in sorted(invalid.items(), key=lambda kv: -kv[1]):
+        problems.append(f"{service.name}: {describe_invalid(reason, count, total, service.upstream)} "
+                        f"(probe of {run.url}; e.g. {examples[0]})")
+    if run.timed_out or run.stopped:
+        ended = "ran out of time" if run.timed_out else "was stopped"
+        problems.append(f"{service.name}: probe of {run.url} {ended} after {total} of {run.wanted} requests")
+    if valid == 0:
+        problems.append(f"{service.name}: no valid answer from {run.url}: nothing measured")
+    elif not low <= hits <= high:
+        problems.append(
+            f"{service.name}: {target_slot} answered {hits} of {valid} valid answers "
+            f"({100 * hits / valid:.1f} %), outside the 99 % interval "
+            f"{100 * low / valid:.1f}..{100 * high / valid:.1f} % around {100 * p:.1f} %")
+    return measured, problems
 
 
 def verify_weights(config: Config, *, expect_canary: float | None = None, expect_active: str | None = None,
                    tolerance: int | None = None, probe: int = 0, url: str | None = None,
-                   services: Sequence[str] | None = None) -> VerifyResult:
+                   services: Sequence[str] | None = None, probe_deadline: float | None = None,
+                   stop: threading.Event | None = None) -> VerifyResult:
     """Compare the live upstream weights (and with probe > 0 the measured split) with the expectation.
 
-    Returns the result; the caller decides (result.ok). Bad input raises BadInput.
+    The probe goes to `url`, else the service's own URL (see probe_url); only 2xx answers naming a
+    server of the service's upstream count, and any other answer is a problem. `probe_deadline` bounds
+    the probe in seconds, `stop` ends it early (safe to run in a thread). Returns the result; the caller
+    decides (result.ok). Bad input raises BadInput.
     """
     router = require_router(config)
     if expect_canary is not None:
@@ -168,14 +351,12 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
     if probe < 0 or probe > MAX_PROBE:
         raise BadInput(f"--probe must be from 0 to {MAX_PROBE}")
     chosen = _choose(config, services, expect_canary, expect_active)
-    probe_url = url or router.url
-    if probe and not probe_url:
-        raise BadInput("--probe needs --url or router.url")
     if probe and len(chosen) != 1:
         raise BadInput("--probe measures one service: give --service NAME")
+    where = probe_url(config, chosen[0], url) if probe else None
     live = load_live(config)
     if live is None:
-        raise CheckFailed(f"nginx include file {router.include} does not exist (no set-weights/switch yet)")
+        raise CheckFailed(missing_include(router))
     upstreams = live.upstreams()
     verdicts: list[ServiceVerdict] = []
     for service in chosen:
@@ -191,22 +372,14 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
             verdict = _check_canary(config, service, upstream, expect_canary, tolerance)
         else:
             verdict = _check_blue_green(config, service, upstream, expect_active)
-        if probe and probe_url:
-            counts = _probe(config, service, probe_url, probe)
+        if probe and where:
             if kind == "canary":
                 target_slot, p = "canary", float(verdict.expected["canary_share"])
             else:
                 target_slot, p = str(verdict.expected.get("active") or "blue"), 1.0
-            hits = counts.get(target_slot, 0)
-            low, high = binomial_interval(probe, p, CONFIDENCE)
-            verdict.measured = {"requests": probe, "counts": counts, "slot": target_slot,
-                                "share": hits / probe, "expected_share": p,
-                                "interval": [low / probe, high / probe], "confidence": CONFIDENCE}
-            if not low <= hits <= high:
-                verdict.problems.append(
-                    f"{service.name}: {target_slot} answered {hits} of {probe} requests "
-                    f"({100 * hits / probe:.1f} %), outside the 99 % interval "
-                    f"{100 * low / probe:.1f}..{100 * high / probe:.1f} % around {100 * p:.1f} %")
+            run = send_probe(where, probe, deadline=probe_deadline, stop=stop)
+            verdict.measured, problems = measure(config, service, upstream, run, target_slot, p)
+            verdict.problems.extend(problems)
         verdicts.append(verdict)
     return VerifyResult(ok=all(v.ok for v in verdicts), tolerance=tolerance, include=router.include,
                         services=[{**asdict(v), "ok": v.ok} for v in verdicts])
@@ -219,7 +392,8 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
               help="Allowed difference in weight units (default canary.tolerance, 2).")
 @click.option("--probe", type=int, default=0, show_default=True, metavar="N",
               help="Also send N requests through nginx and check where they went.")
-@click.option("--url", metavar="URL", help="Where to probe (default router.url).")
+@click.option("--url", metavar="URL",
+              help="Where to probe (default services.<s>.url; router.url when there is one service).")
 @click.option("--service", "-s", "service_names", multiple=True, metavar="NAME", help="Only this service.")
 @pass_output
 def command(out: Output, expect_canary: float | None, expect_active: str | None, tolerance: int | None,
@@ -239,8 +413,9 @@ def command(out: Output, expect_canary: float | None, expect_active: str | None,
                     f"expected {v['expected'].get('active')}")
         if v["measured"]:
             m = v["measured"]
-            line += (f", measured {m['slot']} {100 * m['share']:.1f} % of {m['requests']} "
-                     f"(99 % interval {100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %)")
+            line += (f", measured {m['slot']} {100 * m['share']:.1f} % of {m['valid']} valid answers "
+                     f"(of {m['requests']} requests to {m['url']}; 99 % interval "
+                     f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %)")
         out.say(line + (" ok" if v["ok"] else " MISMATCH"))
         for problem in v["problems"]:
             out.say(f"  {problem}")

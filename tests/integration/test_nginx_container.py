@@ -191,3 +191,31 @@ def test_container_bed_cleans_up(docker_client: Any) -> None:
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(nginx.name)
     assert not nginx.dir.exists() and nginx.logs is not None and not nginx.logs.exists()
+
+
+def test_router_init_with_the_container_stopped_then_nginx_starts(
+        container_bed: Callable[..., ContainerBed], run_sample: Any, docker_ps: Any) -> None:
+    bed = container_bed({"backend": "canary"})
+    bed.start_slots(run_sample, "backend")
+    bed.nginx.container.stop(timeout=2)
+    bed.nginx.include.unlink()
+    done = docker_ps("--json", "router", "init")
+    assert done.returncode == 0, done.stderr
+    record = last_json(done.stdout)
+    assert record["written"] and not record["nginx_running"] and not record["tested"]
+    assert bed.nginx.name in record["note"] and "not running" in record["note"]
+    assert "weight=999;" in bed.include_text()
+    bed.nginx.container.start()  # the container's nginx starts with the include router init wrote
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(bed.url("backend"), timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    assert slots_answering(bed.url("backend"), 20) == {"stable": 20}
+    assert "already there" in docker_ps("router", "init").stdout
+    forced = docker_ps("--json", "router", "init", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert last_json(forced.stdout)["nginx_running"] is True

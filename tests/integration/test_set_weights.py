@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from testbed.load import slots_answering
 from testbed.nginx import PROXY_DEFAULTS, last_json
 from testbed.ports import held_port
 
@@ -181,3 +182,75 @@ def test_first_apply_creates_the_include(traffic_bed: Callable[..., TrafficBed],
     assert done.returncode == 0, done.stderr
     text = bed.include_text()
     assert "weight=999;" in text and "weight=1;" in text and "backup" in text
+
+
+def _answers(port: int, path: str = "/", timeout: float = 30.0) -> bool:
+    """Poll a slot (or nginx) on 127.0.0.1:port until it answers 200; False at the deadline."""
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return True
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.05)
+    return False
+
+
+def _wait_sent(load: Any, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while load.report().sent < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert load.report().sent >= count, "the load did not get going"
+
+
+def test_a_restarted_slot_drops_nothing_and_is_not_kept_out(traffic_bed: Callable[..., TrafficBed],
+                                                            run_sample: Any, ps: Any) -> None:
+    # nginx's passive check would mark a restarted server failed (per worker, for fail_timeout): ps
+    # writes max_fails=0, so a failed attempt is retried on the other slot and the server is back the
+    # moment it answers, at its full weight
+    from testbed.load import LoadGenerator
+
+    bed = traffic_bed({"backend": "canary"})
+    containers = bed.start_slots(run_sample, "backend")
+    assert ps("set-weights", "--canary", "10").returncode == 0
+    url = bed.url("backend")
+    for slot in ("canary", "stable"):  # the one at 10 %, then the one carrying 90 %
+        with LoadGenerator(url, rate=75, max_seconds=60, max_requests=3000) as load:
+            _wait_sent(load, 40)
+            containers[slot].restart(timeout=0)
+            assert _answers(bed.ports["backend"][slot]), f"{slot} did not come back"
+            _wait_sent(load, load.report().sent + 75)  # a second more of load after it is back
+            report = load.stop()
+        assert report.sent >= 115 and report.failed == 0, (slot, report.summary(), report.errors)
+        # right after, without a reload: the restarted server takes its share again
+        probe = ps("verify-weights", "--expect-canary", "10", "--probe", "400", "--url", url)
+        assert probe.returncode == 0, (slot, probe.stdout, probe.stderr)
+    # and after the next reload it answers exactly at its weight
+    _, measured = bed.set_and_measure(ps, 20)
+    assert measured["counts"] == {"stable": 800, "canary": 200}
+
+
+def test_the_only_live_server_restarted_is_used_the_moment_it_answers(
+        traffic_bed: Callable[..., TrafficBed], run_sample: Any, ps: Any) -> None:
+    # issue 9 case 1: the canary slot is empty and stable restarts. nginx marked both servers failed and
+    # answered 502 ("no live upstreams") for fail_timeout after stable was back; now not a single 502
+    bed = traffic_bed({"backend": "canary"})
+    stable, _ = run_sample(port=bed.ports["backend"]["stable"], PS_SLOT="stable")
+    assert ps("set-weights", "--canary", "0").returncode == 0
+    from testbed.load import LoadGenerator
+
+    assert _answers(bed.nginx.port, "/backend/")
+    with LoadGenerator(bed.url("backend"), rate=50, max_seconds=60) as load:  # hits nginx while it is down
+        _wait_sent(load, 10)
+        stable.restart(timeout=0)
+        assert _answers(bed.ports["backend"]["stable"]), "stable did not come back"
+        during = load.stop()
+    assert during.failed > 0  # nginx did see the server fail while nothing served
+    assert slots_answering(bed.url("backend"), 50) == {"stable": 50}

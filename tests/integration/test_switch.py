@@ -22,7 +22,8 @@ def test_switch_and_backup_takes_over(traffic_bed: Callable[..., TrafficBed], ru
     record = json.loads(done.stdout.strip().splitlines()[-1])
     assert record["services"][0]["after"] == "green active, blue backup"
     text = bed.include_text()
-    assert f"127.0.0.1:{bed.ports['web']['blue']} backup max_fails=3 fail_timeout=30s;" in text
+    # issue 9: no passive check on ps's servers (was `backup max_fails=3 fail_timeout=30s`)
+    assert f"127.0.0.1:{bed.ports['web']['blue']} max_fails=0 backup;" in text
     assert slots_answering(url, 20) == {"green": 20}
     probe = ps("verify-weights", "--expect-active", "green", "--probe", "50", "--url", url)
     assert probe.returncode == 0, probe.stderr

@@ -164,3 +164,18 @@ def test_command_and_runner_choice() -> None:
 ])
 def test_parse_ldd(listing: str, paths: list[str]) -> None:
     assert parse_ldd(listing) == paths
+
+
+def test_install_without_nginx_writes_0644_and_says_why_untested(tmp_path: Path) -> None:
+    include = tmp_path / "ups.conf"
+    router = NginxRouter(include=str(include), binary=str(tmp_path / "no-nginx"),
+                         pid=str(tmp_path / "nginx.pid"))
+    done = NginxControl(router).install("upstream a { server 127.0.0.1:1 max_fails=0; }\n")
+    assert done.written and not done.running and not done.tested
+    assert "nginx -t not run" in done.note and "router.nginx.binary" in done.note
+    assert include.stat().st_mode & 0o777 == 0o644
+    again = NginxControl(router).install("upstream b { server 127.0.0.1:2; }\n")
+    assert not again.written and again.note == "already there"
+    assert "upstream a" in include.read_text()
+    forced = NginxControl(router).install("upstream b { server 127.0.0.1:2; }\n", force=True)
+    assert forced.written and forced.backup and "upstream b" in include.read_text()

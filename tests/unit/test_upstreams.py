@@ -84,8 +84,8 @@ def test_canary_upstream_per_host_per_slot(tmp_path: Path) -> None:
     svc = config.services["backend"]
     up = canary_upstream(svc, config.hosts, Weights.from_percent(10))
     assert [" ".join(s.args()) for s in up.servers] == [
-        "127.0.0.1:8081 weight=900", "127.0.0.1:8082 weight=100",
-        "127.0.0.2:8081 weight=900", "127.0.0.2:8082 weight=100"]
+        "127.0.0.1:8081 max_fails=0 weight=900", "127.0.0.1:8082 max_fails=0 weight=100",
+        "127.0.0.2:8081 max_fails=0 weight=900", "127.0.0.2:8082 max_fails=0 weight=100"]
     assert slot_weights(up, svc, config.hosts) == {"stable": 1800, "canary": 200}
     assert carries_traffic(up, svc, config.hosts[0], "stable", 1)
     assert carries_traffic(up, svc, config.hosts[1], "canary", 1)
@@ -99,8 +99,8 @@ def test_blue_green_backup_and_active(tmp_path: Path) -> None:
     svc = config.services["web"]
     up = blue_green_upstream(svc, config.hosts, "green")
     lines = [" ".join(s.args()) for s in up.servers]
-    assert lines == ["127.0.0.1:8091 backup max_fails=3 fail_timeout=30s",
-                     "127.0.0.1:8092 max_fails=3 fail_timeout=30s"]
+    # issue 9: max_fails=0 (was max_fails=3 fail_timeout=30s): nginx never marks a ps server failed
+    assert lines == ["127.0.0.1:8091 max_fails=0 backup", "127.0.0.1:8092 max_fails=0"]
     assert active_color(up, svc, config.hosts) == "green"
     assert carries_traffic(up, svc, config.hosts[0], "green", 1)
     assert not carries_traffic(up, svc, config.hosts[0], "blue", 1)

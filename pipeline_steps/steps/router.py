@@ -1,0 +1,102 @@
+"""`ps router init`: the first include file, so nginx can start before any deploy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.config import Config
+from pipeline_steps.errors import BadInput
+from pipeline_steps.output import Output
+from pipeline_steps.steps.traffic import describe, load_live, require_router
+from pipeline_steps.upstreams import UpstreamFile, default_upstream
+
+
+@dataclass
+class RouterInit:
+    """What `ps router init` did."""
+
+    include: str
+    written: bool
+    nginx_running: bool
+    reloaded: bool
+    tested: bool
+    dry_run: bool
+    backup: str | None
+    note: str
+    services: dict[str, str] = field(default_factory=dict)  # name -> `stable 999 : canary 1 (0.1 %)`
+
+
+def router_init(config: Config, services: Sequence[str] | None = None, *, force: bool = False,
+                dry_run: bool = False) -> RouterInit:
+    """Write the include with every (or the chosen) service's first upstream: stable 100 % with the
+    canary at the minimum weight, or blue active with green as backup.
+
+    An existing file is left alone ("already there") when it has the chosen services' upstreams; one it
+    lacks is added, and `force` rewrites the chosen ones to that first state (other upstreams, comments
+    and directives in the file are kept).
+    """
+    from pipeline_steps.adapters.nginx import NginxControl
+
+    router = require_router(config)
+    chosen = [config.service(n) for n in services] if services else list(config.services.values())
+    if not chosen:
+        raise BadInput("no configured service: nothing to write")
+    live = load_live(config)  # malformed: exit 2, before anything is written
+    file = live if live is not None else UpstreamFile(path=Path(router.include))
+    existing = set(file.upstreams())
+    todo = [s for s in chosen if force or s.upstream not in existing]
+    for service in todo:
+        file.put(default_upstream(config, service))
+    result = RouterInit(include=router.include, written=False, nginx_running=False, reloaded=False,
+                        tested=False, dry_run=dry_run, backup=None, note="",
+                        services={s.name: describe(default_upstream(config, s), s, config) or ""
+                                  for s in todo})
+    if not todo:
+        result.note = "already there"
+        return result
+    if dry_run:
+        result.note = "would change" if live is not None else "would create"
+        return result
+    done = NginxControl(router).install(file.render(), force=True)
+    result.written, result.nginx_running, result.reloaded = done.written, done.running, done.reloaded
+    result.tested, result.backup, result.note = done.tested, done.backup, done.note
+    return result
+
+
+@click.group("router")
+def group() -> None:
+    """Write the first nginx include (router init)."""
+
+
+@group.command("init")
+@click.option("--service", "-s", "service_names", multiple=True, metavar="NAME",
+              help="Only this service (repeatable; default: every service in ps.yaml).")
+@click.option("--all", "all_services", is_flag=True, help="Every service in ps.yaml (the default).")
+@click.option("--force", is_flag=True, help="Rewrite the chosen upstreams even when the file exists.")
+@pass_output
+def init_command(out: Output, service_names: tuple[str, ...], all_services: bool, force: bool) -> None:
+    """Write router.include for the services of ps.yaml (stable 100 % / blue active); nginx may be down."""
+    if service_names and all_services:
+        raise BadInput("give --service NAME or --all, not both")
+    config = load(out)
+    result = router_init(config, list(service_names) or None, force=force, dry_run=out.dry_run)
+    if result.note == "already there":
+        out.say(f"{result.include} already there with these upstreams, left alone (--force rewrites them)")
+    else:
+        for name, state in result.services.items():
+            out.say(f"{name}: {state}")
+        if result.dry_run:
+            out.say(f"dry run: {result.note} {result.include} (nothing written)")
+        elif not result.written:
+            out.say(f"{result.include} already says so, nothing changed")
+        elif result.nginx_running:
+            out.say(f"wrote {result.include}, nginx tested and reloaded")
+        else:
+            tested = "nginx -t passed" if result.tested else result.note
+            out.say(f"wrote {result.include} (nginx not running; {tested}): nginx can start with it")
+    report(out, "router-init", asdict(result))
