@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline_steps.adapters import git
 from pipeline_steps.errors import BadInput
+from pipeline_steps.inputs import check_build_id
 
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
 
@@ -31,6 +32,9 @@ class CIContext:
     job_url: str | None = None
     source_url: str | None = None
     dirty: bool = False
+
+    def __post_init__(self) -> None:
+        check_build_id(self.build_id, f"the BUILD_ID made from the {self.provider} commit")
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
