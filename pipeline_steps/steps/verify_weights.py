@@ -216,9 +216,9 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
 @click.command("verify-weights")
 @click.option("--expect-canary", type=PERCENT, metavar="PCT", help="Expected canary share in percent.")
 @click.option("--expect-active", metavar="COLOR", help="Expected active color (blue or green).")
-@click.option("--tolerance", type=int, metavar="UNITS",
+@click.option("--tolerance", type=click.IntRange(min=0), metavar="UNITS",
               help="Allowed difference in weight units (default canary.tolerance, 2).")
-@click.option("--probe", type=int, default=0, show_default=True, metavar="N",
+@click.option("--probe", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Also send N requests through nginx and check where they went.")
 @click.option("--url", metavar="URL", help="Where to probe (default router.url).")
 @click.option("--service", "-s", "service_names", multiple=True, metavar="NAME", help="Only this service.")

@@ -113,7 +113,7 @@ def _parse(tokens: list[str], pos: int = 0, closing: bool = False) -> tuple[list
         token = tokens[pos]
         if token == "[":
             group, pos = _parse(tokens, pos + 1, closing=True)
-            alternatives[-1].append(group)  # type: ignore[arg-type]
+            alternatives[-1].append(group)
             continue
         if token == "]":
             assert closing, "unbalanced ]"
@@ -127,25 +127,20 @@ def _parse(tokens: list[str], pos: int = 0, closing: bool = False) -> tuple[list
     return alternatives, pos
 
 
-def _expand(seq: list[Item], full: bool) -> list[list[str]]:
+def _expand(seq: list[Item]) -> list[list[str]]:
     """Argument lists for a sequence: the bare one, then each group alternative and each `a|b` word."""
     def base(items: list[Item]) -> list[str]:
-        words: list[str] = []
-        for item in items:
-            if isinstance(item, str):
-                words.append(item.split("|")[0] if "|" in item and not item.startswith("-") else item)
-            elif full:
-                words += base(item[0])
-        return words
+        return [item.split("|")[0] if "|" in item and not item.startswith("-") else item
+                for item in items if isinstance(item, str)]
 
     variants = [base(seq)]
     for index, item in enumerate(seq):
         if isinstance(item, str) and "|" in item and not item.startswith("-"):
-            for alt in item.split("|"):
-                variants.append(base([*seq[:index], alt, *seq[index + 1:]]))
+            for word in item.split("|"):
+                variants.append(base([*seq[:index], word, *seq[index + 1:]]))
         elif isinstance(item, list):
-            for alt in item:
-                for inner in _expand(alt, full=False):
+            for alternative in item:
+                for inner in _expand(alternative):
                     head, tail = base(seq[:index]), base(seq[index + 1:])
                     variants.append([*head, *inner, *tail])
     return variants
@@ -156,7 +151,7 @@ def argument_lists(text: str) -> list[list[str]]:
     alternatives, _ = _parse(_tokens(text))
     assert len(alternatives) == 1
     result: list[list[str]] = []
-    for variant in _expand(alternatives[0], full=False):
+    for variant in _expand(alternatives[0]):
         if variant and variant[0] == "ps":
             variant = variant[1:]
         if variant == [ELIDED]:
@@ -198,7 +193,7 @@ def _fill(args: list[str], params: list[click.Parameter], strict: bool) -> list[
     for index, word in enumerate(args):
         if PLACEHOLDER.fullmatch(word) or word == ELIDED:
             before = options.get(args[index - 1]) if index else None
-            owner = before if before is not None and not before.is_flag else None
+            owner: click.Parameter | None = before if before is not None and not before.is_flag else None
             if owner is None and word != ELIDED:
                 owner = positional[0] if positional else None
             if owner is None and strict:
