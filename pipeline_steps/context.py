@@ -15,7 +15,7 @@ from pipeline_steps.adapters import git
 from pipeline_steps.errors import BadInput
 from pipeline_steps.inputs import check_build_id
 
-_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+_SHA = re.compile(r"[0-9a-f]{7,64}")
 
 
 @dataclass(frozen=True)
@@ -142,5 +142,5 @@ def _without_userinfo(url: str | None) -> str | None:
 
 
 def _check_sha(sha: str, name: str) -> None:
-    if not _SHA.match(sha):
+    if not _SHA.fullmatch(sha):
         raise BadInput(f"{name} is not a commit sha: {sha[:40]!r}")
