@@ -134,7 +134,7 @@ def with_json_option(command: click.Command) -> click.Command:
     """Give `command` (and a group's subcommands) a `--json` that works like `ps --json`.
 
     Users type `ps history --json` as often as `ps --json history`; both mean the same."""
-    if not any(param.name == "json_after" for param in command.params):
+    if not any("--json" in getattr(param, "opts", ()) for param in command.params):
         command.params.append(click.Option(
             ["--json", "json_after"], is_flag=True, expose_value=False, callback=_json_after_the_step,
             help="Same as ps --json: one JSON object on stdout, human lines on stderr."))
@@ -209,9 +209,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.UsageError as exc:
         click.echo(mask(usage_line(exc)), err=True)
         sys.exit(EXIT_USAGE)
-    except click.ClickException as exc:  # e.g. a FileError of a click.File option
+    except click.ClickException as exc:  # e.g. a FileError: a file given on the command line
         click.echo(mask(f"ps: {_one_line(exc.format_message())}"), err=True)
-        sys.exit(exc.exit_code if exc.exit_code in (1, 2, 3) else EXIT_USAGE)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("ps: interrupted", err=True)
         sys.exit(130)

@@ -234,10 +234,12 @@ def test_usage_errors_are_one_ps_line_with_a_hint(ps: Any, project: Any, workdir
         (["lock", "frobnicate"], "ps: No such command 'frobnicate' (try 'ps lock --help')"),
         (["--json", "frobnicate"], "ps: No such command 'frobnicate' (try 'ps --help')"),
         (["history", "stray"], "ps: Got unexpected extra argument (stray) (try 'ps history --help')"),
-        (["--dry-run", "build", "--build-id", "A:B"], "ps: Invalid value for '--build-id': 'A:B' is not a valid "
-         "image tag (letters, digits, '_', '.', '-', not first '.' or '-', at most 128) (try 'ps build --help')"),
-        (["--dry-run", "set-weights", "--canary", "10.5"], "ps: Invalid value for '--canary': '10.5' is not a "
-         "whole percent 0..100 in digits (try 'ps set-weights --help')"),
+        (["--dry-run", "build", "--build-id", "A:B"],
+         "ps: Invalid value for '--build-id': 'A:B' is not a valid image tag (letters, digits, '_', '.', '-', "
+         "not first '.' or '-', at most 128) (try 'ps build --help')"),
+        (["--dry-run", "set-weights", "--canary", "10.5"],
+         "ps: Invalid value for '--canary': '10.5' is not a whole percent 0..100 in digits "
+         "(try 'ps set-weights --help')"),
     ]
     for args, line in cases:
         done = ps(*args)
