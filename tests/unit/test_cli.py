@@ -235,8 +235,8 @@ def test_usage_errors_are_one_ps_line_with_a_hint(ps: Any, project: Any, workdir
         (["--json", "frobnicate"], "ps: No such command 'frobnicate' (try 'ps --help')"),
         (["history", "stray"], "ps: Got unexpected extra argument (stray) (try 'ps history --help')"),
         (["--dry-run", "build", "--build-id", "A:B"],
-         "ps: Invalid value for '--build-id': 'A:B' is not a valid image tag (letters, digits, '_', '.', '-', "
-         "not first '.' or '-', at most 128) (try 'ps build --help')"),
+         "ps: Invalid value for '--build-id': 'A:B' is not a valid image tag "
+         "(letters, digits, '_', '.', '-', not first '.' or '-', at most 128) (try 'ps build --help')"),
         (["--dry-run", "set-weights", "--canary", "10.5"],
          "ps: Invalid value for '--canary': '10.5' is not a whole percent 0..100 in digits "
          "(try 'ps set-weights --help')"),
