@@ -29,6 +29,7 @@ from pipeline_steps.durations import Duration
 from pipeline_steps.inputs import ImageTag, Percent
 
 DEADLINE_S = 10.0
+SCALE = int(os.environ.get("FUZZ_SCALE", "1"))  # FUZZ_SCALE=10 for a longer hunt (3000 and 2500 examples)
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TAG_GRAMMAR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
 DURATION_GRAMMAR = re.compile(r"[ \t]*([0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?)"
@@ -323,8 +324,8 @@ def bad_value_case(draw: st.DrawFn) -> tuple[list[str], click.Option, str, list[
     return path, option, value, args
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.filter_too_much])
+@settings(max_examples=300 * SCALE, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
 @given(case=bad_value_case())
 def test_a_value_its_grammar_refuses_is_exit_2(bed: dict[str, str | None],
                                                case: tuple[list[str], click.Option, str, list[str]]) -> None:
@@ -375,7 +376,8 @@ def mutated_case(draw: st.DrawFn) -> list[str]:
     return [*prefix, *path, *rest]
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=250 * SCALE, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(args=mutated_case())
 def test_mutated_argument_lists_never_crash_or_hang(bed: dict[str, str | None], args: list[str]) -> None:
     ran = run_ps(bed, args)
