@@ -86,7 +86,34 @@ class Percent(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class HttpUrl(click.ParamType):
+    """An http(s) URL with a host, printable ASCII, at most 2048 characters (links in notifications).
+
+    An empty value is "not given" (CI files pass `--log-url "$BUILD_URL"`, empty outside a job)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if isinstance(value, str) and (value == "" or is_http_url(value)):
+            return value
+        self.fail(f"{_show(value)} is not an http:// or https:// URL with a host", param, ctx)
+
+
+def is_http_url(value: str) -> bool:
+    """True for `http(s)://host...` in printable ASCII without spaces."""
+    from urllib.parse import urlsplit
+
+    if not (0 < len(value) <= 2048 and value.isascii() and value.isprintable()) or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is no number, a bad IPv6 literal
+        return False
+
+
 BUILD_ID = ImageTag()
 TAG = ImageTag()
 ROLLBACK_TARGET = ImageTag(extra=("previous",))
 PERCENT = Percent()
+HTTP_URL = HttpUrl()

@@ -23,7 +23,7 @@ from pipeline_steps.config import Config, MattermostNotify, load_config
 from pipeline_steps.context import CIContext
 from pipeline_steps.durations import DURATION, format_duration
 from pipeline_steps.errors import BadInput, CheckFailed
-from pipeline_steps.inputs import PERCENT
+from pipeline_steps.inputs import HTTP_URL, PERCENT
 from pipeline_steps.output import Output
 from pipeline_steps.secrets import mask_url
 
@@ -230,7 +230,7 @@ def _context() -> CIContext | None:
               help="Share of traffic on the new slot.")
 @click.option("--message", metavar="TEXT", help="Free text for the team.")
 @click.option("--rollback-info", metavar="TEXT", help="What was rolled back, and to what.")
-@click.option("--log-url", metavar="URL", help="Where the log of the run is.")
+@click.option("--log-url", type=HTTP_URL, metavar="URL", help="Where the log of the run is.")
 @click.option("--services", metavar="A,B", help="The services deployed (comma separated).")
 @click.option("--duration", type=DURATION, help="How long the deploy took.")
 @click.option("--app", metavar="NAME", help="App name when there is no ps.yaml [app].")

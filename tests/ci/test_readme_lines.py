@@ -166,7 +166,7 @@ def argument_lists(text: str) -> list[list[str]]:
 
 def sample(param: click.Parameter) -> str:
     """A valid value for a placeholder of `param`."""
-    from pipeline_steps.inputs import ImageTag, Percent
+    from pipeline_steps.inputs import HttpUrl, ImageTag, Percent
 
     kind = param.type
     if isinstance(kind, click.Choice):
@@ -175,6 +175,8 @@ def sample(param: click.Parameter) -> str:
         return "0123456789ab"
     if isinstance(kind, Percent):
         return "10"
+    if isinstance(kind, HttpUrl):
+        return "https://ci.example.com/job/1/"
     if isinstance(kind, click.IntRange | click.FloatRange):
         low = kind.min if kind.min is not None else kind.max
         return str(low if low is not None else 1)

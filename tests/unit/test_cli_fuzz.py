@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from pipeline_steps.cli import COMMANDS, cli, main
 from pipeline_steps.durations import Duration
-from pipeline_steps.inputs import ImageTag, Percent
+from pipeline_steps.inputs import HttpUrl, ImageTag, Percent
 
 DEADLINE_S = 10.0
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))  # FUZZ_SCALE=10 for a longer hunt (3000 and 2500 examples)
@@ -166,7 +166,7 @@ def checked(param: click.Parameter) -> bool:
     """True when the option's values have a grammar this test knows independently."""
     kind = param.type
     return param.name in TAG_OPTIONS | PERCENT_OPTIONS | {"to"} or isinstance(
-        kind, click.Choice | ImageTag | Percent | Duration | click.IntRange | click.FloatRange) \
+        kind, click.Choice | ImageTag | Percent | HttpUrl | Duration | click.IntRange | click.FloatRange) \
         or kind in (click.INT, click.FLOAT)
 
 
@@ -177,6 +177,9 @@ def valid(param: click.Parameter, value: str) -> bool:
         return TAG_GRAMMAR.fullmatch(value) is not None or (param.name == "to" and value == "previous")
     if param.name in PERCENT_OPTIONS:
         return value.isascii() and value.isdigit() and len(value) <= 3 and int(value) <= 100
+    if isinstance(kind, HttpUrl):
+        return value == "" or re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?", value,
+                                           re.ASCII) is not None
     if isinstance(kind, Duration):
         if not DURATION_GRAMMAR.fullmatch(value):
             return False
@@ -219,6 +222,8 @@ def sample(param: click.Parameter) -> str:
         return "0123456789ab"
     if isinstance(kind, Percent):
         return "10"
+    if isinstance(kind, HttpUrl):
+        return "http://127.0.0.1:1/log"
     if isinstance(kind, Duration):
         return "10ms"
     if isinstance(kind, click.IntRange | click.FloatRange):

@@ -10,7 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline_steps.errors import BadInput
-from pipeline_steps.inputs import BUILD_ID, PERCENT, ROLLBACK_TARGET, check_build_id, is_tag, parse_percent
+from pipeline_steps.inputs import (
+    BUILD_ID,
+    HTTP_URL,
+    PERCENT,
+    ROLLBACK_TARGET,
+    check_build_id,
+    is_tag,
+    parse_percent,
+)
 
 DOCKER_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # Docker's reference grammar, written its way
 
@@ -74,3 +82,21 @@ def test_percent_is_ascii_digits_up_to_100(text: str) -> None:
         assert not expected
     else:
         assert expected and value == int(text)
+
+
+@pytest.mark.parametrize("good", ["https://jenkins.example.com/job/app/1/", "http://127.0.0.1:8080/x?y=1#z",
+                                  "https://[::1]:8443/"])
+def test_http_urls(good: str) -> None:
+    assert HTTP_URL.convert(good, None, None) == good
+
+
+def test_an_empty_url_is_not_given() -> None:
+    assert HTTP_URL.convert("", None, None) == ""
+
+
+@pytest.mark.parametrize("bad", ["javascript:alert(1)", "ftp://x/", "https://", "http:///path", "example.com",
+                                 "https://a b/", "https://x/\n", "https://ｅｘ.com/", "http://x:port/",
+                                 "http://x:0/", "http://[::1/", "https://x/" + "a" * 3000, " "])
+def test_not_http_urls(bad: str) -> None:
+    with pytest.raises(click.BadParameter, match="is not an http:// or https:// URL"):
+        HTTP_URL.convert(bad, None, None)
