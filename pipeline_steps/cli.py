@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _pass_through(args)
     register_environment(os.environ)
     verbose = "-v" in args or "--verbose" in args
+    _mask_stray_output(verbose)
     try:
         code = cli.main(args=args, prog_name="ps", standalone_mode=False, auto_envvar_prefix="PS")
         sys.exit(code if isinstance(code, int) else 0)
@@ -236,6 +237,28 @@ def usage_line(exc: click.UsageError) -> str:
     if ctx is not None and ctx.command.get_help_option(ctx) is not None:
         line += f" (try '{ctx.command_path} --help')"
     return line
+
+
+def _mask_stray_output(verbose: bool) -> None:
+    """Python warnings and uncaught exceptions of threads print through the same masking too."""
+    import threading
+    import warnings
+
+    def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: object = None, line: str | None = None) -> None:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        click.echo(mask(text), err=True, nl=False)
+
+    def thread_failed(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+            if verbose:
+                _print_traceback(args.exc_value)
+            name = args.thread.name if args.thread else "?"
+            click.echo(mask(f"ps: internal error in thread {name}: {type(args.exc_value).__name__}: "
+                            f"{args.exc_value}"), err=True)
+
+    warnings.showwarning = show_warning
+    threading.excepthook = thread_failed
 
 
 def _print_traceback(exc: BaseException) -> None:

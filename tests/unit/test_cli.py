@@ -263,3 +263,30 @@ def test_json_after_the_step_is_the_global_json(ps: Any, project: Any, workdir: 
         assert record["ok"] is True and record["step"] in ("history", "config-validate", "lock"), args
     help_text = ps("history", "--help").stdout
     assert "--json" in help_text and "Same as ps --json" in help_text
+
+
+def test_thread_failures_and_warnings_are_masked(ps: Any, workdir: Path) -> None:
+    code = ("import os, sys, threading, warnings\n"
+            "from pipeline_steps import cli\n"
+            "import click\n"
+            "@click.command('boom')\n"
+            "def boom():\n"
+            "    secret = os.environ['DEPLOY_TOKEN']\n"
+            "    warnings.warn('token ' + secret)\n"
+            "    def fail():\n"
+            "        raise RuntimeError('in a thread with ' + secret)\n"
+            "    t = threading.Thread(target=fail, name='worker')\n"
+            "    t.start(); t.join()\n"
+            "cli.cli.add_command(boom)\n"
+            "cli.COMMANDS['boom'] = ('pipeline_steps.cli:cli', 'x')\n"
+            "cli.LazyGroup.get_command = lambda self, ctx, name: self.commands.get(name)\n"
+            "cli.main(sys.argv[1:])\n")
+    for verbose in ([], ["-v"]):
+        done = subprocess.run([sys.executable, "-c", code, *verbose, "boom"],
+                              env={**ps.env, "DEPLOY_TOKEN": "dt-0123456789-secret"}, cwd=workdir,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "dt-0123456789-secret" not in done.stdout + done.stderr
+        assert "ps: internal error in thread worker: RuntimeError: in a thread with ****" in done.stderr
+        assert "UserWarning: token ****" in done.stderr
+        assert ("Traceback" in done.stderr) == bool(verbose)
