@@ -290,3 +290,23 @@ def test_thread_failures_and_warnings_are_masked(ps: Any, workdir: Path) -> None
         assert "ps: internal error in thread worker: RuntimeError: in a thread with ****" in done.stderr
         assert "UserWarning: token ****" in done.stderr
         assert ("Traceback" in done.stderr) == bool(verbose)
+
+
+def test_a_missing_argument_is_one_ps_line(ps: Any, workdir: Path) -> None:
+    code = ("import sys\n"
+            "import click\n"
+            "from pipeline_steps import cli\n"
+            "@click.command('retry')\n"
+            "@click.argument('delivery_id', metavar='ID', type=int)\n"
+            "def retry(delivery_id):\n"
+            "    pass\n"
+            "cli.cli.add_command(retry)\n"
+            "cli.COMMANDS['retry'] = ('pipeline_steps.cli:cli', 'x')\n"
+            "cli.LazyGroup.get_command = lambda self, ctx, name: self.commands.get(name)\n"
+            "cli.main(sys.argv[1:])\n")
+    for args, line in ((["retry"], "ps: Missing argument 'ID' (try 'ps retry --help')"),
+                       (["retry", "x"], "ps: Invalid value for 'ID': 'x' is not a valid integer "
+                                        "(try 'ps retry --help')")):
+        done = subprocess.run([sys.executable, "-c", code, *args], env=ps.env, cwd=workdir,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and done.stderr.splitlines() == [line], done.stderr
