@@ -231,7 +231,7 @@ def _one_line(text: str) -> str:
 def usage_line(exc: click.UsageError) -> str:
     """A click usage error as the one `ps:` line: the message, then where to read more.
 
-    `ps: No such option: --frobnicate (try 'ps set-weights --help')`"""
+    `ps: No such option '--frobnicate' (try 'ps set-weights --help')`"""
     line = f"ps: {_one_line(exc.format_message()).rstrip('.')}"
     ctx = exc.ctx
     if ctx is not None and ctx.command.get_help_option(ctx) is not None:
