@@ -13,7 +13,7 @@ import click
 from pipeline_steps import __version__
 from pipeline_steps.errors import EXIT_USAGE, PsError
 from pipeline_steps.output import Output
-from pipeline_steps.secrets import mask
+from pipeline_steps.secrets import mask, register_environment
 
 # name -> (where the command lives, its one-line summary for `ps --help`). Modules are imported only
 # when their command runs, so `ps --help` never loads docker, gitlab, requests or crossplane.
@@ -99,7 +99,7 @@ class LazyGroup(click.Group):
         module_name, _, attr = COMMANDS[cmd_name][0].partition(":")
         command = getattr(importlib.import_module(module_name), attr)
         assert isinstance(command, click.Command)
-        return command
+        return with_json_option(command)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -122,6 +122,27 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, config_path: str, json_mode: bool, dry_run: bool, verbose: bool) -> None:
     """pipeline-steps: small, idempotent deployment steps for Jenkins, GitLab CI and by hand."""
     ctx.obj = Output(json_mode=json_mode, verbose=verbose, dry_run=dry_run, config_path=config_path)
+
+
+def _json_after_the_step(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        out = ctx.find_object(Output)
+        if out is not None:
+            out.json_mode = True
+
+
+def with_json_option(command: click.Command) -> click.Command:
+    """Give `command` (and a group's subcommands) a `--json` that works like `ps --json`.
+
+    Users type `ps history --json` as often as `ps --json history`; both mean the same."""
+    if not any("--json" in getattr(param, "opts", ()) for param in command.params):
+        command.params.append(click.Option(
+            ["--json", "json_after"], is_flag=True, expose_value=False, callback=_json_after_the_step,
+            help="Same as ps --json: one JSON object on stdout, human lines on stderr."))
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            with_json_option(sub)
+    return command
 
 
 def _our_own(path: str) -> bool:
@@ -171,15 +192,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     invoked_as = os.path.basename(sys.argv[0]) if sys.argv else "ps"
     if invoked_as == "ps" and wants_system_ps(args):
         _pass_through(args)
+    register_environment(os.environ)
     verbose = "-v" in args or "--verbose" in args
+    _mask_stray_output(verbose)
     try:
         code = cli.main(args=args, prog_name="ps", standalone_mode=False, auto_envvar_prefix="PS")
         sys.exit(code if isinstance(code, int) else 0)
     except PsError as exc:
         if verbose:
-            import traceback
-
-            traceback.print_exc()
+            _print_traceback(exc)
         _emit_failure(exc)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
@@ -187,20 +208,65 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.Abort:
         click.echo("ps: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(mask(usage_line(exc)), err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:  # e.g. a FileError: a file given on the command line
+        click.echo(mask(f"ps: {_one_line(exc.format_message())}"), err=True)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("ps: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # the promise is one line, never a traceback (unless -v)
         if verbose:
-            import traceback
-
-            traceback.print_exc()
+            _print_traceback(exc)
         click.echo(mask(f"ps: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
                    err=True)
         sys.exit(1)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def usage_line(exc: click.UsageError) -> str:
+    """A click usage error as the one `ps:` line: the message, then where to read more.
+
+    `ps: No such option '--frobnicate' (try 'ps set-weights --help')`"""
+    line = f"ps: {_one_line(exc.format_message()).rstrip('.')}"
+    ctx = exc.ctx
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        line += f" (try '{ctx.command_path} --help')"
+    return line
+
+
+def _mask_stray_output(verbose: bool) -> None:
+    """Python warnings and uncaught exceptions of threads print through the same masking too."""
+    import threading
+    import warnings
+
+    def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: object = None, line: str | None = None) -> None:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        click.echo(mask(text), err=True, nl=False)
+
+    def thread_failed(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+            if verbose:
+                _print_traceback(args.exc_value)
+            name = args.thread.name if args.thread else "?"
+            click.echo(mask(f"ps: internal error in thread {name}: {type(args.exc_value).__name__}: "
+                            f"{args.exc_value}"), err=True)
+
+    warnings.showwarning = show_warning
+    threading.excepthook = thread_failed
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """The traceback of `exc` on stderr, through the same masking as every other line."""
+    import traceback
+
+    click.echo(mask("".join(traceback.format_exception(exc))), err=True, nl=False)
 
 
 def _emit_failure(exc: PsError) -> None:

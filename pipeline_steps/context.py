@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pipeline_steps.adapters import git
 from pipeline_steps.errors import BadInput
+from pipeline_steps.inputs import check_build_id
 
-_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+_SHA = re.compile(r"[0-9a-f]{7,64}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class CIContext:
     job_url: str | None = None
     source_url: str | None = None
     dirty: bool = False
+
+    def __post_init__(self) -> None:
+        check_build_id(self.build_id, f"the BUILD_ID made from the {self.provider} commit")
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -138,5 +142,5 @@ def _without_userinfo(url: str | None) -> str | None:
 
 
 def _check_sha(sha: str, name: str) -> None:
-    if not _SHA.match(sha):
+    if not _SHA.fullmatch(sha):
         raise BadInput(f"{name} is not a commit sha: {sha[:40]!r}")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?", re.ASCII)
+# An option's duration beyond a year is a typo, and too long for the OS's waits (threading.TIMEOUT_MAX).
+OPTION_MAX = 365 * 86400.0
 
 
 def parse_duration(value: object) -> float:
@@ -19,10 +23,12 @@ def parse_duration(value: object) -> float:
         except OverflowError:
             raise ValueError(f"not a duration: {value!r} (too large)") from None
     elif isinstance(value, str):
-        text = value.strip().lower()
+        text = value.strip(" \t").lower()
         unit = next((u for u in ("ms", "s", "m", "h") if text.endswith(u)), "")
         number = text[: len(text) - len(unit)] if unit else text
         try:
+            if not _NUMBER.fullmatch(number):  # ASCII only: no full-width digits, no '_', no 'nan'
+                raise ValueError(number)
             seconds = float(number) * _UNITS.get(unit, 1.0)
         except ValueError:
             raise ValueError(f"not a duration: {value!r} (use 500ms, 2s, 1m or seconds)") from None
@@ -49,12 +55,13 @@ class Duration(click.ParamType):
     name = "duration"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if seconds > OPTION_MAX:
+            self.fail(f"not a duration: {value!r} (at most a year: 365 days)", param, ctx)
+        return seconds
 
 
 DURATION = Duration()

@@ -20,6 +20,7 @@ import click
 from pipeline_steps.command import load, pass_output, report, service_option
 from pipeline_steps.config import Config, Service
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.inputs import BUILD_ID, TAG
 from pipeline_steps.output import Output
 
 if TYPE_CHECKING:
@@ -266,8 +267,8 @@ def build(config: Config, services: Sequence[Service], ident: BuildIdentity, out
 
 @click.command("build")
 @service_option
-@click.option("--build-id", metavar="ID", help="Tag images with ID instead of the commit's BUILD_ID.")
-@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Extra tag, e.g. latest (repeatable).")
+@click.option("--build-id", type=BUILD_ID, metavar="ID", help="Use this BUILD_ID, not the commit's.")
+@click.option("--tag", "tags", multiple=True, type=TAG, metavar="TAG", help="Extra tag (repeatable).")
 @click.option("--build-arg", "build_args", multiple=True, metavar="K=V",
               help="Build argument, e.g. BASE_IMAGE=...; a bare K reads $K (repeatable).")
 @click.option("--force", is_flag=True, help="Rebuild even if the image is already there.")

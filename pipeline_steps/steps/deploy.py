@@ -8,19 +8,20 @@ from pipeline_steps.command import load, pass_output
 from pipeline_steps.deploy.rollout import DEPLOY_TYPES, DeployRequest, Rollout
 from pipeline_steps.durations import DURATION
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.inputs import BUILD_ID, PERCENT, ROLLBACK_TARGET
 from pipeline_steps.output import Output
 
 
 @click.command("deploy")
 @click.option("--type", "deploy_type", required=True, type=click.Choice(DEPLOY_TYPES),
               help="Deployment type.")
-@click.option("--weight", type=click.FloatRange(0, 100), metavar="PCT",
+@click.option("--weight", type=PERCENT, metavar="PCT",
               help="canary-manual: the canary's share; canary-auto: stop at the last step at or below it.")
 @click.option("--service", "-s", "service_names", multiple=True, metavar="NAME",
               help="Only this service (repeatable; default: every service with the type's slot pair).")
 @click.option("--all", "all_services", is_flag=True, help="Every service (the default).")
-@click.option("--build-id", metavar="ID", help="BUILD_ID to deploy (default: from the CI context).")
-@click.option("--to", "to", metavar="BUILD_ID|previous",
+@click.option("--build-id", type=BUILD_ID, metavar="ID", help="BUILD_ID to deploy (default: CI context).")
+@click.option("--to", "to", type=ROLLBACK_TARGET, metavar="BUILD_ID|previous",
               help="rollback: also redeploy stable with this build.")
 @click.option("--keep", type=DURATION, metavar="D",
               help="blue-green: stop the old color after D (default: keep it running as backup).")

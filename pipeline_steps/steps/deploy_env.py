@@ -22,6 +22,7 @@ from pipeline_steps.adapters.docker_host import connect
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_NAMES, Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.inputs import BUILD_ID
 from pipeline_steps.output import Output
 from pipeline_steps.secrets import register_secret
 
@@ -359,7 +360,7 @@ def _run_slot(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: s
 @click.option("--slot", required=True, type=click.Choice(SLOT_NAMES), help="The slot to deploy.")
 @click.option("--service", "-s", "service", metavar="NAME", help="Only this service (default: all).")
 @click.option("--all", "all_services", is_flag=True, help="Every configured service with that slot.")
-@click.option("--build-id", metavar="ID", help="BUILD_ID to run (default: from the CI context).")
+@click.option("--build-id", type=BUILD_ID, metavar="ID", help="BUILD_ID to run (default: the CI context's).")
 @click.option("--force", is_flag=True, help="Replace the slot even while it carries traffic.")
 @pass_output
 def command(out: Output, slot: str, service: str | None, all_services: bool, build_id: str | None,

@@ -23,6 +23,7 @@ from pipeline_steps.config import Config, MattermostNotify, load_config
 from pipeline_steps.context import CIContext
 from pipeline_steps.durations import DURATION, format_duration
 from pipeline_steps.errors import BadInput, CheckFailed
+from pipeline_steps.inputs import HTTP_URL, PERCENT
 from pipeline_steps.output import Output
 from pipeline_steps.secrets import mask_url
 
@@ -225,11 +226,11 @@ def _context() -> CIContext | None:
 @click.command("mattermost-notify")
 @click.option("--status", required=True, type=click.Choice(STATUSES), help="What happened.")
 @click.option("--deploy-type", metavar="TYPE", help="canary, blue-green, rolling, ...")
-@click.option("--weight", type=click.IntRange(0, 100), metavar="PCT",
+@click.option("--weight", type=PERCENT, metavar="PCT",
               help="Share of traffic on the new slot.")
 @click.option("--message", metavar="TEXT", help="Free text for the team.")
 @click.option("--rollback-info", metavar="TEXT", help="What was rolled back, and to what.")
-@click.option("--log-url", metavar="URL", help="Where the log of the run is.")
+@click.option("--log-url", type=HTTP_URL, metavar="URL", help="Where the log of the run is.")
 @click.option("--services", metavar="A,B", help="The services deployed (comma separated).")
 @click.option("--duration", type=DURATION, help="How long the deploy took.")
 @click.option("--app", metavar="NAME", help="App name when there is no ps.yaml [app].")

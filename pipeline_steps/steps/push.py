@@ -27,6 +27,7 @@ from pipeline_steps.command import load, pass_output, report, service_option
 from pipeline_steps.config import Config, Service
 from pipeline_steps.durations import DURATION, format_duration
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.inputs import BUILD_ID, TAG
 from pipeline_steps.output import Output
 from pipeline_steps.steps.build import check_tag, resolve_identity
 
@@ -212,8 +213,8 @@ def push(config: Config, services: Sequence[Service], build_id: str, out: Output
 
 @click.command("push")
 @service_option
-@click.option("--build-id", metavar="ID", help="Push the images of this BUILD_ID (default: the commit's).")
-@click.option("--tag", "tags", multiple=True, metavar="TAG",
+@click.option("--build-id", type=BUILD_ID, metavar="ID", help="Push this BUILD_ID (default: the commit's).")
+@click.option("--tag", "tags", multiple=True, type=TAG, metavar="TAG",
               help="Also tag this build TAG and push it, e.g. latest (repeatable).")
 @click.option("--attempts", type=click.IntRange(1, 20), default=4, show_default=True,
               help="Tries per registry call when it fails transiently.")

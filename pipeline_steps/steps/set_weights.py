@@ -10,6 +10,7 @@ import click
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import Config, Service
 from pipeline_steps.errors import BadInput
+from pipeline_steps.inputs import PERCENT
 from pipeline_steps.output import Output
 from pipeline_steps.steps.traffic import (
     TrafficChange,
@@ -38,8 +39,8 @@ def set_weights(config: Config, canary_pct: float, services: Sequence[str] | Non
 
 
 @click.command("set-weights")
-@click.option("--canary", "canary_pct", required=True, type=float, metavar="PCT",
-              help="The canary's share of the traffic in percent (0..100).")
+@click.option("--canary", "canary_pct", required=True, type=PERCENT, metavar="PCT",
+              help="The canary's share of the traffic: a whole percent 0..100.")
 @click.option("--service", "-s", "service_names", multiple=True, metavar="NAME",
               help="Only this service (repeatable; default: all stable/canary services).")
 @click.option("--all", "all_services", is_flag=True, help="Every stable/canary service.")

@@ -13,6 +13,7 @@ import click
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_PAIRS, Config, Service
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.inputs import PERCENT
 from pipeline_steps.output import Output
 from pipeline_steps.steps.traffic import load_live, missing_include, require_router
 from pipeline_steps.upstreams import Upstream, active_color, locate, slots_in
@@ -386,11 +387,11 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
 
 
 @click.command("verify-weights")
-@click.option("--expect-canary", type=float, metavar="PCT", help="Expected canary share in percent.")
+@click.option("--expect-canary", type=PERCENT, metavar="PCT", help="Expected canary share in percent.")
 @click.option("--expect-active", metavar="COLOR", help="Expected active color (blue or green).")
-@click.option("--tolerance", type=int, metavar="UNITS",
+@click.option("--tolerance", type=click.IntRange(min=0), metavar="UNITS",
               help="Allowed difference in weight units (default canary.tolerance, 2).")
-@click.option("--probe", type=int, default=0, show_default=True, metavar="N",
+@click.option("--probe", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Also send N requests through nginx and check where they went.")
 @click.option("--url", metavar="URL",
               help="Where to probe (default services.<s>.url; router.url when there is one service).")

@@ -224,3 +224,89 @@ def test_every_step_help_loads_no_heavy_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code, *COMMANDS], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_usage_errors_are_one_ps_line_with_a_hint(ps: Any, project: Any, workdir: Path) -> None:
+    project(two_services(workdir))
+    cases = [
+        (["set-weights", "--frobnicate"], "ps: No such option '--frobnicate' (try 'ps set-weights --help')"),
+        (["set-weights"], "ps: Missing option '--canary' (try 'ps set-weights --help')"),
+        (["lock", "frobnicate"], "ps: No such command 'frobnicate' (try 'ps lock --help')"),
+        (["--json", "frobnicate"], "ps: No such command 'frobnicate' (try 'ps --help')"),
+        (["history", "stray"], "ps: Got unexpected extra argument (stray) (try 'ps history --help')"),
+        (["--dry-run", "build", "--build-id", "A:B"],
+         "ps: Invalid value for '--build-id': 'A:B' is not a valid image tag "
+         "(letters, digits, '_', '.', '-', not first '.' or '-', at most 128) (try 'ps build --help')"),
+        (["--dry-run", "set-weights", "--canary", "10.5"],
+         "ps: Invalid value for '--canary': '10.5' is not a whole percent 0..100 in digits "
+         "(try 'ps set-weights --help')"),
+    ]
+    for args, line in cases:
+        done = ps(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.splitlines() == [line] and done.stdout == ""
+
+
+def test_bad_choice_lists_the_choices_on_the_one_line(ps: Any) -> None:
+    done = ps("mattermost-notify", "--status", "nope")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "'nope' is not one of 'started', 'success', 'failure', 'rolled-back'" in done.stderr
+
+
+def test_json_after_the_step_is_the_global_json(ps: Any, project: Any, workdir: Path) -> None:
+    project(two_services(workdir))
+    for args in (["history", "--limit", "3", "--json"], ["--json", "history", "--limit", "3"],
+                 ["config", "validate", "--json"], ["lock", "status", "--json"]):
+        done = ps(*args)
+        assert done.returncode == 0, (args, done.stderr)
+        record = json.loads(done.stdout)
+        assert record["ok"] is True and record["step"] in ("history", "config-validate", "lock"), args
+    help_text = ps("history", "--help").stdout
+    assert "--json" in help_text and "Same as ps --json" in help_text
+
+
+def test_thread_failures_and_warnings_are_masked(ps: Any, workdir: Path) -> None:
+    code = ("import os, sys, threading, warnings\n"
+            "from pipeline_steps import cli\n"
+            "import click\n"
+            "@click.command('boom')\n"
+            "def boom():\n"
+            "    secret = os.environ['DEPLOY_TOKEN']\n"
+            "    warnings.warn('token ' + secret)\n"
+            "    def fail():\n"
+            "        raise RuntimeError('in a thread with ' + secret)\n"
+            "    t = threading.Thread(target=fail, name='worker')\n"
+            "    t.start(); t.join()\n"
+            "cli.cli.add_command(boom)\n"
+            "cli.COMMANDS['boom'] = ('pipeline_steps.cli:cli', 'x')\n"
+            "cli.LazyGroup.get_command = lambda self, ctx, name: self.commands.get(name)\n"
+            "cli.main(sys.argv[1:])\n")
+    for verbose in ([], ["-v"]):
+        done = subprocess.run([sys.executable, "-c", code, *verbose, "boom"],
+                              env={**ps.env, "DEPLOY_TOKEN": "dt-0123456789-secret"}, cwd=workdir,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "dt-0123456789-secret" not in done.stdout + done.stderr
+        assert "ps: internal error in thread worker: RuntimeError: in a thread with ****" in done.stderr
+        assert "UserWarning: token ****" in done.stderr
+        assert ("Traceback" in done.stderr) == bool(verbose)
+
+
+def test_a_missing_argument_is_one_ps_line(ps: Any, workdir: Path) -> None:
+    code = ("import sys\n"
+            "import click\n"
+            "from pipeline_steps import cli\n"
+            "@click.command('retry')\n"
+            "@click.argument('delivery_id', metavar='ID', type=int)\n"
+            "def retry(delivery_id):\n"
+            "    pass\n"
+            "cli.cli.add_command(retry)\n"
+            "cli.COMMANDS['retry'] = ('pipeline_steps.cli:cli', 'x')\n"
+            "cli.LazyGroup.get_command = lambda self, ctx, name: self.commands.get(name)\n"
+            "cli.main(sys.argv[1:])\n")
+    for args, line in ((["retry"], "ps: Missing argument 'ID' (try 'ps retry --help')"),
+                       (["retry", "x"], "ps: Invalid value for 'ID': 'x' is not a valid integer "
+                                        "(try 'ps retry --help')")):
+        done = subprocess.run([sys.executable, "-c", code, *args], env=ps.env, cwd=workdir,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and done.stderr.splitlines() == [line], done.stderr

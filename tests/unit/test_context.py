@@ -131,3 +131,20 @@ def test_build_id_is_twelve_hex_plus_dirty(sha: str, dirty: bool) -> None:
     build_id = build_id_of(sha, dirty)
     assert build_id.startswith(sha[:12]) and len(build_id) == 12 + (6 if dirty else 0)
     assert build_id.endswith("-dirty") == dirty
+
+
+def test_a_build_id_that_is_no_image_tag_is_refused() -> None:
+    from pipeline_steps.context import CIContext
+
+    with pytest.raises(BadInput, match="is not a valid image tag"):
+        CIContext(provider="gitlab", sha=SHA, build_id="A:B")
+    with pytest.raises(BadInput, match="is not a valid image tag"):
+        CIContext(provider="local", sha=SHA, build_id="-" + SHA[:11])
+
+
+@pytest.mark.parametrize("name", ["CI_COMMIT_SHA", "GIT_COMMIT"])
+@pytest.mark.parametrize("bad", ["../../etc", "A:B", "-rf", "0123456789ab\n", "x" * 200])
+def test_ci_variables_that_would_make_a_bad_build_id_are_refused(tmp_path: Path, name: str, bad: str) -> None:
+    env = {name: bad, "BUILD_NUMBER": "1"}
+    with pytest.raises(BadInput, match=f"{name} is not a commit sha"):
+        detect(env, tmp_path)

@@ -72,3 +72,18 @@ def test_format_duration_examples() -> None:
     assert format_duration(2.0) == "2s"
     assert format_duration(90) == "1m30s"
     assert format_duration(120) == "2m"
+
+
+@pytest.mark.parametrize("bad", ["１０s", "٣s", "1_0s", "nans", "infinity", "0x10", "+5s", "2 s", "2s\n",
+                                 "1e400s"])
+def test_only_ascii_numbers(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(bad)
+
+
+def test_an_option_duration_is_at_most_a_year() -> None:
+    assert DURATION.convert("8760h", None, None) == 365 * 86400
+    for bad in ("8761h", "1e10", "99999999999999999999s"):
+        with pytest.raises(click.BadParameter, match="at most a year"):
+            DURATION.convert(bad, None, None)
+    assert parse_duration("1e10") == 1e10  # ps.yaml's own bounds are the config's business
