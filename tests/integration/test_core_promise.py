@@ -369,7 +369,7 @@ def test_core_promise_three_services_behind_a_hand_written_nginx(site: Site,
                          _build: str = build) -> None:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:  # step 2 is live in nginx: the probe is starting
-                if site.running_build(BAD, "canary") == _build and site.canary_percent(BAD) >= 49.5:
+                if site.canary_percent(BAD) >= 49.5 and site.running_build(BAD, "canary") == _build:
                     c = site.container(BAD, "canary")
                     assert c is not None
                     _broken["start"] = time.monotonic()
