@@ -52,7 +52,8 @@ CHECK_INTERVAL = 0.2
 # the old one finishes requests in flight, and the load's own resolution (~1/45 s between canary answers
 # at 50 %). A probe that blinds the hold costs seconds (issue 9, case 5), well beyond this margin.
 MARGIN = 1.0
-PROBE = 150  # canary.probe where the probe is on: long enough that a hold it blinds misses the bound
+PROBE = 150  # canary.probe in phase 4
+PROBE_HOLD = 300  # canary.probe in phase 6: a hold the probe blinds misses the bound by seconds
 BAD = "backend"  # the service whose canary turns unhealthy in phase 6
 
 
@@ -233,9 +234,11 @@ def builds(docker_client: Any, base_image: str, tmp_path: Path) -> Iterator[Call
 
 
 @pytest.fixture
-def site(engine: Any, docker_client: Any, docker_ps: Any, workdir: Path) -> Iterator[Site]:
+def site(engine: Any, docker_client: Any, docker_ps: Any, workdir: Path,
+         builds: Callable[..., None]) -> Iterator[Site]:
     """The hand-written nginx.conf with ps's first include, ps.yaml (stable/canary) and ps-bg.yaml
-    (the same services and upstreams on blue/green slots)."""
+    (the same services and upstreams on blue/green slots). Asks for `builds` so that its containers are
+    removed before the images are untagged."""
     from pipeline_steps.config import parse_config
     from pipeline_steps.upstreams import initial_file
 
@@ -357,18 +360,20 @@ def test_core_promise_three_services_behind_a_hand_written_nginx(site: Site,
     _soft(check, p)
     check(done.returncode == 0 and stable_runs(b[4]) and all_on_stable(), f"5: exit {done.returncode}")
 
-    # 6. a bad canary, without and with logs_fallback: unhealthy at step 2 (50 %), during the probe
+    # 6. a bad canary, without and with logs_fallback: unhealthy once its 50 % is live, during the probe
     reload = statistics.median(_raw_reload(site.nginx) for _ in range(3))
     bound = CHECK_INTERVAL + reload + MARGIN
+    # 6b's logs_fallback matches the app's request log ("GET /api/r7 200"): the logs say it serves while
+    # its health endpoint answers 503; an answer that says unhealthy must stay unhealthy
     for label, build, logs in (("6a bad canary", b[5], None), ("6b bad canary, logs_fallback", b[6],
-                                                               "sample-app listening")):
-        site.write(probe=PROBE, steps=[10, {"weight": 50, "pause": "3s"}], logs_fallback=logs)
+                                                               r"GET /\S* 200")):
+        site.write(probe=PROBE_HOLD, steps=[{"weight": 50, "pause": "3s"}], logs_fallback=logs)
         broken: dict[str, float] = {}
 
         def break_canary(load: KeepAliveLoad, _broken: dict[str, float] = broken,
                          _build: str = build) -> None:
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:  # step 2 is live in nginx: the probe is starting
+            while time.monotonic() < deadline:  # 50 % is live in nginx: the probe is starting
                 if site.canary_percent(BAD) >= 49.5 and site.running_build(BAD, "canary") == _build:
                     c = site.container(BAD, "canary")
                     assert c is not None
@@ -382,7 +387,7 @@ def test_core_promise_three_services_behind_a_hand_written_nginx(site: Site,
                              during=break_canary, tail=60)
         _soft(check, p)
         out = _result(done)
-        check("at" in broken, f"{label}: step 2 (50 %) never went live, the canary was not broken")
+        check("at" in broken, f"{label}: 50 % never went live, the canary was not broken")
         back = _back_on(p.load, broken["at"]) if "at" in broken else None
         delay = None if back is None else back - broken["at"]
         p.notes.update(unhealthy_to_stable=None if delay is None else f"{delay:.3f}s",
