@@ -1,8 +1,9 @@
 """`ps deploy-env`: run a service's image in one slot (stable/canary/blue/green) on every host.
 
-Idempotent (same image and env already running: no change), safe (a slot that carries traffic is
-replaced only with --force), and careful with secrets (env values go to a 0600 file and the container,
-only names are printed).
+Idempotent (every run setting ps sets already in place: no change, see `changed_settings`), safe (a
+container ps did not make, or a slot that carries traffic, is replaced only with --force; a held port is
+named before anything stops; a failed start puts the previous container back), and careful with secrets
+(env values go to a 0600 file and the container, only names are printed).
 """
 
 from __future__ import annotations
