@@ -347,6 +347,10 @@ def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, 
 
     name = slot_names.container_name(config.app, service.name, slot)
     existing = _existing(client, name)
+    if existing is None:  # an interrupted run may have left the previous container aside: it is that
+        left = _existing(client, slot_names.aside_name(name))
+        if left is not None and slot_names.made_by_ps(left.labels, config.app):
+            existing = left
     digest = image_digest(image, config.image_repo(service))
     settings = wanted_settings(config, service, host, slot, build_id, image, digest, env)
     change = SlotChange(host=host.name, service=service.name, slot=slot, container=name, action="created",
@@ -366,7 +370,10 @@ def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, 
             change.reason = f"container not made by pipeline-steps (image {image_name}) replaced (--force)"
             return _Plan(host, client, service, image, digest, existing, env, settings, change)
         differences = changed_settings(settings, existing.attrs)
-        if running and not differences:
+        if existing.name != name:
+            change.action = "replaced"
+            change.reason = f"previous container {existing.name} left by an interrupted run replaced"
+        elif running and not differences:
             change.action, change.reason = "unchanged", "same image and settings already running"
         elif not running:
             change.action, change.reason = "replaced", f"leftover {existing.status} container removed"
@@ -400,8 +407,10 @@ def _preflight_port(config: Config, p: _Plan, say: Any) -> None:
     port, address, name = p.change.port, p.host.address, p.change.container
     where = f"host {p.host.name}: port {address}:{port} of slot {p.change.slot} is held by"
     wildcard = ("0.0.0.0", "::")
+    own = {name, getattr(p.existing, "name", name)}
     for holder, image, ip, host_port in published_ports(p.client):
-        if host_port == port and holder != name and (ip == address or ip in wildcard or address in wildcard):
+        if host_port == port and holder not in own and (ip == address or ip in wildcard
+                                                         or address in wildcard):
             raise CheckFailed(f"{where} container {holder} (image {image}); stop it or choose another port "
                               "for the slot")
     if _holds(p.existing, address, port):
@@ -445,9 +454,16 @@ def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, depl
             raise Unreachable(f"host {done[-1].host.name}: Docker engine went away while swapping "
                               f"{done[-1].change.container}: {exc}; {back}") from None
         raise
+    import docker.errors
+
     for p in plans:
         if p.aside and p.existing is not None:
-            p.existing.remove(force=True)
+            try:
+                p.existing.remove(force=True)
+            except docker.errors.APIError as exc:
+                if say:
+                    say(f"host {p.host.name}: warning: could not remove the previous container "
+                        f"{slot_names.aside_name(p.change.container)}: {exc.explanation or exc}")
         if say:
             say(f"host {p.host.name}: {p.change.container} {p.change.action}, {p.change.reason} "
                 f"({p.change.image}) on {p.change.address}:{p.change.port}")
@@ -465,13 +481,14 @@ def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: st
     name = p.change.container
     try:
         if p.existing is not None:
-            aside = slot_names.aside_name(name)
-            try:
-                p.client.api.remove_container(aside, force=True)  # left by an interrupted run
-            except docker.errors.NotFound:
-                pass
             p.was_running = p.existing.status in ("running", "restarting")
-            p.existing.rename(aside)
+            aside = slot_names.aside_name(name)
+            if p.existing.name != aside:  # else it is already aside (an interrupted run)
+                try:
+                    p.client.api.remove_container(aside, force=True)  # an older one left behind
+                except docker.errors.NotFound:
+                    pass
+                p.existing.rename(aside)
             p.aside = True
             if p.was_running:
                 p.existing.stop(timeout=STOP_TIMEOUT)

@@ -314,3 +314,19 @@ def test_port_held_by_a_container_of_the_engine_leaves_the_running_slot(
         assert now.attrs["State"]["StartedAt"] == running.attrs["State"]["StartedAt"]  # never stopped
     finally:
         holder.remove(force=True)
+
+
+def test_previous_container_left_aside_by_an_interrupted_run_is_replaced(
+        slot_app: dict[str, Any], docker_ps: Any, docker_client: Any) -> None:
+    env = {"DB_PASSWORD": SECRET}
+    assert docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env).returncode == 0
+    name = f"{slot_app['app']}-backend-canary"
+    left = docker_client.containers.get(name)
+    left.rename(f"{name}-ps-previous")  # as if ps was killed right after renaming it aside
+    done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{name}-ps-previous left by an interrupted run" in done.stdout
+    names = {c.name for c in docker_client.containers.list(
+        all=True, filters={"label": f"pipeline-steps.app={slot_app['app']}"})}
+    assert names == {name} and docker_client.containers.get(name).id != left.id
+    assert wait_answer(_canary_url(slot_app), X_Slot="canary") is not None
