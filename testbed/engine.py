@@ -95,3 +95,44 @@ def ensure_engine() -> Engine:
             return Engine(base_url=url)
     root = Path(tempfile.mkdtemp(prefix="ps-bed-dockerd-"))
     return start_dockerd(root)
+
+
+# ---------------------------------------------------------------- helpers for tests on any engine
+
+
+def run_port_holder(client: Any, image: str, address: str, port: int, name: str) -> Any:
+    """A running container of `image` on that engine publishing `address:port` (its own port 80).
+
+    Labelled `pipeline-steps.test=1` only (no app label): ps must treat it as somebody else's.
+    """
+    return client.containers.run(image, detach=True, name=name, ports={"80/tcp": (address, port)},
+                                 labels={"pipeline-steps.test": "1"})
+
+
+def broken_entrypoint_image(client: Any, base: str, tag: str) -> str:
+    """Tag `tag`: `base` whose entrypoint does not exist, so every start of it fails in the engine."""
+    import io
+
+    dockerfile = f'FROM {base}\nENTRYPOINT ["/no/such/entrypoint"]\n'.encode()
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+    return str(image.id)
+
+
+def wait_answer(url: str, timeout: float = 20.0, **headers: str) -> Any:
+    """The first 2xx answer of `url` whose headers include `headers` (X_Slot= -> X-Slot), or None.
+
+    Polls until the deadline: a container that was just (re)started may not listen yet.
+    """
+    import requests
+
+    want = {k.replace("_", "-"): v for k, v in headers.items()}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            answer = requests.get(url, timeout=2)
+            if answer.ok and all(answer.headers.get(k) == v for k, v in want.items()):
+                return answer
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    return None

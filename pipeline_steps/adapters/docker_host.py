@@ -113,3 +113,68 @@ def _short(exc: Any) -> str:
     if "Connection refused" in text or "No such file or directory" in text or "FileNotFoundError" in text:
         return "connection refused or socket missing (is dockerd running?)"
     return text[:200]
+
+
+# ---------------------------------------------------------------- port checks through the engine
+
+BIND_HELD = ("address already in use", "port is already allocated")
+
+
+class BindTestError(Exception):
+    """The bind test itself could not run on that engine (not an answer about the port)."""
+
+
+def published_ports(client: docker.DockerClient) -> list[tuple[str, str, str, int]]:
+    """(container name, image, host ip, host port) of every running container's published TCP port.
+
+    One list call (no per-container inspect), so it is cheap over tcp:// and ssh:// too.
+    """
+    found: list[tuple[str, str, str, int]] = []
+    for row in client.api.containers():
+        name = str((row.get("Names") or ["?"])[0]).lstrip("/")
+        for p in row.get("Ports") or []:
+            if p.get("PublicPort") and p.get("Type", "tcp") == "tcp":
+                found.append((name, str(row.get("Image") or "?"), str(p.get("IP") or "0.0.0.0"),
+                              int(p["PublicPort"])))
+    return found
+
+
+def try_bind(client: docker.DockerClient, image: str, address: str, port: int, name: str,
+             labels: dict[str, str] | None = None) -> str | None:
+    """Can the engine publish address:port on its host right now? None: yes; else the engine's reason.
+
+    A throw-away container of `image` (already on the host: nothing is pulled) gets that one port binding
+    and runs the engine's own init (`init=True` bind-mounts docker-init) printing its version instead of
+    the image's entrypoint, so the app never runs. Starting it makes the engine bind the port on its host
+    exactly as it will for the slot (userland proxy, or its reservation when the proxy is off), whatever
+    the endpoint kind: ps itself cannot bind on a remote host. The container is removed at once.
+    Raises BindTestError when the test could not run (then it says nothing about the port).
+    """
+    import docker.errors
+
+    def remove() -> None:
+        try:
+            client.api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
+
+    try:
+        remove()  # a stale one from an interrupted run
+        container = client.containers.create(
+            image, name=name, entrypoint=["/sbin/docker-init", "--version"], command=[], init=True,
+            ports={"65535/tcp": (address, port)}, labels=labels or {}, log_config={"Type": "none"})
+    except docker.errors.APIError as exc:
+        raise BindTestError(str(exc.explanation or exc)) from None
+    try:
+        container.start()
+        return None
+    except docker.errors.APIError as exc:
+        reason = str(exc.explanation or exc)
+        if any(marker in reason for marker in BIND_HELD):
+            return reason.rpartition(": ")[2] if "bind:" not in reason else reason[reason.find("listen"):]
+        raise BindTestError(reason) from None
+    finally:
+        try:
+            remove()
+        except docker.errors.APIError:
+            pass

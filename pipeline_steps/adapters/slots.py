@@ -25,6 +25,21 @@ def container_name(app: str, service: str, slot: str) -> str:
     return f"{app}-{service}-{slot}"
 
 
+def aside_name(container: str) -> str:
+    """Where the previous slot container waits while its replacement starts (renamed back on failure)."""
+    return f"{container}-ps-previous"
+
+
+def port_check_name(container: str) -> str:
+    """The throw-away container of a slot's bind test."""
+    return f"{container}-ps-portcheck"
+
+
+def made_by_ps(labels: Mapping[str, str] | None, app: str) -> bool:
+    """True when a container's labels say pipeline-steps made it for this app."""
+    return (labels or {}).get(LABEL_APP) == app
+
+
 def env_hash(env: Mapping[str, str]) -> str:
     """A stable hash of an environment (names and values), for idempotency labels."""
     digest = hashlib.sha256()

@@ -1,8 +1,9 @@
 """`ps deploy-env`: run a service's image in one slot (stable/canary/blue/green) on every host.
 
-Idempotent (same image and env already running: no change), safe (a slot that carries traffic is
-replaced only with --force), and careful with secrets (env values go to a 0600 file and the container,
-only names are printed).
+Idempotent (every run setting ps sets already in place: no change, see `changed_settings`), safe (a
+container ps did not make, or a slot that carries traffic, is replaced only with --force; a held port is
+named before anything stops; a failed start puts the previous container back), and careful with secrets
+(env values go to a 0600 file and the container, only names are printed).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -21,7 +23,7 @@ from pipeline_steps.adapters import slots as slot_names
 from pipeline_steps.adapters.docker_host import connect
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_NAMES, Config, Host, Service
-from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
 from pipeline_steps.inputs import BUILD_ID
 from pipeline_steps.output import Output
 from pipeline_steps.secrets import register_secret
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 
 LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = "3"
+RESTART_POLICY = "unless-stopped"
+STOP_TIMEOUT = 0  # the previous container is killed, as when it was removed: it takes no traffic (or --force)
 WOULD = {"created": "would-create", "replaced": "would-replace"}
 SECRET_HINTS = ("PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE")
 
@@ -154,18 +158,85 @@ def image_digest(image: Any, repo: str) -> str:
     return str(image.id)
 
 
+# ---------------------------------------------------------------- run settings
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every run setting ps gives a slot container; `changed_settings` compares them for idempotency.
+
+    To add a setting (networks, volumes, limits...): a field here, its argument in `create_kwargs`,
+    and its comparison in `changed_settings`.
+    """
+
+    image_id: str
+    ports: dict[str, tuple[str, int]]  # "80/tcp" -> (host address, host port)
+    env: dict[str, str]
+    labels: dict[str, str]  # the labels ps compares (deployed-at/-by are added at run time)
+    restart_policy: str
+    log_config: dict[str, Any]  # {"Type": ..., "Config": {...}} as the engine reports it
+
+    def create_kwargs(self) -> dict[str, Any]:
+        return {"environment": self.env, "ports": dict(self.ports),
+                "restart_policy": {"Name": self.restart_policy}, "log_config": self.log_config}
+
+
+def wanted_settings(config: Config, service: Service, host: Host, slot: str, build_id: str, image: Any,
+                    digest: str, env: dict[str, str]) -> RunSettings:
+    """The run settings of `slot` as ps.yaml wants them now."""
+    return RunSettings(
+        image_id=str(image.id),
+        ports={f"{service.port}/tcp": (host.address, service.slots[slot])},
+        env=env,
+        labels={slot_names.LABEL_APP: config.app, slot_names.LABEL_SERVICE: service.name,
+                slot_names.LABEL_SLOT: slot, slot_names.LABEL_BUILD_ID: build_id,
+                slot_names.LABEL_DIGEST: digest, slot_names.LABEL_ENV_HASH: slot_names.env_hash(env)},
+        restart_policy=RESTART_POLICY,
+        log_config={"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}})
+
+
+def _bindings(host_config: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    found: dict[str, list[tuple[str, int]]] = {}
+    for key, rows in (host_config.get("PortBindings") or {}).items():
+        found[key] = sorted((str(r.get("HostIp") or "0.0.0.0"), int(r.get("HostPort") or 0))
+                            for r in rows or [])
+    return found
+
+
+def changed_settings(wanted: RunSettings, attrs: dict[str, Any]) -> list[str]:
+    """What differs between a container (its inspect attrs) and `wanted`, as reasons; [] when the same."""
+    conf = attrs.get("Config") or {}
+    host = attrs.get("HostConfig") or {}
+    labels = conf.get("Labels") or {}
+    reasons: list[str] = []
+    image_keys = (slot_names.LABEL_BUILD_ID, slot_names.LABEL_DIGEST)
+    if attrs.get("Image") != wanted.image_id or any(labels.get(k) != wanted.labels[k] for k in image_keys):
+        reasons.append("new image")
+    current_env: dict[str, str] = {}
+    for item in conf.get("Env") or []:
+        key, _, value = str(item).partition("=")
+        current_env[key] = value
+    if (labels.get(slot_names.LABEL_ENV_HASH) != wanted.labels[slot_names.LABEL_ENV_HASH]
+            or any(current_env.get(k) != v for k, v in wanted.env.items())):
+        reasons.append("new environment")
+    now, want = _bindings(host), {k: [v] for k, v in wanted.ports.items()}
+    if now != want:
+        def show(b: dict[str, list[tuple[str, int]]]) -> str:
+            return ", ".join(f"{ip}:{port}" for rows in b.values() for ip, port in rows) or "none"
+        reasons.append(f"new port ({show(now)} -> {show(want)})")
+    other = [k for k in wanted.labels if k not in (*image_keys, slot_names.LABEL_ENV_HASH)]
+    if any(labels.get(k) != wanted.labels[k] for k in other):
+        reasons.append("new labels")
+    policy = str((host.get("RestartPolicy") or {}).get("Name") or "no")
+    if policy != wanted.restart_policy:
+        reasons.append(f"new restart policy ({policy} -> {wanted.restart_policy})")
+    log = host.get("LogConfig") or {}
+    if {"Type": log.get("Type"), "Config": log.get("Config") or {}} != wanted.log_config:
+        reasons.append("new log config")
+    return reasons
+
+
 # ---------------------------------------------------------------- preflight
-
-
-def _port_users(client: docker.DockerClient, address: str, port: int) -> list[str]:
-    """Names of running containers publishing host port `port` on `address` (or a wildcard)."""
-    users: list[str] = []
-    for container in client.containers.list(ignore_removed=True):  # others come and go meanwhile
-        for bindings in (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
-            for b in bindings or []:
-                if b.get("HostPort") == str(port) and b.get("HostIp") in (address, "0.0.0.0", "", "::"):
-                    users.append(container.name)
-    return users
 
 
 def _existing(client: docker.DockerClient, name: str) -> Container | None:
@@ -209,13 +280,22 @@ class _Plan:
     digest: str
     existing: Any
     env: dict[str, str]
+    settings: RunSettings
     change: SlotChange
+    was_running: bool = False  # the previous container ran (started again if the new one fails)
+    aside: bool = False  # the previous container is renamed aside
+    started: Any = None  # the new container
 
 
 def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | None, build_id: str | None,
                 *, force: bool = False, dry_run: bool = False, ctx: CIContext | None = None,
                 say: Any = None) -> DeployEnvResult:
-    """Run each service's image `build_id` in `slot` on every host; see the module doc."""
+    """Run each service's image `build_id` in `slot` on every host; see the module doc.
+
+    Every check (image, foreign container, traffic, ports) runs on every host before anything stops.
+    Then each slot is swapped (previous container renamed aside and stopped, new one started); if any
+    start fails, every slot of this run gets its previous container back, and the error is raised.
+    """
     chosen = _select(config, slot, services)
     if ctx is None:
         from pipeline_steps.context import detect
@@ -242,26 +322,17 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
                 per_host = ", ".join(f"{h}: {img.id[:19]}" for h, img in images.items())
                 raise CheckFailed(f"image {ref} differs between hosts ({per_host}); push once and pull "
                                   "the same digest everywhere")
-            env = envs[service.name]
-            wanted_hash = slot_names.env_hash(env)
             for host in config.hosts:
                 plans.append(_plan(config, host, clients[host.name], service, slot, ref, build_id,
-                                   images[host.name], env, wanted_hash, upstreams, force))
-        for p in plans:
-            if p.change.action != "unchanged":
-                _preflight_port(p)
-        if not dry_run:
-            for p in plans:
-                if p.change.action == "unchanged":
-                    continue
-                _run_slot(config, p, slot, build_id, deployed_by)
-                if say:
-                    say(f"host {p.host.name}: {p.change.container} {p.change.action}, {p.change.reason} "
-                        f"({p.change.image}) on {p.change.address}:{p.change.port}")
+                                   images[host.name], envs[service.name], upstreams, force))
+        todo = [p for p in plans if p.change.action != "unchanged"]
+        for p in todo:
+            _preflight_port(config, p, say)
+        if dry_run:
+            for p in todo:
+                p.change.action = WOULD[p.change.action]
         else:
-            for p in plans:
-                if p.change.action != "unchanged":
-                    p.change.action = WOULD[p.change.action]
+            _swap_all(config, todo, slot, build_id, deployed_by, say)
     finally:
         for c in clients.values():
             c.close()
@@ -272,85 +343,192 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
 
 
 def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, ref: str, build_id: str,
-          image: Any, env: dict[str, str], wanted_hash: str, upstreams: UpstreamFile | None,
-          force: bool) -> _Plan:
+          image: Any, env: dict[str, str], upstreams: UpstreamFile | None, force: bool) -> _Plan:
     from pipeline_steps.upstreams import carries_traffic
 
     name = slot_names.container_name(config.app, service.name, slot)
     existing = _existing(client, name)
+    if existing is None:  # an interrupted run may have left the previous container aside: it is that
+        left = _existing(client, slot_names.aside_name(name))
+        if left is not None and slot_names.made_by_ps(left.labels, config.app):
+            existing = left
     digest = image_digest(image, config.image_repo(service))
+    settings = wanted_settings(config, service, host, slot, build_id, image, digest, env)
     change = SlotChange(host=host.name, service=service.name, slot=slot, container=name, action="created",
                         reason="no container yet", address=host.address, port=service.slots[slot],
                         image=ref, digest=digest,
                         env_file=str(env_file_path(config, service, slot)), env_names=sorted(env))
     if existing is not None:
-        labels = existing.labels or {}
         running = existing.status in ("running", "restarting")
-        same_image = (existing.image is not None and existing.image.id == image.id
-                      and labels.get(slot_names.LABEL_BUILD_ID) == build_id)
-        same = same_image and labels.get(slot_names.LABEL_ENV_HASH) == wanted_hash
-        if running and same:
-            change.action, change.reason = "unchanged", "same image and env already running"
+        if not slot_names.made_by_ps(existing.labels, config.app):
+            image_name = (existing.attrs.get("Config") or {}).get("Image") or "?"
+            if not force:
+                raise CheckFailed(f"host {host.name}: container {name} (image {image_name}, "
+                                  f"{existing.status}) has the slot's name but pipeline-steps did not "
+                                  "make it (no pipeline-steps labels); rename or remove it, or use --force "
+                                  "to replace it")
+            change.action = "replaced"
+            change.reason = f"container not made by pipeline-steps (image {image_name}) replaced (--force)"
+            return _Plan(host, client, service, image, digest, existing, env, settings, change)
+        differences = changed_settings(settings, existing.attrs)
+        if existing.name != name:
+            change.action = "replaced"
+            change.reason = f"previous container {existing.name} left by an interrupted run replaced"
+        elif running and not differences:
+            change.action, change.reason = "unchanged", "same image and settings already running"
         elif not running:
             change.action, change.reason = "replaced", f"leftover {existing.status} container removed"
         else:
-            change.action = "replaced"
-            change.reason = "new image" if not same_image else "new environment"
+            change.action, change.reason = "replaced", ", ".join(differences)
             upstream = upstreams.get(service.upstream) if upstreams else None
             if carries_traffic(upstream, service, host, slot, config.canary.min_weight) and not force:
                 raise CheckFailed(f"host {host.name}: {name} carries traffic in nginx upstream "
                                   f"{service.upstream}; move traffic away first (ps set-weights / ps "
                                   "switch) or use --force")
-    return _Plan(host=host, client=client, service=service, image=image, digest=digest, existing=existing,
-                 env=env, change=change)
+    return _Plan(host, client, service, image, digest, existing, env, settings, change)
 
 
-def _preflight_port(p: _Plan) -> None:
-    port, address = p.change.port, p.host.address
-    own_running = p.existing is not None and p.existing.status in ("running", "restarting")
-    users = [n for n in _port_users(p.client, address, port) if n != p.change.container]
-    if users:
-        raise CheckFailed(f"host {p.host.name}: port {address}:{port} of slot {p.change.slot} is held by "
-                          f"container {users[0]}")
-    if slot_names.is_local(p.host) and not own_running:
-        holder = slot_names.port_holder(address, port)
-        if holder:
-            raise CheckFailed(f"host {p.host.name}: port {address}:{port} of slot {p.change.slot} is held "
-                              f"by {holder}")
+def _holds(container: Any, address: str, port: int) -> bool:
+    """True when a running container publishes `port` on `address` (or a wildcard address)."""
+    if container is None or container.status not in ("running", "restarting"):
+        return False
+    wildcard = ("0.0.0.0", "::")
+    return any(p == port and (ip == address or ip in wildcard or address in wildcard)
+               for rows in _bindings(container.attrs.get("HostConfig") or {}).values() for ip, p in rows)
 
 
-def _run_slot(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: str) -> None:
+def _preflight_port(config: Config, p: _Plan, say: Any) -> None:
+    """Refuse (exit 1, naming the holder) when the slot's port is taken on its host; nothing stops first.
+
+    Containers of the host's engine publishing the port, then a bind test through that engine, so it
+    holds for unix://, tcp:// and ssh:// alike. The slot's own container is not a holder: it is replaced.
+    """
+    from pipeline_steps.adapters.docker_host import BindTestError, published_ports, try_bind
+
+    port, address, name = p.change.port, p.host.address, p.change.container
+    where = f"host {p.host.name}: port {address}:{port} of slot {p.change.slot} is held by"
+    wildcard = ("0.0.0.0", "::")
+    own = {name, getattr(p.existing, "name", name)}
+    for holder, image, ip, host_port in published_ports(p.client):
+        if host_port == port and holder not in own and (ip == address or ip in wildcard
+                                                         or address in wildcard):
+            raise CheckFailed(f"{where} container {holder} (image {image}); stop it or choose another port "
+                              "for the slot")
+    if _holds(p.existing, address, port):
+        return  # the slot's own container has it until the swap
+    if slot_names.is_local(p.host):
+        holder_text = slot_names.port_holder(address, port)
+        if holder_text:
+            raise CheckFailed(f"{where} {holder_text}")
+    try:
+        labels = {slot_names.LABEL_APP: config.app, f"{slot_names.LABEL_PREFIX}.port-check": "1"}
+        reason = try_bind(p.client, p.image.id, address, port, slot_names.port_check_name(name), labels)
+    except BindTestError as exc:
+        if say:
+            say(f"host {p.host.name}: warning: the bind test of port {address}:{port} could not run "
+                f"({exc}); the start itself will tell (the previous container comes back if it fails)")
+        return
+    if reason is not None:
+        raise CheckFailed(f"{where} a process on that host (not a container of its engine; the engine "
+                          f"says: {reason})")
+
+
+# ---------------------------------------------------------------- the swap
+
+
+def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, deployed_by: str,
+              say: Any) -> None:
+    """Swap every planned slot; on any failure every swapped slot gets its previous container back."""
+    done: list[_Plan] = []
+    try:
+        for p in plans:
+            done.append(p)
+            _swap_in(config, p, slot, build_id, deployed_by)
+    except Exception as exc:
+        from pipeline_steps.adapters.docker_host import is_unreachable
+
+        back = "; ".join(text for text in (_restore(p) for p in reversed(done)) if text)
+        back = back or "nothing ran in the slot before"
+        if isinstance(exc, PsError):
+            raise type(exc)(f"{exc.message}; {back}") from None
+        if is_unreachable(exc):
+            raise Unreachable(f"host {done[-1].host.name}: Docker engine went away while swapping "
+                              f"{done[-1].change.container}: {exc}; {back}") from None
+        raise
     import docker.errors
-    from docker.types import LogConfig
+
+    for p in plans:
+        if p.aside and p.existing is not None:
+            try:
+                p.existing.remove(force=True)
+            except docker.errors.APIError as exc:
+                if say:
+                    say(f"host {p.host.name}: warning: could not remove the previous container "
+                        f"{slot_names.aside_name(p.change.container)}: {exc.explanation or exc}")
+        if say:
+            say(f"host {p.host.name}: {p.change.container} {p.change.action}, {p.change.reason} "
+                f"({p.change.image}) on {p.change.address}:{p.change.port}")
+
+
+def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: str) -> None:
+    """Previous container renamed aside and stopped, the new one created and started (CheckFailed if not)."""
+    import docker.errors
 
     write_env_file(Path(p.change.env_file), p.env)
-    labels = {
-        slot_names.LABEL_APP: config.app,
-        slot_names.LABEL_SERVICE: p.service.name,
-        slot_names.LABEL_SLOT: slot,
-        slot_names.LABEL_BUILD_ID: build_id,
-        slot_names.LABEL_DIGEST: p.digest,
-        slot_names.LABEL_DEPLOYED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
-        slot_names.LABEL_DEPLOYED_BY: deployed_by,
-        slot_names.LABEL_ENV_HASH: slot_names.env_hash(p.env),
-    }
+    labels = {**p.settings.labels,
+              slot_names.LABEL_DEPLOYED_AT: datetime.now(ZoneInfo(config.timezone)).isoformat(
+                  timespec="seconds"),
+              slot_names.LABEL_DEPLOYED_BY: deployed_by}
+    name = p.change.container
     try:
         if p.existing is not None:
-            p.existing.remove(force=True)
-        container = p.client.containers.run(
-            p.change.image, name=p.change.container, detach=True, labels=labels, environment=p.env,
-            ports={f"{p.service.port}/tcp": (p.host.address, p.change.port)},
-            restart_policy={"Name": "unless-stopped"},
-            log_config=LogConfig(type=LogConfig.types.JSON,
-                                 config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}))
-        container.reload()
+            p.was_running = p.existing.status in ("running", "restarting")
+            aside = slot_names.aside_name(name)
+            if p.existing.name != aside:  # else it is already aside (an interrupted run)
+                try:
+                    p.client.api.remove_container(aside, force=True)  # an older one left behind
+                except docker.errors.NotFound:
+                    pass
+                p.existing.rename(aside)
+            p.aside = True
+            if p.was_running:
+                p.existing.stop(timeout=STOP_TIMEOUT)
+        p.started = p.client.containers.create(p.change.image, name=name, labels=labels,
+                                               **p.settings.create_kwargs())
+        p.started.start()
+        p.started.reload()
     except docker.errors.APIError as exc:
-        raise CheckFailed(f"host {p.host.name}: could not start {p.change.container}: "
-                          f"{exc.explanation or exc}") from None
-    if container.status not in ("running", "created"):
-        tail = container.logs(tail=5).decode(errors="replace").strip()
-        raise CheckFailed(f"host {p.host.name}: {p.change.container} is {container.status} right after "
-                          f"start: {tail[-300:]}")
+        raise CheckFailed(f"host {p.host.name}: could not start {name}: {exc.explanation or exc}") from None
+    if p.started.status != "running":
+        tail = p.started.logs(tail=5).decode(errors="replace").strip()
+        raise CheckFailed(f"host {p.host.name}: {name} is {p.started.status} right after start: "
+                          f"{tail[-300:]}")
+
+
+def _restore(p: _Plan) -> str:
+    """Undo one swap: the new container removed, the previous one renamed back (and started if it ran)."""
+    import docker.errors
+
+    name = p.change.container
+    try:
+        if p.started is not None:
+            p.started.remove(force=True)
+        else:
+            try:  # created but its handle lost in the error
+                current = p.client.containers.get(name)
+                if p.existing is None or current.id != p.existing.id:
+                    current.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        if p.existing is None or not p.aside:
+            return ""
+        p.existing.rename(name)
+        if p.was_running:
+            p.existing.start()
+            return f"host {p.host.name}: previous {name} runs again"
+        return f"host {p.host.name}: previous {name} put back ({p.existing.status})"
+    except docker.errors.APIError as exc:
+        return f"host {p.host.name}: could not put back the previous {name}: {exc.explanation or exc}"
 
 
 # ---------------------------------------------------------------- command
@@ -375,8 +553,11 @@ def command(out: Output, slot: str, service: str | None, all_services: bool, bui
         if c.action == "unchanged" or c.action.startswith("would-"):
             verb = "unchanged:" if c.action == "unchanged" else f"{c.action.replace('-', ' ')}:"
             out.say(f"host {c.host}: {c.container} {verb} {c.reason} ({c.image})")
-    names = sorted({n for c in result.changes for n in c.env_names})
-    out.say(f"env (names only): {', '.join(names)}")
+    per_service: dict[str, list[str]] = {}
+    for c in result.changes:
+        per_service.setdefault(c.service, c.env_names)
+    for name, env_names in per_service.items():
+        out.say(f"env of {name} (names only): {', '.join(env_names)}")
     summary = "changed" if result.changed else ("dry run, nothing changed" if result.dry_run
                                                  else "no change, already running")
     out.say(f"deploy-env {slot} build {result.build_id}: {summary}")

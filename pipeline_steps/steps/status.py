@@ -26,7 +26,7 @@ class SlotState:
     slot: str
     container: str
     port: int
-    state: str  # running | exited | ... | missing
+    state: str  # running | exited | ... | missing | foreign (the slot's name, not made by ps)
     health: str  # healthy | unhealthy | starting | none | -
     build_id: str | None = None
     uptime_seconds: float | None = None
@@ -71,12 +71,18 @@ def slot_status(config: Config) -> StatusResult:
         try:
             found = {c.name: c for c in client.containers.list(ignore_removed=True,
                 all=True, filters={"label": f"{slot_names.LABEL_APP}={config.app}"})}
+            others = {str(name).lstrip("/"): row for row in client.api.containers(all=True)
+                      for name in row.get("Names") or []}
         finally:
             client.close()
         for service in config.services.values():
             for slot, port in service.slots.items():
                 name = slot_names.container_name(config.app, service.name, slot)
                 c = found.get(name)
+                if c is None and name in others:  # the slot's name, but ps did not make it
+                    result.slots.append(SlotState(host.name, service.name, slot, name, port, "foreign", "-",
+                                                  image=str(others[name].get("Image") or "?")))
+                    continue
                 if c is None:
                     result.slots.append(SlotState(host.name, service.name, slot, name, port, "missing", "-"))
                     continue
@@ -94,7 +100,7 @@ def slot_status(config: Config) -> StatusResult:
         for service in config.services.values():
             for slot in service.slots:
                 states = [s for s in result.slots if s.service == service.name and s.slot == slot]
-                deployed = {s.host: s.build_id for s in states if s.state != "missing"}
+                deployed = {s.host: s.build_id for s in states if s.state not in ("missing", "foreign")}
                 if not deployed:
                     continue
                 builds = set(deployed.values())

@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import yaml
 
 from pipeline_steps.config import parse_config
 from pipeline_steps.upstreams import initial_file
-from testbed.ports import free_ports, unique
+from testbed.engine import broken_entrypoint_image, run_port_holder, wait_answer
+from testbed.ports import free_port, free_ports, unique
 
 SECRET = "s3cr3t-Value-never-printed"
 
@@ -60,6 +62,9 @@ def test_deploy_idempotent_env_file_and_no_secret(slot_app: dict[str, Any], dock
     assert labels["pipeline-steps.build-id"] == "b1" and labels["pipeline-steps.slot"] == "canary"
     for key in ("app", "service", "image-digest", "deployed-at", "deployed-by", "env-hash"):
         assert labels[f"pipeline-steps.{key}"]
+    deployed_at = datetime.fromisoformat(labels["pipeline-steps.deployed-at"])  # the config's timezone
+    assert labels["pipeline-steps.deployed-at"].endswith("+09:00")
+    assert abs((datetime.now(UTC) - deployed_at).total_seconds()) < 300
     container_env = c.attrs["Config"]["Env"]
     assert f"DB_PASSWORD={SECRET}" in container_env and "PS_SLOT=canary" in container_env
     assert "TZ=Asia/Seoul" in c.attrs["Config"]["Env"]
@@ -161,3 +166,167 @@ def test_unreachable_host_is_exit_3(slot_app: dict[str, Any], ps: Any, project: 
     project(yaml.safe_load(yaml.safe_dump(raw)))
     done = ps("deploy-env", "--slot", "canary", "--build-id", "b1", env={"DB_PASSWORD": SECRET})
     assert done.returncode == 3 and "gone" in done.stderr
+
+
+# ---------------------------------------------------------------- foreign containers, failed starts, settings
+
+
+def _canary_url(slot_app: dict[str, Any], port: int | None = None) -> str:
+    return f"http://127.0.0.1:{port or slot_app['ports']['canary']}/"
+
+
+def test_foreign_container_is_refused_then_replaced_with_force(slot_app: dict[str, Any], docker_ps: Any,
+                                                              docker_client: Any, sample_image: str) -> None:
+    name = f"{slot_app['app']}-backend-canary"
+    foreign = run_port_holder(docker_client, sample_image, "127.0.0.1", slot_app["ports"]["canary"], name)
+    try:
+        assert wait_answer(_canary_url(slot_app)) is not None
+        env = {"DB_PASSWORD": SECRET}
+        refused = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+        assert refused.returncode == 1, (refused.stdout, refused.stderr)
+        assert f"container {name} (image {sample_image}" in refused.stderr
+        assert "--force" in refused.stderr and "Traceback" not in refused.stderr
+        foreign.reload()
+        assert foreign.status == "running" and docker_client.containers.get(name).id == foreign.id
+        assert wait_answer(_canary_url(slot_app)) is not None  # still answering
+        forced = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", "--force", env=env)
+        assert forced.returncode == 0, forced.stderr
+        assert "not made by pipeline-steps" in forced.stdout
+        now = docker_client.containers.get(name)
+        assert now.id != foreign.id and now.labels["pipeline-steps.build-id"] == "b1"
+        assert wait_answer(_canary_url(slot_app), X_Slot="canary") is not None
+        import docker.errors
+
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(foreign.id)
+    finally:
+        try:
+            foreign.remove(force=True)
+        except Exception:
+            pass
+
+
+def test_failed_start_puts_the_previous_container_back(slot_app: dict[str, Any], docker_ps: Any,
+                                                       docker_client: Any, sample_image: str) -> None:
+    env = {"DB_PASSWORD": SECRET}
+    assert docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env).returncode == 0
+    name = f"{slot_app['app']}-backend-canary"
+    before = docker_client.containers.get(name)
+    assert wait_answer(_canary_url(slot_app), X_Slot="canary") is not None
+    bad = f"{slot_app['repo']}:bad"
+    broken_entrypoint_image(docker_client, sample_image, bad)
+    try:
+        done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "bad", env=env)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in done.stderr, lines
+        assert f"could not start {name}" in lines[0] and "/no/such/entrypoint" in lines[0]
+        assert f"previous {name} runs again" in lines[0]
+        after = docker_client.containers.get(name)
+        assert after.id == before.id and after.status == "running"
+        assert after.labels["pipeline-steps.build-id"] == "b1"
+        started_again = after.attrs["State"]["StartedAt"]
+        assert started_again != before.attrs["State"]["StartedAt"]  # it really was stopped and started
+        assert wait_answer(_canary_url(slot_app), X_Slot="canary") is not None  # and answers again
+        names = {c.name for c in docker_client.containers.list(
+            all=True, filters={"label": f"pipeline-steps.app={slot_app['app']}"})}
+        assert names == {name}  # no new container, no aside copy, no port-check container left
+    finally:
+        docker_client.images.remove(bad, force=True)
+
+
+def test_changed_port_or_setting_is_a_change(slot_app: dict[str, Any], docker_ps: Any, docker_client: Any,
+                                             project: Any) -> None:
+    env = {"DB_PASSWORD": SECRET}
+    assert docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env).returncode == 0
+    name = f"{slot_app['app']}-backend-canary"
+    first = docker_client.containers.get(name)
+    old_port, new_port = slot_app["ports"]["canary"], free_port()
+    raw = {**slot_app["raw"], "services": {"backend": {**slot_app["raw"]["services"]["backend"],
+                                                       "slots": {"stable": slot_app["ports"]["stable"],
+                                                                 "canary": new_port}}}}
+    project(raw)
+    moved = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert f"new port (127.0.0.1:{old_port} -> 127.0.0.1:{new_port})" in moved.stdout
+    second = docker_client.containers.get(name)
+    assert second.id != first.id
+    assert second.attrs["HostConfig"]["PortBindings"]["80/tcp"] == [{"HostIp": "127.0.0.1",
+                                                                     "HostPort": str(new_port)}]
+    assert wait_answer(_canary_url(slot_app, new_port), X_Slot="canary") is not None
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+    again = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+    assert again.returncode == 0 and "no change" in again.stdout and "unchanged" in again.stdout
+    assert docker_client.containers.get(name).id == second.id
+    second.update(restart_policy={"Name": "no"})  # a run setting changed behind ps's back
+    fixed = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+    assert fixed.returncode == 0 and "new restart policy (no -> unless-stopped)" in fixed.stdout
+    third = docker_client.containers.get(name)
+    assert third.id != second.id and third.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+
+
+def test_env_names_one_line_per_service(slot_app: dict[str, Any], docker_ps: Any, docker_client: Any,
+                                        project: Any, sample_image: str) -> None:
+    web_stable, web_canary = free_ports(2)
+    raw = {**slot_app["raw"], "services": {
+        **slot_app["raw"]["services"],
+        "web": {"context": ".", "slots": {"stable": web_stable, "canary": web_canary},
+                "env": {"THEME": "dark"}}}}
+    project(raw)
+    web_repo = f"127.0.0.1:5999/{slot_app['app']}/web"
+    docker_client.images.get(sample_image).tag(web_repo, "b1")
+    try:
+        done = docker_ps("deploy-env", "--slot", "canary", "--all", "--build-id", "b1",
+                         env={"DB_PASSWORD": SECRET})
+        assert done.returncode == 0, done.stderr
+        lines = {line.partition(" (names only): ")[0]: line.partition(" (names only): ")[2].split(", ")
+                 for line in done.stdout.splitlines() if "(names only)" in line}
+        assert set(lines) == {"env of backend", "env of web"}
+        assert "DB_PASSWORD" in lines["env of backend"] and "GREETING" in lines["env of backend"]
+        assert "THEME" in lines["env of web"] and "DB_PASSWORD" not in lines["env of web"]
+        assert "THEME" not in lines["env of backend"]
+    finally:
+        docker_client.images.remove(f"{web_repo}:b1")
+
+
+def test_port_held_by_a_container_of_the_engine_leaves_the_running_slot(
+        slot_app: dict[str, Any], docker_ps: Any, docker_client: Any, sample_image: str,
+        project: Any) -> None:
+    """Moving a running slot onto a port another container holds: refused before anything stops."""
+    env = {"DB_PASSWORD": SECRET}
+    assert docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env).returncode == 0
+    name = f"{slot_app['app']}-backend-canary"
+    running = docker_client.containers.get(name)
+    held = free_port()
+    holder = run_port_holder(docker_client, sample_image, "127.0.0.1", held, unique("pst-holder-"))
+    try:
+        raw = {**slot_app["raw"], "services": {"backend": {**slot_app["raw"]["services"]["backend"],
+                                                           "slots": {"stable": slot_app["ports"]["stable"],
+                                                                     "canary": held}}}}
+        project(raw)
+        done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert f"container {holder.name} (image {sample_image})" in done.stderr
+        assert f"127.0.0.1:{held}" in done.stderr
+        now = docker_client.containers.get(name)
+        assert now.id == running.id and now.status == "running"
+        assert now.attrs["State"]["StartedAt"] == running.attrs["State"]["StartedAt"]  # never stopped
+    finally:
+        holder.remove(force=True)
+
+
+def test_previous_container_left_aside_by_an_interrupted_run_is_replaced(
+        slot_app: dict[str, Any], docker_ps: Any, docker_client: Any) -> None:
+    env = {"DB_PASSWORD": SECRET}
+    assert docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env).returncode == 0
+    name = f"{slot_app['app']}-backend-canary"
+    left = docker_client.containers.get(name)
+    left.rename(f"{name}-ps-previous")  # as if ps was killed right after renaming it aside
+    done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{name}-ps-previous left by an interrupted run" in done.stdout
+    names = {c.name for c in docker_client.containers.list(
+        all=True, filters={"label": f"pipeline-steps.app={slot_app['app']}"})}
+    assert names == {name} and docker_client.containers.get(name).id != left.id
+    assert wait_answer(_canary_url(slot_app), X_Slot="canary") is not None

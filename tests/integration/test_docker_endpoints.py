@@ -8,6 +8,7 @@ dial-stdio`. Both engines hold the same image, so the same digest goes to every 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from testbed.engine import run_port_holder, wait_answer
 from testbed.ports import free_port, free_ports, unique
 from testbed.sshd import SshServer
 
@@ -38,23 +40,34 @@ class TwoHosts:
 @pytest.fixture
 def two_hosts(engine: Any, docker_client: Any, second_host: Any, sample_image: str, project: Any,
               workdir: Path) -> Iterator[Callable[[str], TwoHosts]]:
-    """`two_hosts(endpoint)` writes ps.yaml with hosts [unix engine, endpoint] and tags the image on both."""
+    """`two_hosts(endpoint)` writes ps.yaml with hosts [unix engine, endpoint] and tags the image on both.
+
+    `two_hosts(endpoint, stable_port=P)` writes it again with the stable slot on port P.
+    """
     app = unique("ep")
     stable, canary = free_ports(2)
     repo = f"127.0.0.1:5999/{app}/backend"
     two = second_host.engine.client()
     clients = {"one": docker_client, "two": two}
 
-    def make(endpoint: str) -> TwoHosts:
+    import docker.errors
+
+    def make(endpoint: str, stable_port: int | None = None) -> TwoHosts:
+        ports = {"stable": stable_port or stable, "canary": canary}
         project({
             "app": app, "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
             "hosts": [{"name": "one", "docker": engine.base_url, "address": "127.0.0.1"},
                       {"name": "two", "docker": endpoint, "address": second_host.address}],
-            "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary}}},
+            "services": {"backend": {"context": ".", "slots": ports}},
         })
+        image = docker_client.images.get(sample_image)
+        try:
+            two.images.get(image.id)
+        except docker.errors.ImageNotFound:  # the tag moved on the shared engine since the session began
+            two.images.load(b"".join(image.save(named=sample_image)))
         for client in clients.values():
-            client.images.get(sample_image).tag(repo, BUILD)
-        return TwoHosts(app, {"stable": stable, "canary": canary}, repo, clients)
+            client.images.get(image.id).tag(repo, BUILD)
+        return TwoHosts(app, ports, repo, clients)
 
     yield make
     for client in clients.values():
@@ -193,3 +206,89 @@ def test_ssh_host_whose_docker_cannot_reach_its_engine_is_unreachable(
         assert "Accepted publickey" in server.log()  # the login worked; the remote docker did not
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- busy ports on a remote engine
+
+
+def _stable_untouched(bed: TwoHosts, before: dict[str, Any]) -> None:
+    """Both stable containers are the same ones, never stopped, and still answer on their old port."""
+    for host, old in before.items():
+        now = bed.container(host)
+        assert now.id == old.id and now.status == "running", host
+        assert now.attrs["State"]["StartedAt"] == old.attrs["State"]["StartedAt"], host
+    for address in ("127.0.0.1", "127.0.0.2"):
+        assert wait_answer(f"http://{address}:{bed.ports['stable']}/", X_Slot="stable") is not None
+
+
+def _no_canary(bed: TwoHosts) -> None:
+    import docker.errors
+
+    for host in ("one", "two"):
+        with pytest.raises(docker.errors.NotFound):
+            bed.container(host, "canary")
+
+
+def test_tcp_port_held_by_a_container_there_is_named_before_anything_stops(
+        two_hosts: Callable[[str, int | None], TwoHosts], tcp_host: str, docker_ps: Any,
+        second_host: Any, sample_image: str) -> None:
+    bed = two_hosts(tcp_host, None)
+    _deploy_everywhere(bed, docker_ps)
+    before = {host: bed.container(host) for host in ("one", "two")}
+    held = free_port()
+    holder = run_port_holder(bed.clients["two"], sample_image, second_host.address, held,
+                             unique("pst-holder-"))
+    try:
+        two_hosts(tcp_host, held)  # the running stable slot is moved onto the held port
+        done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert f"host two: port {second_host.address}:{held}" in done.stderr
+        assert f"container {holder.name} (image {sample_image})" in done.stderr
+        _stable_untouched(bed, before)  # on the old port
+    finally:
+        holder.remove(force=True)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ssh"])
+def test_remote_port_held_by_a_host_process_is_named(two_hosts: Callable[[str, int | None], TwoHosts],
+                                                     tcp_host: str, second_host: Any, docker_ps: Any,
+                                                     request: pytest.FixtureRequest, kind: str) -> None:
+    """A process (not a container) listens on host two's address: only the engine there can tell."""
+    endpoint, env = tcp_host, None
+    if kind == "ssh":
+        server = request.getfixturevalue("ssh_host")
+        endpoint, env = server.url, server.client_env
+    bed = two_hosts(endpoint, None)
+    _deploy_everywhere(bed, docker_ps, env=env)
+    before = {host: bed.container(host) for host in ("one", "two")}
+    holder = socket.socket()
+    holder.bind((second_host.address, 0))
+    holder.listen(1)
+    held = holder.getsockname()[1]
+    try:
+        two_hosts(endpoint, held)
+        done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=env)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in done.stderr, lines
+        assert f"host two: port {second_host.address}:{held} of slot stable is held by a process" in lines[0]
+        assert "address already in use" in lines[0]
+        _stable_untouched(bed, before)  # on the old port
+        _no_canary(bed)
+        names = {c.name for c in bed.clients["two"].containers.list(all=True)}
+        assert not [n for n in names if n.endswith("-ps-portcheck")]  # the bind test cleaned up
+    finally:
+        holder.close()
+    # a first deploy onto a held port: refused on every host before any container is made
+    two_hosts(endpoint, None)
+    canary_holder = socket.socket()
+    canary_holder.bind((second_host.address, bed.ports["canary"]))
+    canary_holder.listen(1)
+    try:
+        done = docker_ps("deploy-env", "--slot", "canary", "--build-id", BUILD, env=env)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert f"host two: port {second_host.address}:{bed.ports['canary']} of slot canary" in done.stderr
+        _no_canary(bed)
+    finally:
+        canary_holder.close()

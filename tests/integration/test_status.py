@@ -76,3 +76,21 @@ def _dockerfile(base: str) -> Any:
     import io
 
     return io.BytesIO(f"FROM {base}\nENV DIFFERENT=1\n".encode())
+
+
+def test_status_names_a_container_ps_did_not_make(engine: Any, docker_client: Any, sample_image: str,
+                                                  docker_ps: Any, project: Any, workdir: Path) -> None:
+    app = unique("st")
+    stable, canary = free_ports(2)
+    project({"app": app, "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
+             "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary}}}})
+    foreign = docker_client.containers.create(sample_image, name=f"{app}-backend-canary")
+    try:
+        done = docker_ps("--json", "status")
+        assert done.returncode == 0, done.stderr
+        record = json.loads(done.stdout.strip().splitlines()[-1])
+        states = {s["slot"]: (s["state"], s["image"]) for s in record["slots"]}
+        assert states == {"stable": ("missing", None), "canary": ("foreign", sample_image)}
+        assert f"{app}-backend-canary" in done.stdout and "foreign" in done.stdout
+    finally:
+        foreign.remove(force=True)
