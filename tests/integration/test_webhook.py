@@ -1,6 +1,7 @@
-"""`ps webhook serve` over real HTTP: in-process on a free port, and as a real `ps` subprocess.
+"""`ps webhook serve` over real HTTP (waitress): in-process on a free port, and as a real `ps` subprocess.
 
-Jenkins is a local pytest-httpserver endpoint; GitLab is python-gitlab against `responses`.
+Jenkins is a local pytest-httpserver endpoint (FakeJenkins: trigger, queue and builds API); GitLab is
+python-gitlab against `responses`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from werkzeug import Request, Response
 from pipeline_steps.errors import CheckFailed
 from pipeline_steps.webhook.actions import GitLabPipelineAction, JenkinsAction, LocalDeployAction
 from pipeline_steps.webhook.server import MAX_BODY, ReceiverSettings, WebhookServer
-from pipeline_steps.webhook.store import DONE, FAILED, PENDING, Delivery, DeliveryStore
+from pipeline_steps.webhook.store import (
+    DEAD,
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUPERSEDED,
+    Delivery,
+    DeliveryStore,
+)
 from testbed.ports import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,10 +112,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., WebhookServer]]:
     started: list[tuple[WebhookServer, DeliveryStore]] = []
 
     def start(action: Any, db: Path | None = None, *, start_worker: bool = True,
-              branches: tuple[str, ...] = ("develop",)) -> WebhookServer:
+              branches: tuple[str, ...] = ("develop",), **settings: Any) -> WebhookServer:
         store = DeliveryStore(db or tmp_path / "deliveries.sqlite3")
-        server = WebhookServer(store, action, ReceiverSettings(token=TOKEN, branches=branches), "127.0.0.1",
-                               free_port(), start_worker=start_worker)
+        settings = {"retry_wait": 0.01, "retry_max_wait": 0.05, **settings}
+        server = WebhookServer(store, action, ReceiverSettings(token=TOKEN, branches=branches, **settings),
+                               "127.0.0.1", free_port(), start_worker=start_worker)
         server.start()
         started.append((server, store))
         return server
@@ -126,8 +137,9 @@ def jenkins() -> Iterator[HTTPServer]:
         server.stop()
 
 
-def deliveries(server: WebhookServer) -> list[dict[str, Any]]:
-    answer = requests.get(f"{server.url}/deliveries", timeout=5)
+def deliveries(server: WebhookServer | str) -> list[dict[str, Any]]:
+    url = server if isinstance(server, str) else server.url
+    answer = requests.get(f"{url}/deliveries", headers={"X-Gitlab-Token": TOKEN}, timeout=5)
     assert answer.status_code == 200
     return list(answer.json()["deliveries"])
 
@@ -161,12 +173,13 @@ def test_replayed_delivery_is_acted_on_once(serve: Callable[..., WebhookServer])
     for _ in range(3):
         again = post(server.url, push_payload(), uuid="uuid-replay")
         assert (again.status_code, again.json()["status"]) == (200, "duplicate")
-    by_key = post(server.url, push_payload(), headers={"Idempotency-Key": "idem-1"})
+    # another push (the same body would now be a duplicate by its hash, issue 16)
+    by_key = post(server.url, push_payload(sha="c" * 40), headers={"Idempotency-Key": "idem-1"})
     assert by_key.json() == {"status": "accepted", "delivery": "idem-1"}
-    replay = post(server.url, push_payload(), headers={"Idempotency-Key": "idem-1"})
+    replay = post(server.url, push_payload(sha="c" * 40), headers={"Idempotency-Key": "idem-1"})
     assert replay.json()["status"] == "duplicate"
     assert wait_for(lambda: len(action.calls) == 2)
-    time.sleep(0.3)
+    assert server.wait_idle()
     assert len(action.calls) == 2
     assert len(deliveries(server)) == 2
 
@@ -179,7 +192,7 @@ def test_wrong_or_missing_token_is_401_and_not_recorded(serve: Callable[..., Web
         assert answer.status_code == 401
         assert TOKEN not in answer.text
     assert deliveries(server) == []
-    time.sleep(0.2)
+    assert server.wait_idle()
     assert action.calls == []
 
 
@@ -195,7 +208,7 @@ def test_other_branches_and_events_get_200_ignored(serve: Callable[..., WebhookS
     answer = post(server.url, payload, uuid="uuid-other")
     assert answer.status_code == 200
     assert answer.json()["status"] == "ignored" and reason in answer.json()["reason"]
-    time.sleep(0.3)
+    assert server.wait_idle()
     assert action.calls == []
     assert [d["status"] for d in deliveries(server)] == ["ignored"]
 
@@ -250,13 +263,14 @@ def test_pending_delivery_survives_a_restart_and_runs_exactly_once(
 
     third_action = Recorder()
     third = serve(third_action, db)
-    time.sleep(0.5)
+    assert third.wait_idle()
     assert third_action.calls == [] and len(action.calls) == 1
     assert [(d["key"], d["status"], d["attempts"]) for d in deliveries(third)] == [("uuid-restart", DONE, 1)]
 
 
-def test_failing_action_is_recorded_as_failed_and_the_worker_goes_on(
+def test_failing_action_is_retried_then_dead_and_the_worker_goes_on(
         serve: Callable[..., WebhookServer]) -> None:
+    """Issue 16 changes this: a failure is retried up to the limit, then `dead` with the reason."""
     calls: list[str] = []
 
     class Flaky:
@@ -270,15 +284,16 @@ def test_failing_action_is_recorded_as_failed_and_the_worker_goes_on(
                 raise RuntimeError("unexpected")
             return "fine"
 
-    server = serve(Flaky())
-    for key in ("bad", "boom", "good"):
-        assert post(server.url, push_payload(), uuid=key).json()["status"] == "accepted"
-    assert wait_for(lambda: len(calls) == 3)
-    assert wait_for(lambda: all(d["status"] != "running" for d in deliveries(server)))
-    outcome = {d["key"]: (d["status"], d["outcome"]) for d in deliveries(server)}
-    assert outcome["bad"] == (FAILED, "Jenkins refused the trigger")
-    assert outcome["boom"][0] == FAILED and "RuntimeError" in outcome["boom"][1]
-    assert outcome["good"] == (DONE, "fine")
+    server = serve(Flaky(), attempts=3, coalesce=False)
+    for i, key in enumerate(("bad", "boom", "good")):
+        assert post(server.url, push_payload(sha="abc"[i] * 40), uuid=key).json()["status"] == "accepted"
+    assert wait_for(lambda: len(calls) == 7)
+    assert server.wait_idle()
+    assert sorted(calls) == ["bad"] * 3 + ["boom"] * 3 + ["good"]
+    outcome = {d["key"]: (d["status"], d["outcome"], d["attempts"]) for d in deliveries(server)}
+    assert outcome["bad"] == (DEAD, "Jenkins refused the trigger (gave up after 3 attempt(s))", 3)
+    assert outcome["boom"][0] == DEAD and "RuntimeError" in outcome["boom"][1]
+    assert outcome["good"] == (DONE, "fine", 1)
 
 
 # ------------------------------------------------------------------ actions
@@ -304,7 +319,7 @@ def test_jenkins_action_posts_parameters_with_basic_auth(serve: Callable[..., We
     request = seen[0]
     form = parse_qs(request.get_data(as_text=True))
     assert form == {"DEPLOY_TYPE": ["canary-auto"], "COMMIT_SHA": [SHA], "BUILD_ID": [SHA[:12]],
-                    "COMMIT_BRANCH": ["develop"], "token": ["job-token-123"]}
+                    "COMMIT_BRANCH": ["develop"], "PS_DELIVERY": ["uuid-jenkins"], "token": ["job-token-123"]}
     assert request.args == {}  # no secret in the URL
     assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"ci-bot:api-token-456").decode()
     outcome = deliveries(server)[0]["outcome"]
@@ -343,7 +358,7 @@ def test_gitlab_action_triggers_a_pipeline_through_python_gitlab(serve: Callable
     fields = json.loads(body) if body and body[:1] in (b"{", "{") else parse_qs(str(body))
     assert fields["ref"] == "develop" and fields["token"] == "trigger-token-789"
     assert fields["variables"] == {"DEPLOY_TYPE": "canary-auto", "COMMIT_SHA": SHA, "BUILD_ID": SHA[:12],
-                                   "COMMIT_BRANCH": "develop"}
+                                   "COMMIT_BRANCH": "develop", "PS_DELIVERY": "uuid-gitlab"}
     assert "PRIVATE-TOKEN" not in sent.headers
     outcome = deliveries(server)[0]["outcome"]
     assert "pipeline 99" in outcome and "trigger-token-789" not in outcome
@@ -379,7 +394,7 @@ def test_local_action_runs_ps_in_a_subprocess(serve: Callable[..., WebhookServer
 
     outside = workdir.parent / "not-a-checkout"
     outside.mkdir()
-    failing = LocalDeployAction(template="context", cwd=str(outside))
+    failing = LocalDeployAction(template="context", cwd=str(outside), run_dir=str(workdir.parent / "runs"))
     with pytest.raises(CheckFailed, match="exited 2"):
         failing(Delivery("push", None, "develop", sha, None, None, key="k", received_at=0.0, status=PENDING))
 
@@ -411,18 +426,51 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
         return proc.communicate(timeout=5)[0]
 
 
+class FakeJenkins:
+    """buildWithParameters answering a script of statuses, plus the queue and builds API `find_build` reads.
+
+    A 2xx trigger puts a queue item carrying the form's parameters in the queue (as Jenkins does).
+    """
+
+    def __init__(self, server: HTTPServer, job: str = "deploy") -> None:
+        self.server = server
+        self.script: list[int] = []           # statuses to answer, in order; then `default`
+        self.default = 201
+        self.triggers: list[dict[str, list[str]]] = []
+        self.queue: list[dict[str, Any]] = []
+        self.hang_after_queueing: threading.Event | None = None
+        self.lookups = 0
+        server.expect_request(f"/job/{job}/buildWithParameters", method="POST").respond_with_handler(
+            self._trigger)
+        server.expect_request("/queue/api/json", method="GET").respond_with_handler(self._queue)
+        server.expect_request(f"/job/{job}/api/json", method="GET").respond_with_json({"builds": []})
+
+    def _trigger(self, request: Request) -> Response:
+        form = parse_qs(request.get_data(as_text=True))
+        self.triggers.append(form)
+        status = self.script.pop(0) if self.script else self.default
+        if 200 <= status < 300:
+            item = len(self.queue) + 1
+            self.queue.append({"id": item, "url": f"queue/item/{item}/", "actions": [{"parameters": [
+                {"name": k, "value": v[0]} for k, v in form.items() if k != "token"]}]})
+            if self.hang_after_queueing is not None:
+                self.hang_after_queueing.wait(timeout=20)  # queued, but the answer never arrives
+        headers = {"Location": "/login?from=%2F"} if 300 <= status < 400 else {}
+        return Response("", status=status, headers=headers)
+
+    def _queue(self, request: Request) -> Response:
+        self.lookups += 1
+        return Response(json.dumps({"items": self.queue}), status=200, content_type="application/json")
+
+    def keys(self) -> list[str]:
+        return [t.get("PS_DELIVERY", [""])[0] for t in self.triggers]
+
+
 def test_ps_webhook_serve_subprocess_end_to_end_and_crash_recovery(ps: PsRun, jenkins: HTTPServer,
                                                                    tmp_path: Path) -> None:
-    hold = threading.Event()
-    hits: list[dict[str, list[str]]] = []
-
-    def handler(request: Request) -> Response:
-        hits.append(parse_qs(request.get_data(as_text=True)))
-        if len(hits) == 2:
-            hold.wait(timeout=10)  # the second trigger hangs: the server gets killed meanwhile
-        return Response("", status=201)
-
-    jenkins.expect_request("/job/deploy/buildWithParameters", method="POST").respond_with_handler(handler)
+    """kill -9 while the Jenkins call is in flight: after the restart the receiver finds the queued build
+    by its PS_DELIVERY and does not trigger again (issue 16 changes the old "runs again")."""
+    fake = FakeJenkins(jenkins)
     db, port = tmp_path / "serve.sqlite3", free_port()
     secrets_env = {"JENKINS_USER": "bot", "JENKINS_API_TOKEN": "jenkins-api-secret-1"}
     proc = start_ps_serve(ps, port, db, jenkins.url_for("/"), secrets_env)
@@ -431,30 +479,34 @@ def test_ps_webhook_serve_subprocess_end_to_end_and_crash_recovery(ps: PsRun, je
         assert post(url, push_payload(), uuid="one").json()["status"] == "accepted"
         assert post(url, push_payload(), uuid="one").json()["status"] == "duplicate"
         assert post(url, push_payload(), token="nope").status_code == 401
-        assert wait_for(lambda: requests.get(f"{url}/deliveries", timeout=5).json()["deliveries"][0]["status"]
-                        == DONE)
-        assert len(hits) == 1 and hits[0]["COMMIT_SHA"] == [SHA]
+        assert wait_for(lambda: deliveries(url)[0]["status"] == DONE)
+        assert len(fake.triggers) == 1 and fake.triggers[0]["COMMIT_SHA"] == [SHA]
 
-        # second delivery: the worker is inside the Jenkins call when the server is killed
+        # second delivery: Jenkins queues it, then the server is killed before the answer arrives
+        fake.hang_after_queueing = threading.Event()
         assert post(url, push_payload(sha="b" * 40), uuid="two").json()["status"] == "accepted"
-        assert wait_for(lambda: len(hits) == 2)
+        assert wait_for(lambda: len(fake.triggers) == 2)
     finally:
         log = stop(proc, signal.SIGKILL)
-    hold.set()
+    assert fake.hang_after_queueing is not None
+    fake.hang_after_queueing.set()
+    fake.hang_after_queueing = None
     with sqlite3.connect(db) as conn:
         assert dict(conn.execute("SELECT key, status FROM deliveries").fetchall()) == {"one": DONE,
-                                                                                       "two": "running"}
+                                                                                       "two": RUNNING}
     proc = start_ps_serve(ps, port, db, jenkins.url_for("/"), secrets_env)
     try:
-        assert wait_for(lambda: len(hits) == 3)
-        assert wait_for(lambda: {d["key"]: d["status"] for d in requests.get(
-            f"{url}/deliveries", timeout=5).json()["deliveries"]} == {"one": DONE, "two": DONE})
-        assert hits[2]["COMMIT_SHA"] == ["b" * 40]  # the interrupted one ran again; "one" did not
+        assert wait_for(lambda: {d["key"]: d["status"] for d in deliveries(url)} == {"one": DONE, "two": DONE})
+        assert fake.lookups >= 1
+        assert fake.keys() == ["one", "two"]  # not triggered a third time
+        two = next(d for d in deliveries(url) if d["key"] == "two")
+        assert "already has this delivery" in two["outcome"] and "queue/item/2/" in two["outcome"]
         assert requests.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
+        assert requests.get(f"{url}/deliveries", timeout=5).status_code == 401  # behind the token
     finally:
         log += stop(proc)
     assert proc.returncode == 0
-    assert "ps webhook stopped" in log and "interrupted" in log
+    assert "ps webhook stopped" in log and "in flight" in log
     assert TOKEN not in log and "jenkins-api-secret-1" not in log
 
     listing = ps("--json", "webhook", "deliveries", "--db", str(db))

@@ -100,7 +100,8 @@ def test_job_path_has_one_job_segment_per_folder(parts: list[str]) -> None:
 
 def test_parameters_carry_deploy_type_commit_build_id_and_branch() -> None:
     assert parameters(delivery(), "canary-auto") == {
-        "DEPLOY_TYPE": "canary-auto", "COMMIT_SHA": SHA, "BUILD_ID": SHA[:12], "COMMIT_BRANCH": "develop"}
+        "DEPLOY_TYPE": "canary-auto", "COMMIT_SHA": SHA, "BUILD_ID": SHA[:12], "COMMIT_BRANCH": "develop",
+        "PS_DELIVERY": "k"}  # the delivery key travels on (issue 16), so the far side can spot a repeat
 
 
 def test_local_argv_fills_placeholders_per_word_without_a_shell() -> None:
