@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +83,24 @@ class Delivery(PushEvent):
     started_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _COLUMNS}
 
 
 _COLUMNS = tuple(f.name for f in fields(Delivery))  # the SELECT order Delivery(*row) reads back
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM deliveries"
+
+
+@dataclass
+class _Pending:
+    """A `record` call waiting for its group commit."""
+
+    delivery: Delivery
+    ids: list[str]
+    cross_ids: list[str]
+    cross_lookup: list[str]
+    found: str | None = None
+    error: BaseException | None = None
+    done: bool = False
 
 
 @contextmanager
@@ -112,6 +125,9 @@ class DeliveryStore:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self.group_commits = 0  # transactions `record` made (deliveries per fsync = records / this)
         with _private_umask():
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                        timeout=10)
@@ -148,28 +164,47 @@ class DeliveryStore:
         `ids` identify this delivery forever (keys, UUID, body hash); `cross_ids` are recorded for it and
         `cross_lookup` are looked up only within MERGE_WINDOW (a merge event and its merge commit's push).
         Returns None when recorded, else the key of the delivery it duplicates (its ids are added to it).
+
+        Group commit: callers arriving while another commit is being fsync'd are written together in the
+        next transaction (one fsync for all of them); each call returns once its own row is durable.
         """
-        now = time.time()
-        row = {**delivery.as_dict(), "updated_at": now}
-        ids, cross_ids, cross_lookup = [delivery.key, *ids], list(cross_ids), list(cross_lookup)
+        request = _Pending(delivery, [delivery.key, *ids], list(cross_ids), list(cross_lookup))
+        with self._queue_lock:
+            self._queue.append(request)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                found = self._find(ids, now=None) or self._find(cross_lookup, now=now)
-                if found is None and self._db.execute("SELECT 1 FROM deliveries WHERE key = ?",
-                                                      (delivery.key,)).fetchone():
-                    found = delivery.key
-                if found is None:
-                    self._db.execute(f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) "
-                                     f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
-                                     [row[c] for c in _COLUMNS])
-                owner = found or delivery.key
-                self._db.executemany("INSERT OR IGNORE INTO delivery_ids (id, key, at) VALUES (?, ?, ?)",
-                                     [(i, owner, now) for i in ids + cross_ids])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            if not request.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for item in batch:
+                        item.found = self._record_one(item)
+                    self._db.execute("COMMIT")
+                    self.group_commits += 1
+                except BaseException as exc:
+                    self._db.execute("ROLLBACK")
+                    for item in batch:
+                        item.error = exc
+                for item in batch:
+                    item.done = True
+        if request.error is not None:
+            raise request.error
+        return request.found
+
+    def _record_one(self, item: _Pending) -> str | None:
+        now = time.time()
+        delivery = item.delivery
+        found = self._find(item.ids, now=None) or self._find(item.cross_lookup, now=now)
+        if found is None and self._db.execute("SELECT 1 FROM deliveries WHERE key = ?",
+                                              (delivery.key,)).fetchone():
+            found = delivery.key
+        if found is None:
+            row = {**delivery.as_dict(), "updated_at": now}
+            self._db.execute(f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) "
+                             f"VALUES ({', '.join('?' for _ in _COLUMNS)})", [row[c] for c in _COLUMNS])
+        owner = found or delivery.key
+        self._db.executemany("INSERT OR IGNORE INTO delivery_ids (id, key, at) VALUES (?, ?, ?)",
+                             [(i, owner, now) for i in item.ids + item.cross_ids])
         return found
 
     def _find(self, ids: list[str], now: float | None) -> str | None:
