@@ -159,6 +159,12 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (load on the machine does not change this)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_drained(port: int, deadline: float) -> bool:
     """Until the receiver's /healthz reports nothing pending."""
     import requests
@@ -200,7 +206,9 @@ def main() -> int:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             assert wait_port(base_port, timeout=15), "bare waitress did not listen"
+            cpu_before = cpu_s(bare.pid)
             baseline = summary(asyncio.run(burst(base_port, 0, args.baseline, conc)), args.baseline)
+            baseline["cpu_ms_per_request"] = round((cpu_s(bare.pid) - cpu_before) / args.baseline * 1000, 3)
         finally:
             stop(bare)
 
@@ -217,14 +225,17 @@ def main() -> int:
             assert wait_drained(port, time.monotonic() + 60)
             rss_100 = rss_kib(receiver.pid)
             health: list[float] = []
+            cpu_before = cpu_s(receiver.pid)
             run = asyncio.run(burst(port, 100, n - 100, conc, health))
             drained = wait_drained(port, time.monotonic() + 120)
+            cpu_used = cpu_s(receiver.pid) - cpu_before
             rss_n = rss_kib(receiver.pid)
         finally:
             stop(receiver)
     jenkins.shutdown()
 
     measured = summary(run, n - 100)
+    measured["cpu_ms_per_delivery"] = round(cpu_used / (n - 100) * 1000, 3)  # receiving + acting
     errors = sum(v for k, v in {**measured["outcomes"], **warm["outcomes"]}.items() if k != "ok")
     growth = (rss_n - rss_100) / rss_100
     health_sorted = sorted(health)
@@ -242,6 +253,8 @@ def main() -> int:
         f"rss_kib_after_{n}": rss_n,
         "rss_growth": round(growth, 4),
         "drained": drained,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "goals": {"resets": 0, "p99_ms": P99_GOAL_MS, "rss_growth": RSS_GOAL},
         "met": errors == 0 and measured["p99_ms"] < P99_GOAL_MS and abs(growth) <= RSS_GOAL and drained,
     }

@@ -245,7 +245,9 @@ class LocalDeployAction:
                     break
                 time.sleep(0.1)
         code = read_rc(rc)
-        return None if code is None else self._outcome(delivery, code, adopted=True)
+        if code is None or code not in (0, 1, 2):
+            return None  # never finished, or failed in a way worth running again
+        return self._outcome(delivery, code, adopted=True)
 
     @staticmethod
     def _alive(pgid: int, rc: Path) -> bool:

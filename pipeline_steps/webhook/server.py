@@ -32,6 +32,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from pipeline_steps.errors import BadInput, PsError
 from pipeline_steps.secrets import mask
@@ -245,6 +246,19 @@ class _Server(TcpWSGIServer):
                 channel.will_close = True
 
 
+class _Dispatcher(ThreadedTaskDispatcher):
+    """Health checks go to the head of the queue: /healthz stays fast while deliveries pile up."""
+
+    def add_task(self, task: Any) -> None:
+        requests = getattr(task, "requests", None)
+        if not requests or getattr(requests[0], "path", "") != "/healthz":
+            super().add_task(task)
+            return
+        with self.lock:
+            self.queue.appendleft(task)
+            self.queue_cv.notify()
+
+
 class _Stopped(Exception):
     """The receiver stops: leave the delivery waiting (resumed at the next start)."""
 
@@ -285,7 +299,9 @@ class WebhookServer:
                           asyncore_use_poll=True, asyncore_loop_timeout=0.2,
                           clear_untrusted_proxy_headers=False)
         self._map: dict[int, Any] = {}
-        self._httpd = _Server(self.wsgi, map=self._map, adj=adj)
+        dispatcher = _Dispatcher()
+        dispatcher.set_thread_count(settings.threads)
+        self._httpd = _Server(self.wsgi, map=self._map, adj=adj, dispatcher=dispatcher)
         self._httpd.request_deadline = settings.request_deadline
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -422,6 +438,8 @@ class WebhookServer:
                 if callable(resume):
                     try:
                         found = resume(current)
+                    except FinalFailure:
+                        raise  # it had run to its end meanwhile, and said no
                     except PsError as exc:  # cannot ask (no read access, far side down): act again, with
                         found = None        # the same PS_DELIVERY for the far side to recognise
                         self.log(f"delivery {key}: could not check the far side ({mask(exc.message)}); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -190,3 +191,20 @@ def test_short_tokens_are_refused() -> None:
     with pytest.raises(BadInput, match="at least 16"):
         read_token("T", {"T": "x" * 15})
     assert read_token("T", {"T": "x" * 16}) == "x" * 16
+
+
+def test_local_resume_reads_the_exit_code_a_finished_run_left(tmp_path: Path) -> None:
+    from pipeline_steps.webhook.actions import FinalFailure, LocalDeployAction
+
+    action = LocalDeployAction(template="status", run_dir=str(tmp_path))
+    d = delivery()
+    log, rc = action.files(d)
+    assert action.resume(d) is None  # never ran (or killed before it ended): run it
+    log.write_text("deploying\nall healthy\n")
+    rc.write_text("0\n")
+    assert action.resume(d) == "`ps status` done (adopted after a restart): all healthy"
+    rc.write_text("1\n")
+    with pytest.raises(FinalFailure, match="exited 1"):
+        action.resume(d)
+    rc.write_text("3\n")
+    assert action.resume(d) is None  # unreachable then: worth another attempt
