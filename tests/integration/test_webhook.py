@@ -883,3 +883,21 @@ def test_local_action_survives_a_kill_9_and_is_adopted_never_run_twice(ps: PsRun
     finally:
         log = stop(proc)
     assert "in flight" in log
+
+
+@pytest.mark.slow
+def test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s(ps: PsRun, jenkins: HTTPServer,
+                                                              tmp_path: Path) -> None:
+    """The real CLI with its defaults: the 10 s whole-request deadline cuts a 1 byte / 5 s body."""
+    FakeJenkins(jenkins)
+    db, port = tmp_path / "slow.sqlite3", free_port()
+    proc = start_ps_serve(ps, port, db, jenkins.url_for("/"), {})
+    try:
+        body = json.dumps(push_payload()).encode()
+        head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Gitlab-Token: "
+                + TOKEN.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        took, answer = _slow_send(port, head, body, gap=5.0, limit=30)
+        assert 9.0 < took < 20.0 and b"200" not in answer
+        assert deliveries(f"http://127.0.0.1:{port}") == []
+    finally:
+        stop(proc)
