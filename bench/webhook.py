@@ -52,11 +52,14 @@ serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=8, backlog=1024, con
 class _Jenkins(BaseHTTPRequestHandler):
     """buildWithParameters -> 201; the queue and builds look-ups -> empty."""
 
+    triggers = 0
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         pass
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _Jenkins.triggers += 1
         self.send_response(201)
         self.send_header("Location", "/queue/item/1/")
         self.send_header("Content-Length", "0")
@@ -71,15 +74,15 @@ class _Jenkins(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def push(i: int) -> bytes:
+def push(i: int, branch: str = "develop") -> bytes:
     sha = f"{i:040x}"
-    return json.dumps({"object_kind": "push", "ref": "refs/heads/develop", "before": "f" * 40, "after": sha,
+    return json.dumps({"object_kind": "push", "ref": f"refs/heads/{branch}", "before": "f" * 40, "after": sha,
                        "checkout_sha": sha, "user_username": "bench",
                        "project": {"id": 1, "path_with_namespace": "team/app"}}).encode()
 
 
-def request(port: int, i: int) -> bytes:
-    body = push(i)
+def request(port: int, i: int, branch: str = "develop") -> bytes:
+    body = push(i, branch)
     return (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: {TOKEN}\r\nX-Gitlab-Event-UUID: bench-{i}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
@@ -112,7 +115,7 @@ async def one(port: int, data: bytes) -> tuple[str, float]:
 
 
 async def burst(port: int, first: int, count: int, concurrency: int,
-                health: list[float] | None = None) -> dict[str, Any]:
+                health: list[float] | None = None, branch: str = "develop") -> dict[str, Any]:
     """`count` deliveries from `concurrency` connections at a time; /healthz probed meanwhile."""
     queue = iter(range(first, first + count))
     times: list[float] = []
@@ -121,7 +124,7 @@ async def burst(port: int, first: int, count: int, concurrency: int,
 
     async def worker() -> None:
         for i in queue:
-            outcome, took = await one(port, request(port, i))
+            outcome, took = await one(port, request(port, i, branch))
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if outcome == "ok":
                 times.append(took)
@@ -226,10 +229,23 @@ def main() -> int:
             rss_100 = rss_kib(receiver.pid)
             health: list[float] = []
             cpu_before = cpu_s(receiver.pid)
-            run = asyncio.run(burst(port, 100, n - 100, conc, health))
+            half = n // 2
+            first_half = asyncio.run(burst(port, 100, half - 100, conc, health))
+            assert wait_drained(port, time.monotonic() + 120)
+            rss_half = rss_kib(receiver.pid)
+            second_half = asyncio.run(burst(port, half, n - half, conc, health))
+            run = {"wall_s": first_half["wall_s"] + second_half["wall_s"],
+                   "times": first_half["times"] + second_half["times"],
+                   "outcomes": {k: first_half["outcomes"].get(k, 0) + second_half["outcomes"].get(k, 0)
+                                for k in {*first_half["outcomes"], *second_half["outcomes"]}}}
             drained = wait_drained(port, time.monotonic() + 120)
             cpu_used = cpu_s(receiver.pid) - cpu_before
             rss_n = rss_kib(receiver.pid)
+            triggers = _Jenkins.triggers
+            # the receiving path alone: pushes of a branch that does not deploy (recorded, not acted on)
+            cpu_before = cpu_s(receiver.pid)
+            ignored = summary(asyncio.run(burst(port, n, 2000, conc, branch="feature")), 2000)
+            ignored["cpu_ms_per_delivery"] = round((cpu_s(receiver.pid) - cpu_before) / 2000 * 1000, 3)
         finally:
             stop(receiver)
     jenkins.shutdown()
@@ -242,6 +258,8 @@ def main() -> int:
     result = {
         "figure": f"ps webhook serve: {n} push deliveries from {conc} concurrent connections",
         "receiver": measured,
+        "jenkins_triggers": triggers,
+        "receiver_not_acting": ignored,
         "baseline_bare_waitress": baseline,
         "per_second_ratio": round(measured["per_second"] / baseline["per_second"], 3),
         "errors_or_resets": errors,
@@ -250,6 +268,7 @@ def main() -> int:
             "median": round(statistics.median(health_sorted) * 1000, 2) if health else None,
             "max": round(health_sorted[-1] * 1000, 2) if health else None},
         "rss_kib_after_100": rss_100,
+        f"rss_kib_after_{n // 2}": rss_half,
         f"rss_kib_after_{n}": rss_n,
         "rss_growth": round(growth, 4),
         "drained": drained,
