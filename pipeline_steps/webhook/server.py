@@ -429,12 +429,15 @@ class WebhookServer:
         """Attempts with backoff until done, failed (said no), dead (retries used up) or superseded."""
         key = delivery.key
         resume = getattr(self.action, "resume", None)
-        first = {"fresh": not resumed}
+        calls = {"n": 0}
         current = delivery
 
         def attempt() -> str:
             nonlocal current
-            if not first["fresh"]:
+            calls["n"] += 1
+            # a repeat: of an attempt made in this run, of one left in flight (resumed) or of one that
+            # failed before a restart (claimed again with attempts > 1): ask the far side first
+            if resumed or calls["n"] > 1 or current.attempts > 1:
                 if callable(resume):
                     try:
                         found = resume(current)
@@ -446,8 +449,8 @@ class WebhookServer:
                                  "acting again with the same delivery key")
                     if found:
                         return str(found)
+            if resumed or calls["n"] > 1:  # (a claim already counted its own attempt)
                 current = self.store.begin_attempt(key)
-            first["fresh"] = False
             self.log(f"delivery {key}: {self.action.name} for {current.branch} {(current.sha or '')[:12]} "
                      f"(attempt {current.attempts})")
             return self.action(current)
@@ -484,6 +487,13 @@ class WebhookServer:
         self.log(f"delivery {key}: {status}: {outcome}")
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        except Exception as exc:  # only when stopping (the store closed under an action in flight)
+            if not self._stop.is_set():
+                self.log(f"worker stopped: {type(exc).__name__}: {mask(str(exc))[:200]}")
+
+    def _work_loop(self) -> None:
         interrupted = self.store.in_status(RUNNING)
         if interrupted:
             self.log(f"{len(interrupted)} delivery(ies) were in flight when the receiver last stopped: "

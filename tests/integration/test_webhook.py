@@ -439,6 +439,7 @@ class FakeJenkins:
         self.triggers: list[dict[str, list[str]]] = []
         self.queue: list[dict[str, Any]] = []
         self.hang_after_queueing: threading.Event | None = None
+        self.queue_even_on_errors = False  # Jenkins queued it, yet the answer was an error (a proxy's 502)
         self.lookups = 0
         server.expect_request(f"/job/{job}/buildWithParameters", method="POST").respond_with_handler(
             self._trigger)
@@ -449,7 +450,7 @@ class FakeJenkins:
         form = parse_qs(request.get_data(as_text=True))
         self.triggers.append(form)
         status = self.script.pop(0) if self.script else self.default
-        if 200 <= status < 300:
+        if 200 <= status < 300 or self.queue_even_on_errors:
             item = len(self.queue) + 1
             self.queue.append({"id": item, "url": f"queue/item/{item}/", "actions": [{"parameters": [
                 {"name": k, "value": v[0]} for k, v in form.items() if k != "token"]}]})
@@ -901,3 +902,21 @@ def test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s(ps: PsRun, jenkins
         assert deliveries(f"http://127.0.0.1:{port}") == []
     finally:
         stop(proc)
+
+
+def test_a_delivery_waiting_for_its_retry_across_a_restart_asks_jenkins_first(
+        serve: Callable[..., WebhookServer], jenkins: HTTPServer, tmp_path: Path) -> None:
+    """The first attempt got a 502 although Jenkins had queued the build; the receiver stops during the
+    backoff; the next receiver finds the build by PS_DELIVERY and does not trigger again."""
+    fake = FakeJenkins(jenkins)
+    fake.script, fake.queue_even_on_errors = [502], True
+    db = tmp_path / "backoff.sqlite3"
+    first = serve(jenkins_action(jenkins), db, retry_wait=60.0, retry_max_wait=60.0)
+    assert post(first.url, push_payload(), uuid="b1").json()["status"] == "accepted"
+    assert wait_for(lambda: deliveries(first)[0]["status"] == "retry")
+    assert "502" in deliveries(first)[0]["outcome"]
+    first.stop()
+    second = serve(jenkins_action(jenkins), db)
+    assert wait_for(lambda: deliveries(second)[0]["status"] == DONE)
+    assert fake.keys() == ["b1"] and fake.lookups == 1
+    assert "already has this delivery" in deliveries(second)[0]["outcome"]
