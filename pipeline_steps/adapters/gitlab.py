@@ -106,3 +106,24 @@ def trigger_pipeline(url: str, project: str, ref: str, trigger_token: str,
         return TriggeredPipeline(attrs.get("id"), ref, attrs.get("web_url"))
 
     return _call(url, f"the pipeline trigger on {ref}", trigger)
+
+
+def find_pipeline(url: str, token: str, project: str, ref: str, name: str, value: str, *,
+                  since: str | None = None, timeout: float = 10.0,
+                  depth: int = 20) -> TriggeredPipeline | None:
+    """A recent triggered pipeline on `ref` whose variable name=value (needs an API token); None if none."""
+    client = connect(url, token, timeout)
+
+    def find() -> TriggeredPipeline | None:
+        pipelines = client.projects.get(project, lazy=True).pipelines
+        query: dict[str, Any] = {"ref": ref, "source": "trigger", "per_page": depth, "get_all": False}
+        if since:
+            query["updated_after"] = since
+        for pipeline in pipelines.list(**query):
+            for variable in pipeline.variables.list(get_all=True):
+                if variable.attributes.get("key") == name and str(variable.attributes.get("value")) == value:
+                    attrs = pipeline.attributes
+                    return TriggeredPipeline(attrs.get("id"), ref, attrs.get("web_url"))
+        return None
+
+    return _call(url, f"the pipeline look-up on {ref}", find)

@@ -1,4 +1,4 @@
-"""`ps webhook serve` (receive GitLab pushes, start canary-auto) and `ps webhook deliveries`."""
+"""`ps webhook serve` (receive GitLab pushes, start canary-auto), `ps webhook deliveries` and `retry`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from pipeline_steps.errors import BadInput
 from pipeline_steps.output import Output
 from pipeline_steps.secrets import register_secret
 from pipeline_steps.webhook import actions
-from pipeline_steps.webhook.store import DeliveryStore, default_db_path
+from pipeline_steps.webhook.store import RETRIABLE_BY_HAND, DeliveryStore, default_db_path
+
+MIN_TOKEN_LENGTH = 16  # = server.MIN_TOKEN_LENGTH (not imported: the server module pulls in waitress)
 
 ACTIONS = ("jenkins", "gitlab", "local")
 
@@ -40,6 +42,9 @@ def read_token(env_name: str, env: dict[str, str] | None = None) -> str:
         raise BadInput(f"${env_name} is not set: the receiver needs the secret token GitLab sends in "
                        "X-Gitlab-Token (set it in the environment, never on the command line)")
     register_secret(value)
+    if len(value) < MIN_TOKEN_LENGTH:
+        raise BadInput(f"${env_name} is too short ({len(value)} characters): use a random secret of at least "
+                       f"{MIN_TOKEN_LENGTH} (e.g. `openssl rand -hex 24`)")
     return value
 
 
@@ -47,7 +52,7 @@ def make_action(kind: str, *, deploy_type: str, jenkins_url: str | None, jenkins
                 jenkins_user_env: str, jenkins_api_token_env: str, jenkins_job_token_env: str,
                 gitlab_url: str | None, gitlab_project: str | None, gitlab_trigger_token_env: str,
                 gitlab_ref: str | None, local_command: str, config_path: str | None,
-                workdir: str | None) -> actions.Action:
+                workdir: str | None, gitlab_token_env: str | None = None) -> actions.Action:
     """The configured action, with its secrets read from the environment."""
     if kind == "jenkins":
         return actions.JenkinsAction.from_env(jenkins_url, jenkins_job, job_token_env=jenkins_job_token_env,
@@ -56,7 +61,8 @@ def make_action(kind: str, *, deploy_type: str, jenkins_url: str | None, jenkins
     if kind == "gitlab":
         return actions.GitLabPipelineAction.from_env(gitlab_url, gitlab_project,
                                                      trigger_token_env=gitlab_trigger_token_env,
-                                                     ref=gitlab_ref, deploy_type=deploy_type)
+                                                     ref=gitlab_ref, deploy_type=deploy_type,
+                                                     api_token_env=gitlab_token_env)
     return actions.LocalDeployAction(template=local_command, config_path=config_path, cwd=workdir,
                                      deploy_type=deploy_type)
 
@@ -93,17 +99,28 @@ def group() -> None:
 @click.option("--gitlab-trigger-token-env", default="GITLAB_TRIGGER_TOKEN", show_default=True, metavar="NAME",
               help="Env var with the pipeline trigger token.")
 @click.option("--gitlab-ref", default=None, help="Ref to run the pipeline on (default: the pushed branch).")
+@click.option("--gitlab-token-env", default="GITLAB_TOKEN", show_default=True, metavar="NAME",
+              help="Env var with an API token, used only to look up whether a repeat already has a pipeline.")
 @click.option("--local-command", default=actions.DEFAULT_LOCAL_COMMAND, show_default=True,
               help="ps arguments the local action runs; {sha} {build_id} {branch} {deploy_type} "
                    "are filled in.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Working directory of the local action (default: here).")
+@click.option("--coalesce/--no-coalesce", default=True, show_default=True,
+              help="Pushes of one branch waiting behind a running deploy collapse to the newest.")
+@click.option("--attempts", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Attempts per delivery before it is dead.")
+@click.option("--retry-wait", type=click.FloatRange(0.0, 3600.0), default=1.0, show_default=True,
+              help="First backoff in seconds (doubling, at most --retry-max-wait).")
+@click.option("--retry-max-wait", type=click.FloatRange(0.0, 3600.0), default=60.0, show_default=True,
+              help="Longest backoff in seconds.")
 @pass_output
 def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str, ...], db: str | None,
           action_kind: str, deploy_type: str, jenkins_url: str | None, jenkins_job: str | None,
           jenkins_user_env: str, jenkins_api_token_env: str, jenkins_job_token_env: str,
           gitlab_url: str | None, gitlab_project: str | None, gitlab_trigger_token_env: str,
-          gitlab_ref: str | None, local_command: str, workdir: str | None) -> None:
+          gitlab_ref: str | None, gitlab_token_env: str, local_command: str, workdir: str | None,
+          coalesce: bool, attempts: int, retry_wait: float, retry_max_wait: float) -> None:
     """Receive GitLab push events; pushes to --branch run the action (default: `ps deploy` locally).
 
     Every delivery is stored (SQLite) before the 200, deduplicated by Idempotency-Key /
@@ -121,7 +138,7 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
                          gitlab_project=gitlab_project, gitlab_trigger_token_env=gitlab_trigger_token_env,
                          gitlab_ref=gitlab_ref, local_command=local_command,
                          config_path=str(Path(config_path).resolve()) if config_path else None,
-                         workdir=workdir)
+                         workdir=workdir, gitlab_token_env=gitlab_token_env)
     if action_kind == "local":
         actions.local_argv(local_command, _probe_delivery(), deploy_type)  # a bad template fails now
     db_path = Path(db) if db else default_db_path()
@@ -134,8 +151,10 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
         return
     store = DeliveryStore(db_path)
     try:
-        server = WebhookServer(store, action, ReceiverSettings(token=token, branches=tuple(branches)),
-                               host, port, log=lambda line: out.say(f"{_now()} {line}"))
+        receiver = ReceiverSettings(token=token, branches=tuple(branches), coalesce=coalesce,
+                                    attempts=attempts, retry_wait=retry_wait, retry_max_wait=retry_max_wait)
+        server = WebhookServer(store, action, receiver, host, port,
+                               log=lambda line: out.say(f"{_now()} {line}"))
     except OSError as exc:
         store.close()
         raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -147,11 +166,12 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever()
+        server.serve_forever()  # returns on SIGINT/SIGTERM (waitress ends its loop on KeyboardInterrupt)
     except KeyboardInterrupt:
-        out.say("ps webhook stopped")
+        pass
     finally:
         store.close()
+    out.say("ps webhook stopped")
     report(out, "webhook-serve", {**settings.__dict__, "port": server.port})
 
 
@@ -171,11 +191,35 @@ def deliveries(out: Output, db: str | None, limit: int) -> None:
         store.close()
     for d in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.received_at))
-        out.say(f"{when}  {d.status:<8} {d.event:<10} {d.branch or '-':<16} {(d.sha or '-')[:12]:<12}  "
-                f"{d.key}  {d.outcome or ''}".rstrip())
+        out.say(f"{when}  {d.status:<10} {d.event:<13} {d.branch or '-':<16} {(d.sha or '-')[:12]:<12}  "
+                f"{d.attempts}x  {d.key}  {d.outcome or ''}".rstrip())
     if not rows:
         out.say("no deliveries yet")
     report(out, "webhook-deliveries", {"db": str(db_path), "deliveries": [d.as_dict() for d in rows]})
+
+
+@group.command("retry")
+@click.argument("key")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="Deliveries database.")
+@pass_output
+def retry(out: Output, key: str, db: str | None) -> None:
+    """Run a dead, failed or superseded delivery KEY again (the running receiver picks it up)."""
+    db_path = Path(db) if db else default_db_path()
+    if not db_path.is_file():
+        raise BadInput(f"no deliveries database at {db_path} (has `ps webhook serve` run here?)")
+    store = DeliveryStore(db_path)
+    try:
+        delivery = store.requeue(key)
+    except KeyError:
+        raise BadInput(f"no delivery {key!r} in {db_path} (see `ps webhook deliveries`)") from None
+    except ValueError as exc:
+        raise BadInput(f"delivery {key!r} is {exc}: only {', '.join(RETRIABLE_BY_HAND)} deliveries can be "
+                       "re-triggered") from None
+    finally:
+        store.close()
+    out.say(f"delivery {key} is pending again ({delivery.branch} {(delivery.sha or '')[:12]}); the receiver "
+            "runs it next")
+    report(out, "webhook-retry", {"db": str(db_path), "delivery": delivery.as_dict()})
 
 
 def _probe_delivery() -> actions.Delivery:

@@ -1,8 +1,18 @@
-"""The GitLab push-event receiver: record durably, answer 200 at once, act later in one worker thread.
+"""The GitLab webhook receiver: record durably, answer 200 at once, act later in one worker thread.
 
 POST (any path)  a GitLab webhook delivery; `X-Gitlab-Token` must match (constant-time compare)
-GET /healthz     {"status": "ok", "pending": n, "action": name}
-GET /deliveries  {"deliveries": [...]} newest first (`?limit=N`)
+GET /healthz     {"status": "ok", "pending": n, "action": name} (no token: for load balancers)
+GET /deliveries  {"deliveries": [...]} newest first (`?limit=N`); needs the token too
+
+HTTP is served by waitress (threaded, pure Python): listen backlog 1024, a connection limit, an idle
+deadline (channel_timeout) and a whole-request deadline: a request whose headers and body are not all in
+within `request_deadline` seconds is cut, however slowly its bytes trickle in.
+
+The worker runs one delivery at a time. Each attempt is recorded (`running`) before the action is called;
+a failed attempt is retried with exponential backoff (tenacity) up to `attempts`, then the delivery is
+`dead`. Before any repeat, and for a delivery found `running` at start (the receiver died mid-call), the
+action's `resume()` asks the far side whether it already has the delivery key (Jenkins queue and builds,
+GitLab pipelines, the local deploy's process group): only when it has not is the action run again.
 """
 
 from __future__ import annotations
@@ -10,38 +20,70 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
-from pipeline_steps.errors import PsError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
+
+from pipeline_steps.errors import BadInput, PsError
 from pipeline_steps.secrets import mask
-from pipeline_steps.webhook.actions import Action
-from pipeline_steps.webhook.store import DONE, FAILED, IGNORED, PENDING, Delivery, DeliveryStore, PushEvent
+from pipeline_steps.webhook.actions import Action, FinalFailure
+from pipeline_steps.webhook.store import (
+    DEAD,
+    DONE,
+    FAILED,
+    IGNORED,
+    PENDING,
+    RETRY,
+    RUNNING,
+    SUPERSEDED,
+    Delivery,
+    DeliveryStore,
+    PushEvent,
+)
 
 MAX_BODY = 1024 * 1024
+MAX_DEPTH = 400
+MAX_KEY = 128           # longer Idempotency-Keys / UUIDs are hashed (sha256), never cut
+MIN_TOKEN_LENGTH = 16
 ZERO_SHA = "0" * 40
 Log = Callable[[str], None]
+StartResponse = Callable[..., Any]
 
 
 @dataclass(frozen=True)
 class ReceiverSettings:
-    """What the receiver accepts: the shared token, the branches that deploy, the body limit."""
+    """What the receiver accepts and how it serves, retries and coalesces."""
 
     token: str
     branches: tuple[str, ...] = ("develop",)
     max_body: int = MAX_BODY
+    max_depth: int = MAX_DEPTH
+    coalesce: bool = True             # pushes of a branch waiting behind a deploy collapse to the newest
+    attempts: int = 5                 # attempts per delivery before it is `dead`
+    retry_wait: float = 1.0           # backoff: retry_wait * 2^n seconds, at most retry_max_wait
+    retry_max_wait: float = 60.0
+    threads: int = 8
+    backlog: int = 1024
+    connection_limit: int = 256
+    idle_timeout: float = 30.0        # an idle keep-alive connection is closed after this
+    request_deadline: float = 10.0    # headers + body must be in within this
 
 
 @dataclass(frozen=True)
 class Classified(PushEvent):
     """A parsed delivery: what it is and, when we will not act on it, why."""
 
-    ignored: str | None  # the reason, or None when this push starts the action
+    ignored: str | None  # the reason, or None when this delivery starts the action
 
 
 def token_matches(given: str | None, expected: str) -> bool:
@@ -49,34 +91,84 @@ def token_matches(given: str | None, expected: str) -> bool:
     return hmac.compare_digest((given or "").encode("utf-8"), expected.encode("utf-8"))
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _header_id(value: str) -> str:
+    """A header value as an id: itself when short and printable, else `sha256:<hex>` of it (never cut)."""
+    if len(value) <= MAX_KEY and value.isprintable():
+        return value
+    return "sha256:" + _sha256(value.encode("utf-8", "surrogateescape"))
+
+
+def _headers(headers: Mapping[str, str]) -> tuple[str, str]:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return (lowered.get("idempotency-key") or "").strip(), (lowered.get("x-gitlab-event-uuid") or "").strip()
+
+
 def delivery_key(headers: Mapping[str, str], body: bytes) -> str:
     """Idempotency-Key, else X-Gitlab-Event-UUID, else a hash of the body (a replay is the same body)."""
-    for header in ("Idempotency-Key", "X-Gitlab-Event-UUID"):
-        value = (headers.get(header) or "").strip()
+    for value in _headers(headers):
         if value:
-            return value[:200]
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+            return _header_id(value)
+    return "sha256:" + _sha256(body)
+
+
+def delivery_ids(headers: Mapping[str, str], body: bytes) -> list[str]:
+    """Every id a delivery is known by: a repeat matching any one of them is the same delivery."""
+    idem, uuid = _headers(headers)
+    ids = [f"body:{_sha256(body)}"]
+    if idem:
+        ids.append(f"idem:{_header_id(idem)}")
+    if uuid:
+        ids.append(f"uuid:{_header_id(uuid)}")
+    return ids
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) and str(value) else None
 
 
 def classify(payload: Mapping[str, Any], branches: tuple[str, ...]) -> Classified:
-    """Decide whether a GitLab payload is a push to one of `branches` (and read its commit)."""
+    """Decide whether a GitLab payload starts the action: a push to one of `branches`, or a merge request
+    merged into one of them (its merge commit is the commit to deploy)."""
     kind = str(payload.get("object_kind") or payload.get("event_name") or "unknown")
+    raw_attrs = payload.get("object_attributes")
+    attrs: dict[str, Any] = raw_attrs if isinstance(raw_attrs, dict) else {}
     ref = payload.get("ref") if isinstance(payload.get("ref"), str) else None
+    sha = _text(payload.get("checkout_sha")) or _text(payload.get("after"))
+    if kind == "merge_request" and attrs.get("action") == "merge":
+        target = _text(attrs.get("target_branch"))
+        ref = f"refs/heads/{target}" if target else None
+        raw_last = attrs.get("last_commit")
+        last: dict[str, Any] = raw_last if isinstance(raw_last, dict) else {}
+        # merge commit; squash commit of a fast-forward squash; the head itself of a fast-forward merge
+        sha = (_text(attrs.get("merge_commit_sha")) or _text(attrs.get("squash_commit_sha"))
+               or _text(last.get("id")))
     branch = ref.removeprefix("refs/heads/") if ref and ref.startswith("refs/heads/") else None
-    sha = payload.get("checkout_sha") or payload.get("after")
-    sha = str(sha) if isinstance(sha, str) and sha else None
     project_raw = payload.get("project")
     project = None
     if isinstance(project_raw, dict):
         project = str(project_raw.get("path_with_namespace") or project_raw.get("id") or "") or None
     if project is None and payload.get("project_id") is not None:
         project = str(payload.get("project_id"))
-    user = payload.get("user_username") or payload.get("user_name")
+    user_raw = payload.get("user")
+    user = payload.get("user_username") or payload.get("user_name") or (
+        user_raw.get("username") if isinstance(user_raw, dict) else None)
     user = str(user) if user else None
 
     def result(reason: str | None) -> Classified:
         return Classified(kind, ref, branch, sha, project, user, reason)
 
+    if kind == "merge_request":
+        if attrs.get("action") != "merge":
+            return result(f"event {kind!r} ({attrs.get('action') or 'no action'}) is not a push or a merge")
+        if branch is None or branch not in branches:
+            return result(f"merge into {branch!r} does not deploy (only {', '.join(branches)})")
+        if not sha:
+            return result("merge event without a merge commit")
+        return result(None)
     if kind != "push":
         return result(f"event {kind!r} is not a push")
     if branch is None:
@@ -88,77 +180,100 @@ def classify(payload: Mapping[str, Any], branches: tuple[str, ...]) -> Classifie
     return result(None)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # a client that stalls mid-request is dropped
-    server_version = "ps-webhook"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        self.server.app.log(f"{self.address_string()} {format % args}")
-
-    def _send(self, status: int, body: dict[str, Any], close: bool = False) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        app = self.server.app
-        parts = urlsplit(self.path)
-        if parts.path == "/healthz":
-            self._send(200, {"status": "ok", "pending": app.store.count(PENDING), "action": app.action.name})
-        elif parts.path == "/deliveries":
-            try:
-                limit = int(parse_qs(parts.query).get("limit", ["100"])[0])
-            except ValueError:
-                self._send(400, {"status": "bad request", "error": "limit must be a whole number"})
-                return
-            self._send(200, {"deliveries": [d.as_dict() for d in app.store.recent(max(1, min(limit, 1000)))]})
-        else:
-            self._send(404, {"status": "not found"})
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        app = self.server.app
-        if not token_matches(self.headers.get("X-Gitlab-Token"), app.settings.token):
-            self._send(401, {"status": "unauthorized"}, close=True)
-            return
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            self._send(411, {"status": "length required"}, close=True)
-            return
-        try:
-            length = int(self.headers.get("Content-Length") or "")
-        except ValueError:
-            self._send(411, {"status": "length required"}, close=True)
-            return
-        if length < 0:
-            self._send(400, {"status": "bad request", "error": "negative Content-Length"}, close=True)
-            return
-        if length > app.settings.max_body:
-            self._send(413, {"status": "too large", "limit": app.settings.max_body}, close=True)
-            return
-        body = self.rfile.read(length)
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            self._send(400, {"status": "bad request", "error": "body is not JSON"})
-            return
-        if not isinstance(payload, dict):
-            self._send(400, {"status": "bad request", "error": "body is not a JSON object"})
-            return
-        status, answer = app.receive(dict(self.headers.items()), body, payload)
-        self._send(status, answer)
+def commit_ids(info: Classified) -> tuple[list[str], list[str]]:
+    """(ids recorded, ids looked up) that make a merge event and its merge commit's push one trigger."""
+    if info.ignored or not info.branch or not info.sha:
+        return [], []
+    mine, other = ("merge", "push") if info.event == "merge_request" else ("push", "merge")
+    return [f"{mine}:{info.branch}:{info.sha}"], [f"{other}:{info.branch}:{info.sha}"]
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    app: WebhookServer
+def nesting_within(value: Any, limit: int) -> bool:
+    """Whether JSON arrays/objects nest at most `limit` deep (iterative: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children: Iterable[Any] = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return True
+
+
+def parse_body(body: bytes, max_depth: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(payload, None) or (None, the reason it is refused)."""
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        return None, f"JSON nested deeper than {max_depth} levels"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, "body is not JSON"
+    if not isinstance(payload, dict):
+        return None, "body is not a JSON object"
+    if not nesting_within(payload, max_depth):
+        return None, f"JSON nested deeper than {max_depth} levels"
+    return payload, None
+
+
+# ---------------------------------------------------------------- waitress with a whole-request deadline
+
+
+class _Channel(HTTPChannel):
+    """Remembers when the request now being received began (its first byte)."""
+
+    request_began: float | None = None
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data and self.request_began is None:
+            self.request_began = time.monotonic()
+        done = bool(super().received(data))
+        if self.request is None:
+            self.request_began = None
+        return done
+
+
+class _Server(TcpWSGIServer):
+    channel_class = _Channel
+    request_deadline = 10.0
+
+    def maintenance(self, now: float) -> None:
+        """Idle channels are closed (waitress); so are those whose request is late, trickling or not."""
+        super().maintenance(now)
+        cutoff = time.monotonic() - self.request_deadline
+        for channel in list(self.active_channels.values()):
+            began = getattr(channel, "request_began", None)
+            if began is not None and began < cutoff:
+                channel.will_close = True
+
+
+class _Dispatcher(ThreadedTaskDispatcher):
+    """Health checks go to the head of the queue: /healthz stays fast while deliveries pile up."""
+
+    def add_task(self, task: Any) -> None:
+        requests = getattr(task, "requests", None)
+        if not requests or getattr(requests[0], "path", "") != "/healthz":
+            super().add_task(task)
+            return
+        with self.lock:
+            self.queue.appendleft(task)
+            self.queue_cv.notify()
+
+
+class _Stopped(Exception):
+    """The receiver stops: leave the delivery waiting (resumed at the next start)."""
+
+
+class _Superseded(Exception):
+    """A newer push of the same branch waits: this one is not retried."""
+
+
+def _json(start_response: StartResponse, status: int, body: dict[str, Any]) -> list[bytes]:
+    data = json.dumps(body).encode()
+    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+               405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
+    start_response(f"{status} {reasons.get(status, 'Status')}",
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
 
 
 class WebhookServer:
@@ -173,91 +288,247 @@ class WebhookServer:
         self.log: Log = log or (lambda line: None)
         self.start_worker = start_worker
         self.host = host
-        self._httpd = _HTTPServer((host, port), _Handler)
-        self._httpd.app = self
+        bind = getattr(action, "bind", None)
+        if callable(bind):
+            bind(store)
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" under bursts
+        adj = Adjustments(host=host, port=port, threads=settings.threads, backlog=settings.backlog,
+                          connection_limit=settings.connection_limit, channel_timeout=settings.idle_timeout,
+                          cleanup_interval=1, max_request_body_size=settings.max_body + 1,
+                          max_request_header_size=64 * 1024, ident="ps-webhook", expose_tracebacks=False,
+                          asyncore_use_poll=True, asyncore_loop_timeout=0.2,
+                          clear_untrusted_proxy_headers=False)
+        self._map: dict[int, Any] = {}
+        dispatcher = _Dispatcher()
+        dispatcher.set_thread_count(settings.threads)
+        self._httpd = _Server(self.wsgi, map=self._map, adj=adj, dispatcher=dispatcher)
+        self._httpd.request_deadline = settings.request_deadline
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._idle_rounds = 0
         self._worker: threading.Thread | None = None
         self._serving: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return int(self._httpd.effective_port)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    # ------------------------------------------------------------ HTTP
+
+    def wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        """The WSGI application; every failure is one log line and a JSON answer, never a traceback."""
+        try:
+            return self._route(environ, start_response)
+        except Exception as exc:
+            self.log(f"internal error answering {environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}: "
+                     f"{type(exc).__name__}: {mask(str(exc))[:200]}")
+            return _json(start_response, 500, {"status": "internal error"})
+
+    def _authorized(self, environ: Mapping[str, Any]) -> bool:
+        given = environ.get("HTTP_X_GITLAB_TOKEN")
+        bearer = str(environ.get("HTTP_AUTHORIZATION") or "")
+        if not given and bearer.lower().startswith("bearer "):
+            given = bearer[7:].strip()
+        return token_matches(given, self.settings.token)
+
+    def _route(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/"
+        if method in ("GET", "HEAD"):
+            if path == "/healthz":
+                return _json(start_response, 200, {"status": "ok", "pending": self.store.count(PENDING),
+                                                   "action": self.action.name})
+            if path == "/deliveries":
+                if not self._authorized(environ):
+                    return _json(start_response, 401, {"status": "unauthorized"})
+                try:
+                    limit = int(parse_qs(environ.get("QUERY_STRING", "")).get("limit", ["100"])[0])
+                except ValueError:
+                    return _json(start_response, 400, {"status": "bad request",
+                                                       "error": "limit must be a whole number"})
+                rows = self.store.recent(max(1, min(limit, 1000)))
+                return _json(start_response, 200, {"deliveries": [d.as_dict() for d in rows]})
+            return _json(start_response, 404, {"status": "not found"})
+        if method != "POST":
+            return _json(start_response, 405, {"status": "method not allowed"})
+        if not self._authorized(environ):
+            return _json(start_response, 401, {"status": "unauthorized"})
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        payload, error = parse_body(body, self.settings.max_depth)
+        if payload is None:
+            return _json(start_response, 400, {"status": "bad request", "error": error})
+        headers = {"Idempotency-Key": environ.get("HTTP_IDEMPOTENCY_KEY", ""),
+                   "X-Gitlab-Event-UUID": environ.get("HTTP_X_GITLAB_EVENT_UUID", "")}
+        status, answer = self.receive(headers, body, payload)
+        return _json(start_response, status, answer)
 
     # ------------------------------------------------------------ receiving
 
     def receive(self, headers: Mapping[str, str], body: bytes,
                 payload: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """Record one authenticated delivery; the answer (status, JSON) for GitLab."""
-        lowered = {k.title(): v for k, v in headers.items()}
-        key = delivery_key({"Idempotency-Key": lowered.get("Idempotency-Key", ""),
-                            "X-Gitlab-Event-UUID": lowered.get("X-Gitlab-Event-Uuid", "")}, body)
+        key = delivery_key(headers, body)
         info = classify(payload, self.settings.branches)
         now = time.time()
         delivery = Delivery(**info.push_fields(), key=key, received_at=now,
                             status=IGNORED if info.ignored else PENDING, outcome=info.ignored,
                             updated_at=now)
+        recorded, looked_up = commit_ids(info)
         try:
-            inserted = self.store.add(delivery)
+            found = self.store.record(delivery, delivery_ids(headers, body), recorded, looked_up)
         except Exception as exc:  # disk full, locked database: GitLab must retry later
             self.log(f"delivery {key} NOT recorded: {type(exc).__name__}: {exc}")
             return 503, {"status": "not recorded", "delivery": key}
-        if not inserted:
-            self.log(f"delivery {key}: duplicate, not acted on again")
-            return 200, {"status": "duplicate", "delivery": key}
+        if found is not None:
+            self.log(f"delivery {key}: duplicate of {found}, not acted on again")
+            return 200, {"status": "duplicate", "delivery": found}
         if info.ignored:
             self.log(f"delivery {key}: ignored ({info.ignored})")
             return 200, {"status": "ignored", "delivery": key, "reason": info.ignored}
-        self.log(f"delivery {key}: accepted push of {info.branch} at {(info.sha or '')[:12]}")
+        what = "merge into" if info.event == "merge_request" else "push of"
+        self.log(f"delivery {key}: accepted {what} {info.branch} at {(info.sha or '')[:12]}")
         self._wake.set()
         return 200, {"status": "accepted", "delivery": key}
 
     # ------------------------------------------------------------ working
 
     def run_pending(self) -> int:
-        """Run every pending delivery now (in this thread); returns how many ran."""
+        """Run every waiting delivery now (in this thread); returns how many ran."""
         ran = 0
         while not self._stop.is_set():
-            delivery = self.store.claim_next()
+            delivery = self.store.claim_next(coalesce=self.settings.coalesce)
             if delivery is None:
                 return ran
-            self._run(delivery)
+            self._run(delivery, resumed=False)
             ran += 1
         return ran
 
-    def _run(self, delivery: Delivery) -> None:
-        self.log(f"delivery {delivery.key}: {self.action.name} for {delivery.branch} "
-                 f"{(delivery.sha or '')[:12]} (attempt {delivery.attempts})")
+    def _sleep_or_give_way(self, current: Delivery) -> Callable[[float], None]:
+        def sleep(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while True:
+                if self._stop.is_set():
+                    raise _Stopped
+                if self.settings.coalesce and self.store.has_newer(current):
+                    raise _Superseded
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._stop.wait(min(0.2, left))
+        return sleep
+
+    def _run(self, delivery: Delivery, resumed: bool) -> None:
+        """Attempts with backoff until done, failed (said no), dead (retries used up) or superseded."""
+        key = delivery.key
+        resume = getattr(self.action, "resume", None)
+        calls = {"n": 0}
+        current = delivery
+
+        def attempt() -> str:
+            nonlocal current
+            calls["n"] += 1
+            # a repeat: of an attempt made in this run, of one left in flight (resumed) or of one that
+            # failed before a restart (claimed again with attempts > 1): ask the far side first
+            if resumed or calls["n"] > 1 or current.attempts > 1:
+                if callable(resume):
+                    try:
+                        found = resume(current)
+                    except FinalFailure:
+                        raise  # it had run to its end meanwhile, and said no
+                    except PsError as exc:  # cannot ask (no read access, far side down): act again, with
+                        found = None        # the same PS_DELIVERY for the far side to recognise
+                        self.log(f"delivery {key}: could not check the far side ({mask(exc.message)}); "
+                                 "acting again with the same delivery key")
+                    if found:
+                        return str(found)
+            if resumed or calls["n"] > 1:  # (a claim already counted its own attempt)
+                current = self.store.begin_attempt(key)
+            self.log(f"delivery {key}: {self.action.name} for {current.branch} {(current.sha or '')[:12]} "
+                     f"(attempt {current.attempts})")
+            return self.action(current)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            why = mask(_reason(exc))
+            self.store.finish(key, RETRY, f"attempt {current.attempts} failed: {why}; next in {wait:.1f}s")
+            self.log(f"delivery {key}: attempt {current.attempts} failed: {why}; retry in {wait:.1f}s")
+
+        budget = self.settings.attempts - delivery.attempts + (0 if resumed else 1)
+        retrying = Retrying(
+            stop=stop_after_attempt(max(1, budget)),
+            wait=wait_exponential(multiplier=self.settings.retry_wait, max=self.settings.retry_max_wait),
+            retry=retry_if_exception(lambda e: not isinstance(e, FinalFailure | BadInput | _Stopped
+                                                              | _Superseded)),
+            sleep=self._sleep_or_give_way(delivery), before_sleep=before_sleep, reraise=True)
         try:
-            outcome = self.action(delivery)
-            status = DONE
-        except PsError as exc:
+            outcome, status = retrying(attempt), DONE
+        except _Stopped:
+            return  # left `retry`: the next start takes it up again
+        except _Superseded:
+            outcome, status = "superseded by a newer push of the same branch (not retried)", SUPERSEDED
+        except FinalFailure as exc:
             outcome, status = exc.message, FAILED
+        except PsError as exc:
+            outcome, status = f"{exc.message} (gave up after {current.attempts} attempt(s))", DEAD
         except Exception as exc:  # the worker must survive any single action
-            outcome, status = f"internal error: {type(exc).__name__}: {exc}", FAILED
+            outcome = f"internal error: {_reason(exc)} (gave up after {current.attempts} attempt(s))"
+            status = DEAD
         outcome = mask(outcome)
-        self.store.finish(delivery.key, status, outcome)
-        self.log(f"delivery {delivery.key}: {status}: {outcome}")
+        self.store.finish(key, status, outcome)
+        self.log(f"delivery {key}: {status}: {outcome}")
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        except Exception as exc:  # only when stopping (the store closed under an action in flight)
+            if not self._stop.is_set():
+                self.log(f"worker stopped: {type(exc).__name__}: {mask(str(exc))[:200]}")
+
+    def _work_loop(self) -> None:
+        interrupted = self.store.in_status(RUNNING)
+        if interrupted:
+            self.log(f"{len(interrupted)} delivery(ies) were in flight when the receiver last stopped: "
+                     "checking whether the far side has them before any repeat")
+        for delivery in interrupted:  # before anything new: never two deploys at once
+            if self._stop.is_set():
+                return
+            self._run(delivery, resumed=True)
         while not self._stop.is_set():
             self._wake.clear()
-            self.run_pending()
+            if self.run_pending() == 0:
+                with self._idle:
+                    self._idle_rounds += 1  # a round that found nothing to do (wait_idle counts them)
+                    self._idle.notify_all()
             self._wake.wait(timeout=1.0)
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until the worker has nothing left to do (two empty rounds begun after this call)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            target = self._idle_rounds + 2
+            while self._idle_rounds < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._worker is None:
+                    return False
+                self._wake.set()
+                self._idle.wait(min(left, 0.1))
+        return True
 
     # ------------------------------------------------------------ lifecycle
 
     def _begin(self) -> None:
-        requeued = self.store.requeue_interrupted()
-        if requeued:
-            self.log(f"{requeued} delivery(ies) interrupted by the last stop will run again")
-        pending = self.store.count(PENDING)
-        if pending:
-            self.log(f"{pending} pending delivery(ies) picked up")
+        waiting = self.store.count(PENDING) + self.store.count(RETRY)
+        if waiting:
+            self.log(f"{waiting} waiting delivery(ies) picked up")
         if self.start_worker:
             self._worker = threading.Thread(target=self._work, name="ps-webhook-worker", daemon=True)
             self._worker.start()
@@ -265,27 +536,46 @@ class WebhookServer:
     def start(self) -> None:
         """Serve in a background thread (tests, embedding)."""
         self._begin()
-        self._serving = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                         name="ps-webhook-http", daemon=True)
+        self._serving = threading.Thread(target=self._httpd.run, name="ps-webhook-http", daemon=True)
         self._serving.start()
 
     def serve_forever(self) -> None:
         """Serve in this thread until KeyboardInterrupt (SIGINT/SIGTERM), then stop."""
         self._begin()
         try:
-            self._httpd.serve_forever(poll_interval=0.2)
+            self._httpd.run()
         finally:
             self.stop()
 
+    def _close_all(self) -> None:
+        for channel in list(self._map.values()):
+            channel.close()
+
     def stop(self, wait: float = 5.0) -> None:
-        """Stop serving and working; an action still running is left `running` (requeued at next start)."""
+        """Stop serving and working; an attempt still in flight stays `running` (resumed at next start)."""
         self._stop.set()
         self._wake.set()
         if self._serving is not None:
-            self._httpd.shutdown()
+            try:
+                self._httpd.trigger.pull_trigger(self._close_all)
+            except OSError:  # the loop already ended and closed its trigger
+                pass
             self._serving.join(timeout=wait)
             self._serving = None
-        self._httpd.server_close()
+        else:
+            self._close_all()
+        self._httpd.task_dispatcher.shutdown(timeout=wait)
         if self._worker is not None:
             self._worker.join(timeout=wait)
             self._worker = None
+
+
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, PsError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}" if exc else "unknown"
+
+
+__all__ = ["DEAD", "DONE", "FAILED", "IGNORED", "PENDING", "RETRY", "RUNNING", "SUPERSEDED", "MAX_BODY",
+           "MAX_DEPTH", "MIN_TOKEN_LENGTH", "ReceiverSettings", "WebhookServer", "classify", "delivery_ids",
+           "delivery_key", "token_matches"]

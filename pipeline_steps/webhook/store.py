@@ -1,8 +1,12 @@
 """Deliveries kept durably in SQLite (WAL, synchronous=FULL: a commit is fsync'd before we answer).
 
-States: `pending` (accepted, not run yet) -> `running` -> `done` | `failed`; `ignored` for events we do not
-act on. A delivery key is unique, so a replay is recognised and never acted on twice. A delivery found
-`running` at start was interrupted by a crash and goes back to `pending` (the actions are idempotent).
+States: `pending` (accepted, not run yet) -> `running` (an attempt is in flight: recorded *before* the call)
+-> `done` | `retry` (an attempt failed; the next one waits its backoff) -> ... -> `dead` (retries used up,
+re-triggerable with `ps webhook retry ID`); `failed` when the action ran and said no (not retried);
+`superseded` when a newer push of the same branch replaced it in the queue; `ignored` for events we do not
+act on. A delivery is known by several ids (Idempotency-Key, X-Gitlab-Event-UUID, body hash, and for a
+merge the branch + merge commit): when any of them was seen before, the delivery is a duplicate.
+A delivery found `running` at start was interrupted by a crash: the worker resumes it (see server.py).
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +37,20 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, received_at);
+CREATE TABLE IF NOT EXISTS delivery_ids (
+    id          TEXT PRIMARY KEY,
+    key         TEXT NOT NULL,
+    at          REAL NOT NULL
+);
 """
+# columns added after the first release (an older database is migrated when opened)
+ADDED_COLUMNS = {"pid": "INTEGER", "started_at": "REAL"}
 
-PENDING, RUNNING, DONE, FAILED, IGNORED = "pending", "running", "done", "failed", "ignored"
+PENDING, RUNNING, RETRY, DONE, FAILED, DEAD, SUPERSEDED, IGNORED = (
+    "pending", "running", "retry", "done", "failed", "dead", "superseded", "ignored")
+WAITING = (PENDING, RETRY)           # states the worker picks up
+RETRIABLE_BY_HAND = (DEAD, FAILED, SUPERSEDED)
+MERGE_WINDOW = 3600.0                # a push and a merge event of one commit are one trigger within this
 
 
 @dataclass(frozen=True)
@@ -62,75 +79,229 @@ class Delivery(PushEvent):
     outcome: str | None = None
     attempts: int = 0
     updated_at: float = 0.0
+    pid: int | None = None
+    started_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _COLUMNS}
 
 
 _COLUMNS = tuple(f.name for f in fields(Delivery))  # the SELECT order Delivery(*row) reads back
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM deliveries"
+
+
+@dataclass
+class _Pending:
+    """A `record` call waiting for its group commit."""
+
+    delivery: Delivery
+    ids: list[str]
+    cross_ids: list[str]
+    cross_lookup: list[str]
+    found: str | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@contextmanager
+def _private_umask() -> Iterator[None]:
+    """Files SQLite creates meanwhile (the db, -wal, -shm, journals) are 0600 from birth."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 class DeliveryStore:
-    """Thread-safe access to the deliveries database (one connection guarded by a lock)."""
+    """Thread-safe access to the deliveries database.
+
+    One writer connection guarded by a lock, one reader connection (WAL: reads never wait for a write's
+    fsync), so `/healthz` and listings stay fast while deliveries are being recorded.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                                   timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        os.chmod(self.path, 0o600)
+        self._read_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self.group_commits = 0  # transactions `record` made (deliveries per fsync = records / this)
+        with _private_umask():
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                       timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
+            self._reader = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                           timeout=10)
+            self._reader.execute("SELECT 1 FROM deliveries LIMIT 1").fetchall()  # opens -wal/-shm now
+        for suffix in ("", "-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            if side.exists():
+                os.chmod(side, 0o600)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._db.close()
 
+    # ------------------------------------------------------------ recording
+
     def add(self, delivery: Delivery) -> bool:
-        """Record a delivery durably; False when its key was already recorded (a replay)."""
-        now = time.time()
-        row = {**delivery.as_dict(), "updated_at": now}
+        """Record a delivery known by its key only; False when that key was already recorded."""
+        return self.record(delivery) is None
+
+    def record(self, delivery: Delivery, ids: Iterable[str] = (), cross_ids: Iterable[str] = (),
+               cross_lookup: Iterable[str] = ()) -> str | None:
+        """Record a delivery durably, unless one of its ids was seen before.
+
+        `ids` identify this delivery forever (keys, UUID, body hash); `cross_ids` are recorded for it and
+        `cross_lookup` are looked up only within MERGE_WINDOW (a merge event and its merge commit's push).
+        Returns None when recorded, else the key of the delivery it duplicates (its ids are added to it).
+
+        Group commit: callers arriving while another commit is being fsync'd are written together in the
+        next transaction (one fsync for all of them); each call returns once its own row is durable.
+        """
+        request = _Pending(delivery, [delivery.key, *ids], list(cross_ids), list(cross_lookup))
+        with self._queue_lock:
+            self._queue.append(request)
         with self._lock:
-            cursor = self._db.execute(
-                f"INSERT OR IGNORE INTO deliveries ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in _COLUMNS)})", [row[c] for c in _COLUMNS])
-            return cursor.rowcount == 1
+            if not request.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for item in batch:
+                        item.found = self._record_one(item)
+                    self._db.execute("COMMIT")
+                    self.group_commits += 1
+                except BaseException as exc:
+                    self._db.execute("ROLLBACK")
+                    for item in batch:
+                        item.error = exc
+                for item in batch:
+                    item.done = True
+        if request.error is not None:
+            raise request.error
+        return request.found
+
+    def _record_one(self, item: _Pending) -> str | None:
+        now = time.time()
+        delivery = item.delivery
+        found = self._find(item.ids, now=None) or self._find(item.cross_lookup, now=now)
+        if found is None and self._db.execute("SELECT 1 FROM deliveries WHERE key = ?",
+                                              (delivery.key,)).fetchone():
+            found = delivery.key
+        if found is None:
+            row = {**delivery.as_dict(), "updated_at": now}
+            self._db.execute(f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) "
+                             f"VALUES ({', '.join('?' for _ in _COLUMNS)})", [row[c] for c in _COLUMNS])
+        owner = found or delivery.key
+        self._db.executemany("INSERT OR IGNORE INTO delivery_ids (id, key, at) VALUES (?, ?, ?)",
+                             [(i, owner, now) for i in item.ids + item.cross_ids])
+        return found
+
+    def _find(self, ids: list[str], now: float | None) -> str | None:
+        if not ids:
+            return None
+        query = f"SELECT key FROM delivery_ids WHERE id IN ({', '.join('?' for _ in ids)})"
+        args: list[Any] = list(ids)
+        if now is not None:
+            query += " AND at >= ?"
+            args.append(now - MERGE_WINDOW)
+        row = self._db.execute(query + " LIMIT 1", args).fetchone()
+        return str(row[0]) if row else None
+
+    # ------------------------------------------------------------ reading
 
     def get(self, key: str) -> Delivery | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM deliveries WHERE key = ?",
-                                   (key,)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
         return Delivery(*row) if row else None
 
-    def claim_next(self) -> Delivery | None:
-        """The oldest pending delivery, marked running (attempts + 1); None when nothing waits."""
+    def count(self, status: str) -> int:
+        with self._read_lock:
+            row = self._reader.execute("SELECT COUNT(*) FROM deliveries WHERE status = ?",
+                                       (status,)).fetchone()
+        return int(row[0])
+
+    def recent(self, limit: int = 100) -> list[Delivery]:
+        """The newest deliveries first."""
+        with self._read_lock:
+            rows = self._reader.execute(f"{_SELECT} ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                                        (limit,)).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def in_status(self, *statuses: str) -> list[Delivery]:
+        """Deliveries in these states, oldest first."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                f"{_SELECT} WHERE status IN ({', '.join('?' for _ in statuses)}) ORDER BY received_at, rowid",
+                statuses).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def has_newer(self, delivery: Delivery) -> bool:
+        """Whether a newer delivery of the same branch waits (it will supersede this one)."""
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT 1 FROM deliveries WHERE branch IS ? AND status IN (?, ?) AND received_at > ? "
+                "AND key != ? LIMIT 1",
+                (delivery.branch, *WAITING, delivery.received_at, delivery.key)).fetchone()
+        return row is not None
+
+    # ------------------------------------------------------------ working
+
+    def claim_next(self, coalesce: bool = False) -> Delivery | None:
+        """The oldest waiting delivery, marked running (attempts + 1); None when nothing waits.
+
+        With `coalesce`, the older waiting deliveries of that branch are marked superseded and the newest
+        one is claimed instead.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute(
-                    f"SELECT {', '.join(_COLUMNS)} FROM deliveries WHERE status = ? "
-                    "ORDER BY received_at, rowid LIMIT 1", (PENDING,)).fetchone()
+                row = self._db.execute(f"{_SELECT} WHERE status IN (?, ?) ORDER BY received_at, rowid "
+                                       "LIMIT 1", WAITING).fetchone()
                 if row is None:
                     self._db.execute("COMMIT")
                     return None
                 claimed = Delivery(*row)
                 now = time.time()
-                self._db.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ? "
-                                 "WHERE key = ?", (RUNNING, now, claimed.key))
+                if coalesce:
+                    newest = Delivery(*self._db.execute(
+                        f"{_SELECT} WHERE status IN (?, ?) AND branch IS ? ORDER BY received_at DESC, "
+                        "rowid DESC LIMIT 1", (*WAITING, claimed.branch)).fetchone())
+                    if newest.key != claimed.key:
+                        self._db.execute(
+                            "UPDATE deliveries SET status = ?, outcome = ?, updated_at = ? WHERE status IN "
+                            "(?, ?) AND branch IS ? AND key != ?",
+                            (SUPERSEDED, f"superseded by {newest.key} ({(newest.sha or '')[:12]})", now,
+                             *WAITING, claimed.branch, newest.key))
+                        claimed = newest
+                self._db.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, "
+                                 "started_at = ?, pid = NULL WHERE key = ?", (RUNNING, now, now, claimed.key))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return Delivery(**{**claimed.as_dict(), "status": RUNNING, "attempts": claimed.attempts + 1,
-                           "updated_at": now})
+                           "updated_at": now, "started_at": now, "pid": None})
 
-    def finish(self, key: str, status: str, outcome: str) -> None:
-        """Record the outcome of a delivery that ran."""
+    def begin_attempt(self, key: str) -> Delivery:
+        """Record that another attempt is about to be made (in flight from now on)."""
+        now = time.time()
         with self._lock:
-            self._db.execute("UPDATE deliveries SET status = ?, outcome = ?, updated_at = ? WHERE key = ?",
-                             (status, outcome, time.time(), key))
+            self._db.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, "
+                             "started_at = ?, pid = NULL WHERE key = ?", (RUNNING, now, now, key))
+        got = self.get(key)
+        assert got is not None
+        return got
 
     def requeue_interrupted(self) -> int:
         """Deliveries left `running` by a crash go back to `pending`; returns how many."""
@@ -140,17 +311,39 @@ class DeliveryStore:
                                       (PENDING, "interrupted by a restart; run again", time.time(), RUNNING))
             return cursor.rowcount
 
-    def count(self, status: str) -> int:
+    def set_pid(self, key: str, pid: int | None) -> None:
+        """Record the process (group) a local action runs in, so a restart can adopt it."""
         with self._lock:
-            row = self._db.execute("SELECT COUNT(*) FROM deliveries WHERE status = ?", (status,)).fetchone()
-        return int(row[0])
+            self._db.execute("UPDATE deliveries SET pid = ?, updated_at = ? WHERE key = ?",
+                             (pid, time.time(), key))
 
-    def recent(self, limit: int = 100) -> list[Delivery]:
-        """The newest deliveries first."""
+    def finish(self, key: str, status: str, outcome: str) -> None:
+        """Record the outcome of a delivery (or of its last attempt, for `retry`)."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM deliveries "
-                                    "ORDER BY received_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
-        return [Delivery(*row) for row in rows]
+            self._db.execute("UPDATE deliveries SET status = ?, outcome = ?, updated_at = ? WHERE key = ?",
+                             (status, outcome, time.time(), key))
+
+    def requeue(self, key: str) -> Delivery:
+        """`ps webhook retry`: a dead, failed or superseded delivery waits again with a fresh retry budget."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    raise KeyError(key)
+                delivery = Delivery(*row)
+                if delivery.status not in RETRIABLE_BY_HAND:
+                    raise ValueError(delivery.status)
+                self._db.execute("UPDATE deliveries SET status = ?, attempts = 0, outcome = ?, "
+                                 "updated_at = ? WHERE key = ?",
+                                 (PENDING, f"re-triggered by hand (was {delivery.status})", time.time(), key))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        got = self.get(key)
+        assert got is not None
+        return got
 
 
 def default_db_path() -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -11,7 +13,16 @@ from hypothesis import strategies as st
 from pipeline_steps.adapters.jenkins import job_path, trigger_url
 from pipeline_steps.errors import BadInput
 from pipeline_steps.webhook.actions import local_argv, parameters
-from pipeline_steps.webhook.server import ZERO_SHA, classify, delivery_key, token_matches
+from pipeline_steps.webhook.server import (
+    ZERO_SHA,
+    classify,
+    commit_ids,
+    delivery_ids,
+    delivery_key,
+    nesting_within,
+    parse_body,
+    token_matches,
+)
 from pipeline_steps.webhook.store import Delivery
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -100,7 +111,8 @@ def test_job_path_has_one_job_segment_per_folder(parts: list[str]) -> None:
 
 def test_parameters_carry_deploy_type_commit_build_id_and_branch() -> None:
     assert parameters(delivery(), "canary-auto") == {
-        "DEPLOY_TYPE": "canary-auto", "COMMIT_SHA": SHA, "BUILD_ID": SHA[:12], "COMMIT_BRANCH": "develop"}
+        "DEPLOY_TYPE": "canary-auto", "COMMIT_SHA": SHA, "BUILD_ID": SHA[:12], "COMMIT_BRANCH": "develop",
+        "PS_DELIVERY": "k"}  # the delivery key travels on (issue 16), so the far side can spot a repeat
 
 
 def test_local_argv_fills_placeholders_per_word_without_a_shell() -> None:
@@ -115,3 +127,84 @@ def test_local_argv_fills_placeholders_per_word_without_a_shell() -> None:
 def test_bad_local_templates_are_bad_input(template: str) -> None:
     with pytest.raises(BadInput):
         local_argv(template, delivery(), "canary-auto")
+
+
+def merge(action: str = "merge", target: str = "develop", **attrs: object) -> dict[str, object]:
+    return {"object_kind": "merge_request", "user": {"username": "dev"}, "project": {"id": 7},
+            "object_attributes": {"action": action, "target_branch": target, "merge_commit_sha": SHA,
+                                  "last_commit": {"id": "e" * 40}, **attrs}}
+
+
+def test_a_merge_into_a_deploying_branch_is_a_trigger_of_its_merge_commit() -> None:
+    info = classify(merge(), ("develop",))
+    assert info.ignored is None
+    assert (info.event, info.branch, info.ref, info.sha, info.user) == (
+        "merge_request", "develop", "refs/heads/develop", SHA, "dev")
+    assert commit_ids(info) == ([f"merge:develop:{SHA}"], [f"push:develop:{SHA}"])
+    assert commit_ids(classify(push(), ("develop",))) == ([f"push:develop:{SHA}"], [f"merge:develop:{SHA}"])
+    squashed = classify(merge(merge_commit_sha=None, squash_commit_sha="5" * 40), ("develop",))
+    assert squashed.sha == "5" * 40
+    fast_forward = classify(merge(merge_commit_sha=None), ("develop",))
+    assert fast_forward.sha == "e" * 40
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (merge(action="open"), "is not a push or a merge"),
+    (merge(action="update"), "is not a push or a merge"),
+    (merge(target="main"), "merge into 'main' does not deploy"),
+    ({"object_kind": "merge_request", "object_attributes": "x"}, "is not a push or a merge"),
+])
+def test_other_merge_request_events_are_ignored(payload: dict[str, object], reason: str) -> None:
+    info = classify(payload, ("develop",))
+    assert info.ignored is not None and reason in info.ignored
+    assert commit_ids(info) == ([], [])
+
+
+def test_long_keys_are_hashed_never_cut() -> None:
+    a, b = "k" * 300 + "a", "k" * 300 + "b"
+    assert delivery_key({"Idempotency-Key": a}, b"") != delivery_key({"Idempotency-Key": b}, b"")
+    assert delivery_key({"Idempotency-Key": a}, b"") == "sha256:" + hashlib.sha256(a.encode()).hexdigest()
+    assert delivery_key({"Idempotency-Key": "short"}, b"") == "short"
+    assert delivery_key({"idempotency-key": "lower"}, b"") == "lower"
+
+
+def test_every_delivery_is_known_by_its_body_and_each_header() -> None:
+    body = b'{"a": 1}'
+    ids = delivery_ids({"Idempotency-Key": "i", "X-Gitlab-Event-UUID": "u"}, body)
+    assert ids == [f"body:{hashlib.sha256(body).hexdigest()}", "idem:i", "uuid:u"]
+    assert delivery_ids({}, body) == ids[:1]
+
+
+def test_json_depth_limit() -> None:
+    assert parse_body(b"[" * 400 + b"]" * 400, 400) == (None, "body is not a JSON object")
+    assert parse_body(b'{"a":' + b"[" * 399 + b"]" * 399 + b"}", 400)[1] is None
+    too_deep = b'{"a":' + b"[" * 400 + b"]" * 400 + b"}"
+    assert parse_body(too_deep, 400)[1] == "JSON nested deeper than 400 levels"
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    assert parse_body(deep, 400) == (None, "JSON nested deeper than 400 levels")
+    assert nesting_within({"a": [{"b": []}]}, 4) and not nesting_within({"a": [{"b": []}]}, 3)
+
+
+def test_short_tokens_are_refused() -> None:
+    from pipeline_steps.steps.webhook import read_token
+
+    with pytest.raises(BadInput, match="at least 16"):
+        read_token("T", {"T": "x" * 15})
+    assert read_token("T", {"T": "x" * 16}) == "x" * 16
+
+
+def test_local_resume_reads_the_exit_code_a_finished_run_left(tmp_path: Path) -> None:
+    from pipeline_steps.webhook.actions import FinalFailure, LocalDeployAction
+
+    action = LocalDeployAction(template="status", run_dir=str(tmp_path))
+    d = delivery()
+    log, rc = action.files(d)
+    assert action.resume(d) is None  # never ran (or killed before it ended): run it
+    log.write_text("deploying\nall healthy\n")
+    rc.write_text("0\n")
+    assert action.resume(d) == "`ps status` done (adopted after a restart): all healthy"
+    rc.write_text("1\n")
+    with pytest.raises(FinalFailure, match="exited 1"):
+        action.resume(d)
+    rc.write_text("3\n")
+    assert action.resume(d) is None  # unreachable then: worth another attempt

@@ -6,7 +6,19 @@ import stat
 import threading
 from pathlib import Path
 
-from pipeline_steps.webhook.store import DONE, FAILED, IGNORED, PENDING, RUNNING, Delivery, DeliveryStore
+import pytest
+
+from pipeline_steps.webhook.store import (
+    DEAD,
+    DONE,
+    FAILED,
+    IGNORED,
+    PENDING,
+    RUNNING,
+    SUPERSEDED,
+    Delivery,
+    DeliveryStore,
+)
 
 
 def make(key: str, at: float = 1.0, status: str = PENDING) -> Delivery:
@@ -83,3 +95,81 @@ def test_outcomes_and_restart_recovery_survive_reopening(tmp_path: Path) -> None
     got = again.get("b")
     assert got is not None and (got.status, got.outcome) == (FAILED, "no")
     assert again.count(PENDING) == 1
+
+
+def test_every_store_file_is_private_from_birth(tmp_path: Path) -> None:
+    path = tmp_path / "p.sqlite3"
+    store = DeliveryStore(path)
+    store.add(make("k"))
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("p.sqlite3")]
+    assert {p.name for p in files} >= {"p.sqlite3", "p.sqlite3-wal", "p.sqlite3-shm"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+
+
+def test_any_known_id_makes_a_duplicate_and_adds_its_ids(tmp_path: Path) -> None:
+    store = DeliveryStore(tmp_path / "d.sqlite3")
+    assert store.record(make("idem-a"), ["idem:a", "body:1"]) is None
+    assert store.record(make("uuid-u"), ["uuid:u", "body:1"]) == "idem-a"  # same body
+    assert store.record(make("other"), ["uuid:u", "body:2"]) == "idem-a"   # the UUID learnt just now
+    assert store.record(make("new"), ["body:3"]) is None
+    assert [d.key for d in store.recent()] == ["new", "idem-a"]
+
+
+def test_cross_ids_match_only_within_the_merge_window(tmp_path: Path, monkeypatch: object) -> None:
+    import pipeline_steps.webhook.store as store_module
+
+    store = DeliveryStore(tmp_path / "d.sqlite3")
+    assert store.record(make("merge"), ["body:m"], ["merge:develop:s"], ["push:develop:s"]) is None
+    assert store.record(make("push"), ["body:p"], ["push:develop:s"], ["merge:develop:s"]) == "merge"
+    # two pushes of one commit are not merged by this (a later re-push of an old commit deploys again)
+    assert store.record(make("push2"), ["body:p2"], ["push:develop:t"], ["merge:develop:t"]) is None
+    assert store.record(make("push3"), ["body:p3"], ["push:develop:t"], ["merge:develop:t"]) is None
+    setattr(store_module, "MERGE_WINDOW", -1.0)  # noqa: B010 - everything is now outside the window
+    try:
+        assert store.record(make("late"), ["body:l"], ["merge:develop:t"], ["push:develop:t"]) is None
+    finally:
+        setattr(store_module, "MERGE_WINDOW", 3600.0)  # noqa: B010
+
+
+def test_coalescing_claims_the_newest_of_a_branch_and_supersedes_the_rest(tmp_path: Path) -> None:
+    store = DeliveryStore(tmp_path / "d.sqlite3")
+    for i, key in enumerate(("a", "b", "c")):
+        store.add(make(key, at=float(i)))
+    other = Delivery(**{**make("x", at=1.5).as_dict(), "branch": "release"})
+    store.add(other)
+    claimed = store.claim_next(coalesce=True)
+    assert claimed is not None and claimed.key == "c"
+    assert {d.key: d.status for d in store.recent()} == {"a": SUPERSEDED, "b": SUPERSEDED, "c": RUNNING,
+                                                         "x": PENDING}
+    nxt = store.claim_next(coalesce=True)
+    assert nxt is not None and nxt.key == "x"
+
+
+def test_requeue_by_hand_only_from_dead_failed_or_superseded(tmp_path: Path) -> None:
+    store = DeliveryStore(tmp_path / "d.sqlite3")
+    store.add(make("k"))
+    claimed = store.claim_next()
+    assert claimed is not None
+    with pytest.raises(ValueError):
+        store.requeue("k")  # running
+    store.finish("k", DEAD, "gave up")
+    again = store.requeue("k")
+    assert (again.status, again.attempts) == (PENDING, 0) and "was dead" in (again.outcome or "")
+    with pytest.raises(KeyError):
+        store.requeue("missing")
+
+
+def test_an_old_database_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE deliveries (key TEXT PRIMARY KEY, received_at REAL NOT NULL, "
+                     "event TEXT NOT NULL, ref TEXT, branch TEXT, sha TEXT, project TEXT, user TEXT, "
+                     "status TEXT NOT NULL, "
+                     "outcome TEXT, attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL)")
+        conn.execute("INSERT INTO deliveries VALUES ('k', 1, 'push', NULL, 'develop', NULL, NULL, NULL, "
+                     "'done', 'ok', 1, 1)")
+    store = DeliveryStore(path)
+    got = store.get("k")
+    assert got is not None and (got.status, got.pid) == (DONE, None)
