@@ -12,6 +12,7 @@ from types import FrameType
 import click
 
 from pipeline_steps.command import pass_output, report
+from pipeline_steps.durations import DURATION
 from pipeline_steps.errors import BadInput
 from pipeline_steps.output import Output
 from pipeline_steps.secrets import register_secret
@@ -110,10 +111,10 @@ def group() -> None:
               help="Pushes of one branch waiting behind a running deploy collapse to the newest.")
 @click.option("--attempts", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Attempts per delivery before it is dead.")
-@click.option("--retry-wait", type=click.FloatRange(0.0, 3600.0), default=1.0, show_default=True,
-              help="First backoff in seconds (doubling, at most --retry-max-wait).")
-@click.option("--retry-max-wait", type=click.FloatRange(0.0, 3600.0), default=60.0, show_default=True,
-              help="Longest backoff in seconds.")
+@click.option("--retry-wait", type=DURATION, default="1s", show_default=True, metavar="D",
+              help="First backoff (doubling, at most --retry-max-wait).")
+@click.option("--retry-max-wait", type=DURATION, default="60s", show_default=True, metavar="D",
+              help="Longest backoff.")
 @pass_output
 def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str, ...], db: str | None,
           action_kind: str, deploy_type: str, jenkins_url: str | None, jenkins_job: str | None,
