@@ -5,7 +5,9 @@ and every problem as `path: message`, in the order of the file, in one ConfigErr
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -22,6 +24,7 @@ MAX_DEPTH = 32  # ps.yaml needs 5 levels; YAML parsers recurse per level
 MAX_VALUES = 100_000  # values after YAML aliases are expanded (a "billion laughs" file stops here)
 MAX_BYTES = 1 << 20
 _STAND_INS = {"app": "app", "registry": "registry.invalid"}  # let the rest of a file be checked as a whole
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 TOP_LEVEL = "top level: must be a mapping (app, registry, services, ...)"
 
 
@@ -56,7 +59,7 @@ class _Loader(yaml.SafeLoader):
                     continue  # unhashable: the base class reports it
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first at line {first.line + 1})",
+                        None, None, f"duplicate key {repr(key)[:80]} (first at line {first.line + 1})",
                         key_node.start_mark)
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
@@ -81,7 +84,7 @@ def read_yaml(file: Path) -> Any:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{where}not valid YAML: {problem}"], str(file)) from None
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. an integer of 5000 digits
-        raise ConfigError([f"not valid YAML: {str(exc)[:200]}"], str(file)) from None
+        raise ConfigError([f"not valid YAML: {str(exc).split(':')[0][:200]}"], str(file)) from None
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -109,7 +112,7 @@ def _shape(raw: Any) -> Problem | None:
         if count > MAX_VALUES:
             return (), f"more than {MAX_VALUES} values (YAML aliases expand to that)"
         if len(loc) > MAX_DEPTH:
-            return loc[:MAX_DEPTH], f"nesting deeper than {MAX_DEPTH} levels"
+            return loc[:1], f"nesting deeper than {MAX_DEPTH} levels"
         if isinstance(node, dict):
             stack.extend((v, (*loc, str(k))) for k, v in node.items())
         elif isinstance(node, list):
@@ -189,8 +192,10 @@ def _message(error: dict[str, Any], loc: Loc) -> str:
         "dict_type": "must be a mapping", "model_type": "must be a mapping",
         "model_attributes_type": "must be a mapping",
         "list_type": "must be a list", "too_short": "must not be empty",
-        "too_long": f"must have at most {ctx.get('max_length')} entries",
     }
+    if kind == "too_long":
+        unit = "entries" if ctx.get("field_type") in ("List", "Dictionary", "Tuple", "Set") else "characters"
+        return f"must be at most {ctx.get('max_length')} {unit}"
     return words.get(kind, str(error["msg"]).lower())
 
 
@@ -264,10 +269,16 @@ def _order(data: Any, loc: Loc) -> tuple[int, ...]:
 
 
 def format_loc(loc: Loc) -> str:
-    """`services.web.health.path`, `hosts[0].docker`."""
+    """`services.web.health.path`, `hosts[0].docker`; keys that are not plain words are quoted and cut,
+    so a problem stays one short line."""
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part) and len(part) <= 64:
+            text += f".{part}" if text else part
+        else:
+            text += "[" + json.dumps(part if len(part) <= 40 else part[:40] + "...") + "]"
     return text
 
 
@@ -293,7 +304,7 @@ def parse(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None = None) 
             if not _prune(pruned, errors, moved):  # type: ignore[arg-type]
                 break
             continue
-        config, found = build(file, source, base_dir or Path.cwd())
+        config, found = build(file, source, base_dir or Path.cwd(), frozenset(loc for loc, _ in problems))
         problems += [(_restore(loc, moved), message) for loc, message in found]
         break
     mattermost = _node(data, ("notify", "mattermost"))

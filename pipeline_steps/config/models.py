@@ -252,9 +252,14 @@ class PsFile(FileModel):
 class _Build:
     """Turns a validated PsFile into a Config, collecting the problems only the whole file shows."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, broken: frozenset[Loc]) -> None:
         self.base = base
+        self.broken = broken  # where the file already has problems (those values were left out)
         self.problems: list[Problem] = []
+
+    def intact(self, loc: Loc) -> bool:
+        """No value under `loc` was left out for a problem of its own (so absence means absence)."""
+        return not any(b[:len(loc)] == loc for b in self.broken)
 
     def problem(self, loc: Loc, message: str) -> None:
         self.problems.append((loc, message))
@@ -279,7 +284,9 @@ class _Build:
     def service(self, app: str, name: str, s: ServiceFile) -> Service:
         loc: Loc = ("services", name)
         slots = {slot: port for slot, port in s.slots.model_dump().items() if port is not None}
-        if not slots:
+        if not self.intact((*loc, "slots")):
+            pass
+        elif not slots:
             self.problem((*loc, "slots"), "is required: a host port per slot (stable/canary or blue/green)")
         elif not any(all(slot in slots for slot in pair) for pair in SLOT_PAIRS.values()):
             self.problem((*loc, "slots"), "needs a full pair: stable and canary, or blue and green")
@@ -358,9 +365,12 @@ class _Build:
         return state
 
 
-def build(file: PsFile, source: str, base: Path) -> tuple[Config, list[Problem]]:
-    """The Config of a validated file, and the problems between its fields (empty: the file is valid)."""
-    b = _Build(base)
+def build(file: PsFile, source: str, base: Path,
+          broken: frozenset[Loc] = frozenset()) -> tuple[Config, list[Problem]]:
+    """The Config of a validated file, and the problems between its fields (empty: the file is valid).
+
+    `broken`: where values were left out of the file for their own problems."""
+    b = _Build(base, broken)
     services = {name: b.service(file.app, name, s) for name, s in file.services.items()}
     hosts = b.hosts(file.hosts)
     b.shared_ports_and_upstreams(services, hosts)
