@@ -249,6 +249,14 @@ class PsFile(FileModel):
 # ---------------------------------------------------------------- building the Config
 
 
+def _kind(path: str) -> str | None:
+    """What is at `path`: a directory, a file (anything else) or None (absent, or hidden from this user)."""
+    try:
+        return "directory" if Path(path).is_dir() else "file" if Path(path).exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 class _Build:
     """Turns a validated PsFile into a Config, collecting the problems only the whole file shows."""
 
@@ -311,7 +319,7 @@ class _Build:
         if r is None:
             return None
         include = self.path(r.include, ("router", "include"))  # written by ps on this machine, in every mode
-        if Path(include).is_dir():
+        if _kind(include) == "directory":
             self.problem(("router", "include"), f"must be a file path, not a directory: {include}")
 
         def nginx_path(key: str) -> str | None:
@@ -360,7 +368,7 @@ class _Build:
             home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
             return str(Path(home) / "pipeline-steps" / app)
         state = self.path(value, ("state_dir",))
-        if Path(state).exists() and not Path(state).is_dir():
+        if _kind(state) not in (None, "directory"):
             self.problem(("state_dir",), f"must be a directory, not a file: {state}")
         return state
 
