@@ -292,16 +292,19 @@ def parse(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None = None) 
     data = _plain(raw)
     problems: list[Problem] = []
     config: Config | None = None
-    pruned, moved = data, {}  # type: ignore[var-annotated]
+    # Values with problems of their own are left out, and the rest is validated again, so the checks
+    # between fields (slot pairs, shared ports, ...) still run: every problem is reported at once.
+    pruned: Any = data
+    moved: dict[Loc, list[int]] = {}
     for attempt in range(8):
         try:
             file = PsFile.model_validate(pruned)
         except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_input=False)
+            errors = [dict(e) for e in exc.errors(include_url=False, include_input=False)]
             if attempt == 0:
-                problems += [(_error_loc(e), _message(e, _error_loc(e))) for e in errors]  # type: ignore[arg-type]
+                problems += [(_error_loc(e), _message(e, _error_loc(e))) for e in errors]
                 pruned = copy.deepcopy(data)
-            if not _prune(pruned, errors, moved):  # type: ignore[arg-type]
+            if not _prune(pruned, errors, moved):
                 break
             continue
         config, found = build(file, source, base_dir or Path.cwd(), frozenset(loc for loc, _ in problems))
