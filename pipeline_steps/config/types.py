@@ -238,8 +238,11 @@ def duration_seconds(value: Any, positive: bool = False) -> float:
 
 Duration = Annotated[float, PlainValidator(duration_seconds), WithJsonSchema(DURATION_SCHEMA)]
 PositiveDuration = Annotated[float, PlainValidator(lambda v: duration_seconds(v, positive=True)),
-                             WithJsonSchema({**DURATION_SCHEMA, "description": "A duration above 0: 500ms, "
-                                             "2s, 1m, 1h or plain seconds."})]
+                             WithJsonSchema({"description": "A duration above 0: 500ms, 2s, 1m, 1h or plain "
+                                                            "seconds.",
+                                             "oneOf": [{"type": "number", "exclusiveMinimum": 0,
+                                                        "maximum": MAX_DURATION},
+                                                       DURATION_SCHEMA["oneOf"][1]]})]
 
 
 def _keep(value: Any) -> float | None:

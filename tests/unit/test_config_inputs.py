@@ -225,6 +225,40 @@ def test_hostile_values_are_one_clear_problem(raw: dict[str, Any], fragment: str
     assert len(info.value.message) < 400
 
 
+# What the JSON Schema cannot say (relations between fields, the file system, the values' meaning, JSON's
+# 10.0 == 10): only the loader refuses these. Every other hostile value is refused by both.
+LOADER_ONLY = {
+    "scale as a float",
+    "successes > retries",
+    "one upstream for two services",
+    "duration NaN",
+    "default upstreams collide",
+    "registry port out of range",
+    "url with a bad port",
+    "router.include: /tmp",
+    "state_dir: /etc/passwd",
+    "address: 999.1.1.1",
+    "timezone as a path",
+    "5000-deep list",
+}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [raw for label, raw, _ in CASES if label not in LOADER_ONLY],
+    ids=[label for label, _, _ in CASES if label not in LOADER_ONLY],
+)
+def test_the_schema_refuses_them_too(raw: dict[str, Any]) -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "pipeline_steps/schema/ps.schema.json").read_text()
+    )
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(raw))
+
+
 def _block_mapping(depth: int) -> str:
     return "".join("  " * i + f"k{i}:\n" for i in range(depth)) + "  " * depth + "v\n"
 
