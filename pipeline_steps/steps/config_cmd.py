@@ -1,4 +1,4 @@
-"""`ps config validate|show`: check ps.yaml and print the effective configuration."""
+"""`ps config validate|show|schema`: check ps.yaml, print the effective configuration or its JSON Schema."""
 
 from __future__ import annotations
 
@@ -57,3 +57,11 @@ def show(out: Output) -> None:
         click.echo(mask(yaml.safe_dump(data, sort_keys=False, default_flow_style=False)), nl=False)
     report(out, "config-show", {"config": data})
 
+
+
+@group.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of ps.yaml (generated from the config models; no ps.yaml needed)."""
+    from pipeline_steps.config.schema import schema_text
+
+    click.echo(schema_text(), nl=False)

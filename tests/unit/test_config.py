@@ -282,3 +282,17 @@ def test_router_paths_host_nginx_and_nginx_in_a_container(tmp_path: Path) -> Non
     assert boxed.router.include == str(tmp_path / "edge" / "ups.conf")
     assert boxed.router.error_log == str(tmp_path / "logs" / "e.log")
     assert (boxed.router.conf, boxed.router.pid) == ("/etc/nginx/nginx.conf", "/run/nginx.pid")
+
+
+def test_config_objects_import_without_pydantic_or_yaml() -> None:
+    """Step modules import the config objects at their top: that must not load pydantic (or yaml), so
+    `ps --help` and `ps <step> --help` stay fast; the models load when a config is read."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport pipeline_steps.config\nfrom pipeline_steps.cli import main\n"
+            "for name in ('config', 'deploy', 'health-gate'):\n"
+            "    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pydantic', 'pydantic_core', 'yaml'}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"

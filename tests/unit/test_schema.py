@@ -16,7 +16,8 @@ from pipeline_steps.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO / "pipeline_steps" / "schema" / "ps.schema.json"
-EXAMPLES = sorted({*REPO.glob("examples/**/ps*.yaml"), *REPO.glob("shared/**/ps*.yaml")})
+EXAMPLES = sorted({*REPO.glob("examples/**/ps*.yaml"), *REPO.glob("shared/**/ps*.yaml"),
+                   *REPO.glob("shared/**/ps*.yaml.example")})
 VALID: dict[str, Any] = {
     "app": "shop", "registry": "127.0.0.1:5000",
     "services": {"web": {"slots": {"stable": 18081, "canary": 18082}}},
@@ -32,6 +33,54 @@ def validator() -> jsonschema.Draft202012Validator:
 
 def test_there_are_examples() -> None:
     assert REPO / "examples" / "ps.yaml" in EXAMPLES
+    assert REPO / "shared" / "ps.yaml.example" in EXAMPLES
+
+
+def test_the_committed_schema_is_the_one_the_models_generate() -> None:
+    """ps.schema.json is generated (`ps config schema > pipeline_steps/schema/ps.schema.json`)."""
+    from pipeline_steps.config.schema import schema_text
+
+    assert SCHEMA_PATH.read_text() == schema_text()
+
+
+def test_ps_config_schema_prints_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pipeline_steps", "config", "schema"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == SCHEMA_PATH.read_text()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(REPO)))
+def test_examples_load(path: Path) -> None:
+    from pipeline_steps.config import load_config
+
+    config = load_config(path)
+    assert config.services and config.source == str(path)
+
+
+def test_schema_defaults_are_the_objects_defaults(validator: jsonschema.Draft202012Validator) -> None:
+    """Defaults are written once (on the config objects): the loader and the schema both show them."""
+    from pipeline_steps.config import (
+        BlueGreenPolicy,
+        CanaryPolicy,
+        DeployPolicy,
+        HealthSpec,
+        MattermostNotify,
+        NginxRouter,
+    )
+
+    config = parse_config({**VALID, "router": {"include": "/x/ups.conf"}})
+    assert config.services["web"].health == HealthSpec()
+    assert (config.canary, config.notify, config.deploy, config.blue_green) == (
+        CanaryPolicy(), MattermostNotify(), DeployPolicy(), BlueGreenPolicy())
+    assert config.router == NginxRouter(include="/x/ups.conf")
+    defs = validator.schema["$defs"]
+    assert defs["HealthFile"]["properties"]["retries"]["default"] == HealthSpec.retries
+    assert defs["CanaryFile"]["properties"]["steps"]["default"] == [s.weight for s in CanaryPolicy.steps]
+    assert defs["RouterFile"]["properties"]["keepalive"]["default"] == NginxRouter.keepalive
+    assert validator.schema["properties"]["timezone"]["default"] == config.timezone
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(REPO)))
@@ -69,6 +118,18 @@ BROKEN = [
     ("notify.mattermost.url", "https://chat/hooks/x"),
     ("router.backups", 3),  # router without include
     ("surprise", 1),
+    ("canary.scale", 2**63),
+    ("router", {"include": "u.conf", "keepalive": 10**100}),
+    ("services.web.health.path", "/health\r\nX: 1"),
+    ("services.web.upstream", "a{b}"),
+    ("services.web.env", {"A": "x\x00y"}),
+    ("services.web.url", "not a url"),
+    ("router", {"include": "u.conf", "url": "ftp://x"}),
+    ("registry", "reg istry"),
+    ("app", "a" * 100),
+    ("hosts", [{"address": "not an ip!"}]),
+    ("services.web.health.timeout", "１０s"),
+    ("services.Web", {"slots": {"stable": 3, "canary": 4}}),
 ]
 
 

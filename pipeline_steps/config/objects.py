@@ -1,0 +1,186 @@
+"""The configuration objects the rest of ps uses: frozen dataclasses, light to import.
+
+Their defaults are the defaults of ps.yaml: the pydantic models of the file (models.py) take every
+default from here, so the loader, the JSON Schema and code that builds these objects directly agree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SLOT_PAIRS: dict[str, tuple[str, str]] = {
+    "canary": ("stable", "canary"),
+    "blue-green": ("blue", "green"),
+}
+SLOT_NAMES = ("stable", "canary", "blue", "green")
+DEFAULT_CONFIG = "ps.yaml"
+_SECRET_HINT = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A Docker endpoint and the address nginx reaches its published ports at."""
+
+    name: str
+    docker: str | None = None  # None: the local engine (DOCKER_HOST or the default socket)
+    address: str = "127.0.0.1"
+
+    @property
+    def endpoint(self) -> str:
+        """The Docker endpoint as a user would recognise it."""
+        return self.docker or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """How a service proves it is healthy."""
+
+    path: str = "/health"
+    expect_status: int | None = None  # None: any 2xx
+    expect: dict[str, str] = field(default_factory=dict)
+    retries: int = 30
+    timeout: float = 5.0
+    interval: float = 2.0
+    max_latency: float | None = None
+    successes: int = 1
+    start_period: float = 0.0
+    logs_fallback: str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """One deployable service: how to build it and where its slots listen."""
+
+    name: str
+    context: str
+    dockerfile: str = "Dockerfile"
+    port: int = 80
+    slots: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    env_from: tuple[str, ...] = ()
+    health: HealthSpec = field(default_factory=HealthSpec)
+    upstream: str = ""
+    url: str | None = None  # where nginx serves this service (for measuring the live split)
+
+    def pair(self, kind: str) -> tuple[str, str] | None:
+        """The slot pair of `kind` ("canary" or "blue-green") if this service has both slots."""
+        pair = SLOT_PAIRS[kind]
+        return pair if all(s in self.slots for s in pair) else None
+
+
+@dataclass(frozen=True)
+class NginxRouter:
+    """The nginx that splits traffic, and how to test and reload it."""
+
+    include: str
+    binary: str = "nginx"
+    prefix: str | None = None
+    conf: str | None = None
+    container: str | None = None
+    error_log: str | None = None
+    pid: str | None = None
+    url: str | None = None
+    backups: int = 10
+    keepalive: int = 32
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    """One step of canary-auto: a weight and how long to hold it."""
+
+    weight: int
+    pause: float | None = None
+    checks: int | None = None
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """How canary-auto moves traffic: the steps, holds and nginx weight scale."""
+
+    steps: tuple[CanaryStep, ...] = (CanaryStep(10), CanaryStep(40), CanaryStep(70))
+    pause: float = 30.0
+    check_interval: float = 2.0
+    tolerance: int = 2
+    scale: int = 1000
+    min_weight: int = 1
+    probe: int = 0  # requests sent through nginx at each step to measure the live split (0: off)
+
+
+@dataclass(frozen=True)
+class MattermostNotify:
+    """Where deploy notifications go (the webhook URL itself comes from the environment)."""
+
+    webhook_env: str = "MATTERMOST_WEBHOOK_URL"
+    channel: str | None = None
+    username: str | None = "pipeline-steps"
+    icon_url: str | None = None
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class DeployPolicy:
+    """Deploy-wide settings: images kept, the old color's keep period, the lock wait."""
+
+    keep_images: int = 5
+    blue_green_keep: float | None = None  # None: keep the old color running as backup
+    lock_wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class BlueGreenPolicy:
+    """blue-green deploys."""
+
+    watch: float = 30.0  # after the switch the new color is watched like a canary hold (0: off)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated ps.yaml."""
+
+    app: str
+    registry: str
+    services: dict[str, Service]
+    hosts: tuple[Host, ...] = (Host(name="local"),)
+    timezone: str = "Asia/Seoul"
+    router: NginxRouter | None = None
+    canary: CanaryPolicy = field(default_factory=CanaryPolicy)
+    notify: MattermostNotify = field(default_factory=MattermostNotify)
+    deploy: DeployPolicy = field(default_factory=DeployPolicy)
+    blue_green: BlueGreenPolicy = field(default_factory=BlueGreenPolicy)
+    state_dir: str = ""
+    source: str = DEFAULT_CONFIG
+
+    def service(self, name: str) -> Service:
+        """The named service, or a BadInput listing the known ones."""
+        from pipeline_steps.errors import BadInput
+
+        if name not in self.services:
+            known = ", ".join(sorted(self.services)) or "none"
+            raise BadInput(f"unknown service {name!r} (configured: {known})")
+        return self.services[name]
+
+    def select(self, name: str | None) -> list[Service]:
+        """One service by name, or all of them for None."""
+        return [self.service(name)] if name else list(self.services.values())
+
+    def image_repo(self, service: Service) -> str:
+        """`<registry>/<app>/<service>` without a tag."""
+        return f"{self.registry.rstrip('/')}/{self.app}/{service.name}"
+
+    def image_ref(self, service: Service, build_id: str) -> str:
+        return f"{self.image_repo(service)}:{build_id}"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secret-looking env values masked."""
+        data = asdict(self)
+        for svc in data["services"].values():
+            svc["env"] = {k: ("****" if _SECRET_HINT.search(k) else v) for k, v in svc["env"].items()}
+            svc["env_from"] = list(svc["env_from"])
+        data["hosts"] = list(data["hosts"])
+        data["canary"]["steps"] = list(data["canary"]["steps"])
+        webhook = self.notify.webhook_env
+        data["notify"]["webhook"] = "set (masked)" if os.environ.get(webhook) else f"not set (${webhook})"
+        return data
