@@ -103,7 +103,12 @@ Item = str | list[list["Item"]]  # a word, or an optional group of alternatives
 
 def _tokens(text: str) -> list[str]:
     spaced = text.replace("]...", "]").replace("[", " [ ").replace("]", " ] ")  # `[--tag T]...` repeats
-    return [ELIDED if t in ("…", "...") else t for t in shlex.split(spaced)]
+    words = shlex.split(spaced)
+    for stop, word in enumerate(words):  # a shell redirection ends what ps parses (`ps config schema > f`)
+        if word in (">", ">>", "2>", "&&", ";"):
+            words = words[:stop]
+            break
+    return [ELIDED if t in ("…", "...") else t for t in words]
 
 
 def _parse(tokens: list[str], pos: int = 0, closing: bool = False) -> tuple[list[list[Item]], int]:
