@@ -313,11 +313,15 @@ class Rollout:
 
         One health check over HTTP each; the engine is asked only about a slot that failed it.
         """
+        from dataclasses import replace
+
         from pipeline_steps.steps.health_gate import GatePolicy, check_once, service_targets
 
         why: dict[str, str] = {}
         for service in services:
-            policy = GatePolicy.from_spec(service.health, retries=1, successes=1, start_period=0.0)
+            # serving means answering: a stopped container's matching logs do not carry requests
+            policy = replace(GatePolicy.from_spec(service.health, retries=1, successes=1, start_period=0.0),
+                             logs_fallback=None)
             record = check_once(service_targets(self.config, service.name, slot), policy)
             if not record.ok:
                 why[service.name] = f"answers no healthy {service.health.path} ({record.reason})"
@@ -402,6 +406,16 @@ class Rollout:
 
     def _canary_start(self, services: Sequence[Service]) -> str:
         build_id = self.build_id()
+        stable_down = self.not_serving("stable", services)
+        if stable_down:  # replacing the canary must not leave the upstream without a live server
+            canary_down = self.not_serving("canary", [s for s in services if s.name in stable_down])
+            alone = [n for n in stable_down if n not in canary_down]
+            if alone:
+                raise StepFailed(f"stable of {', '.join(alone)} {stable_down[alone[0]]} and the canary is "
+                                 "the only slot serving: replacing it would leave no server; run ps "
+                                 "deploy --type stable first")
+            self.decide(f"stable of {', '.join(stable_down)} {next(iter(stable_down.values()))}, and no "
+                        "canary serves either: nothing serves now, deploying the canary anyway")
         self._move_canary_traffic_away(services)
         self.decide(f"deploying {build_id} into the canary slot of {', '.join(self.names(services))}")
         self._stage = "canary gate"
