@@ -541,3 +541,39 @@ def test_manual_rollback_says_no_check_failed(deploy_bed: Callable[..., TrafficB
     assert done.returncode == 0, done.stderr
     assert "after the failed check" not in done.stderr
     assert "after the rollback began" in done.stderr
+
+
+def test_rollback_moves_traffic_while_a_slow_chat_gets_started_first(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        httpserver: Any) -> None:
+    from werkzeug import Response
+
+    bed = deploy_bed()
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001", "--no-notify").returncode == 0
+    assert _deploy(docker_ps, "--type", "canary-manual", "--weight", "40", "--build-id", "bbbb00000002",
+                   "--no-notify").returncode == 0
+    arrived: list[tuple[str, float]] = []
+    slow = threading.Event()
+
+    def hook(request: Any) -> Any:
+        arrived.append((_status_of(request.get_json()), time.monotonic()))
+        slow.wait(3.0)  # a chat endpoint that takes 3 s to answer (never set: the simulated slowness)
+        return Response("ok", 200)
+
+    httpserver.expect_request("/hooks/slow", method="POST").respond_with_handler(hook)
+    proc = docker_ps.popen("--json", "deploy", "--type", "rollback",
+                           env={"MATTERMOST_WEBHOOK_URL": httpserver.url_for("/hooks/slow")})
+    moved: float | None = None
+    deadline = time.monotonic() + 60
+    while moved is None and time.monotonic() < deadline and proc.poll() is None:
+        if _include_weights(bed) == [999, 1]:
+            moved = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert moved is not None, err
+    assert [s for s, _ in arrived] == ["started", "success"]
+    started_at, success_at = arrived[0][1], arrived[1][1]
+    assert moved < started_at + 3.0  # the traffic did not wait for the slow answer to `started`
+    assert success_at >= started_at + 3.0  # the outcome went out only after `started` was answered
