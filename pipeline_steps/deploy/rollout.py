@@ -207,12 +207,8 @@ class Rollout:
         return [p for svc in verdicts for p in svc.get("problems", [])]
 
     def probe_url(self, service: Service) -> str | None:
-        """Where to measure the live split of a service: its url, or router.url for a single service."""
-        if service.url:
-            return service.url
-        if self.config.router and self.config.router.url and len(self.config.services) == 1:
-            return self.config.router.url
-        return None
+        """Where to measure the live split of a service: its own url (preflight asks for it)."""
+        return service.url or None
 
     def hold(self, services: Sequence[Service], pause: float, checks: int | None, *, slot: str = "canary",
              canary: float | None = None, active: str | None = None, during: str = "the hold") -> None:
@@ -745,9 +741,16 @@ class Rollout:
         """Bad input is refused before the lock, a notification or any change."""
         kind = {"blue-green": "blue-green", "rollback": None}.get(self.request.type, "canary")
         if kind is not None:
-            self.services(kind)
-        elif not (self.services_or_empty("canary") or self.services_or_empty("blue-green")):
-            raise BadInput("no service to roll back (none has a stable/canary or blue/green pair)")
+            chosen = self.services(kind)
+        else:
+            chosen = self.services_or_empty("canary") + self.services_or_empty("blue-green")
+            if not chosen:
+                raise BadInput("no service to roll back (none has a stable/canary or blue/green pair)")
+        unmeasured = [s.name for s in chosen if not s.url]
+        if self.config.canary.probe and unmeasured:
+            raise BadInput(f"{self.config.source}: canary.probe is {self.config.canary.probe} but "
+                           f"services.{unmeasured[0]}.url is not set (the probe measures the service's own "
+                           "URL through nginx); set it or canary.probe: 0")
         if self.request.type in ("stable", "canary-manual", "canary-auto", "blue-green"):
             self.build_id()
         if self.request.type == "rollback" and self.request.to:

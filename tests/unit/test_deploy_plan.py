@@ -69,7 +69,8 @@ def _recording_rollout(tmp: Path, args: dict[str, Any], monkeypatch: pytest.Monk
         "app": "shop", "registry": "127.0.0.1:5999", "state_dir": str(tmp / "state"),
         "services": {"web": {"context": ".", "slots": {"stable": 18081, "canary": 18082},
                              "url": "http://127.0.0.1:18080/web/"},
-                     "api": {"context": ".", "slots": {"blue": 18091, "green": 18092}}},
+                     "api": {"context": ".", "slots": {"blue": 18091, "green": 18092},
+                             "url": "http://127.0.0.1:18080/api/"}},
         "router": {"include": str(tmp / "ups.conf")}, "blue_green": {"watch": "20s"},
         "canary": {"steps": [10, 40], "pause": "30s", "check_interval": "1s", "probe": 200}}))
     rollout = Rollout(load_config(path), DeployRequest(**args), None, Output(json_mode=True))
@@ -117,3 +118,13 @@ def test_the_plan_is_what_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         found = plan.find(word, at + 1)
         assert found > at, (word, plan)
         at = found
+
+
+def test_a_probe_without_the_service_url_is_bad_input(ps: Any, project: Any, workdir: Path) -> None:
+    project({"app": "shop", "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
+             "services": {"web": {"context": ".", "slots": {"stable": 18081, "canary": 18082}}},
+             "router": {"include": str(workdir / "ups.conf"), "url": "http://127.0.0.1:18080/"},
+             "canary": {"steps": [10], "probe": 100}})
+    done = ps("--dry-run", "deploy", "--type", "canary-auto", "--build-id", "abc123def456")
+    assert done.returncode == 2, done.stderr
+    assert "services.web.url" in done.stderr and len(done.stderr.strip().splitlines()) == 1
