@@ -381,7 +381,7 @@ def _status_of(message: dict[str, Any]) -> str:
     return str(message["props"]["pipeline_steps"]["status"])
 
 
-@pytest.mark.parametrize("canary", ["missing", "stopped"])
+@pytest.mark.parametrize("canary", ["missing", "stopped", "unhealthy"])
 def test_stable_deploy_without_a_serving_canary_goes_through_it(
         deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
         docker_client: Any, canary: str) -> None:
@@ -391,8 +391,10 @@ def test_stable_deploy_without_a_serving_canary_goes_through_it(
     assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
     if canary == "missing":
         _container(docker_client, "canary").remove(force=True)
-    else:
+    elif canary == "stopped":
         _container(docker_client, "canary").stop(timeout=5)
+    else:
+        _container(docker_client, "canary").exec_run(["touch", "/tmp/unhealthy"])
     with LoadGenerator(bed.url("web"), rate=75, max_seconds=120, timeout=10) as load:
         done = _deploy(docker_ps, "--type", "stable", "--build-id", "bbbb00000002")
     result = load.report()
@@ -401,7 +403,8 @@ def test_stable_deploy_without_a_serving_canary_goes_through_it(
     assert result.sent > 50 and result.failed == 0, result.errors[:5]
     assert set(result.by_slot) == {"stable", "canary"}  # the canary really carried the traffic meanwhile
     decisions = " | ".join(_result(done)["decisions"])
-    said = "has no container" if canary == "missing" else "is exited"
+    said = {"missing": "has no container", "stopped": "is exited",
+            "unhealthy": "answers no healthy /health (HTTP 503"}[canary]
     assert f"the canary slot {said}" in decisions, decisions
     assert "nginx retries on the canary" not in done.stderr
     builds = _builds(docker_ps)
@@ -409,16 +412,18 @@ def test_stable_deploy_without_a_serving_canary_goes_through_it(
     assert _include_weights(bed) == [999, 1]
 
 
+@pytest.mark.parametrize("kind", ["canary-auto", "canary-manual"])
 def test_canary_unhealthy_while_the_probe_runs_is_rolled_back_at_once(
         deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
-        docker_client: Any, httpserver: Any) -> None:
+        docker_client: Any, httpserver: Any, kind: str) -> None:
     bed = deploy_bed(probe=1500, steps=[10, 40], pause="1s")  # the probe outlasts the pause by far
     app_builds("aaaa00000001")
     app_builds("bbbb00000002")
     assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001", "--no-notify").returncode == 0
     messages, env = _hook(httpserver)
     env["CI_JOB_URL"] = "https://ci.example.com/jobs/77"
-    proc = docker_ps.popen("--json", "deploy", "--type", "canary-auto", "--build-id", "bbbb00000002",
+    weight = ["--weight", "10"] if kind == "canary-manual" else []
+    proc = docker_ps.popen("--json", "deploy", "--type", kind, *weight, "--build-id", "bbbb00000002",
                            env=env)
     assert proc.stderr is not None
     lines: list[str] = []
@@ -443,7 +448,7 @@ def test_canary_unhealthy_while_the_probe_runs_is_rolled_back_at_once(
     assert result["result"] == "rolled-back"
     assert "turned unhealthy during the probe" in result["message"], result["message"]
     took = back - touched
-    print(f"unhealthy -> traffic on stable with the probe running: {took:.3f}s")
+    print(f"{kind}: unhealthy -> traffic on stable with the probe running: {took:.3f}s")
     assert took < 0.2 + 1.5, err  # check_interval + one reload (with room for a busy bed)
     assert [_status_of(m) for m in messages] == ["started", "rolled-back"]
     fields = {f["title"]: f["value"] for f in messages[-1]["attachments"][0]["fields"]}
