@@ -41,12 +41,26 @@ class DeployBed:
     def url(self, service: str) -> str:
         return f"{self.nginx.url}/{service}/"
 
-    def ps(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def _env(self, env: dict[str, str] | None) -> dict[str, str]:
         full = {**os.environ, "DOCKER_HOST": self.engine.base_url, "PYTHONPATH": str(REPO), **(env or {})}
         for name in ("CI_COMMIT_SHA", "GIT_COMMIT", "MATTERMOST_WEBHOOK_URL"):
             full.pop(name, None)
-        return subprocess.run([sys.executable, "-m", "pipeline_steps", *args], cwd=self.workdir, env=full,
-                              capture_output=True, text=True, check=False, timeout=600)
+        return full
+
+    def ps(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline_steps", *args], cwd=self.workdir,
+                              env=self._env(env), capture_output=True, text=True, check=False, timeout=600)
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """The same run in the background, stdout and stderr piped (read stderr line by line)."""
+        return subprocess.Popen([sys.executable, "-m", "pipeline_steps", *args], cwd=self.workdir,
+                                env=self._env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def set_config(self, section: str, **values: Any) -> None:
+        """Change keys of one ps.yaml section (e.g. set_config("canary", probe=400))."""
+        raw = yaml.safe_load(self.config_path.read_text())
+        raw.setdefault(section, {}).update(values)
+        self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     def build(self, build_id: str, fail_after: int | None = None) -> None:
         """Tag a sample-app image for every service under `build_id` (FAIL_AFTER baked in if given)."""

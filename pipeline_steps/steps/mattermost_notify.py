@@ -69,6 +69,7 @@ def build_payload(*, app: str, status: str, ctx: CIContext | None = None, deploy
                   weight: int | None = None, message: str | None = None, rollback_info: str | None = None,
                   log_url: str | None = None, duration: float | None = None,
                   services: Sequence[str] | None = None, channel: str | None = None,
+                  failed_at: str | None = None,
                   username: str | None = None, icon_url: str | None = None,
                   timezone: str = DEFAULT_TIMEZONE, now: datetime | None = None) -> dict[str, Any]:
     """The incoming-webhook payload (pure): headline text plus one attachment with the details."""
@@ -90,9 +91,13 @@ def build_payload(*, app: str, status: str, ctx: CIContext | None = None, deploy
     headline = f"{emoji} **{app}** {deploy_type + ' ' if deploy_type else ''}{verb}: `{build}`"
     if ctx and ctx.branch:
         headline += f" on `{ctx.branch}`"
-    if split:
+    failed_at = truncate(failed_at, 200) if failed_at and status in ("failure", "rolled-back") else None
+    if failed_at:
+        headline += f" (failed at {failed_at})"
+    elif split:
         headline += f" ({split})"
-    fallback = f"{app} {kind} {status}: {build}" + (f" ({split})" if split else "")
+    fallback = f"{app} {kind} {status}: {build}" + (f" (failed at {failed_at})" if failed_at
+                                                    else f" ({split})" if split else "")
 
     fields: list[dict[str, Any]] = [
         {"title": "Deploy type", "value": kind, "short": True},
@@ -103,7 +108,9 @@ def build_payload(*, app: str, status: str, ctx: CIContext | None = None, deploy
         fields.append({"title": "Branch", "value": ctx.branch, "short": True})
     if ctx and ctx.author:
         fields.append({"title": "Author", "value": ctx.author, "short": True})
-    if split:
+    if failed_at:
+        fields.append({"title": "Failed at", "value": failed_at, "short": True})
+    elif split:
         fields.append({"title": "Traffic", "value": split, "short": True})
     if duration is not None:
         fields.append({"title": "Duration", "value": format_duration(duration), "short": True})
@@ -173,17 +180,23 @@ def notify(config: Config | None, ctx: CIContext | None, *, status: str, deploy_
            log_url: str | None = None, duration: float | None = None, services: Sequence[str] | None = None,
            fail_on_error: bool = False, dry_run: bool = False, app: str | None = None,
            timeout: float | None = None, attempts: int = 3, backoff: float = 0.5,
-           env: Mapping[str, str] | None = None, now: datetime | None = None) -> NotifyResult:
-    """Build and send the notification. Unless fail_on_error, never raises for delivery problems."""
+           env: Mapping[str, str] | None = None, now: datetime | None = None,
+           failed_at: str | None = None) -> NotifyResult:
+    """Build and send the notification. Unless fail_on_error, never raises for delivery problems.
+
+    Without log_url the log link is the CI job's (the context's job URL, else CI_JOB_URL / BUILD_URL).
+    """
     settings = config.notify if config else MattermostNotify()
     environ = os.environ if env is None else env
+    log_url = log_url or ci_log_url(ctx, environ)
     url = (environ.get(settings.webhook_env) or "").strip()
     if url:
         mattermost.register_webhook(url)
     payload = build_payload(
         app=app or (config.app if config else "app"), status=status, ctx=ctx, deploy_type=deploy_type,
         weight=weight, message=message, rollback_info=rollback_info, log_url=log_url, duration=duration,
-        services=services, channel=settings.channel, username=settings.username, icon_url=settings.icon_url,
+        services=services, failed_at=failed_at, channel=settings.channel, username=settings.username,
+        icon_url=settings.icon_url,
         timezone=config.timezone if config else DEFAULT_TIMEZONE, now=now)
     masked = mask_url(url) if url else "not set"
     if dry_run:
@@ -209,6 +222,14 @@ def notify(config: Config | None, ctx: CIContext | None, *, status: str, deploy_
     return result
 
 
+def ci_log_url(ctx: CIContext | None, environ: Mapping[str, str]) -> str | None:
+    """The CI job's log: the context's job URL, else CI_JOB_URL (GitLab) or BUILD_URL (Jenkins)."""
+    for url in (ctx.job_url if ctx else None, environ.get("CI_JOB_URL"), environ.get("BUILD_URL")):
+        if url and url.strip().startswith(("https://", "http://")):
+            return url.strip()
+    return None
+
+
 def _optional_config(path: str) -> Config | None:
     """ps.yaml when it exists (a broken one is still an error), else None."""
     return load_config(path) if Path(path).is_file() else None
@@ -230,7 +251,10 @@ def _context() -> CIContext | None:
               help="Share of traffic on the new slot.")
 @click.option("--message", metavar="TEXT", help="Free text for the team.")
 @click.option("--rollback-info", metavar="TEXT", help="What was rolled back, and to what.")
-@click.option("--log-url", type=HTTP_URL, metavar="URL", help="Where the log of the run is.")
+@click.option("--log-url", type=HTTP_URL, metavar="URL",
+              help="Where the log of the run is [the CI job: CI_JOB_URL or BUILD_URL].")
+@click.option("--failed-at", metavar="TEXT",
+              help="failure/rolled-back: the step that failed (shown instead of the split).")
 @click.option("--services", metavar="A,B", help="The services deployed (comma separated).")
 @click.option("--duration", type=DURATION, help="How long the deploy took.")
 @click.option("--app", metavar="NAME", help="App name when there is no ps.yaml [app].")
@@ -243,7 +267,8 @@ def _context() -> CIContext | None:
 @click.option("--dry-run", "local_dry_run", is_flag=True, help="Print the payload, send nothing.")
 @pass_output
 def command(out: Output, status: str, deploy_type: str | None, weight: int | None, message: str | None,
-            rollback_info: str | None, log_url: str | None, services: str | None, duration: float | None,
+            rollback_info: str | None, log_url: str | None, failed_at: str | None, services: str | None,
+            duration: float | None,
             app: str | None, fail_on_error: bool, timeout: float | None, attempts: int, backoff: float,
             local_dry_run: bool) -> None:
     """Post a deploy notification to Mattermost (a failure warns and exits 0 unless --fail-on-error)."""
@@ -253,7 +278,7 @@ def command(out: Output, status: str, deploy_type: str | None, weight: int | Non
     result = notify(config, _context(), status=status, deploy_type=deploy_type, weight=weight,
                     message=message, rollback_info=rollback_info, log_url=log_url, duration=duration,
                     services=service_list, fail_on_error=fail_on_error, dry_run=dry_run, app=app,
-                    timeout=timeout, attempts=attempts, backoff=backoff)
+                    timeout=timeout, attempts=attempts, backoff=backoff, failed_at=failed_at)
     if result.dry_run:
         out.say(f"dry run: would post to {result.webhook}:")
         out.say(json.dumps(result.payload, indent=2, ensure_ascii=False))

@@ -56,7 +56,8 @@ def deploy_bed(traffic_bed: Callable[..., TrafficBed], engine: Any, docker_clien
     """A canary (or blue-green) bed whose ps.yaml deploys through the bed's Docker engine."""
     beds: list[TrafficBed] = []
 
-    def make(kinds: dict[str, str] | None = None, retries: int = 40, **canary: Any) -> TrafficBed:
+    def make(kinds: dict[str, str] | None = None, retries: int = 40, watch: str = "1s",
+             **canary: Any) -> TrafficBed:
         kinds = kinds or {"web": "canary"}
         bed = traffic_bed(kinds, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
                                                    "address": "127.0.0.1"}])
@@ -67,6 +68,7 @@ def deploy_bed(traffic_bed: Callable[..., TrafficBed], engine: Any, docker_clien
             svc["url"] = bed.url(name)
         raw["canary"] = {"steps": [10, 40, 70], "pause": "1s", "check_interval": "200ms", "probe": 0,
                          **canary}
+        raw["blue_green"] = {"watch": watch}
         bed.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         beds.append(bed)
         return bed
@@ -347,3 +349,236 @@ def test_stable_deploys_keep_the_newest_images_and_only_untag(
         for c in docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
             c.remove(force=True)  # the running build's tag goes only once no container uses it
         images.remove_images(docker_client, repo_prefix=f"{registry}/{APP}/")
+
+
+# ---------------------------------------------------------------- issue 9: never an upstream without a server
+
+
+def _container(docker_client: Any, slot: str, service: str = "web") -> Any:
+    return docker_client.containers.get(f"{APP}-{service}-{slot}")
+
+
+def _builds(docker_ps: Any) -> dict[tuple[str, str], str | None]:
+    status = _result(docker_ps("--json", "status"))
+    return {(s["service"], s["slot"]): s["build_id"] for s in status["slots"] if s["state"] == "running"}
+
+
+def _hook(httpserver: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A Mattermost endpoint that records every message; the env that points ps at it."""
+    from werkzeug import Response
+
+    messages: list[dict[str, Any]] = []
+
+    def hook(request: Any) -> Any:
+        messages.append(request.get_json())
+        return Response("ok", 200)
+
+    httpserver.expect_request("/hooks/secret-token", method="POST").respond_with_handler(hook)
+    return messages, {"MATTERMOST_WEBHOOK_URL": httpserver.url_for("/hooks/secret-token")}
+
+
+def _status_of(message: dict[str, Any]) -> str:
+    return str(message["props"]["pipeline_steps"]["status"])
+
+
+@pytest.mark.parametrize("canary", ["missing", "stopped", "unhealthy"])
+def test_stable_deploy_without_a_serving_canary_goes_through_it(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        docker_client: Any, canary: str) -> None:
+    bed = deploy_bed()
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
+    if canary == "missing":
+        _container(docker_client, "canary").remove(force=True)
+    elif canary == "stopped":
+        _container(docker_client, "canary").stop(timeout=5)
+    else:
+        _container(docker_client, "canary").exec_run(["touch", "/tmp/unhealthy"])
+    with LoadGenerator(bed.url("web"), rate=75, max_seconds=120, timeout=10) as load:
+        done = _deploy(docker_ps, "--type", "stable", "--build-id", "bbbb00000002")
+    result = load.report()
+    print(f"load during a stable deploy with a {canary} canary: {result.summary()}")
+    assert done.returncode == 0, done.stderr
+    assert result.sent > 50 and result.failed == 0, result.errors[:5]
+    assert set(result.by_slot) == {"stable", "canary"}  # the canary really carried the traffic meanwhile
+    decisions = " | ".join(_result(done)["decisions"])
+    said = {"missing": "has no container", "stopped": "is exited",
+            "unhealthy": "answers no healthy /health (HTTP 503"}[canary]
+    assert f"the canary slot {said}" in decisions, decisions
+    assert "nginx retries on the canary" not in done.stderr
+    builds = _builds(docker_ps)
+    assert builds[("web", "stable")] == builds[("web", "canary")] == "bbbb00000002"
+    assert _include_weights(bed) == [999, 1]
+
+
+@pytest.mark.parametrize("kind", ["canary-auto", "canary-manual"])
+def test_canary_unhealthy_while_the_probe_runs_is_rolled_back_at_once(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        docker_client: Any, httpserver: Any, kind: str) -> None:
+    bed = deploy_bed(probe=1500, steps=[10, 40], pause="1s")  # the probe outlasts the pause by far
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001", "--no-notify").returncode == 0
+    messages, env = _hook(httpserver)
+    env["CI_JOB_URL"] = "https://ci.example.com/jobs/77"
+    weight = ["--weight", "10"] if kind == "canary-manual" else []
+    proc = docker_ps.popen("--json", "deploy", "--type", kind, *weight, "--build-id", "bbbb00000002",
+                           env=env)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "verified: canary 10 % live in nginx" in line:
+            break
+    else:
+        pytest.fail("".join(lines))
+    touched = time.monotonic()
+    _container(docker_client, "canary").exec_run(["touch", "/tmp/unhealthy"])
+    back: float | None = None
+    deadline = time.monotonic() + 60
+    while back is None and time.monotonic() < deadline:
+        if _include_weights(bed) == [999, 1]:
+            back = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    err = "".join(lines) + err
+    assert back is not None, err
+    assert proc.returncode == 1, err
+    result = _result(subprocess.CompletedProcess([], 1, out, err))
+    assert result["result"] == "rolled-back"
+    assert "turned unhealthy during the probe" in result["message"], result["message"]
+    took = back - touched
+    print(f"{kind}: unhealthy -> traffic on stable with the probe running: {took:.3f}s")
+    assert took < 0.2 + 1.5, err  # check_interval + one reload (with room for a busy bed)
+    assert [_status_of(m) for m in messages] == ["started", "rolled-back"]
+    fields = {f["title"]: f["value"] for f in messages[-1]["attachments"][0]["fields"]}
+    assert fields["Log"] == "[open the log](https://ci.example.com/jobs/77)"
+    assert fields["Failed at"] == "canary 10 %"
+    assert "Traffic" not in fields and "failed at canary 10 %" in messages[-1]["text"]
+
+
+def test_blue_green_watch_switches_back_when_the_new_color_fails(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        docker_client: Any) -> None:
+    bed = deploy_bed({"web": "blue-green"}, watch="4s")
+    app_builds("aaaa00000001")
+    app_builds("ffff0000fa11", fail_after=30)  # health fails once the new color served 30 requests
+    first = _deploy(docker_ps, "--type", "blue-green", "--build-id", "aaaa00000001")
+    assert first.returncode == 0, first.stderr
+    kept = _result(first)["active"]["web"]
+    new = "green" if kept == "blue" else "blue"
+    with LoadGenerator(bed.url("web"), rate=75, max_seconds=120, timeout=10) as load:
+        done = _deploy(docker_ps, "--type", "blue-green", "--build-id", "ffff0000fa11", "--keep", "1s")
+    result = load.report()
+    print(f"load during a blue-green deploy whose new color fails: {result.summary()}")
+    assert done.returncode == 1, done.stderr
+    out = _result(done)
+    assert out["result"] == "rolled-back", out["message"]
+    assert f"{new} turned unhealthy during the watch" in out["message"]
+    assert out["active"] == {"web": kept}
+    assert out["rollback_seconds"] is not None and out["rollback_seconds"] < 0.2 + 1.5
+    assert new in result.by_slot and result.failed == 0, result.errors[:5]
+    traffic = _result(docker_ps("--json", "traffic", "status"))
+    assert traffic["services"][0]["active"] == kept
+    assert _container(docker_client, kept).status == "running"  # kept: the watch failed, --keep not used
+    assert f"stopped {APP}-web-{kept}" not in done.stderr
+
+
+def test_rollback_to_a_stopped_color_restarts_and_gates_it(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        docker_client: Any, httpserver: Any) -> None:
+    bed = deploy_bed({"web": "blue-green"}, watch="0s")
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    first = _deploy(docker_ps, "--type", "blue-green", "--build-id", "aaaa00000001")
+    assert first.returncode == 0, first.stderr
+    old = _result(first)["active"]["web"]
+    second = _deploy(docker_ps, "--type", "blue-green", "--build-id", "bbbb00000002", "--keep", "0s")
+    assert second.returncode == 0, second.stderr
+    new = _result(second)["active"]["web"]
+    assert new != old
+    assert _container(docker_client, old).status == "exited"  # --keep 0s stopped it
+    messages, env = _hook(httpserver)
+    with LoadGenerator(bed.url("web"), rate=50, max_seconds=60, timeout=10) as load:
+        back = _deploy(docker_ps, "--type", "rollback", env=env)
+    assert back.returncode == 0, back.stderr
+    assert load.report().failed == 0, load.report().errors[:5]
+    assert f"{old} is exited" in back.stderr and "restarted and gated healthy" in back.stderr
+    assert _container(docker_client, old).status == "running"
+    assert _result(docker_ps("--json", "traffic", "status"))["services"][0]["active"] == old
+    assert [_status_of(m) for m in messages] == ["started", "success"]
+    # nothing to go back to: the other color has no container -> exit 1, traffic stays where it is
+    _container(docker_client, new).remove(force=True)
+    refused = _deploy(docker_ps, "--type", "rollback")
+    assert refused.returncode == 1, refused.stderr
+    assert "has no container" in refused.stderr
+    assert _result(docker_ps("--json", "traffic", "status"))["services"][0]["active"] == old
+
+
+def test_rollback_to_an_unknown_build_is_bad_input_and_sends_nothing(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        httpserver: Any) -> None:
+    bed = deploy_bed()
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001", "--no-notify").returncode == 0
+    manual = _deploy(docker_ps, "--type", "canary-manual", "--weight", "40", "--build-id", "bbbb00000002",
+                     "--no-notify")
+    assert manual.returncode == 0, manual.stderr
+    before = bed.include_text()
+    entries = len(_result(docker_ps("--json", "history"))["entries"])
+    messages, env = _hook(httpserver)
+    done = docker_ps("deploy", "--type", "rollback", "--to", "0123456789ab", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "0123456789ab" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert messages == []
+    assert bed.include_text() == before  # nothing moved
+    assert len(_result(docker_ps("--json", "history"))["entries"]) == entries
+
+
+def test_manual_rollback_says_no_check_failed(deploy_bed: Callable[..., TrafficBed],
+                                              app_builds: Callable[..., str], docker_ps: Any) -> None:
+    deploy_bed()
+    app_builds("aaaa00000001")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
+    done = _deploy(docker_ps, "--type", "rollback")
+    assert done.returncode == 0, done.stderr
+    assert "after the failed check" not in done.stderr
+    assert "after the rollback began" in done.stderr
+
+
+def test_rollback_moves_traffic_while_a_slow_chat_gets_started_first(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        httpserver: Any) -> None:
+    from werkzeug import Response
+
+    bed = deploy_bed()
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001", "--no-notify").returncode == 0
+    assert _deploy(docker_ps, "--type", "canary-manual", "--weight", "40", "--build-id", "bbbb00000002",
+                   "--no-notify").returncode == 0
+    arrived: list[tuple[str, float]] = []
+    slow = threading.Event()
+
+    def hook(request: Any) -> Any:
+        arrived.append((_status_of(request.get_json()), time.monotonic()))
+        slow.wait(3.0)  # a chat endpoint that takes 3 s to answer (never set: the simulated slowness)
+        return Response("ok", 200)
+
+    httpserver.expect_request("/hooks/slow", method="POST").respond_with_handler(hook)
+    proc = docker_ps.popen("--json", "deploy", "--type", "rollback",
+                           env={"MATTERMOST_WEBHOOK_URL": httpserver.url_for("/hooks/slow")})
+    moved: float | None = None
+    deadline = time.monotonic() + 60
+    while moved is None and time.monotonic() < deadline and proc.poll() is None:
+        if _include_weights(bed) == [999, 1]:
+            moved = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert moved is not None, err
+    assert [s for s, _ in arrived] == ["started", "success"]
+    started_at, success_at = arrived[0][1], arrived[1][1]
+    assert moved < started_at + 3.0  # the traffic did not wait for the slow answer to `started`
+    assert success_at >= started_at + 3.0  # the outcome went out only after `started` was answered

@@ -198,3 +198,15 @@ def test_secret_in_a_message_is_masked(ps: Any, hook: Any) -> None:
     done = ps("-v", "--json", "mattermost-notify", "--status", "success", *FAST, env=env)
     assert done.returncode == 0 and len(received) == 1
     assert_no_secret(done)
+
+
+def test_the_log_link_defaults_to_the_ci_job(ps: Any, hook: Any) -> None:
+    server, env = hook  # GitLab CI variables, CI_JOB_URL among them
+    received: list[dict[str, Any]] = []
+    server.expect_request(SECRET_PATH, method="POST").respond_with_handler(mattermost(received))
+    done = ps("mattermost-notify", "--status", "rolled-back", "--failed-at", "canary 40 %", *FAST, env=env)
+    assert done.returncode == 0, done.stderr
+    fields = {f["title"]: f["value"] for f in received[0]["attachments"][0]["fields"]}
+    assert fields["Log"] == f"[open the log]({GITLAB['CI_JOB_URL']})"
+    assert fields["Failed at"] == "canary 40 %"
+    assert "not given" not in json.dumps(received[0])

@@ -117,3 +117,33 @@ def test_huge_messages_stay_under_the_limit(chunk: str) -> None:
                             deploy_type=message)
     check_format(payload)
     assert len(payload["text"]) < MAX_TEXT
+
+
+def test_rolled_back_names_the_step_that_failed_not_the_final_split() -> None:
+    payload = build_payload(app="shop", status="rolled-back", ctx=CTX, deploy_type="canary-auto",
+                            failed_at="canary 40 %", log_url=CTX.job_url, now=NOW)
+    check_format(payload)
+    fields = {f["title"]: f["value"] for f in payload["attachments"][0]["fields"]}
+    assert "(failed at canary 40 %)" in payload["text"] and "0%" not in payload["text"]
+    assert fields["Failed at"] == "canary 40 %" and "Traffic" not in fields
+    assert fields["Log"] == f"[open the log]({CTX.job_url})"
+    # a success never shows a failed step
+    ok = build_payload(app="shop", status="success", deploy_type="canary-auto", weight=70,
+                       failed_at="canary 40 %", now=NOW)
+    assert "failed at" not in ok["text"] and "canary 70% / stable 30%" in ok["text"]
+
+
+@pytest.mark.parametrize(("env", "ctx", "want"), [
+    ({"CI_JOB_URL": "https://gitlab.example.com/jobs/9"}, None, "https://gitlab.example.com/jobs/9"),
+    ({"BUILD_URL": "https://jenkins.example.com/job/shop/12/"}, None, "https://jenkins.example.com/job/shop/12/"),
+    ({"CI_JOB_URL": "https://gitlab.example.com/jobs/9"}, CTX, CTX.job_url),
+    ({"BUILD_URL": "shop #12"}, None, None),  # not a link
+    ({}, None, None),
+])
+def test_the_log_link_comes_from_the_ci_context(env: dict[str, str], ctx: CIContext | None,
+                                                want: str | None) -> None:
+    from pipeline_steps.steps.mattermost_notify import notify
+
+    result = notify(None, ctx, status="rolled-back", dry_run=True, env=env, now=NOW)
+    fields = {f["title"]: f["value"] for f in result.payload["attachments"][0]["fields"]}
+    assert fields.get("Log") == (f"[open the log]({want})" if want else None)
