@@ -37,6 +37,7 @@ class DeployRequest:
     lock_wait: float = 0.0
     report: str | None = None
     notify: bool = True
+    traffic_only: bool = False  # canary-auto: the canary is already deployed and gated (issue 15)
 
 
 @dataclass
@@ -265,6 +266,17 @@ class Rollout:
 
     def _canary_start(self, services: Sequence[Service]) -> str:
         build_id = self.build_id()
+        if self.request.traffic_only:  # issue 15: deploy and gate ran as earlier pipeline stages
+            for service in services:
+                running = self.live_canary_build(service)
+                if running != build_id:
+                    raise StepFailed(f"{service.name}: the canary runs {running}, not {build_id}; "
+                                     "--traffic-only needs the canary deployed and gated first")
+                self.outcome.build_ids[f"{service.name}/canary"] = build_id
+                self.report.build_ids[f"{service.name}/canary"] = build_id
+            self.decide(f"traffic only: the canary of {', '.join(self.names(services))} runs {build_id}, "
+                        "deployed and gated by the earlier stages")
+            return build_id
         live = self.live_canary_percent(services)
         busy = [n for n, pct in live.items() if pct > 100.0 * self.config.canary.min_weight /
                 self.config.canary.scale + 0.05]

@@ -96,6 +96,10 @@ class Endpoints:
         """The text of every Mattermost message, in order."""
         return [json.dumps(p) for p in self.posts]
 
+    def statuses(self) -> list[str]:
+        """The deploy status of every Mattermost message (started, success, failure, rolled-back)."""
+        return [str(p.get("props", {}).get("pipeline_steps", {}).get("status")) for p in self.posts]
+
 
 @pytest.fixture
 def endpoints(httpserver: Any) -> Endpoints:
@@ -180,6 +184,17 @@ class CiBed:
         app_sh.write_text(text + f"# {message}\n")
         self.git("commit", "-qam", message)
         return self.head()
+
+    def history(self) -> list[dict[str, Any]]:
+        """The bed's deployment history (state_dir .state), oldest first."""
+        path = self.repo / ".state" / "history.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def leased(self) -> bool:
+        """Whether a pipeline still holds the deploy lock's lease."""
+        return (self.repo / ".state" / "deploy.lease.json").exists()
 
     def through_nginx(self, count: int = 20) -> list[str]:
         """The X-Slot of `count` sequential requests through the bed's nginx."""

@@ -56,8 +56,9 @@ def test_structure_rules_resource_group_dotenv_and_notify() -> None:
     assert template[".ps-build"]["artifacts"]["reports"]["dotenv"] == "build.env"
     assert template[".ps-deploying"]["resource_group"]
     for hidden in (".ps-deploy-canary", ".ps-deploy-stable", ".ps-set-weights", ".ps-deploy", ".ps-rollback",
-                   ".ps-promote-canary"):
-        assert template[hidden]["extends"] == ".ps-deploying", hidden
+                   ".ps-promote-canary", ".ps-canary-auto-traffic"):
+        extends = template[hidden]["extends"]
+        assert ".ps-deploying" in ([extends] if isinstance(extends, str) else extends), hidden
     assert template[".ps-notify-success"]["when"] == "on_success"
     assert template[".ps-notify-failure"]["when"] == "on_failure"
     for manual in ("promote-canary", "rollback"):
@@ -66,6 +67,40 @@ def test_structure_rules_resource_group_dotenv_and_notify() -> None:
     assert workflow[0] == {"if": '$CI_COMMIT_BRANCH == "develop"',
                            "variables": {"DEPLOY_TYPE": "canary-auto"}}
     assert workflow[1]["variables"] == {"DEPLOY_TYPE": "stable"}
+
+
+def script_of(template: dict[str, dict[str, Any]], name: str) -> list[str]:
+    return [*template[name].get("before_script", []), *template[name]["script"]]
+
+
+def test_template_brings_stages_lease_environments_and_reports() -> None:
+    """issue 15: stages come with the template; changing jobs begin the lease; .post ends it; reports kept."""
+    data = yaml.safe_load(GITLAB_TEMPLATE.read_text())
+    template = jobs(GITLAB_TEMPLATE)
+    assert data["stages"] == ["build", "push", "deploy", "health", "traffic", "verify", "release"]
+    assert "stages" not in yaml.safe_load(GITLAB_CI.read_text()), "the root file takes the template's stages"
+    for name in (".ps-deploy-canary", ".ps-deploy-stable", ".ps-set-weights", ".ps-deploy",
+                 ".ps-canary-auto-traffic"):
+        assert script_of(template, name)[0].startswith("ps pipeline begin --deploy-type"), name
+    for name, status in ((".ps-notify-success", "success"), (".ps-notify-failure", "failure")):
+        assert template[name]["stage"] == ".post"
+        assert template[name]["script"][0].startswith(f"ps pipeline end --status {status}"), name
+        assert template[name]["extends"] == ".ps-pipeline-report"
+    assert template[".ps-pipeline-report"]["artifacts"]["expose_as"]
+    every = [line for name in template if "script" in template[name] for line in script_of(template, name)]
+    assert not [line for line in every if line.startswith("ps mattermost-notify")], "only begin/end notify"
+    assert "--service" not in " ".join(every), "every step works on all services"
+    traffic = script_of(template, ".ps-canary-auto-traffic")[-1]
+    assert "--type canary-auto --traffic-only" in traffic
+    for name in (".ps-deploy-canary", ".ps-deploy-stable", ".ps-deploy", ".ps-promote-canary", ".ps-rollback"):
+        env = template[name]["environment"]
+        assert env["name"] and env["url"] and env["deployment_tier"] == "production", name
+    for name in (".ps-deploy", ".ps-promote-canary", ".ps-rollback", ".ps-canary-auto-traffic"):
+        extends = template[name]["extends"]
+        assert ".ps-report" in extends, name
+    report = template[".ps-report"]["artifacts"]
+    assert report["expose_as"] and report["when"] == "always"
+    assert report["paths"] == ["ps-report.json", "ps-report.html"]
 
 
 # ---------------------------------------------------------------- gitlab-ci-local
@@ -106,23 +141,21 @@ def listed_jobs(output: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("branch, present, absent", [
     ("develop",
-     {"deploy:canary", "health:canary", "traffic:canary-auto", "verify:canary", "rollback:on-failure"},
+     {"deploy:canary", "health:canary", "traffic:canary-auto", "verify:canary"},
      {"deploy:stable", "traffic:stable"}),
     ("main", {"deploy:stable", "health:stable", "traffic:stable", "verify:stable"},
-     {"deploy:canary", "traffic:canary-auto", "rollback:on-failure"}),
+     {"deploy:canary", "traffic:canary-auto"}),
 ])
 def test_rules_pick_the_jobs_per_branch(tmp_path: Path, branch: str, present: set[str],
                                         absent: set[str]) -> None:
     done = gitlab_ci_local(plain_repo(tmp_path, branch), "--list")
     assert done.returncode == 0, done.stdout + done.stderr
     listed = listed_jobs(done.stdout)
-    always = {"notify:started", "build", "push", "promote-canary", "rollback", "notify:success",
-              "notify:failure"}
+    always = {"build", "push", "promote-canary", "rollback", "notify:success", "notify:failure"}
     assert present | always <= set(listed), listed
     assert not absent & set(listed), listed
     assert listed["promote-canary"] == "release" and listed["notify:failure"] == ".post"
-    if branch == "develop":
-        assert listed["rollback:on-failure"] == ".post"
+    assert "notify:started" not in listed and "rollback:on-failure" not in listed  # issue 15: ps pipeline
     assert listed["deploy:canary" if branch == "develop" else "deploy:stable"] == "deploy"
 
 

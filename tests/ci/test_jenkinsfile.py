@@ -69,16 +69,18 @@ def test_every_type_runs_checkout_and_only_ps_steps(jenkins_plans: dict[str, Any
             resolve(step["command"], {k: str(v) for k, v in step["env"].items()} | {"BUILD_URL": "http://x/1/"})
 
 
+# issue 15: every type begins by leasing the deploy lock ('Begin deploy'); canary-auto's traffic stage
+# runs only the traffic phase on the canary the stages before deployed and gated
 @pytest.mark.parametrize("deploy_type, stages", [
-    ("stable", ["Build", "Push", "Deploy stable slot", "Health gate stable", "Traffic to stable",
-                "Verify weights stable"]),
-    ("canary-manual", ["Build", "Push", "Deploy canary slot", "Health gate canary", "Traffic to canary",
-                       "Verify weights canary"]),
-    ("canary-auto", ["Build", "Push", "Deploy canary slot", "Health gate canary", "Traffic by ps deploy",
-                     "Verify weights"]),
-    ("promote-canary", ["Approve promote", "Traffic by ps deploy", "Verify weights"]),
-    ("rollback", ["Traffic by ps deploy", "Verify weights"]),
-    ("blue-green", ["Build", "Push", "Traffic by ps deploy", "Verify weights"]),
+    ("stable", ["Build", "Push", "Begin deploy", "Deploy stable slot", "Health gate stable",
+                "Traffic to stable", "Verify weights stable"]),
+    ("canary-manual", ["Build", "Push", "Begin deploy", "Deploy canary slot", "Health gate canary",
+                       "Traffic to canary", "Verify weights canary"]),
+    ("canary-auto", ["Build", "Push", "Begin deploy", "Deploy canary slot", "Health gate canary",
+                     "Traffic canary-auto", "Verify weights"]),
+    ("promote-canary", ["Approve promote", "Begin deploy", "Traffic by ps deploy", "Verify weights"]),
+    ("rollback", ["Begin deploy", "Traffic by ps deploy", "Verify weights"]),
+    ("blue-green", ["Build", "Push", "Begin deploy", "Traffic by ps deploy", "Verify weights"]),
 ])
 def test_stages_each_type_runs(jenkins_plans: dict[str, Any], deploy_type: str, stages: list[str]) -> None:
     plan = jenkins_plans["runs"][deploy_type]
@@ -87,12 +89,14 @@ def test_stages_each_type_runs(jenkins_plans: dict[str, Any], deploy_type: str, 
 
 
 def test_health_gate_retries_and_deploy_type_passed_to_ps_deploy(jenkins_plans: dict[str, Any]) -> None:
-    for plan in jenkins_plans["runs"].values():
+    for deploy_type, plan in jenkins_plans["runs"].items():
         for step in sh_steps(plan):
-            if step["command"].startswith("ps health-gate"):
-                assert "--retries 30" in step["command"]
-            if step["command"].startswith("ps deploy "):
-                assert '--type "$DEPLOY_TYPE"' in step["command"]
+            command = step["command"]
+            if command.startswith("ps health-gate"):
+                assert "--retries 30" in command
+            if command.startswith("ps deploy "):  # issue 15: canary-auto runs only its traffic phase
+                assert '--type "$DEPLOY_TYPE"' in command or (
+                    deploy_type == "canary-auto" and "--type canary-auto --traffic-only" in command)
 
 
 def test_deploying_steps_hold_the_lock_and_timeouts(jenkins_plans: dict[str, Any]) -> None:
@@ -111,7 +115,7 @@ def test_credentials_bound_where_needed(jenkins_plans: dict[str, Any]) -> None:
             command = step["command"]
             if command.startswith(("ps push", "ps deploy-env", "ps deploy ")):
                 assert {"REGISTRY_USER", "REGISTRY_PASSWORD"} <= bound, (deploy_type, command)
-            if command.startswith(("ps mattermost-notify", "ps deploy ")):
+            if command.startswith(("ps mattermost-notify", "ps deploy ", "ps pipeline")):
                 assert "MATTERMOST_WEBHOOK_URL" in bound, (deploy_type, command)
             if command.startswith("ps gitlab-status"):
                 assert "GITLAB_TOKEN" in bound, (deploy_type, command)
@@ -130,12 +134,29 @@ def test_promote_asks_first_unless_told_not_to(groovy: Any, jenkins_plans: dict[
 
 
 def test_post_notifies_every_outcome(jenkins_plans: dict[str, Any]) -> None:
+    # issue 15: `ps pipeline end` sends the one outcome message (and ends the lease)
     post = jenkins_plans["runs"]["stable"]["post"]
     for outcome, status, state in (("success", "success", "success"), ("failure", "failure", "failed"),
                                    ("aborted", "failure", "canceled")):
         commands = [s["command"] for s in post[outcome]]
-        assert any(c.startswith(f"ps mattermost-notify --status {status}") for c in commands), outcome
+        assert any(c.startswith(f"ps pipeline end --status {status}") for c in commands), outcome
         assert f"ps gitlab-status --state {state}" in commands
+    cleanup = post["cleanup"]
+    assert cleanup[0]["kind"] == "archiveArtifacts" and "ps-pipeline.*" in cleanup[0]["command"]
+    assert any(s["kind"] == "unknown" and s["command"] == "publishHTML" for s in cleanup)
+
+
+def test_only_begin_and_end_notify(jenkins_plans: dict[str, Any]) -> None:
+    for deploy_type, plan in jenkins_plans["runs"].items():
+        post = [s for steps in plan["post"].values() for s in steps if s["kind"] == "sh"]
+        commands = [s["command"] for s in sh_steps(plan) + post]
+        notify = [c for c in commands if c.startswith("ps mattermost-notify")]
+        assert notify == [c for c in (s["command"] for s in plan["post"]["aborted"])
+                          if c.startswith("ps mattermost-notify")], deploy_type  # only "aborted"
+        begins = [i for i, c in enumerate(commands) if c.startswith("ps pipeline begin")]
+        changing = [i for i, c in enumerate(commands) if c.startswith(DEPLOYING)]
+        assert len(begins) == 1 and changing and begins[0] < changing[0], deploy_type
+        assert "--service" not in " ".join(commands), "every step works on all services"
 
 
 # ---------------------------------------------------------------- the shared library
