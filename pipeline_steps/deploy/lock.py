@@ -152,7 +152,7 @@ class LockStatus:
     def describe(self) -> str:
         """One human line."""
         if self.state == "free":
-            return f"deploy lock of app {self.app} is free"
+            return f"deploy lock of app {self.app} is free" + self.lease_text()
         if self.holder is None:
             text = f"deploy lock of app {self.app} is held by an unknown process (no holder record)"
         elif self.state == "stale":

@@ -96,7 +96,7 @@ class Endpoints:
         """The text of every Mattermost message, in order."""
         return [json.dumps(p) for p in self.posts]
 
-    def statuses(self) -> list[str]:
+    def sent(self) -> list[str]:
         """The deploy status of every Mattermost message (started, success, failure, rolled-back)."""
         return [str(p.get("props", {}).get("pipeline_steps", {}).get("status")) for p in self.posts]
 

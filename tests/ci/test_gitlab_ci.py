@@ -92,7 +92,8 @@ def test_template_brings_stages_lease_environments_and_reports() -> None:
     assert "--service" not in " ".join(every), "every step works on all services"
     traffic = script_of(template, ".ps-canary-auto-traffic")[-1]
     assert "--type canary-auto --traffic-only" in traffic
-    for name in (".ps-deploy-canary", ".ps-deploy-stable", ".ps-deploy", ".ps-promote-canary", ".ps-rollback"):
+    for name in (".ps-deploy-canary", ".ps-deploy-stable", ".ps-deploy", ".ps-promote-canary",
+                 ".ps-rollback"):
         env = template[name]["environment"]
         assert env["name"] and env["url"] and env["deployment_tier"] == "production", name
     for name in (".ps-deploy", ".ps-promote-canary", ".ps-rollback", ".ps-canary-auto-traffic"):
@@ -170,13 +171,21 @@ def test_other_branches_run_no_pipeline() -> None:
 # ---------------------------------------------------------------- end to end on the test bed
 
 
-def run_jobs(bed: CiBed, *jobs_: str, branch: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run jobs (all of the pipeline when none named) with the CI secrets in the runner's environment."""
+def run_jobs(bed: CiBed, *jobs_: str, branch: str | None = None,
+             pipeline: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run jobs (all of the pipeline when none named) with the CI secrets in the runner's environment.
+
+    `pipeline` names the run (CI_PIPELINE_ID / CI_PIPELINE_URL), so a second gitlab-ci-local call can
+    continue the same pipeline (its `.post` jobs after a failure, see below)."""
     if branch:
         current = bed.git("rev-parse", "--abbrev-ref", "HEAD")
         if current != branch:
             bed.git("checkout", "-q", "-B", branch)
-    done = gitlab_ci_local(bed.repo, *jobs_, env=bed.env(**bed.secrets()))
+    args: list[str] = []
+    if pipeline is not None:
+        args = ["--variable", f"CI_PIPELINE_ID={pipeline}",
+                "--variable", f"CI_PIPELINE_URL=https://gitlab.example.com/ci/app/-/pipelines/{pipeline}"]
+    done = gitlab_ci_local(bed.repo, *args, *jobs_, env=bed.env(**bed.secrets()))
     for secret in bed.secret_values():
         assert secret not in done.stdout + done.stderr, "a secret was printed"
     return done
@@ -202,11 +211,33 @@ def runs_on_failure(name: str) -> bool:
     return False
 
 
+def finish_failed_pipeline(bed: CiBed, pipeline: int) -> subprocess.CompletedProcess[str]:
+    """GitLab now runs the pipeline's `when: on_failure` jobs. gitlab-ci-local 4.73 stops at the first
+    later stage whose jobs do not run and never reaches them, so they run here as GitLab would: the same
+    jobs of the same pipeline (same CI_PIPELINE_URL), with only their `when` lifted."""
+    failure_jobs = ("notify:failure",)
+    for job in failure_jobs:
+        assert runs_on_failure(job), job
+    lifted = yaml.safe_load((bed.repo / ".gitlab-ci.yml").read_text())
+    for job in failure_jobs:
+        lifted[job] = {**lifted[job], "rules": [{"when": "on_success"}]}
+    (bed.repo / ".gitlab-ci.on-failure.yml").write_text(yaml.safe_dump(lifted, sort_keys=False))
+    after = run_jobs(bed, "--file", ".gitlab-ci.on-failure.yml", *failure_jobs, pipeline=pipeline)
+    assert after.returncode == 0, after.stdout[-6000:] + after.stderr[-2000:]
+    assert "PASS  notify:failure" in after.stdout, after.stdout[-6000:]
+    return after
+
+
 def registry_has(bed: CiBed, tag: str) -> bool:
     answer = requests.head(f"http://{bed.registry.address}/v2/{bed.app}/web/manifests/{tag}",
                            auth=(bed.registry.user, bed.registry.password), timeout=10,
                            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
     return answer.status_code == 200
+
+
+def of_pipeline(bed: CiBed, pipeline: int) -> list[dict[str, Any]]:
+    url = f"https://gitlab.example.com/ci/app/-/pipelines/{pipeline}"
+    return [e for e in bed.history() if e.get("pipeline_url") == url]
 
 
 @pytest.mark.docker
@@ -219,72 +250,108 @@ def test_build_and_push_jobs_pass_build_id_by_dotenv(ci_bed: CiBed) -> None:
     assert dotenv["BUILD_ID"] == build_id
     assert dotenv["IMAGE_WEB"] == f"{ci_bed.registry.address}/{ci_bed.app}/web:{build_id}"
     assert registry_has(ci_bed, build_id)  # push used --build-id "$BUILD_ID" from the dotenv report
+    assert ci_bed.endpoints.posts == []  # issue 15: nothing is said before the first changing stage
 
 
 @pytest.mark.docker
-def test_notify_started_job_reaches_mattermost(ci_bed: CiBed) -> None:
-    done = run_jobs(ci_bed, "notify:started", branch="develop")
-    assert done.returncode == 0, done.stdout[-4000:]
-    texts = ci_bed.endpoints.notified()
-    assert len(texts) == 1 and "started" in texts[0].lower() and "canary-auto" in texts[0]
+@pytest.mark.slow
+def test_build_failure_sends_one_failed_message_with_the_log_link(ci_bed: CiBed) -> None:
+    dockerfile = ci_bed.repo / "app" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "RUN exit 3\n")
+    ci_bed.git("commit", "-qam", "broken build")
+    done = run_jobs(ci_bed, branch="main", pipeline=11)
+    assert done.returncode != 0 and "FAIL  build" in done.stdout, done.stdout[-6000:]
+    assert ci_bed.endpoints.posts == []
+    finish_failed_pipeline(ci_bed, 11)
+    assert ci_bed.endpoints.sent() == ["failure"]
+    text = ci_bed.endpoints.notified()[0]
+    assert "open the log" in text and "/pipelines/11" in text and "stable" in text
+    assert of_pipeline(ci_bed, 11) == [] and not ci_bed.leased()
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_default_branch_pipeline_deploys_stable(ci_bed: CiBed) -> None:
-    done = run_jobs(ci_bed, branch="main")
+    done = run_jobs(ci_bed, branch="main", pipeline=1)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     for job in ("build", "push", "deploy:stable", "health:stable", "traffic:stable", "verify:stable",
                 "notify:success"):
         assert f"PASS  {job}" in done.stdout, job
     assert "notify:failure" not in done.stdout.split("PASS")[-1]
     assert set(ci_bed.through_nginx(20)) == {"stable"}
-    texts = ci_bed.endpoints.notified()
-    assert "started" in texts[0].lower() and "success" in texts[-1].lower()
+    # issue 15: one started and one outcome message; the lease ended; the history as `ps deploy` writes it
+    assert ci_bed.endpoints.sent() == ["started", "success"]
+    assert not ci_bed.leased()
+    build = ci_bed.head()[:12]
+    entries = of_pipeline(ci_bed, 1)
+    assert [e["type"] for e in entries] == ["deploy-env", "set-weights", "stable"]
+    stable = entries[-1]
+    assert (stable["result"], stable["build_ids"], stable["weights"]) == ("success", {"web/stable": build},
+                                                                          {"web": 0})
+    assert (ci_bed.repo / "ps-pipeline.json").exists() and (ci_bed.repo / "ps-pipeline.html").exists()
+    # the same type by `ps deploy` ends in the same state, history entry and messages
+    env = ci_bed.env(**ci_bed.secrets(), CI_COMMIT_SHA=ci_bed.head(), CI_COMMIT_BRANCH="main",
+                     CI_PIPELINE_URL="https://gitlab.example.com/ci/app/-/pipelines/2")
+    direct = subprocess.run([str(VENV_BIN / "ps"), "deploy", "--type", "stable"], cwd=ci_bed.repo, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert direct.returncode == 0, direct.stdout[-4000:] + direct.stderr[-4000:]
+    assert ci_bed.endpoints.sent() == ["started", "success"] * 2
+    by_deploy = ci_bed.history()[-1]
+    assert {k: by_deploy[k] for k in ("type", "result", "build_ids", "weights")} == \
+        {k: stable[k] for k in ("type", "result", "build_ids", "weights")}
+    assert set(ci_bed.through_nginx(20)) == {"stable"}
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_develop_push_runs_canary_auto_to_the_end(ci_bed: CiBed) -> None:
-    stable = run_jobs(ci_bed, branch="main")
+    stable = run_jobs(ci_bed, branch="main", pipeline=1)
     assert stable.returncode == 0, stable.stdout[-6000:]
     ci_bed.git("checkout", "-q", "-b", "develop")
     ci_bed.commit_change("canary build")
-    done = run_jobs(ci_bed)
+    done = run_jobs(ci_bed, pipeline=2)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     for job in ("deploy:canary", "health:canary", "traffic:canary-auto", "verify:canary", "notify:success"):
         assert f"PASS  {job}" in done.stdout, job
     slots = ci_bed.through_nginx(100)
     assert 60 <= slots.count("canary") <= 80, slots  # ends at the last step (70 %) waiting for promote
-    assert "success" in ci_bed.endpoints.notified()[-1].lower()
+    assert ci_bed.endpoints.sent() == ["started", "success"] * 2
+    assert "canary 70% / stable 30%" in ci_bed.endpoints.notified()[-1]
+    # deployed and gated once: the traffic job only ran the traffic phase
+    traffic = done.stdout[done.stdout.index("traffic:canary-auto"):]
+    assert "traffic only: the canary of web runs" in traffic
+    assert "deploying" not in traffic.split("PASS  traffic:canary-auto")[0]
+    entries = of_pipeline(ci_bed, 2)
+    build = ci_bed.head()[:12]
+    assert [e["type"] for e in entries] == ["set-weights", "deploy-env", "canary-auto"]
+    auto = entries[-1]
+    assert (auto["result"], auto["build_ids"], auto["weights"]) == ("success", {"web/canary": build},
+                                                                    {"web": 70})
+    assert not ci_bed.leased()
+    assert (ci_bed.repo / "ps-report.json").exists()
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_canary_failing_its_gate_is_rolled_back_and_notified(ci_bed: CiBed) -> None:
-    stable = run_jobs(ci_bed, branch="main")
+    stable = run_jobs(ci_bed, branch="main", pipeline=1)
     assert stable.returncode == 0, stable.stdout[-6000:]
     ci_bed.git("checkout", "-q", "-b", "develop")
     ci_bed.commit_change("broken canary", app_sh_line="touch /tmp/unhealthy")
-    done = run_jobs(ci_bed)
+    done = run_jobs(ci_bed, pipeline=2)
     assert done.returncode != 0
     assert "FAIL  health:canary" in done.stdout, done.stdout[-6000:]
-    # GitLab now runs the pipeline's `when: on_failure` jobs. gitlab-ci-local 4.73 stops at the first
-    # later stage whose jobs do not run and never reaches them, so they run here as GitLab would: the
-    # same jobs, with only their `when` lifted.
-    failure_jobs = ("rollback:on-failure", "notify:failure")
-    for job in failure_jobs:
-        assert runs_on_failure(job), job
-    lifted = yaml.safe_load((ci_bed.repo / ".gitlab-ci.yml").read_text())
-    for job in failure_jobs:
-        lifted[job] = {**lifted[job], "rules": [{"when": "on_success"}]}
-    (ci_bed.repo / ".gitlab-ci.on-failure.yml").write_text(yaml.safe_dump(lifted, sort_keys=False))
-    after = run_jobs(ci_bed, "--file", ".gitlab-ci.on-failure.yml", *failure_jobs)
-    assert after.returncode == 0, after.stdout[-6000:] + after.stderr[-2000:]
-    assert "PASS  rollback:on-failure" in after.stdout, after.stdout[-6000:]
-    assert "PASS  notify:failure" in after.stdout, after.stdout[-6000:]
+    assert ci_bed.leased()  # the pipeline holds the lock until its end
+    by_hand = subprocess.run([str(VENV_BIN / "ps"), "set-weights", "--canary", "50"], cwd=ci_bed.repo,
+                             env=ci_bed.env(), capture_output=True, text=True, timeout=120, check=False)
+    assert by_hand.returncode == 1 and "/pipelines/2" in by_hand.stderr, by_hand.stderr
+    finish_failed_pipeline(ci_bed, 2)
     assert set(ci_bed.through_nginx(20)) == {"stable"}
-    assert "failure" in ci_bed.endpoints.notified()[-1].lower()
+    assert ci_bed.endpoints.sent() == ["started", "success", "started", "rolled-back"]
+    entries = of_pipeline(ci_bed, 2)
+    assert [e["type"] for e in entries] == ["set-weights", "deploy-env", "canary-auto"]
+    assert entries[-1]["result"] == "rolled-back" and entries[-1]["weights"] == {"web": 0}
+    assert not ci_bed.leased()
 
 
 def test_repo_root_has_no_gitlab_ci_local_state() -> None:

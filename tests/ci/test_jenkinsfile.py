@@ -219,6 +219,7 @@ def run_plan(bed: CiBed, plan: dict[str, Any], build_number: int) -> JenkinsRun:
     secrets = bed.secrets()
     base = bed.env(GIT_COMMIT=bed.head(), GIT_BRANCH="origin/main", BUILD_NUMBER=str(build_number),
                    BUILD_ID=str(build_number),  # Jenkins' own BUILD_ID: the build number, not ours
+                   BUILD_TAG=f"jenkins-sample-app-{build_number}",
                    JOB_NAME="sample-app", JENKINS_URL="http://127.0.0.1:9/",
                    BUILD_URL=f"http://127.0.0.1:9/job/sample-app/{build_number}/")
     result = JenkinsRun()
@@ -243,6 +244,11 @@ def run_plan(bed: CiBed, plan: dict[str, Any], build_number: int) -> JenkinsRun:
     for secret in bed.secret_values():
         assert secret not in result.text(), "a secret was printed"
     return result
+
+
+def of_build(bed: CiBed, build_number: int) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:9/job/sample-app/{build_number}/"
+    return [e for e in bed.history() if e.get("pipeline_url") == url]
 
 
 @pytest.mark.docker
@@ -272,11 +278,21 @@ def test_jenkinsfile_stable_then_canary_manual_on_the_bed(ci_bed: CiBed,
     by_slot = {lbl.get("pipeline-steps.slot"): lbl.get("pipeline-steps.build-id") for lbl in labels.values()}
     assert by_slot == {"stable": first, "canary": second}
 
-    texts = ci_bed.endpoints.notified()
-    assert len(texts) == 4 and "started" in texts[0].lower() and "success" in texts[1].lower()
+    # issue 15: exactly two messages per build (started at the first changing stage, the outcome in post)
+    assert ci_bed.endpoints.sent() == ["started", "success", "started", "success"]
+    assert "canary 10% / stable 90%" in ci_bed.endpoints.notified()[-1]
     states = [s.get("state") for s in ci_bed.endpoints.statuses]
     assert states == ["running", "success", "running", "success"]
     assert ci_bed.endpoints.statuses[-1]["path"].endswith(ci_bed.head())
+    # the history as `ps deploy` writes it, for each type; the lease ended
+    assert [e["type"] for e in of_build(ci_bed, 1)] == ["deploy-env", "set-weights", "stable"]
+    assert of_build(ci_bed, 1)[-1]["build_ids"] == {"web/stable": first}
+    manual = of_build(ci_bed, 2)
+    assert [e["type"] for e in manual] == ["set-weights", "deploy-env", "set-weights", "canary-manual"]
+    assert (manual[-1]["result"], manual[-1]["build_ids"], manual[-1]["weights"]) == \
+        ("success", {"web/canary": second}, {"web": 10})
+    assert not ci_bed.leased()
+    assert (ci_bed.repo / "ps-pipeline.json").exists()
 
 
 @pytest.mark.docker
@@ -288,8 +304,13 @@ def test_jenkinsfile_failing_gate_notifies_failure(ci_bed: CiBed, jenkins_plans:
     canary = run_plan(ci_bed, jenkins_plans["runs"]["canary-manual"], 2)
     assert canary.failed is not None and canary.failed.startswith("ps health-gate"), canary.text()[-4000:]
     assert set(ci_bed.through_nginx(20)) == {"stable"}  # the canary never got its weight
-    assert "failure" in ci_bed.endpoints.notified()[-1].lower()
+    # issue 15: as `ps deploy --type canary-manual` reports a canary failing its gate: rolled back
+    assert ci_bed.endpoints.sent() == ["started", "success", "started", "rolled-back"]
+    assert "open the log" in ci_bed.endpoints.notified()[-1]
     assert ci_bed.endpoints.statuses[-1].get("state") == "failed"
+    assert of_build(ci_bed, 2)[-1]["type"] == "canary-manual"
+    assert of_build(ci_bed, 2)[-1]["result"] == "rolled-back"
+    assert not ci_bed.leased()
 
 
 @pytest.mark.docker
@@ -304,8 +325,15 @@ def test_jenkinsfile_canary_auto_then_promote_on_the_bed(ci_bed: CiBed,
     slots = ci_bed.through_nginx(100)
     assert 60 <= slots.count("canary") <= 80, slots  # canary-auto ends at its last step, 70 %
     assert (ci_bed.repo / "ps-report.json").exists()
+    # deployed and gated once, by the stages; `ps deploy --traffic-only` ran only the traffic phase
+    traffic = next(p for cmd, p in auto.outputs if "--traffic-only" in cmd)
+    assert "traffic only: the canary of web runs" in traffic.stdout + traffic.stderr
+    assert [e["type"] for e in of_build(ci_bed, 2)] == ["set-weights", "deploy-env", "canary-auto"]
 
     promote = run_plan(ci_bed, jenkins_plans["runs"]["promote-canary"], 3)
     assert promote.failed is None, promote.text()[-6000:]
     assert ci_bed.through_nginx(20).count("stable") == 20
-    assert "success" in ci_bed.endpoints.notified()[-1].lower()
+    assert ci_bed.endpoints.sent() == ["started", "success"] * 3
+    assert [e["type"] for e in of_build(ci_bed, 3)] == ["promote-canary"]
+    assert of_build(ci_bed, 3)[-1]["build_ids"]["web/stable"] == ci_bed.head()[:12]
+    assert not ci_bed.leased()
