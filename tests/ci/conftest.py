@@ -230,25 +230,29 @@ def site_servers(app_upstream: str) -> str:
 
 
 @pytest.fixture
-def ci_bed(git_repo: Path, engine: Any, sample_image: str, registry: Registry,
-           nginx_factory: Callable[..., Nginx], endpoints: Endpoints,
+def ci_bed(request: pytest.FixtureRequest, git_repo: Path, engine: Any, sample_image: str,
+           registry: Registry, nginx_factory: Callable[..., Nginx], endpoints: Endpoints,
            docker_client: Any) -> Iterator[CiBed]:
+    """The bed with one service `web`, or (indirect parametrization) the services named."""
+    names: tuple[str, ...] = getattr(request, "param", ("web",))
     app = unique("ci")
-    stable, canary = free_ports(2)
-    upstream = f"{app}_web"
+    ports = free_ports(2 * len(names))
+    slots = {name: {"stable": ports[2 * i], "canary": ports[2 * i + 1]} for i, name in enumerate(names)}
+    stable, canary = slots[names[0]]["stable"], slots[names[0]]["canary"]
+    upstream = f"{app}_{names[0]}"
     nginx = nginx_factory(
         site_servers(upstream),
-        f"upstream {upstream} {{\n    server 127.0.0.1:{stable} weight=999;\n"
-        f"    server 127.0.0.1:{canary} weight=1;\n}}\n")
+        "".join(f"upstream {app}_{name} {{\n    server 127.0.0.1:{slots[name]['stable']} weight=999;\n"
+                f"    server 127.0.0.1:{slots[name]['canary']} weight=1;\n}}\n" for name in names))
     config: dict[str, Any] = {
         "app": app,
         "registry": registry.address,
         "hosts": [{"name": "local", "docker": engine.base_url, "address": "127.0.0.1"}],
-        "services": {"web": {
-            "context": "app", "port": 80, "slots": {"stable": stable, "canary": canary},
+        "services": {name: {
+            "context": "app", "port": 80, "slots": slots[name],
             "health": {"path": "/health", "expect": {"status": "healthy"}, "interval": "300ms",
                        "timeout": "2s"},
-        }},
+        } for name in names},
         "router": {"include": str(nginx.include),
                    "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),
                              "error_log": str(nginx.error_log)},
@@ -274,3 +278,19 @@ def ci_bed(git_repo: Path, engine: Any, sample_image: str, registry: Registry,
         except Exception:
             pass
     images.remove_images(docker_client, repo_prefix=f"{registry.address}/{app}/")
+
+
+THREE_SERVICES = ("frontend", "backend", "python")
+
+
+def running_builds(bed: CiBed) -> dict[tuple[str, str], str]:
+    """(service, slot) -> BUILD_ID of every running slot container of the bed's app."""
+    import docker
+
+    client = docker.DockerClient(base_url=bed.docker_host)
+    try:
+        labels = [c.labels for c in client.containers.list(filters={"name": bed.app})]
+    finally:
+        client.close()
+    return {(lbl.get("pipeline-steps.service", ""), lbl.get("pipeline-steps.slot", "")):
+            lbl.get("pipeline-steps.build-id", "") for lbl in labels}

@@ -11,7 +11,7 @@ import requests
 import yaml
 
 from .cifiles import GITLAB_CI, GITLAB_TEMPLATE, REPO
-from .conftest import VENV_BIN, CiBed, tool
+from .conftest import THREE_SERVICES, VENV_BIN, CiBed, running_builds, tool
 
 # ---------------------------------------------------------------- GitLab's CI schema
 
@@ -300,6 +300,23 @@ def test_default_branch_pipeline_deploys_stable(ci_bed: CiBed) -> None:
     assert {k: by_deploy[k] for k in ("type", "result", "build_ids", "weights")} == \
         {k: stable[k] for k in ("type", "result", "build_ids", "weights")}
     assert set(ci_bed.through_nginx(20)) == {"stable"}
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("ci_bed", [THREE_SERVICES], indirect=True)
+def test_one_pipeline_deploys_all_three_services(ci_bed: CiBed) -> None:
+    done = run_jobs(ci_bed, branch="main", pipeline=1)
+    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+    build = ci_bed.head()[:12]
+    assert running_builds(ci_bed) == {(name, "stable"): build for name in THREE_SERVICES}
+    stable = of_pipeline(ci_bed, 1)[-1]
+    assert stable["type"] == "stable"
+    assert stable["build_ids"] == {f"{n}/stable": build for n in THREE_SERVICES}
+    assert stable["weights"] == dict.fromkeys(THREE_SERVICES, 0)
+    assert ci_bed.endpoints.sent() == ["started", "success"]
+    assert "frontend, backend, python" in ci_bed.endpoints.notified()[0]
+    assert set(ci_bed.through_nginx(10)) == {"stable"}
 
 
 @pytest.mark.docker

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from .cifiles import JENKINS_VARS, JENKINSFILE, REPO, resolve
-from .conftest import CiBed, tool
+from .conftest import THREE_SERVICES, CiBed, running_builds, tool
 
 TYPES = ("stable", "canary-manual", "canary-auto", "promote-canary", "rollback", "blue-green")
 DEPLOYING = ("ps deploy-env", "ps set-weights", "ps deploy ", "ps switch")
@@ -337,3 +337,24 @@ def test_jenkinsfile_canary_auto_then_promote_on_the_bed(ci_bed: CiBed,
     assert [e["type"] for e in of_build(ci_bed, 3)] == ["promote-canary"]
     assert of_build(ci_bed, 3)[-1]["build_ids"]["web/stable"] == ci_bed.head()[:12]
     assert not ci_bed.leased()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("ci_bed", [THREE_SERVICES], indirect=True)
+def test_jenkinsfile_canary_manual_deploys_all_three_services(ci_bed: CiBed,
+                                                              jenkins_plans: dict[str, Any]) -> None:
+    stable = run_plan(ci_bed, jenkins_plans["runs"]["stable"], 1)
+    assert stable.failed is None, stable.text()[-6000:]
+    first = ci_bed.head()[:12]
+    ci_bed.commit_change("second build")
+    canary = run_plan(ci_bed, jenkins_plans["runs"]["canary-manual"], 2)
+    assert canary.failed is None, canary.text()[-6000:]
+    second = ci_bed.head()[:12]
+    assert running_builds(ci_bed) == {**{(n, "stable"): first for n in THREE_SERVICES},
+                                      **{(n, "canary"): second for n in THREE_SERVICES}}
+    manual = of_build(ci_bed, 2)[-1]
+    assert manual["type"] == "canary-manual"
+    assert manual["build_ids"] == {f"{n}/canary": second for n in THREE_SERVICES}
+    assert manual["weights"] == dict.fromkeys(THREE_SERVICES, 10)
+    assert ci_bed.endpoints.sent() == ["started", "success"] * 2
