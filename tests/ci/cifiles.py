@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 JENKINSFILE = REPO / "Jenkinsfile"
 GITLAB_CI = REPO / ".gitlab-ci.yml"
 GITLAB_TEMPLATE = REPO / "shared" / "gitlab" / "ps-steps.gitlab-ci.yml"
+GITLAB_PIPELINE = REPO / "shared" / "gitlab" / "ps-pipeline.gitlab-ci.yml"
+README = REPO / "README.md"
 JENKINS_VARS = REPO / "shared" / "jenkins" / "vars"
 STUB = Path(__file__).resolve().parent / "jenkins_stub.groovy"
 TOOLS = REPO / ".tools" / "node_modules" / ".bin"
@@ -86,7 +88,8 @@ def double_quoted_sh(path: Path) -> list[str]:
 
 def all_lines() -> list[PsLine]:
     """Every shell command in the Jenkinsfile, .gitlab-ci.yml and the shared templates."""
-    lines = groovy_sh_lines(JENKINSFILE) + gitlab_lines(GITLAB_CI) + gitlab_lines(GITLAB_TEMPLATE)
+    lines = (groovy_sh_lines(JENKINSFILE) + gitlab_lines(GITLAB_CI) + gitlab_lines(GITLAB_TEMPLATE)
+             + gitlab_lines(GITLAB_PIPELINE))
     for var in sorted(JENKINS_VARS.glob("*.groovy")):
         lines += groovy_sh_lines(var)
     return lines

@@ -10,7 +10,7 @@ import pytest
 import requests
 import yaml
 
-from .cifiles import GITLAB_CI, GITLAB_TEMPLATE, REPO
+from .cifiles import GITLAB_CI, GITLAB_PIPELINE, GITLAB_TEMPLATE, README, REPO, resolve
 from .conftest import THREE_SERVICES, VENV_BIN, CiBed, running_builds, tool
 
 # ---------------------------------------------------------------- GitLab's CI schema
@@ -22,7 +22,7 @@ def check_schema(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_root_file_and_template_match_gitlab_schema() -> None:
-    done = check_schema(GITLAB_CI, GITLAB_TEMPLATE)
+    done = check_schema(GITLAB_CI, GITLAB_TEMPLATE, GITLAB_PIPELINE)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -102,6 +102,64 @@ def test_template_brings_stages_lease_environments_and_reports() -> None:
     report = template[".ps-report"]["artifacts"]
     assert report["expose_as"] and report["when"] == "always"
     assert report["paths"] == ["ps-report.json", "ps-report.html"]
+
+
+def test_pipeline_template_is_the_root_pipeline() -> None:
+    """shared/gitlab/ps-pipeline.gitlab-ci.yml brings exactly the jobs and workflow of .gitlab-ci.yml."""
+    root = yaml.safe_load(GITLAB_CI.read_text())
+    brought = yaml.safe_load(GITLAB_PIPELINE.read_text())
+    root.pop("include")
+    assert brought == root
+
+
+def readme_ci_section() -> str:
+    text = README.read_text()
+    return text[text.index("## CI files\n"):text.index("## Secrets\n")]
+
+
+def readme_blocks(kind: str) -> list[str]:
+    section = readme_ci_section()
+    return [block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith(kind)]
+
+
+def test_readme_ci_section_matches_the_files() -> None:
+    section = readme_ci_section()
+    stages = yaml.safe_load(GITLAB_TEMPLATE.read_text())["stages"]
+    assert f"`{', '.join(stages)}`" in " ".join(section.split())
+    for line in readme_blocks("sh")[0].splitlines():
+        command = line.split("  #")[0].strip().replace("success|failure", "success")
+        assert resolve(command, {"DEPLOY_TYPE": "stable"}).command.name, command
+    project, vendored = (yaml.safe_load(block) for block in readme_blocks("yaml"))
+    files = project["include"][0]["file"]
+    assert [(REPO / f).exists() for f in files] == [True, True]
+    assert [i["local"] for i in vendored["include"]] == files
+    for name in ("ps pipeline begin", "--traffic-only", "expose_as", "publishHTML", "deployment_tier",
+                 "parallel: matrix", "--ttl", "ps lock release --force"):
+        assert name in section, name
+
+
+def test_a_merge_into_develop_runs_the_push_pipeline(tmp_path: Path) -> None:
+    """A merge request merged into develop: GitLab runs the merge commit's push pipeline (branch develop)."""
+    repo = plain_repo(tmp_path, "develop")
+    git = ["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
+    subprocess.run([*git, "checkout", "-qb", "feature"], cwd=repo, check=True)
+    (repo / "feature.txt").write_text("x\n")
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "feature"], cwd=repo, check=True)
+    subprocess.run([*git, "checkout", "-q", "develop"], cwd=repo, check=True)
+    subprocess.run([*git, "merge", "-q", "--no-ff", "-m", "Merge branch 'feature' into 'develop'", "feature"],
+                   cwd=repo, check=True)
+    parents = subprocess.run(["git", "log", "-1", "--format=%P"], cwd=repo, check=True, capture_output=True,
+                             text=True).stdout.split()
+    assert len(parents) == 2  # a merge commit, as GitLab's merge button makes
+    done = gitlab_ci_local(repo, "--list")
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = listed_jobs(done.stdout)
+    assert {"deploy:canary", "health:canary", "traffic:canary-auto"} <= set(listed), listed
+    # the merge request's own pipeline (CI_PIPELINE_SOURCE=merge_request_event) has no CI_COMMIT_BRANCH:
+    # no workflow rule but `when: never` matches it, so the merge deploys once, by its push pipeline
+    rules = yaml.safe_load(GITLAB_CI.read_text())["workflow"]["rules"]
+    assert all("CI_COMMIT_BRANCH" in rule["if"] for rule in rules[:-1]) and rules[-1] == {"when": "never"}
 
 
 # ---------------------------------------------------------------- gitlab-ci-local
@@ -373,3 +431,31 @@ def test_canary_failing_its_gate_is_rolled_back_and_notified(ci_bed: CiBed) -> N
 
 def test_repo_root_has_no_gitlab_ci_local_state() -> None:
     assert not (REPO / ".gitlab-ci-local").exists(), "gitlab-ci-local must run in temporary projects only"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_fresh_repository_adopts_the_template_with_the_readme_lines(ci_bed: CiBed, tmp_path: Path) -> None:
+    """A new project (git init, a remote with HEAD set): ps.yaml, shared/gitlab/ and only the README's
+    .gitlab-ci.yml lines. Its default branch deploys stable like this repository's pipeline does."""
+    repo = ci_bed.repo
+    vendored = readme_blocks("yaml")[1]
+    (repo / ".gitlab-ci.yml").write_text(vendored)
+    for path in (GITLAB_TEMPLATE, GITLAB_PIPELINE):
+        (repo / "shared" / "gitlab" / path.name).write_text(path.read_text())
+    remote = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    ci_bed.git("add", "-A")
+    ci_bed.git("commit", "-qm", "adopt pipeline-steps")
+    ci_bed.git("remote", "add", "origin", str(remote))
+    ci_bed.git("push", "-q", "origin", "main")
+    ci_bed.git("remote", "set-head", "origin", "main")
+    done = run_jobs(ci_bed, branch="main", pipeline=5)
+    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+    for job in ("build", "push", "deploy:stable", "health:stable", "traffic:stable", "verify:stable",
+                "notify:success"):
+        assert f"PASS  {job}" in done.stdout, job
+    assert "not found" not in done.stdout + done.stderr and "HEAD" not in done.stderr, done.stderr[-2000:]
+    assert ci_bed.endpoints.sent() == ["started", "success"]
+    assert of_pipeline(ci_bed, 5)[-1]["type"] == "stable"
+    assert set(ci_bed.through_nginx(10)) == {"stable"}
