@@ -176,7 +176,9 @@ def end(config: Config, out: Output, *, status: str, deploy_type: str | None = N
         rolled = [e for e in runs if e.result == "rolled-back" or e.type == "rollback"]
         canary_touched = any(k.endswith("/canary") for e in steps for k in e.build_ids) or \
             any(e.type == "set-weights" for e in steps)
-        if kind in ("canary-auto", "canary-manual") and canary_touched and rollout is not None:
+        if own_run is not None and own_run.result == "rolled-back":
+            result.result = "rolled-back"  # `ps deploy` rolled back and recorded it: nothing more to do
+        elif kind in ("canary-auto", "canary-manual") and canary_touched and rollout is not None:
             try:
                 rollout.rollback_to_stable(rollout.services("canary"), "the pipeline failed")
                 result.rolled_back = True

@@ -404,6 +404,15 @@ def test_develop_push_runs_canary_auto_to_the_end(ci_bed: CiBed) -> None:
                                                                     {"web": 70})
     assert not ci_bed.leased()
     assert (ci_bed.repo / "ps-report.json").exists()
+    # the manual jobs, later: runs of their own (`ps deploy` with its lock, history and two messages)
+    for number, job in ((3, "promote-canary"), (4, "rollback")):
+        manual = run_jobs(ci_bed, job, pipeline=number)
+        assert manual.returncode == 0 and f"PASS  {job}" in manual.stdout, manual.stdout[-6000:]
+        assert [e["type"] for e in of_pipeline(ci_bed, number)] == [job]
+        assert of_pipeline(ci_bed, number)[0]["result"] == "success"
+    assert ci_bed.endpoints.sent() == ["started", "success"] * 4
+    assert set(ci_bed.through_nginx(20)) == {"stable"}
+    assert of_pipeline(ci_bed, 3)[0]["build_ids"]["web/stable"] == build
 
 
 @pytest.mark.docker

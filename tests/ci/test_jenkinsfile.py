@@ -338,6 +338,27 @@ def test_jenkinsfile_canary_auto_then_promote_on_the_bed(ci_bed: CiBed,
     assert of_build(ci_bed, 3)[-1]["build_ids"]["web/stable"] == ci_bed.head()[:12]
     assert not ci_bed.leased()
 
+    rollback = run_plan(ci_bed, jenkins_plans["runs"]["rollback"], 4)
+    assert rollback.failed is None, rollback.text()[-6000:]
+    assert [e["type"] for e in of_build(ci_bed, 4)] == ["rollback"]
+    assert ci_bed.endpoints.sent() == ["started", "success"] * 4
+    assert not ci_bed.leased()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_jenkinsfile_build_failure_sends_one_failed_message(ci_bed: CiBed,
+                                                            jenkins_plans: dict[str, Any]) -> None:
+    dockerfile = ci_bed.repo / "app" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "RUN exit 3\n")
+    ci_bed.git("commit", "-qam", "broken build")
+    run = run_plan(ci_bed, jenkins_plans["runs"]["stable"], 1)
+    assert run.failed is not None and run.failed.startswith("ps build"), run.text()[-4000:]
+    assert ci_bed.endpoints.sent() == ["failure"]
+    assert "open the log" in ci_bed.endpoints.notified()[0]
+    assert "http://127.0.0.1:9/job/sample-app/1/" in ci_bed.endpoints.notified()[0]
+    assert of_build(ci_bed, 1) == [] and not ci_bed.leased()
+
 
 @pytest.mark.docker
 @pytest.mark.slow
@@ -358,3 +379,39 @@ def test_jenkinsfile_canary_manual_deploys_all_three_services(ci_bed: CiBed,
     assert manual["build_ids"] == {f"{n}/canary": second for n in THREE_SERVICES}
     assert manual["weights"] == dict.fromkeys(THREE_SERVICES, 10)
     assert ci_bed.endpoints.sent() == ["started", "success"] * 2
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_jenkinsfile_canary_auto_rolled_back_in_its_traffic_phase(ci_bed: CiBed,
+                                                                 jenkins_plans: dict[str, Any]) -> None:
+    import threading
+    import time
+
+    import docker
+
+    stable = run_plan(ci_bed, jenkins_plans["runs"]["stable"], 1)
+    assert stable.failed is None, stable.text()[-6000:]
+    ci_bed.commit_change("canary that fails under traffic")
+    runs: list[JenkinsRun] = []
+    plan = jenkins_plans["runs"]["canary-auto"]
+    worker = threading.Thread(target=lambda: runs.append(run_plan(ci_bed, plan, 2)))
+    worker.start()
+    deadline = time.monotonic() + 240
+    while "canary" not in ci_bed.through_nginx(10):  # the traffic phase gave the canary its first step
+        assert worker.is_alive() and time.monotonic() < deadline, "the canary never got traffic"
+    client = docker.DockerClient(base_url=ci_bed.docker_host)
+    try:
+        client.containers.get(f"{ci_bed.app}-web-canary").exec_run(["touch", "/tmp/unhealthy"])
+    finally:
+        client.close()
+    worker.join(timeout=300)
+    auto = runs[0]
+    assert auto.failed is not None and "--traffic-only" in auto.failed, auto.text()[-4000:]
+    assert set(ci_bed.through_nginx(20)) == {"stable"}
+    # one started, one rolled back: ps deploy inside the leased pipeline sent nothing itself
+    assert ci_bed.endpoints.sent() == ["started", "success", "started", "rolled-back"]
+    entries = of_build(ci_bed, 2)
+    assert [e["type"] for e in entries] == ["set-weights", "deploy-env", "canary-auto"]
+    assert entries[-1]["result"] == "rolled-back"
+    assert not ci_bed.leased()
