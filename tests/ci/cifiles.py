@@ -32,6 +32,7 @@ SAMPLE_VALUES = {
     "CANARY_WEIGHT": "10",
     "HEALTH_RETRIES": "30",
     "NOTIFY_STATUS": "success",
+    "PIPELINE_STATUS": "failure",
     "GITLAB_STATE": "success",
     "CI_PIPELINE_URL": "https://gitlab.example.com/group/app/-/pipelines/1",
     "BUILD_URL": "https://jenkins.example.com/job/app/1/",
@@ -130,13 +131,19 @@ def option_env_names() -> set[str]:
 
     names = set(GLOBAL_ENV)
     ctx = click.Context(cli, info_name="ps")
-    for step in COMMANDS:
-        command = cli.get_command(ctx, step)
-        if command is None:
-            continue
+
+    def add(prefix: str, command: click.Command) -> None:
         for param in command.params:
             if isinstance(param, click.Option) and param.name:
-                names.add(f"PS_{step.upper().replace('-', '_')}_{param.name.upper()}")
+                names.add(f"{prefix}_{param.name.upper()}")
+        if isinstance(command, click.Group):  # `ps pipeline end --report`: PS_PIPELINE_END_REPORT_PATH
+            for name, sub in command.commands.items():
+                add(f"{prefix}_{name.upper().replace('-', '_')}", sub)
+
+    for step in COMMANDS:
+        command = cli.get_command(ctx, step)
+        if command is not None:
+            add(f"PS_{step.upper().replace('-', '_')}", command)
     return names
 
 

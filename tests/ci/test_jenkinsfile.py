@@ -176,6 +176,10 @@ def test_only_begin_and_end_notify(jenkins_plans: dict[str, Any]) -> None:
                                   'ps verify-weights --expect-canary "$CANARY_WEIGHT" --service "$SERVICE"']),
     (["psDeploy", "type=canary-manual", "weight=25"],
      ['ps deploy --type "$DEPLOY_TYPE" --service "$SERVICE" --report ps-report.json']),
+    (["psPipeline", "begin=true", "type=stable"],
+     ['ps pipeline begin --deploy-type "$DEPLOY_TYPE" --log-url "$LOG_URL"']),
+    (["psPipeline", "status=failure"],
+     ['ps pipeline end --status "$PIPELINE_STATUS" --deploy-type "$DEPLOY_TYPE" --log-url "$LOG_URL"']),
     (["psNotify", "status=failure", "message=boom"],
      ['ps mattermost-notify --status "$NOTIFY_STATUS" --deploy-type "$DEPLOY_TYPE" --log-url "$LOG_URL"',
       'ps gitlab-status --state "$GITLAB_STATE"']),
@@ -195,6 +199,10 @@ def test_library_globals_wrap_ps_steps(groovy: Any, call: list[str], expected: l
         assert env["PS_DEPLOY_ENV_FORCE"] == ("true" if "force=true" in call else "false")
     if call[0] == "psDeploy":
         assert env["DEPLOY_TYPE"] == "canary-manual" and env["PS_DEPLOY_WEIGHT"] == "25"
+    if call[0] == "psPipeline":
+        assert env["PIPELINE_STATUS"] == ("failure" if "status=failure" in call else "success")
+        assert env["DEPLOY_TYPE"] == ("stable" if "type=stable" in call else "canary-auto")
+        assert env["PS_PIPELINE_END_REPORT_PATH"] == "ps-pipeline.json"
     if call[0] == "psNotify":
         assert env["GITLAB_STATE"] == "failed" and env["PS_MATTERMOST_NOTIFY_MESSAGE"] == "boom"
 
