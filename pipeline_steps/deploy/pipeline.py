@@ -198,9 +198,8 @@ def end(config: Config, out: Output, *, status: str, deploy_type: str | None = N
     else:
         result.message = result.message or (own_run.message if own_run else _success_text(kind, build_ids))
         if rollout is not None and own_run is None and kind in ("stable", "promote-canary"):
-            services = rollout.services("canary")
             with contextlib.suppress(PsError):
-                rollout.prune(services)
+                rollout.prune(rollout.services("canary"))
                 result.pruned = True
     if entries and (own_run is None or result.rolled_back):
         HistoryLog.for_config(config).record(

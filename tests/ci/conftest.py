@@ -233,17 +233,21 @@ def site_servers(app_upstream: str) -> str:
 def ci_bed(request: pytest.FixtureRequest, git_repo: Path, engine: Any, sample_image: str,
            registry: Registry, nginx_factory: Callable[..., Nginx], endpoints: Endpoints,
            docker_client: Any) -> Iterator[CiBed]:
-    """The bed with one service `web`, or (indirect parametrization) the services named."""
-    names: tuple[str, ...] = getattr(request, "param", ("web",))
+    """The bed with one service `web`, or (indirect parametrization) the services named, each with a
+    stable/canary pair, or {name: "blue-green"} for a blue/green pair."""
+    param: Any = getattr(request, "param", ("web",))
+    pairs: dict[str, str] = param if isinstance(param, dict) else dict.fromkeys(param, "canary")
+    names = tuple(pairs)
     app = unique("ci")
     ports = free_ports(2 * len(names))
-    slots = {name: {"stable": ports[2 * i], "canary": ports[2 * i + 1]} for i, name in enumerate(names)}
-    stable, canary = slots[names[0]]["stable"], slots[names[0]]["canary"]
+    slots = {name: dict(zip(("blue", "green") if pairs[name] == "blue-green" else ("stable", "canary"),
+                            ports[2 * i:2 * i + 2], strict=True)) for i, name in enumerate(names)}
+    stable, canary = ports[0], ports[1]
     upstream = f"{app}_{names[0]}"
     nginx = nginx_factory(
         site_servers(upstream),
-        "".join(f"upstream {app}_{name} {{\n    server 127.0.0.1:{slots[name]['stable']} weight=999;\n"
-                f"    server 127.0.0.1:{slots[name]['canary']} weight=1;\n}}\n" for name in names))
+        "".join(f"upstream {app}_{name} {{\n    server 127.0.0.1:{ports[2 * i]} weight=999;\n"
+                f"    server 127.0.0.1:{ports[2 * i + 1]} weight=1;\n}}\n" for i, name in enumerate(names)))
     config: dict[str, Any] = {
         "app": app,
         "registry": registry.address,

@@ -423,3 +423,24 @@ def test_jenkinsfile_canary_auto_rolled_back_in_its_traffic_phase(ci_bed: CiBed,
     assert [e["type"] for e in entries] == ["set-weights", "deploy-env", "canary-auto"]
     assert entries[-1]["result"] == "rolled-back"
     assert not ci_bed.leased()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("ci_bed", [{"web": "blue-green"}], indirect=True)
+def test_jenkinsfile_blue_green_twice_on_the_bed(ci_bed: CiBed, jenkins_plans: dict[str, Any]) -> None:
+    first = run_plan(ci_bed, jenkins_plans["runs"]["blue-green"], 1)
+    assert first.failed is None, first.text()[-6000:]
+    one = ci_bed.through_nginx(10)
+    assert len(set(one)) == 1 and set(one) <= {"blue", "green"}
+    ci_bed.commit_change("second color")
+    second = run_plan(ci_bed, jenkins_plans["runs"]["blue-green"], 2)
+    assert second.failed is None, second.text()[-6000:]
+    two = set(ci_bed.through_nginx(10))
+    assert len(two) == 1 and two != set(one)
+    assert running_builds(ci_bed)[("web", two.pop())] == ci_bed.head()[:12]
+    assert ci_bed.endpoints.sent() == ["started", "success"] * 2
+    for build in (1, 2):  # `ps deploy --type blue-green` inside the leased build: its own entry only
+        assert [e["type"] for e in of_build(ci_bed, build)] == ["blue-green"]
+        assert of_build(ci_bed, build)[0]["result"] == "success"
+    assert not ci_bed.leased()
