@@ -285,6 +285,7 @@ def test_jenkinsfile_stable_then_canary_manual_on_the_bed(ci_bed: CiBed,
         client.close()
     by_slot = {lbl.get("pipeline-steps.slot"): lbl.get("pipeline-steps.build-id") for lbl in labels.values()}
     assert by_slot == {"stable": first, "canary": second}
+    by_slot_builds = running_builds(ci_bed)
 
     # issue 15: exactly two messages per build (started at the first changing stage, the outcome in post)
     assert ci_bed.endpoints.sent() == ["started", "success", "started", "success"]
@@ -301,6 +302,17 @@ def test_jenkinsfile_stable_then_canary_manual_on_the_bed(ci_bed: CiBed,
         ("success", {"web/canary": second}, {"web": 10})
     assert not ci_bed.leased()
     assert (ci_bed.repo / "ps-pipeline.json").exists()
+    # the same type by `ps deploy`: the same state, history entry and messages
+    direct = subprocess.run(["ps", "deploy", "--type", "canary-manual", "--weight", "10"], cwd=ci_bed.repo,
+                            env=ci_bed.env(**ci_bed.secrets(), GIT_COMMIT=ci_bed.head(), BUILD_NUMBER="3",
+                                           BUILD_URL="http://127.0.0.1:9/job/sample-app/3/"),
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert direct.returncode == 0, direct.stdout[-4000:] + direct.stderr[-4000:]
+    by_deploy = of_build(ci_bed, 3)[-1]
+    assert {k: by_deploy[k] for k in ("type", "result", "build_ids", "weights")} == \
+        {k: manual[-1][k] for k in ("type", "result", "build_ids", "weights")}
+    assert ci_bed.endpoints.sent() == ["started", "success"] * 3
+    assert running_builds(ci_bed) == by_slot_builds
 
 
 @pytest.mark.docker
