@@ -456,3 +456,21 @@ def test_jenkinsfile_blue_green_twice_on_the_bed(ci_bed: CiBed, jenkins_plans: d
         assert [e["type"] for e in of_build(ci_bed, build)] == ["blue-green"]
         assert of_build(ci_bed, build)[0]["result"] == "success"
     assert not ci_bed.leased()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_rollback_to_previous_finds_the_stable_build_ci_deployed(ci_bed: CiBed,
+                                                                 jenkins_plans: dict[str, Any]) -> None:
+    first = run_plan(ci_bed, jenkins_plans["runs"]["stable"], 1)
+    assert first.failed is None, first.text()[-6000:]
+    old = ci_bed.head()[:12]
+    ci_bed.commit_change("next stable")
+    second = run_plan(ci_bed, jenkins_plans["runs"]["stable"], 2)
+    assert second.failed is None, second.text()[-6000:]
+    done = subprocess.run(["ps", "deploy", "--type", "rollback", "--to", "previous"], cwd=ci_bed.repo,
+                          env=ci_bed.env(**ci_bed.secrets()), capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert f"web: previous stable build {old} (history" in done.stdout + done.stderr
+    assert running_builds(ci_bed)[("web", "stable")] == old
