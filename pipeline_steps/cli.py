@@ -48,6 +48,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("pipeline_steps.steps.deploy:command",
                "Run a deployment type: stable, canary-manual, canary-auto, promote-canary, rollback, "
                "blue-green."),
+    "pipeline": ("pipeline_steps.steps.pipeline:group",  # issue 15 (ci helper)
+                 "A CI pipeline's stages as one deploy: lease the lock, record, notify once."),
     "lock": ("pipeline_steps.steps.lock:group",
              "The deploy lock: one deployment per app at a time on this host."),
     "history": ("pipeline_steps.steps.history:command",

@@ -9,6 +9,15 @@ reported as such and taken over by the next `acquire`.
 A flock held by a live process cannot be taken away from outside; `release(force=True)` therefore
 asks the holder to stop (SIGTERM to the recorded pid, on this host, when the kernel confirms that pid
 holds the lock) and waits for the kernel to free the lock.
+
+A CI pipeline runs its stages as separate processes, so a kernel lock cannot last from its first
+changing stage to its last one. For that the lock can be *leased* to a pipeline (`ps pipeline begin`):
+`<state_dir>/deploy.lease.json` names the pipeline (its URL), the deploy type and when the lease
+expires. While a lease is active, `acquire` (every changing step, `ps deploy`) still takes the flock for
+the step's own duration, and then refuses (exit 1, naming the pipeline) unless the caller belongs to
+that pipeline. Each step of the pipeline renews the lease for its TTL; `ps pipeline end` gives it back.
+A lease past its expiry (the pipeline died without `end`) is stale and taken over by the next one;
+`ps lock release --force` ends an active lease by hand.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import secrets
 import signal
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
 
 LOCK_FILE = "deploy.lock"
 RECORD_FILE = "deploy.lock.json"
+LEASE_FILE = "deploy.lease.json"
+DEFAULT_LEASE_TTL = 5400.0  # 90 minutes: longer than a pipeline's timeout, renewed by every step
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,56 @@ class Holder:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """The deploy lock leased to one CI pipeline, from its first changing stage to `ps pipeline end`."""
+
+    app: str
+    pipeline_url: str
+    deploy_type: str | None = None
+    user: str = ""
+    host: str = ""
+    since: str = ""
+    renewed: float = 0.0  # epoch seconds of the last step of the pipeline
+    ttl: float = DEFAULT_LEASE_TTL
+    label: str | None = None  # CI_PIPELINE_ID / BUILD_TAG, for people
+    services: tuple[str, ...] = ()
+
+    @property
+    def expires(self) -> float:
+        return self.renewed + self.ttl
+
+    def expired(self, now: float | None = None) -> bool:
+        """True when the pipeline's last step is older than the TTL (it ended without `end`)."""
+        return (time.time() if now is None else now) >= self.expires
+
+    def describe(self) -> str:
+        """`pipeline https://ci/pipelines/7 (#1007, canary-auto) since ...`."""
+        extra = ", ".join(x for x in (f"#{self.label}" if self.label else None, self.deploy_type) if x)
+        left = max(0.0, self.expires - time.time())
+        return (f"pipeline {self.pipeline_url}" + (f" ({extra})" if extra else "")
+                + f" since {self.since}, lease expires in {left:.0f}s")
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["services"] = list(self.services)
+        data["expires"] = self.expires
+        data["expired"] = self.expired()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lease:
+        return cls(app=str(data.get("app", "")), pipeline_url=str(data.get("pipeline_url", "")),
+                   deploy_type=data.get("deploy_type") or None, user=str(data.get("user", "")),
+                   host=str(data.get("host", "")), since=str(data.get("since", "")),
+                   renewed=float(data.get("renewed", 0.0)), ttl=float(data.get("ttl", DEFAULT_LEASE_TTL)),
+                   label=data.get("label") or None, services=tuple(data.get("services") or ()))
+
+
+class LeaseRefused(CheckFailed):
+    """The deploy lock is leased to another pipeline (exit 1)."""
+
+
+@dataclass(frozen=True)
 class LockStatus:
     """`held` (a live process holds the flock), `free`, or `stale` (a record left by a dead holder)."""
 
@@ -81,15 +142,17 @@ class LockStatus:
     holder: Holder | None
     path: str
     note: str | None = None
+    lease: Lease | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"app": self.app, "state": self.state, "path": self.path, "note": self.note,
-                "holder": self.holder.public() if self.holder else None}
+                "holder": self.holder.public() if self.holder else None,
+                "lease": self.lease.as_dict() if self.lease else None}
 
     def describe(self) -> str:
         """One human line."""
         if self.state == "free":
-            return f"deploy lock of app {self.app} is free"
+            return f"deploy lock of app {self.app} is free" + self.lease_text()
         if self.holder is None:
             text = f"deploy lock of app {self.app} is held by an unknown process (no holder record)"
         elif self.state == "stale":
@@ -100,13 +163,20 @@ class LockStatus:
                     f"since {self.holder.since}")
             if self.holder.deploy_type:
                 text += f" ({self.holder.deploy_type})"
-        return text + (f"; {self.note}" if self.note else "")
+        return text + (f"; {self.note}" if self.note else "") + self.lease_text()
+
+    def lease_text(self) -> str:
+        if self.lease is None:
+            return ""
+        if self.lease.expired():
+            return f"; stale lease of {self.lease.describe()} (expired)"
+        return f"; leased to {self.lease.describe()}"
 
 
 @dataclass(frozen=True)
 class ReleaseResult:
     app: str
-    action: str  # nothing | cleared-stale | released | signalled
+    action: str  # nothing | cleared-stale | released | signalled | ended-lease
     holder: Holder | None
     message: str
 
@@ -194,6 +264,7 @@ class DeployLock:
         self._user = user
         self.lock_path = self.state_dir / LOCK_FILE
         self.record_path = self.state_dir / RECORD_FILE
+        self.lease_path = self.state_dir / LEASE_FILE
         self._fd: int | None = None
         self.holder: Holder | None = None
         self.took_over: Holder | None = None  # the stale record replaced by the last acquire
@@ -267,12 +338,17 @@ class DeployLock:
             os.close(fd)
             raise
         self._fd = fd
+        try:
+            self._check_lease()
+        except LeaseRefused:
+            self._fd = None
+            os.close(fd)
+            raise
         previous = self.read_record()
         self.took_over = previous if previous is not None else None
         self.holder = Holder(app=self.app, pid=os.getpid(), host=socket.gethostname(),
                              user=self._user or _current_user(),
-                             pipeline_url=self._pipeline_url if self._pipeline_url is not None
-                             else _pipeline_url(),
+                             pipeline_url=self.pipeline_url,
                              deploy_type=self.deploy_type, since=now_iso(self.timezone),
                              token=secrets.token_hex(8))
         try:
@@ -304,10 +380,113 @@ class DeployLock:
                  tb: TracebackType | None) -> None:
         self._unlock()
 
+    # ------------------------------------------------------------------ the pipeline lease
+
+    @property
+    def pipeline_url(self) -> str | None:
+        """The pipeline this caller belongs to (given, or from the CI context)."""
+        if self._pipeline_url is None:
+            self._pipeline_url = _pipeline_url() or ""
+        return self._pipeline_url or None
+
+    def read_lease(self) -> Lease | None:
+        """The lease on disk (None when missing or unreadable)."""
+        try:
+            data = json.loads(self.lease_path.read_text(encoding="utf-8"))
+            return Lease.from_dict(data) if isinstance(data, dict) else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _check_lease(self) -> None:
+        """Under the flock: refuse when an active lease belongs to another pipeline; renew ours."""
+        lease = self.read_lease()
+        if lease is None or lease.expired():
+            return
+        if lease.pipeline_url != self.pipeline_url:
+            who = f"pipeline {self.pipeline_url}" if self.pipeline_url else "a run outside that pipeline"
+            raise LeaseRefused(f"deploy lock of app {self.app} is leased to {lease.describe()}; refused for "
+                               f"{who} (wait for it, or `ps lock release --force` ends the lease)",
+                               result={"lease": lease.as_dict()})
+        self._write_lease(replace(lease, renewed=time.time()))
+
+    def _write_lease(self, lease: Lease) -> None:
+        try:
+            _write_atomic(self.lease_path, json.dumps(lease.as_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise BadInput(f"cannot write deploy lease {self.lease_path}: {exc}") from None
+
+    def own_lease(self) -> Lease | None:
+        """The active lease when it belongs to this caller's pipeline."""
+        lease = self.read_lease()
+        mine = lease is not None and bool(self.pipeline_url) and lease.pipeline_url == self.pipeline_url
+        if lease is None or lease.expired() or not mine:
+            return None
+        return lease
+
+    def take_lease(self, *, ttl: float = DEFAULT_LEASE_TTL, wait: float = 0.0, label: str | None = None,
+                   services: tuple[str, ...] = ()) -> tuple[Lease, bool, Lease | None]:
+        """Lease the lock to this caller's pipeline: (lease, newly taken, stale lease taken over).
+
+        Taking it again from the same pipeline only renews it. Another pipeline's active lease is
+        refused (LeaseRefused, exit 1) after waiting up to `wait` seconds for it to end."""
+        if not self.pipeline_url:
+            raise BadInput("not in a CI pipeline (no CI_PIPELINE_URL / BUILD_URL): nothing to lease the "
+                           "deploy lock to")
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+        for tried in Retrying(stop=stop_after_delay(max(wait, 0.0)), wait=wait_fixed(1.0),
+                              retry=retry_if_exception_type(LeaseRefused), reraise=True):
+            with tried:
+                self.acquire(wait=max(wait, 30.0))
+        try:
+            current = self.read_lease()
+            if current is not None and current.pipeline_url == self.pipeline_url and not current.expired():
+                lease = replace(current, renewed=time.time(), ttl=ttl)
+                self._write_lease(lease)
+                return lease, False, None
+            stale = current if current is not None else None
+            lease = Lease(app=self.app, pipeline_url=self.pipeline_url, deploy_type=self.deploy_type,
+                          user=self._user or _current_user(), host=socket.gethostname(),
+                          since=now_iso(self.timezone), renewed=time.time(), ttl=ttl, label=label,
+                          services=services)
+            self._write_lease(lease)
+            return lease, True, stale
+        finally:
+            self._unlock()
+
+    def end_lease(self, wait: float = 30.0) -> Lease | None:
+        """Give back this pipeline's lease (None when it held none: ended, expired, or another's)."""
+        if not self.pipeline_url:
+            return None
+        lease = self.read_lease()
+        if lease is None or lease.pipeline_url != self.pipeline_url:
+            return None
+        fd = self._open()
+        try:
+            deadline = time.monotonic() + wait
+            while not self._try_lock(fd):  # a step of this pipeline may still be finishing
+                if time.monotonic() >= deadline:
+                    raise CheckFailed(f"deploy lock of app {self.app} stays busy; lease of "
+                                      f"{lease.describe()} not ended")
+                time.sleep(0.1)
+            lease = self.read_lease()
+            if lease is None or lease.pipeline_url != self.pipeline_url:
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                self.lease_path.unlink()
+            return lease
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------------ status / forced release
 
     def status(self) -> LockStatus:
         """held / free / stale, with the holder record (read-only: nothing is changed)."""
+        status = self._status()
+        lease = self.read_lease()
+        return replace(status, lease=lease) if lease is not None else status
+
+    def _status(self) -> LockStatus:
         record = self.read_record()
         path = str(self.lock_path)
         if self._fd is not None:
@@ -341,6 +520,20 @@ class DeployLock:
             return ReleaseResult(self.app, "released", holder, f"released deploy lock of app {self.app}")
         status = self.status()
         holder = status.holder
+        lease = status.lease
+        if lease is not None and status.state != "held":
+            if not lease.expired() and not force:
+                raise CheckFailed(f"deploy lock of app {self.app} is leased to {lease.describe()}; "
+                                  "`ps pipeline end` in that pipeline gives it back (--force ends it now)",
+                                  result={"lock": status.as_dict()})
+            with contextlib.suppress(FileNotFoundError):
+                self.lease_path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                if status.state == "stale":
+                    self.record_path.unlink()
+            what = "stale lease" if lease.expired() else "lease"
+            return ReleaseResult(self.app, "ended-lease", holder,
+                                 f"ended the {what} of app {self.app} to {lease.describe()}")
         if status.state == "free":
             return ReleaseResult(self.app, "nothing", None, f"deploy lock of app {self.app} is free")
         if status.state == "stale":

@@ -38,6 +38,7 @@ class DeployRequest:
     lock_wait: float = 0.0
     report: str | None = None
     notify: bool = True
+    traffic_only: bool = False  # canary-auto: the canary is already deployed and gated (issue 15)
 
 
 @dataclass
@@ -402,6 +403,17 @@ class Rollout:
 
     def _canary_start(self, services: Sequence[Service]) -> str:
         build_id = self.build_id()
+        if self.request.traffic_only:  # issue 15: deploy and gate ran as earlier pipeline stages
+            for service in services:
+                running = self.live_canary_build(service)
+                if running != build_id:
+                    raise StepFailed(f"{service.name}: the canary runs {running}, not {build_id}; "
+                                     "--traffic-only needs the canary deployed and gated first")
+                self.outcome.build_ids[f"{service.name}/canary"] = build_id
+                self.report.build_ids[f"{service.name}/canary"] = build_id
+            self.decide(f"traffic only: the canary of {', '.join(self.names(services))} runs {build_id}, "
+                        "deployed and gated by the earlier stages")
+            return build_id
         stable_down = self.not_serving("stable", services)
         if stable_down:  # replacing the canary must not leave the upstream without a live server
             canary_down = self.not_serving("canary", [s for s in services if s.name in stable_down])

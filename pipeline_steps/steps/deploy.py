@@ -29,11 +29,15 @@ from pipeline_steps.output import Output
               help="Wait up to D for another deploy of this app (default deploy.lock_wait, 0).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write a JSON record of the run and an HTML timeline beside it.")
-@click.option("--no-notify", is_flag=True, help="Send no Mattermost messages.")
+@click.option("--no-notify", is_flag=True,
+              help="Send no Mattermost messages (also the case inside a pipeline holding the lease).")
+@click.option("--traffic-only", is_flag=True,
+              help="canary-auto: only the traffic phase, on the canary earlier stages deployed and gated "
+                   "(exit 1 unless it runs BUILD_ID).")
 @pass_output
 def command(out: Output, deploy_type: str, weight: float | None, service_names: tuple[str, ...],
             all_services: bool, build_id: str | None, to: str | None, keep: float | None,
-            lock_wait: float | None, report_path: str | None, no_notify: bool) -> None:
+            lock_wait: float | None, report_path: str | None, no_notify: bool, traffic_only: bool) -> None:
     """Run a deployment type: stable, canary-manual, canary-auto, promote-canary, rollback, blue-green.
 
     Takes the deploy lock, notifies started and the outcome, explains every decision, appends to the
@@ -46,7 +50,12 @@ def command(out: Output, deploy_type: str, weight: float | None, service_names: 
         raise BadInput("--to goes with --type rollback")
     if deploy_type == "canary-manual" and weight is None:
         raise BadInput("canary-manual needs --weight PCT")
+    if traffic_only and deploy_type != "canary-auto":
+        raise BadInput("--traffic-only goes with --type canary-auto")
     config = load(out)
+    from pipeline_steps.deploy import pipeline  # issue 15: a step of a leased pipeline sends nothing
+
+    no_notify = no_notify or pipeline.in_own_lease(config)
     ctx = None
     if deploy_type not in ("rollback", "promote-canary") or build_id is None:
         from pipeline_steps.context import detect
@@ -58,7 +67,7 @@ def command(out: Output, deploy_type: str, weight: float | None, service_names: 
                 raise
     request = DeployRequest(type=deploy_type, services=service_names, weight=weight, build_id=build_id, to=to,
                             keep=keep, lock_wait=config.deploy.lock_wait if lock_wait is None else lock_wait,
-                            report=report_path, notify=not no_notify)
+                            report=report_path, notify=not no_notify, traffic_only=traffic_only)
     rollout = Rollout(config, request, ctx, out)
     if out.dry_run:
         steps = rollout.plan()

@@ -547,8 +547,15 @@ def command(out: Output, slot: str, service: str | None, all_services: bool, bui
     if service and all_services:
         raise BadInput("give --service NAME or --all, not both")
     config = load(out)
-    result = deploy_slot(config, slot, [service] if service else None, build_id, force=force,
-                         dry_run=out.dry_run, say=out.say)
+    from pipeline_steps.deploy import pipeline  # issue 15: lease check + history (ci helper)
+
+    with pipeline.step_guard(config, "deploy-env", dry_run=out.dry_run):
+        result = deploy_slot(config, slot, [service] if service else None, build_id, force=force,
+                             dry_run=out.dry_run, say=out.say)
+        if not out.dry_run:
+            pipeline.record_step(config, "deploy-env", message=f"{slot}: build {result.build_id}",
+                                 build_ids={f"{n}/{slot}": result.build_id
+                                            for n in sorted({c.service for c in result.changes})})
     for c in result.changes:
         if c.action == "unchanged" or c.action.startswith("would-"):
             verb = "unchanged:" if c.action == "unchanged" else f"{c.action.replace('-', ' ')}:"

@@ -694,13 +694,28 @@ def try_line(record: TryRecord, retries: int) -> str:
 @click.option("--logs-fallback", metavar="REGEX",
               help="When a target gives no answer at all, a matching log line of the container's current "
                    "run counts as up (with --url needs --container).")
+@click.option("--all", "all_services", is_flag=True,
+              help="With --slot: every service of ps.yaml that has that slot (each with its health spec).")
 @pass_output
 def command(out: Output, urls: tuple[str, ...], service: str | None, slot: str | None,
             containers: tuple[str, ...], tcps: tuple[str, ...], retries: int | None, interval: float | None,
             timeout: float | None, expect_status: int | None, expects: tuple[str, ...],
             max_latency: float | None, successes: int | None, start_period: float | None,
-            logs_fallback: str | None) -> None:
+            logs_fallback: str | None, all_services: bool = False) -> None:
     """Wait until every target is healthy (exit 0), or give up with the last reason (exit 1)."""
+    if all_services:  # issue 15 (ci helper): every service of ps.yaml with that slot, one after another
+        if service or not slot or urls or containers or tcps:
+            raise BadInput("--all goes with --slot alone (no --service, --url, --container, --tcp)")
+        ctx = click.get_current_context()
+        names = [s.name for s in load(out).services.values() if slot in s.slots]
+        if not names:
+            raise BadInput(f"no service has a {slot} slot")
+        for name in names:
+            ctx.invoke(command, service=name, slot=slot, urls=(), containers=(), tcps=(), retries=retries,
+                       interval=interval, timeout=timeout, expect_status=expect_status, expects=expects,
+                       max_latency=max_latency, successes=successes, start_period=start_period,
+                       logs_fallback=logs_fallback, all_services=False)
+        return
     if slot and not service:
         raise BadInput("--slot needs --service")
     if service and not slot:

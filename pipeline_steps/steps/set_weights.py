@@ -51,6 +51,13 @@ def command(out: Output, canary_pct: float, service_names: tuple[str, ...], all_
         raise BadInput("give --service NAME or --all, not both")
     check_percent(canary_pct)
     config = load(out)
-    change = set_weights(config, canary_pct, list(service_names) or None, dry_run=out.dry_run)
+    from pipeline_steps.deploy import pipeline  # issue 15: lease check + history (ci helper)
+
+    with pipeline.step_guard(config, "set-weights", dry_run=out.dry_run):
+        change = set_weights(config, canary_pct, list(service_names) or None, dry_run=out.dry_run)
+        if not out.dry_run:
+            chosen = pipeline.change_services(change)
+            pipeline.record_step(config, "set-weights", weights=dict.fromkeys(chosen, canary_pct),
+                                 message=f"canary {canary_pct:g} %")
     say_change(out, change)
     report(out, "set-weights", asdict(change))

@@ -47,6 +47,12 @@ def command(out: Output, color: str, service_names: tuple[str, ...]) -> None:
     if color not in COLORS:
         raise BadInput(f"unknown color {color!r} (use blue or green)")
     config = load(out)
-    change = switch(config, color, list(service_names) or None, dry_run=out.dry_run)
+    from pipeline_steps.deploy import pipeline  # issue 15: lease check + history (ci helper)
+
+    with pipeline.step_guard(config, "switch", dry_run=out.dry_run):
+        change = switch(config, color, list(service_names) or None, dry_run=out.dry_run)
+        if not out.dry_run:
+            pipeline.record_step(config, "switch", message=f"{color} active",
+                                 active={s: color for s in pipeline.change_services(change)})
     say_change(out, change)
     report(out, "switch", asdict(change))

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 JENKINSFILE = REPO / "Jenkinsfile"
 GITLAB_CI = REPO / ".gitlab-ci.yml"
 GITLAB_TEMPLATE = REPO / "shared" / "gitlab" / "ps-steps.gitlab-ci.yml"
+GITLAB_PIPELINE = REPO / "shared" / "gitlab" / "ps-pipeline.gitlab-ci.yml"
+README = REPO / "README.md"
 JENKINS_VARS = REPO / "shared" / "jenkins" / "vars"
 STUB = Path(__file__).resolve().parent / "jenkins_stub.groovy"
 TOOLS = REPO / ".tools" / "node_modules" / ".bin"
@@ -30,6 +32,7 @@ SAMPLE_VALUES = {
     "CANARY_WEIGHT": "10",
     "HEALTH_RETRIES": "30",
     "NOTIFY_STATUS": "success",
+    "PIPELINE_STATUS": "failure",
     "GITLAB_STATE": "success",
     "CI_PIPELINE_URL": "https://gitlab.example.com/group/app/-/pipelines/1",
     "BUILD_URL": "https://jenkins.example.com/job/app/1/",
@@ -86,7 +89,8 @@ def double_quoted_sh(path: Path) -> list[str]:
 
 def all_lines() -> list[PsLine]:
     """Every shell command in the Jenkinsfile, .gitlab-ci.yml and the shared templates."""
-    lines = groovy_sh_lines(JENKINSFILE) + gitlab_lines(GITLAB_CI) + gitlab_lines(GITLAB_TEMPLATE)
+    lines = (groovy_sh_lines(JENKINSFILE) + gitlab_lines(GITLAB_CI) + gitlab_lines(GITLAB_TEMPLATE)
+             + gitlab_lines(GITLAB_PIPELINE))
     for var in sorted(JENKINS_VARS.glob("*.groovy")):
         lines += groovy_sh_lines(var)
     return lines
@@ -127,13 +131,19 @@ def option_env_names() -> set[str]:
 
     names = set(GLOBAL_ENV)
     ctx = click.Context(cli, info_name="ps")
-    for step in COMMANDS:
-        command = cli.get_command(ctx, step)
-        if command is None:
-            continue
+
+    def add(prefix: str, command: click.Command) -> None:
         for param in command.params:
             if isinstance(param, click.Option) and param.name:
-                names.add(f"PS_{step.upper().replace('-', '_')}_{param.name.upper()}")
+                names.add(f"{prefix}_{param.name.upper()}")
+        if isinstance(command, click.Group):  # `ps pipeline end --report`: PS_PIPELINE_END_REPORT_PATH
+            for name, sub in command.commands.items():
+                add(f"{prefix}_{name.upper().replace('-', '_')}", sub)
+
+    for step in COMMANDS:
+        command = cli.get_command(ctx, step)
+        if command is not None:
+            add(f"PS_{step.upper().replace('-', '_')}", command)
     return names
 
 

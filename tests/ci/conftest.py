@@ -96,6 +96,10 @@ class Endpoints:
         """The text of every Mattermost message, in order."""
         return [json.dumps(p) for p in self.posts]
 
+    def sent(self) -> list[str]:
+        """The deploy status of every Mattermost message (started, success, failure, rolled-back)."""
+        return [str(p.get("props", {}).get("pipeline_steps", {}).get("status")) for p in self.posts]
+
 
 @pytest.fixture
 def endpoints(httpserver: Any) -> Endpoints:
@@ -181,6 +185,17 @@ class CiBed:
         self.git("commit", "-qam", message)
         return self.head()
 
+    def history(self) -> list[dict[str, Any]]:
+        """The bed's deployment history (state_dir .state), oldest first."""
+        path = self.repo / ".state" / "history.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def leased(self) -> bool:
+        """Whether a pipeline still holds the deploy lock's lease."""
+        return (self.repo / ".state" / "deploy.lease.json").exists()
+
     def through_nginx(self, count: int = 20) -> list[str]:
         """The X-Slot of `count` sequential requests through the bed's nginx."""
         import requests
@@ -215,25 +230,33 @@ def site_servers(app_upstream: str) -> str:
 
 
 @pytest.fixture
-def ci_bed(git_repo: Path, engine: Any, sample_image: str, registry: Registry,
-           nginx_factory: Callable[..., Nginx], endpoints: Endpoints,
+def ci_bed(request: pytest.FixtureRequest, git_repo: Path, engine: Any, sample_image: str,
+           registry: Registry, nginx_factory: Callable[..., Nginx], endpoints: Endpoints,
            docker_client: Any) -> Iterator[CiBed]:
+    """The bed with one service `web`, or (indirect parametrization) the services named, each with a
+    stable/canary pair, or {name: "blue-green"} for a blue/green pair."""
+    param: Any = getattr(request, "param", ("web",))
+    pairs: dict[str, str] = param if isinstance(param, dict) else dict.fromkeys(param, "canary")
+    names = tuple(pairs)
     app = unique("ci")
-    stable, canary = free_ports(2)
-    upstream = f"{app}_web"
+    ports = free_ports(2 * len(names))
+    slots = {name: dict(zip(("blue", "green") if pairs[name] == "blue-green" else ("stable", "canary"),
+                            ports[2 * i:2 * i + 2], strict=True)) for i, name in enumerate(names)}
+    stable, canary = ports[0], ports[1]
+    upstream = f"{app}_{names[0]}"
     nginx = nginx_factory(
         site_servers(upstream),
-        f"upstream {upstream} {{\n    server 127.0.0.1:{stable} weight=999;\n"
-        f"    server 127.0.0.1:{canary} weight=1;\n}}\n")
+        "".join(f"upstream {app}_{name} {{\n    server 127.0.0.1:{ports[2 * i]} weight=999;\n"
+                f"    server 127.0.0.1:{ports[2 * i + 1]} weight=1;\n}}\n" for i, name in enumerate(names)))
     config: dict[str, Any] = {
         "app": app,
         "registry": registry.address,
         "hosts": [{"name": "local", "docker": engine.base_url, "address": "127.0.0.1"}],
-        "services": {"web": {
-            "context": "app", "port": 80, "slots": {"stable": stable, "canary": canary},
+        "services": {name: {
+            "context": "app", "port": 80, "slots": slots[name],
             "health": {"path": "/health", "expect": {"status": "healthy"}, "interval": "300ms",
                        "timeout": "2s"},
-        }},
+        } for name in names},
         "router": {"include": str(nginx.include),
                    "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),
                              "error_log": str(nginx.error_log)},
@@ -259,3 +282,19 @@ def ci_bed(git_repo: Path, engine: Any, sample_image: str, registry: Registry,
         except Exception:
             pass
     images.remove_images(docker_client, repo_prefix=f"{registry.address}/{app}/")
+
+
+THREE_SERVICES = ("frontend", "backend", "python")
+
+
+def running_builds(bed: CiBed) -> dict[tuple[str, str], str]:
+    """(service, slot) -> BUILD_ID of every running slot container of the bed's app."""
+    import docker
+
+    client = docker.DockerClient(base_url=bed.docker_host)
+    try:
+        labels = [c.labels for c in client.containers.list(filters={"name": bed.app})]
+    finally:
+        client.close()
+    return {(lbl.get("pipeline-steps.service", ""), lbl.get("pipeline-steps.slot", "")):
+            lbl.get("pipeline-steps.build-id", "") for lbl in labels}
