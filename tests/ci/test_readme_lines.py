@@ -25,7 +25,7 @@ README = REPO / "README.md"
 # `ps aux`-style lines go to the system's ps; only these first words are meant that way.
 SYSTEM_PS_WORDS = {"aux", "ax", "-ef", "-e", "-p"}
 ELIDED = "…"  # `ps deploy --type …`: some value
-PLACEHOLDER = re.compile(r"[A-Z][A-Z0-9_]*(=[A-Z][A-Z0-9_]*)?(\.[a-z]+)?")
+PLACEHOLDER = re.compile(r"\$?[A-Z][A-Z0-9_]*(=[A-Z][A-Z0-9_]*)?(\.[a-z]+)?")  # `PCT`, `"$DEPLOY_TYPE"`
 
 
 @dataclass(frozen=True)
