@@ -1,6 +1,6 @@
 """Tiny local HTTP backends for the canary-judgement tests and bench: one thread-per-request server on a
-loopback port, answering 200 after `delay` seconds, and 500 for every `fail_every`-th request (exact
-shares for tests) or for a random `fail_rate` share (seeded, for the bench)."""
+loopback port, answering 200 after `delay` seconds (plus a random exponential `jitter` of that mean), and
+500 for every `fail_every`-th request (exact shares for tests) or a random `fail_rate` share (seeded)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class Backend:
     fail_every: int = 0
     delay: float = 0.0
     fail_rate: float = 0.0
+    jitter: float = 0.0
     served: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     rng: random.Random = field(default_factory=lambda: random.Random(14))
@@ -33,12 +34,14 @@ class Backend:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def next_status(self) -> int:
+    def next_answer(self) -> tuple[int, float]:
+        """(status, delay in seconds) of the next request."""
         with self.lock:
             self.served += 1
+            delay = self.delay + (self.rng.expovariate(1 / self.jitter) if self.jitter else 0.0)
             if self.fail_every and self.served % self.fail_every == 0:
-                return 500
-            return 500 if self.fail_rate and self.rng.random() < self.fail_rate else 200
+                return 500, delay
+            return (500 if self.fail_rate and self.rng.random() < self.fail_rate else 200), delay
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -59,9 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         backend = self.server.backend
-        status = backend.next_status()
-        if backend.delay:
-            time.sleep(backend.delay)
+        status, delay = backend.next_answer()
+        if delay:
+            time.sleep(delay)
         body = f'{{"slot":"{backend.name}","status":{status}}}\n'.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -74,10 +77,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def start_backend(name: str, fail_every: int = 0, delay: float = 0.0, fail_rate: float = 0.0) -> Backend:
+def start_backend(name: str, fail_every: int = 0, delay: float = 0.0, fail_rate: float = 0.0,
+                  jitter: float = 0.0, seed: int = 14) -> Backend:
     """Start a backend on a free 127.0.0.1 port (serves in a daemon thread until stop())."""
     server = _Server(("127.0.0.1", 0), _Handler)
-    backend = Backend(name, server, fail_every, delay, fail_rate)
+    backend = Backend(name, server, fail_every, delay, fail_rate, jitter, rng=random.Random(seed))
     server.backend = backend
     threading.Thread(target=server.serve_forever, name=f"backend-{name}", daemon=True).start()
     return backend
@@ -139,3 +143,46 @@ def start_judged_site(start: Any, pairs: dict[str, tuple[Backend, Backend]],
     """Start nginx (`start(servers, upstreams)`, e.g. testbed.nginx.start_nginx) for the pairs."""
     servers, include = site_text(pairs, canary_percent)
     return JudgedSite(start(servers, include), pairs)
+
+
+@dataclass
+class Look:
+    """One look during a live hold: when (seconds after the step started), on how many requests."""
+
+    elapsed: float
+    requests: int  # judged requests of the upstream (both slots)
+    judgement: Any  # pipeline_steps.analysis.Judgement
+
+
+def watch(analysis: Any, load: Any, upstream: str, *, every: int = 100, stop_on_fail: bool = True,
+          deadline: float = 60.0) -> list[Look]:
+    """Look each time `every` more requests of `upstream` are in the log while `load` (a started
+    testbed.load.LoadGenerator) runs; a last look after it ends. Stops at the first fail (unless
+    `stop_on_fail` is False), when the load ends, or after `deadline` seconds."""
+    started = time.monotonic()
+    looks: list[Look] = []
+    mark = every
+
+    def judged() -> int:
+        return len(analysis.window.side(upstream, "canary")) + len(analysis.window.side(upstream, "stable"))
+
+    def look() -> Look:
+        result = [j for j in analysis.look() if j.upstream == upstream][0]
+        looks.append(Look(round(time.monotonic() - started, 3), judged(), result))
+        return looks[-1]
+
+    while time.monotonic() - started < deadline:
+        ended = not load.running
+        analysis.read()
+        if ended:  # nginx logs a request after its answer went out: wait for the last lines
+            sent, settle = load.report().sent, time.monotonic() + 5
+            while judged() < sent and time.monotonic() < settle:
+                time.sleep(0.02)
+                analysis.read()
+        if judged() >= mark or ended:
+            mark = judged() + every
+            if (look().judgement.decision == "fail" and stop_on_fail) or ended:
+                break
+        else:
+            load.wait(timeout=0.05)  # returns early when the load ends
+    return looks
