@@ -148,7 +148,7 @@ class AccessLogTail:
             self.truncations += 1  # copytruncate: the partial line before it is gone
             self._fh.seek(0)
             lines = self._split(data, final=True)
-            self._partial = b""
+            self._skip_to_newline = False
             return self._parse(lines + self._split(self._drain(), final=False))
         return self._parse(self._split(data, final=False))
 

@@ -17,7 +17,13 @@ from typing import Any
 
 from pipeline_steps.analysis.accesslog import AccessLogTail, SlotMap, Window
 from pipeline_steps.analysis.policy import AnalysisPolicy
-from pipeline_steps.analysis.stats import Samples, error_p_value, latency_p_value, look_alpha, percentile
+from pipeline_steps.analysis.stats import (
+    Samples,
+    error_p_value,
+    latency_p_value,
+    look_alpha,
+    sorted_percentile,
+)
 
 METRICS = 2  # error rate and latency share the hold's alpha
 
@@ -39,8 +45,10 @@ class SideStats:
         n = len(samples)
         errors = sum(1 for s in samples.statuses if policy.is_error(s))
 
+        ordered = sorted(samples.latencies)
+
         def ms(q: float) -> float | None:
-            value = percentile(samples.latencies, q)
+            value = sorted_percentile(ordered, q)
             return None if value is None else round(value * 1000, 3)
 
         return cls(slot, n, errors, errors / n if n else None, ms(50), ms(95), ms(99))

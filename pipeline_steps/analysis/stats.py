@@ -41,11 +41,15 @@ class Samples:
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) by nearest rank: the smallest sample with at least q % of the samples
     at or below it (an observed value, never an average; numpy's method="inverted_cdf")."""
-    if not values:
+    return sorted_percentile(sorted(values), q)
+
+
+def sorted_percentile(ordered: Sequence[float], q: float) -> float | None:
+    """percentile() of values already sorted ascending."""
+    if not ordered:
         return None
     if not 0 <= q <= 100:
         raise ValueError(f"percentile must be in [0, 100], not {q}")
-    ordered = sorted(values)
     rank = math.ceil(q / 100 * len(ordered))
     return ordered[min(len(ordered), max(1, rank)) - 1]
 

@@ -219,3 +219,14 @@ def test_step_analysis_reads_two_routers_and_spends_looks_only_when_it_tests(tmp
         assert analysis.look()[0].look == 2
         with pytest.raises(ValueError, match="planned looks"):
             analysis.look()
+
+
+def test_truncated_while_skipping_an_unfinished_line(tmp_path: Path) -> None:
+    log = tmp_path / "access.json"
+    log.write_text(line(rid="old") * 3 + '{"time": "1", "sta')  # opened inside nginx's write
+    with AccessLogTail(log) as tail:
+        assert tail.read() == []
+        with open(log, "r+", encoding="utf-8") as fh:
+            fh.truncate(0)
+        append(log, line(rid="a"))
+        assert [r.request_id for r in tail.read()] == ["a"]
