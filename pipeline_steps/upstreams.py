@@ -330,3 +330,24 @@ def carries_traffic(upstream: Upstream | None, service: Service, host: Host, slo
         return True
     other_ports = {port for name, port in service.slots.items() if name != slot}
     return not any(s.port in other_ports for s in live)
+
+
+# ---------------------------------------------------------------- other http-level directives (additive)
+
+
+def put_directive(file: UpstreamFile, directive: Directive) -> None:
+    """Replace the top-level directive with the same name and first argument (e.g. `log_format ps_json`),
+    or put it first, before the upstreams. Upstream blocks are not touched."""
+    key = (directive["directive"], (directive.get("args") or [None])[0])
+    for i, d in enumerate(file.directives):
+        if (d.get("directive"), (d.get("args") or [None])[0]) == key:
+            file.directives[i] = directive
+            return
+    file.directives.insert(0, directive)
+
+
+def render_directives(directives: list[Directive]) -> str:
+    """nginx text of directives, as crossplane builds it (e.g. the `access_log` line for a server)."""
+    import crossplane
+
+    return str(crossplane.build(directives, indent=4, tabs=False, header=False)) + "\n"
