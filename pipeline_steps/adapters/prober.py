@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.adapters import http_probe
 from pipeline_steps.config import Host
-from pipeline_steps.errors import Unreachable
+from pipeline_steps.errors import unreachable
 from pipeline_steps.health import (
     LOG_TAIL,
     GatePolicy,
@@ -144,8 +144,8 @@ class LiveProber:
             raise
         except Exception as exc:
             if docker_host.is_unreachable(exc):
-                raise Unreachable(f"Docker engine of host {host.name} ({host.endpoint}) stopped answering") \
-                    from None
+                raise unreachable(f"Docker engine of host {host.name} ({host.endpoint})",
+                                  "stopped answering") from None
             raise
 
     def _container(self, target: HealthTarget) -> ProbeResult:

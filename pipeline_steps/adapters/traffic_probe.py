@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pipeline_steps.errors import Unreachable
+from pipeline_steps.errors import unreachable
 
 PROBE_TIMEOUT = 5.0
 
@@ -63,7 +63,7 @@ def send_probe(url: str, n: int, *, timeout: float = PROBE_TIMEOUT, deadline: fl
                     run.timed_out = True
                     break
                 if i == 0:
-                    raise Unreachable(f"nginx at {url} did not answer: {type(exc).__name__}") from None
+                    raise unreachable(f"nginx at {url}", exc) from None
                 run.answers.append(Answer(None, error=type(exc).__name__))
                 continue
             run.answers.append(Answer(got.status_code, got.headers.get("X-Upstream"),

@@ -17,7 +17,7 @@ from pipeline_steps.inputs import PERCENT
 from pipeline_steps.output import Output
 from pipeline_steps.steps.traffic import load_live, missing_include, require_router
 from pipeline_steps.upstreams import Upstream, active_color, locate, slots_in
-from pipeline_steps.weights import Weights, binomial_interval, check_percent
+from pipeline_steps.weights import Weights, binomial_interval, check_percent, share
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import TrafficSender
@@ -253,7 +253,7 @@ def measure(config: Config, service: Service, upstream: Upstream, run: ProbeRun,
     measured: dict[str, Any] = {
         "url": run.url, "requests": run.wanted, "answered": len(run.answers), "valid": valid,
         "counts": counts, "invalid": invalid, "examples": examples, "slot": target_slot,
-        "share": hits / valid if valid else 0.0, "expected_share": p,
+        "share": share(counts, target_slot), "expected_share": p,
         "interval": [low / valid, high / valid] if valid else [0.0, 0.0], "confidence": CONFIDENCE,
         "timed_out": run.timed_out, "stopped": run.stopped, "warnings": warnings}
     problems: list[str] = []

@@ -43,7 +43,7 @@ __all__ = [
     "BACKUP_DIR", "DEFAULT_PID", "ApplyResult", "ContainerLog", "ContainerRunner", "FileLog", "HostRunner",
     "InstallResult", "LogWatch", "NginxControl", "NginxFailed", "NginxRunner", "Proc", "log_lines_after",
     "nginx_command", "nginx_tree", "parse_log_timestamp", "parse_top", "reload_failure", "router_for",
-    "use_router",
+    "use_router", "_nginx_message",
 ]
 
 _override: Router | None = None

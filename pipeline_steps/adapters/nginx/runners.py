@@ -11,7 +11,7 @@ from pipeline_steps.adapters.nginx.errorlog import ContainerLog, FileLog, LogWat
 from pipeline_steps.adapters.nginx.procs import nginx_tree, parse_top, shutting_down
 from pipeline_steps.adapters.proc import children, pid_alive
 from pipeline_steps.config import Host, NginxRouter
-from pipeline_steps.errors import Unreachable
+from pipeline_steps.errors import Unreachable, unreachable
 
 if TYPE_CHECKING:
     import docker
@@ -187,7 +187,8 @@ class ContainerRunner(NginxRunner):
             raise Unreachable(f"nginx container {self.name}: {what} failed: {_first_line(exc)}") from None
         except Exception as exc:
             if is_unreachable(exc):
-                raise Unreachable(f"Docker engine ({self.host.endpoint}) went away during {what}") from None
+                raise unreachable(f"Docker engine ({self.host.endpoint})",
+                                  f"went away during {what}") from None
             raise
 
     def run(self, *args: str) -> tuple[int, str]:
