@@ -218,3 +218,13 @@ def test_one_secret_name_rule(tmp_path: Path) -> None:
     }, base_dir=tmp_path)
     env = config.masked()["services"]["backend"]["env"]  # `ps config show` uses the same rule
     assert env == {"API_KEY": "****", "PORT": "8080"}
+
+
+def test_one_network_error_wording() -> None:
+    from pipeline_steps.errors import EXIT_UNREACHABLE, unreachable
+
+    err = unreachable("Jenkins at http://127.0.0.1:1", ConnectionError("http://u:secret@127.0.0.1:1"))
+    assert err.message == "Jenkins at http://127.0.0.1:1 is unreachable: ConnectionError"
+    assert err.exit_code == EXIT_UNREACHABLE and "secret" not in err.message
+    assert unreachable("registry r", "connection refused", context="after 3 attempts").message == \
+        "registry r is unreachable after 3 attempts: connection refused"
