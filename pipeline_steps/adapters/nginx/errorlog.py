@@ -10,6 +10,7 @@ from pipeline_steps.timestamps import log_lines_after, parse_log_timestamp
 
 __all__ = ["ContainerLog", "FileLog", "LogWatch", "log_lines_after", "parse_log_timestamp", "reload_failure"]
 
+
 class LogWatch:
     """Where nginx writes errors: `mark()` before a reload, `failure_since(mark)` says why nginx gave up."""
 
