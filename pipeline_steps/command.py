@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pipeline_steps.config import Config, Service, load_config
+from pipeline_steps.config import Config, load_config
 from pipeline_steps.output import Output
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,15 +24,6 @@ def service_option(f: F) -> F:
     """`--service S` (one service; default all)."""
     return click.option("--service", "-s", "service", metavar="NAME",
                         help="Only this service (default: all).")(f)
-
-
-def all_option(f: F) -> F:
-    return click.option("--all", "all_services", is_flag=True, help="Every configured service.")(f)
-
-
-def selected_services(config: Config, service: str | None) -> list[Service]:
-    """The services a `--service S | --all` pair chose."""
-    return config.select(service)
 
 
 def report(out: Output, step: str, data: dict[str, Any]) -> None:

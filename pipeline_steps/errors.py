@@ -50,3 +50,13 @@ class ConfigError(BadInput):
         first = problems[0] if problems else "invalid configuration"
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(f"{source}: {first}{more}")
+
+
+def unreachable(system: str, reason: str | BaseException, *, context: str = "",
+                result: dict[str, object] | None = None) -> Unreachable:
+    """The one wording for a needed system that did not answer (exit 3):
+    `<system> is unreachable[ <context>]: <reason>`; an exception as reason is named by its type
+    (its text may carry URLs with credentials)."""
+    why = type(reason).__name__ if isinstance(reason, BaseException) else reason
+    where = f" {context}" if context else ""
+    return Unreachable(f"{system} is unreachable{where}: {why}", result=result)

@@ -47,12 +47,3 @@ class Output:
         if self.json_mode:
             click.echo(json.dumps(record, sort_keys=False, default=str))
 
-
-def get_output(ctx: click.Context | None = None) -> Output:
-    """The Output of the running command (a default one outside the CLI)."""
-    ctx = ctx or click.get_current_context(silent=True)
-    if ctx is not None:
-        obj = ctx.find_object(Output)
-        if obj is not None:
-            return obj
-    return Output()

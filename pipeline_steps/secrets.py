@@ -25,11 +25,24 @@ def register_secret(value: str | None) -> None:
             _SECRETS.add(form)
 
 
-# Variables whose whole value is a secret, by the end of their name (GITLAB_TOKEN, REGISTRY_PASSWORD,
-# MATTERMOST_WEBHOOK_URL, CI_JOB_TOKEN, ...).
+# The one place that says which names hold secrets.
+# ps.yaml env entries (services.<s>.env): a secret hint anywhere in the name (DB_PASSWORD, API_KEY_2).
+SECRET_HINT = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
+# Pipeline environment variables (many unrelated ones, PATH, KEYBOARD_LAYOUT...): by the end of their name
+# (GITLAB_TOKEN, REGISTRY_PASSWORD, MATTERMOST_WEBHOOK_URL, CI_JOB_TOKEN, ...).
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|PRIVATE_KEY|WEBHOOK_URL)$")
 # Query parameters of a URL whose value is a secret (?private_token=..., ?key=..., ?sig=...).
 SECRET_QUERY = re.compile(r"token|key|secret|pass|auth|sig|credential", re.IGNORECASE)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a ps.yaml env entry of this name holds a secret (its value is masked everywhere)."""
+    return bool(SECRET_HINT.search(name))
+
+
+def is_secret_env_name(name: str) -> bool:
+    """Whether a pipeline environment variable of this name holds a secret."""
+    return bool(SECRET_NAME.search(name.upper()))
 
 
 def register_url_secrets(url: str) -> None:
@@ -66,7 +79,7 @@ def register_environment(env: Mapping[str, str]) -> None:
     for name, value in env.items():
         if not value:
             continue
-        if SECRET_NAME.search(name.upper()):
+        if is_secret_env_name(name):
             register_secret(value)
             hook_key = value.rstrip("/").rsplit("/", 1)[-1]
             if name.upper().endswith("WEBHOOK_URL") and "://" in value and len(hook_key) >= 8:

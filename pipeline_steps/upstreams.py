@@ -152,12 +152,16 @@ class UpstreamFile:
 
     @classmethod
     def from_text(cls, text: str, path: str | os.PathLike[str] = "upstreams.conf") -> UpstreamFile:
-        """Parse text (through a temporary file, as crossplane reads files)."""
+        """Parse text (through a temporary file, as crossplane reads files); errors name `path`."""
         fd, tmp = tempfile.mkstemp(suffix=".conf", prefix="ps-upstreams-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
             loaded = cls.load(tmp)
+        except MalformedUpstreams as exc:
+            exc.message = exc.message.replace(tmp, str(path))
+            exc.args = (exc.message,)
+            raise
         finally:
             os.unlink(tmp)
         loaded.path = Path(path)

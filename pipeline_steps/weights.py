@@ -63,16 +63,11 @@ def check_percent(percent: float) -> float:
     return float(percent)
 
 
+
 def share(counts: dict[str, int], slot: str) -> float:
     """The measured share of `slot` among all counted answers (0 when nothing was counted)."""
     total = sum(counts.values())
     return counts.get(slot, 0) / total if total else 0.0
-
-
-def weight_share(weights: dict[str, int], slot: str) -> float:
-    """The configured share of `slot` given summed weights per slot."""
-    total = sum(weights.values())
-    return weights.get(slot, 0) / total if total else 0.0
 
 
 def _log_pmf(k: int, n: int, p: float) -> float:

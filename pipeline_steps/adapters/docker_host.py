@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.config import Host
-from pipeline_steps.errors import Unreachable
+from pipeline_steps.errors import unreachable
 
 if TYPE_CHECKING:
     import docker
@@ -35,8 +35,8 @@ def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
     except Exception as exc:  # DockerException; requests/paramiko errors surface as plain exceptions
         ssh = host.docker is not None and host.docker.startswith("ssh://")
         reason = _ssh_reason(host.docker, exc) if ssh and host.docker else None
-        raise Unreachable(f"Docker engine of host {host.name} ({host.endpoint}) is unreachable: "
-                          f"{reason or _short(exc)}") from None
+        raise unreachable(f"Docker engine of host {host.name} ({host.endpoint})",
+                          reason or _short(exc)) from None
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pipeline_steps.errors import CheckFailed, Unreachable
+from pipeline_steps.errors import CheckFailed, Unreachable, unreachable
 
 if TYPE_CHECKING:
     import gitlab
@@ -53,7 +53,7 @@ def _call(url: str, what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except requests.RequestException as exc:
-        raise Unreachable(f"GitLab at {url} is unreachable ({what}): {type(exc).__name__}") from None
+        raise unreachable(f"GitLab at {url}", exc, context=f"({what})") from None
     except gitlab.exceptions.GitlabError as exc:
         code = exc.response_code
         message = str(exc.error_message)[:200] if exc.error_message else ""

@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pipeline_steps.health import MAX_BODY
+
 if TYPE_CHECKING:
     import requests
 
-MAX_BODY = 1 << 20  # 1 MiB: a health answer larger than this is a bad answer
+__all__ = ["MAX_BODY", "Answer", "http_get", "new_session", "tcp_connect"]
+
 MAX_REDIRECTS = 10
 
 

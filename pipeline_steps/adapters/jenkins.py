@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from pipeline_steps.errors import CheckFailed, Unreachable
+from pipeline_steps.errors import CheckFailed, unreachable
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def trigger_build(base_url: str, job: str, params: Mapping[str, str], *, job_tok
     Only failures to connect are retried (tenacity): a request that reached Jenkins is never repeated.
     """
     import requests
-    from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
     url = trigger_url(base_url, job)
     data = dict(params)
@@ -52,15 +52,16 @@ def trigger_build(base_url: str, job: str, params: Mapping[str, str], *, job_tok
         data["token"] = job_token
     auth = (user, api_token) if user and api_token else None
 
-    @retry(retry=retry_if_exception_type(requests.ConnectionError), stop=stop_after_attempt(attempts),
-           wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
     def post() -> requests.Response:
         return requests.post(url, data=data, auth=auth, timeout=timeout, allow_redirects=False)
 
+    retrying = Retrying(retry=retry_if_exception_type(requests.ConnectionError),
+                        stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=2),
+                        reraise=True)
     try:
-        response = post()
+        response = retrying(post)
     except requests.RequestException as exc:
-        raise Unreachable(f"Jenkins at {base_url} is unreachable: {type(exc).__name__}") from None
+        raise unreachable(f"Jenkins at {base_url}", exc) from None
     if response.status_code in (401, 403):
         raise CheckFailed(f"Jenkins refused the trigger of job {job!r} ({response.status_code}): check the "
                           "user, API token and the job's trigger token")
@@ -103,7 +104,7 @@ def find_build(base_url: str, job: str, name: str, value: str, *, user: str | No
                               params={"tree": f"builds[number,url,{tree_params}]{{0,{depth}}}"},
                               auth=auth, timeout=timeout, allow_redirects=False)
     except requests.RequestException as exc:
-        raise Unreachable(f"Jenkins at {base_url} is unreachable: {type(exc).__name__}") from None
+        raise unreachable(f"Jenkins at {base_url}", exc) from None
     for answer in (queue, builds):
         if answer.status_code != 200:
             raise CheckFailed(f"Jenkins answered {answer.status_code} to a look-up of job {job!r}")

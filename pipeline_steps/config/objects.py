@@ -7,9 +7,10 @@ default from here, so the loader, the JSON Schema and code that builds these obj
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pipeline_steps.secrets import MASK, is_secret_name
 
 SLOT_PAIRS: dict[str, tuple[str, str]] = {
     "canary": ("stable", "canary"),
@@ -17,7 +18,7 @@ SLOT_PAIRS: dict[str, tuple[str, str]] = {
 }
 SLOT_NAMES = ("stable", "canary", "blue", "green")
 DEFAULT_CONFIG = "ps.yaml"
-_SECRET_HINT = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
+DEFAULT_TIMEZONE = "Asia/Seoul"  # the one default time zone (config.timezone, history, lock, reports)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class Config:
     registry: str
     services: dict[str, Service]
     hosts: tuple[Host, ...] = (Host(name="local"),)
-    timezone: str = "Asia/Seoul"
+    timezone: str = DEFAULT_TIMEZONE
     router: NginxRouter | None = None
     canary: CanaryPolicy = field(default_factory=CanaryPolicy)
     notify: MattermostNotify = field(default_factory=MattermostNotify)
@@ -177,7 +178,7 @@ class Config:
         """The effective config as plain data, secret-looking env values masked."""
         data = asdict(self)
         for svc in data["services"].values():
-            svc["env"] = {k: ("****" if _SECRET_HINT.search(k) else v) for k, v in svc["env"].items()}
+            svc["env"] = {k: (MASK if is_secret_name(k) else v) for k, v in svc["env"].items()}
             svc["env_from"] = list(svc["env_from"])
         data["hosts"] = list(data["hosts"])
         data["canary"]["steps"] = list(data["canary"]["steps"])

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline_steps.config.objects import DEFAULT_TIMEZONE
 from pipeline_steps.errors import BadInput
 from pipeline_steps.secrets import mask_obj
 
@@ -66,7 +67,7 @@ class HistoryRead:
 class HistoryLog:
     """Append-only JSONL log of deployment actions under a state directory."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], timezone: str = "Asia/Seoul") -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], timezone: str = DEFAULT_TIMEZONE) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / HISTORY_FILE
         self.timezone = timezone

@@ -38,7 +38,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.adapters.proc import pid_alive
+from pipeline_steps.config.objects import DEFAULT_TIMEZONE
 from pipeline_steps.errors import BadInput, CheckFailed, PsError
+from pipeline_steps.files import atomic_write
+from pipeline_steps.waiting import poll_until
 
 if TYPE_CHECKING:
     from pipeline_steps.config import Config
@@ -239,21 +242,10 @@ def now_iso(timezone: str) -> str:
     return datetime.now(tz).astimezone(tz).isoformat(timespec="seconds")
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class DeployLock:
     """`with DeployLock(state_dir, app).acquire(wait=60):` - one deployment of `app` at a time."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], app: str, *, timezone: str = "Asia/Seoul",
+    def __init__(self, state_dir: str | os.PathLike[str], app: str, *, timezone: str = DEFAULT_TIMEZONE,
                  deploy_type: str | None = None, pipeline_url: str | None = None,
                  user: str | None = None) -> None:
         self.state_dir = Path(state_dir)
@@ -320,10 +312,8 @@ class DeployLock:
                 raise _Busy()
 
         try:
-            for tried in Retrying(stop=stop_after_delay(max(wait, 0.0)), wait=wait_fixed(max(poll, 0.01)),
-                                  retry=retry_if_exception_type(_Busy), reraise=True):
-                with tried:
-                    attempt()
+            Retrying(stop=stop_after_delay(max(wait, 0.0)), wait=wait_fixed(max(poll, 0.01)),
+                     retry=retry_if_exception_type(_Busy), reraise=True)(attempt)
         except _Busy:
             os.close(fd)
             status = self.status()
@@ -352,7 +342,7 @@ class DeployLock:
                              deploy_type=self.deploy_type, since=now_iso(self.timezone),
                              token=secrets.token_hex(8))
         try:
-            _write_atomic(self.record_path, json.dumps(asdict(self.holder), indent=2) + "\n")
+            atomic_write(self.record_path, json.dumps(asdict(self.holder), indent=2) + "\n")
         except OSError as exc:
             self._unlock()
             raise BadInput(f"cannot write deploy lock record {self.record_path}: {exc}") from None
@@ -411,7 +401,7 @@ class DeployLock:
 
     def _write_lease(self, lease: Lease) -> None:
         try:
-            _write_atomic(self.lease_path, json.dumps(lease.as_dict(), indent=2) + "\n")
+            atomic_write(self.lease_path, json.dumps(lease.as_dict(), indent=2) + "\n")
         except OSError as exc:
             raise BadInput(f"cannot write deploy lease {self.lease_path}: {exc}") from None
 
@@ -434,10 +424,9 @@ class DeployLock:
                            "deploy lock to")
         from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-        for tried in Retrying(stop=stop_after_delay(max(wait, 0.0)), wait=wait_fixed(1.0),
-                              retry=retry_if_exception_type(LeaseRefused), reraise=True):
-            with tried:
-                self.acquire(wait=max(wait, 30.0))
+        retrying = Retrying(stop=stop_after_delay(max(wait, 0.0)), wait=wait_fixed(1.0),
+                            retry=retry_if_exception_type(LeaseRefused), reraise=True)
+        retrying(self.acquire, wait=max(wait, 30.0))
         try:
             current = self.read_lease()
             if current is not None and current.pipeline_url == self.pipeline_url and not current.expired():
@@ -463,12 +452,10 @@ class DeployLock:
             return None
         fd = self._open()
         try:
-            deadline = time.monotonic() + wait
-            while not self._try_lock(fd):  # a step of this pipeline may still be finishing
-                if time.monotonic() >= deadline:
-                    raise CheckFailed(f"deploy lock of app {self.app} stays busy; lease of "
-                                      f"{lease.describe()} not ended")
-                time.sleep(0.1)
+            # a step of this pipeline may still be finishing
+            if poll_until(lambda: self._try_lock(fd) or None, timeout=wait, interval=0.1) is None:
+                raise CheckFailed(f"deploy lock of app {self.app} stays busy; lease of "
+                                  f"{lease.describe()} not ended")
             lease = self.read_lease()
             if lease is None or lease.pipeline_url != self.pipeline_url:
                 return None
@@ -566,12 +553,7 @@ class DeployLock:
         except PermissionError:
             raise CheckFailed(f"not allowed to signal pid {holder.pid} holding the deploy lock of app "
                               f"{self.app}", result={"lock": status.as_dict()}) from None
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.status().state != "held":
-                break
-            time.sleep(0.1)
-        else:
+        if poll_until(lambda: self.status().state != "held" or None, timeout=wait, interval=0.1) is None:
             raise CheckFailed(f"sent SIGTERM to pid {holder.pid} but it still holds the deploy lock of app "
                               f"{self.app} after {wait:g}s", result={"lock": self.status().as_dict()})
         current = self.read_record()

@@ -10,14 +10,15 @@ from __future__ import annotations
 import html
 import json
 import os
-import secrets as _secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline_steps.config.objects import DEFAULT_TIMEZONE
 from pipeline_steps.errors import BadInput
+from pipeline_steps.files import atomic_write
 from pipeline_steps.secrets import mask, mask_obj
 
 # characters XML 1.0 does not allow (C0 controls but tab/newline/return, surrogates, U+FFFE/U+FFFF)
@@ -54,7 +55,7 @@ class RunReport:
 
     app: str
     deploy_type: str
-    timezone: str = "Asia/Seoul"
+    timezone: str = DEFAULT_TIMEZONE
     build_ids: dict[str, str] = field(default_factory=dict)
     pipeline_url: str | None = None
     who: str | None = None
@@ -215,8 +216,8 @@ class RunReport:
             raise BadInput(f"--report {json_path}: give the JSON file name (the .html page goes beside it)")
         try:
             json_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(json_path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-            _write_atomic(html_path, self.html())
+            atomic_write(json_path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+            atomic_write(html_path, self.html())
         except OSError as exc:
             raise BadInput(f"cannot write report {json_path}: {exc.strerror or exc}") from None
         return json_path, html_path
@@ -224,12 +225,6 @@ class RunReport:
 
 def _pct(value: float) -> str:
     return f"{value:g}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_secrets.token_hex(4)}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _Timeline:

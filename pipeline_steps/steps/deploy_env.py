@@ -9,7 +9,6 @@ named before anything stops; a failed start puts the previous container back), a
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -26,7 +25,7 @@ from pipeline_steps.config import SLOT_NAMES, Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
 from pipeline_steps.inputs import BUILD_ID
 from pipeline_steps.output import Output
-from pipeline_steps.secrets import register_secret
+from pipeline_steps.secrets import is_secret_name, register_secret
 
 if TYPE_CHECKING:
     import docker
@@ -40,7 +39,6 @@ LOG_MAX_FILE = "3"
 RESTART_POLICY = "unless-stopped"
 STOP_TIMEOUT = 0  # the previous container is killed, as when it was removed: it takes no traffic (or --force)
 WOULD = {"created": "would-create", "replaced": "would-replace"}
-SECRET_HINTS = ("PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE")
 
 
 @dataclass
@@ -92,7 +90,7 @@ def slot_environment(config: Config, service: Service, slot: str,
         env[name] = environ[name]
         register_secret(environ[name])
     for name, value in service.env.items():
-        if any(h in name.upper() for h in SECRET_HINTS):
+        if is_secret_name(name):
             register_secret(value)
     env.update({"PS_SLOT": slot, "PS_SERVICE": service.name, "PS_APP": config.app})
     return env
@@ -104,19 +102,11 @@ def env_file_path(config: Config, service: Service, slot: str) -> Path:
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
     """Write KEY=VALUE lines atomically with mode 0600."""
+    from pipeline_steps.files import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for key in sorted(env):
-                value = env[key].replace("\n", "\\n")
-                fh.write(f"{key}={value}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    lines = "".join(f"{key}={env[key].replace(chr(10), chr(92) + 'n')}\n" for key in sorted(env))
+    atomic_write(path, lines, mode=0o600)
 
 
 # ---------------------------------------------------------------- images

@@ -19,7 +19,7 @@ import click
 
 from pipeline_steps.adapters import mattermost
 from pipeline_steps.command import pass_output, report
-from pipeline_steps.config import Config, MattermostNotify, load_config
+from pipeline_steps.config import DEFAULT_TIMEZONE, Config, MattermostNotify, load_config
 from pipeline_steps.context import CIContext
 from pipeline_steps.durations import DURATION, format_duration
 from pipeline_steps.errors import BadInput, CheckFailed
@@ -35,7 +35,6 @@ HEADLINES = {
     "failure": (":x:", "deploy FAILED"),
     "rolled-back": (":leftwards_arrow_with_hook:", "deploy rolled back"),
 }
-DEFAULT_TIMEZONE = "Asia/Seoul"
 MAX_FIELD = 3000  # characters per free-text field (message, rollback info)
 TRUNCATED = " …(truncated)"
 

@@ -26,7 +26,7 @@ from pipeline_steps.adapters.registry import (
 from pipeline_steps.command import load, pass_output, report, service_option
 from pipeline_steps.config import Config, Service
 from pipeline_steps.durations import DURATION, format_duration
-from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.errors import BadInput, CheckFailed, Unreachable, unreachable
 from pipeline_steps.inputs import BUILD_ID, TAG
 from pipeline_steps.output import Output
 from pipeline_steps.steps.build import check_tag, resolve_identity
@@ -90,13 +90,11 @@ def _retrying(out: Output, what: str, attempts: int, backoff: float, fn: Callabl
         out.say(f"{what}: {exc}; retrying in {format_duration(wait)} "
                 f"(attempt {state.attempt_number + 1}/{attempts})")
 
-    for attempt in Retrying(stop=stop_after_attempt(attempts),
-                            wait=wait_exponential(multiplier=backoff, min=backoff, max=max(backoff, 30.0)),
-                            retry=retry_if_exception_type(RegistryTransient), reraise=True,
-                            before_sleep=announce):
-        with attempt:
-            return fn()
-    raise AssertionError("unreachable")  # pragma: no cover - Retrying either returns or raises
+    retrying = Retrying(stop=stop_after_attempt(attempts),
+                        wait=wait_exponential(multiplier=backoff, min=backoff, max=max(backoff, 30.0)),
+                        retry=retry_if_exception_type(RegistryTransient), reraise=True,
+                        before_sleep=announce)
+    return retrying(fn)
 
 
 def _local_image(client: docker.DockerClient, ref: str) -> Any:
@@ -199,7 +197,7 @@ def push(config: Config, services: Sequence[Service], build_id: str, out: Output
             except RegistryAuthError as exc:
                 raise CheckFailed(str(exc), result={"image": ref, "registry": registry_host}) from None
             except RegistryTransient as exc:
-                raise Unreachable(f"registry {registry_host} is unreachable after {attempts} attempts: {exc}",
+                raise unreachable(f"registry {registry_host}", str(exc), context=f"after {attempts} attempts",
                                   result={"image": ref, "registry": registry_host}) from None
             except RegistryError as exc:
                 raise CheckFailed(f"push of {ref} failed: {exc}",

@@ -40,7 +40,7 @@ def router_init(config: Config, services: Sequence[str] | None = None, *, force:
     lacks is added, and `force` rewrites the chosen ones to that first state (other upstreams, comments
     and directives in the file are kept).
     """
-    from pipeline_steps.adapters.nginx import NginxControl
+    from pipeline_steps.adapters.nginx import router_for
 
     router = require_router(config)
     chosen = [config.service(n) for n in services] if services else list(config.services.values())
@@ -62,7 +62,7 @@ def router_init(config: Config, services: Sequence[str] | None = None, *, force:
     if dry_run:
         result.note = "would change" if live is not None else "would create"
         return result
-    done = NginxControl(router).install(file.render(), force=True)
+    done = router_for(router).install(file.render(), force=True)
     result.written, result.nginx_running, result.reloaded = done.written, done.running, done.reloaded
     result.tested, result.backup, result.note = done.tested, done.backup, done.note
     return result

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -47,16 +47,13 @@ class StatusResult:
 
 
 def _started(attrs: dict[str, Any]) -> float | None:
-    text = (attrs.get("State") or {}).get("StartedAt") or ""
-    if not text or text.startswith("0001-"):
+    """Seconds since the container started (None when it never did)."""
+    from pipeline_steps.timestamps import parse_state_time
+
+    started = parse_state_time((attrs.get("State") or {}).get("StartedAt"))
+    if started is None:
         return None
-    text = text.rstrip("Z")
-    main, _, frac = text.partition(".")
-    try:
-        start = datetime.fromisoformat(main).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return max(0.0, (datetime.now(UTC) - start).total_seconds() - float(f"0.{frac[:6] or 0}"))
+    return max(0.0, time.time() - started / 1e9)
 
 
 def slot_status(config: Config) -> StatusResult:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import click
 
@@ -79,20 +78,23 @@ def missing_include(router: NginxRouter) -> str:
 
 
 def load_live(config: Config) -> UpstreamFile | None:
-    """The include file on disk (None when it does not exist yet); malformed: exit 2."""
+    """The include file, read through the Router (None when it does not exist yet); malformed: exit 2."""
+    from pipeline_steps.adapters.nginx import router_for
+
     router = require_router(config)
-    if not Path(router.include).exists():
+    text = router_for(router).read_text()
+    if text is None:
         return None
-    return UpstreamFile.load(router.include)
+    return UpstreamFile.from_text(text, router.include)
 
 
 def change_upstreams(config: Config, services: Sequence[Service], build: Callable[[Service], Upstream],
                      *, action: str, target: str, dry_run: bool = False) -> TrafficChange:
     """Rewrite the upstreams of `services` with `build` and apply safely (one reload)."""
-    from pipeline_steps.adapters.nginx import NginxControl
+    from pipeline_steps.adapters.nginx import router_for
 
     router = require_router(config)
-    control = NginxControl(router)
+    control = router_for(router)
     live = load_live(config)
     file = live if live is not None else initial_file(config, router.include)
     existing = file.upstreams()

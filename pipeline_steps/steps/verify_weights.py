@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline_steps.adapters.traffic_probe import PROBE_TIMEOUT, Answer, ProbeRun, send_probe
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_PAIRS, Config, Service
-from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
+from pipeline_steps.errors import BadInput, CheckFailed
 from pipeline_steps.inputs import PERCENT
 from pipeline_steps.output import Output
 from pipeline_steps.steps.traffic import load_live, missing_include, require_router
 from pipeline_steps.upstreams import Upstream, active_color, locate, slots_in
-from pipeline_steps.weights import Weights, binomial_interval, check_percent
+from pipeline_steps.weights import Weights, binomial_interval, check_percent, share
+
+if TYPE_CHECKING:
+    from pipeline_steps.adapters.interfaces import TrafficSender
+
+__all__ = ["PROBE_TIMEOUT", "Answer", "ProbeRun", "classify", "command", "describe_invalid", "last_upstream",
+           "measure", "probe_url", "send_probe", "verify_weights"]
 
 CONFIDENCE = 0.99
 MAX_PROBE = 100_000
-PROBE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -131,16 +136,6 @@ INVALID_TEXT = {
 }
 
 
-@dataclass(frozen=True)
-class Answer:
-    """One probe request's outcome: the status and the headers that name who answered."""
-
-    status: int | None  # None: no HTTP answer at all
-    upstream: str | None = None  # X-Upstream ($upstream_addr)
-    build_id: str | None = None  # X-Build-Id
-    error: str | None = None
-
-
 def last_upstream(value: str) -> str:
     """The server that gave the answer: the last address of `$upstream_addr`.
 
@@ -176,55 +171,6 @@ def describe_invalid(reason: str, count: int, total: int, upstream: str) -> str:
     if reason.startswith("status "):
         return f"{count} of {total} answers were {reason.removeprefix('status ')}"
     return f"{count} of {total} answers {INVALID_TEXT.get(reason, reason).format(upstream=upstream)}"
-
-
-@dataclass
-class ProbeRun:
-    """The answers of one probe, and whether it ended before sending all requests."""
-
-    url: str
-    wanted: int
-    answers: list[Answer] = field(default_factory=list)
-    timed_out: bool = False
-    stopped: bool = False
-
-
-def send_probe(url: str, n: int, *, timeout: float = PROBE_TIMEOUT, deadline: float | None = None,
-          stop: threading.Event | None = None) -> ProbeRun:
-    """Send up to n sequential GETs to `url` (a new connection each, so no old nginx worker keeps us).
-
-    Thread-safe (its own requests.Session, no shared state) and bounded: `timeout` per request and
-    `deadline` seconds in all (default max(30, n / 4)); `stop` ends it early. Unreachable (exit 3) when
-    the very first request gets no answer.
-    """
-    import requests
-
-    run = ProbeRun(url=url, wanted=n)
-    ends = time.monotonic() + (deadline if deadline is not None else max(30.0, n * 0.25))
-    with requests.Session() as session:
-        for i in range(n):
-            if stop is not None and stop.is_set():
-                run.stopped = True
-                break
-            left = ends - time.monotonic()
-            if left <= 0:
-                run.timed_out = True
-                break
-            try:
-                got = session.get(url, timeout=min(timeout, max(left, 0.05)), allow_redirects=False,
-                                  headers={"Connection": "close"})
-            except requests.RequestException as exc:
-                if time.monotonic() >= ends:  # cut by the deadline, not an answer of the service
-                    run.timed_out = True
-                    break
-                if i == 0:
-                    raise Unreachable(f"nginx at {url} did not answer: {type(exc).__name__}") from None
-                run.answers.append(Answer(None, error=type(exc).__name__))
-                continue
-            run.answers.append(Answer(got.status_code, got.headers.get("X-Upstream"),
-                                      got.headers.get("X-Build-Id")))
-            got.close()
-    return run
 
 
 def probe_url(config: Config, service: Service, url: str | None = None) -> str:
@@ -307,7 +253,7 @@ def measure(config: Config, service: Service, upstream: Upstream, run: ProbeRun,
     measured: dict[str, Any] = {
         "url": run.url, "requests": run.wanted, "answered": len(run.answers), "valid": valid,
         "counts": counts, "invalid": invalid, "examples": examples, "slot": target_slot,
-        "share": hits / valid if valid else 0.0, "expected_share": p,
+        "share": share(counts, target_slot), "expected_share": p,
         "interval": [low / valid, high / valid] if valid else [0.0, 0.0], "confidence": CONFIDENCE,
         "timed_out": run.timed_out, "stopped": run.stopped, "warnings": warnings}
     problems: list[str] = []
@@ -331,13 +277,14 @@ def measure(config: Config, service: Service, upstream: Upstream, run: ProbeRun,
 def verify_weights(config: Config, *, expect_canary: float | None = None, expect_active: str | None = None,
                    tolerance: int | None = None, probe: int = 0, url: str | None = None,
                    services: Sequence[str] | None = None, probe_deadline: float | None = None,
-                   stop: threading.Event | None = None) -> VerifyResult:
+                   stop: threading.Event | None = None,
+                   sender: TrafficSender | None = None) -> VerifyResult:
     """Compare the live upstream weights (and with probe > 0 the measured split) with the expectation.
 
     The probe goes to `url`, else the service's own URL (see probe_url); only 2xx answers naming a
     server of the service's upstream count, and any other answer is a problem. `probe_deadline` bounds
     the probe in seconds, `stop` ends it early (safe to run in a thread). Returns the result; the caller
-    decides (result.ok). Bad input raises BadInput.
+    decides (result.ok). Bad input raises BadInput. `sender` sends the probe (default: send_probe).
     """
     router = require_router(config)
     if expect_canary is not None:
@@ -378,7 +325,7 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
                 target_slot, p = "canary", float(verdict.expected["canary_share"])
             else:
                 target_slot, p = str(verdict.expected.get("active") or "blue"), 1.0
-            run = send_probe(where, probe, deadline=probe_deadline, stop=stop)
+            run = (sender or send_probe)(where, probe, deadline=probe_deadline, stop=stop)
             verdict.measured, problems = measure(config, service, upstream, run, target_slot, p)
             verdict.problems.extend(problems)
         verdicts.append(verdict)

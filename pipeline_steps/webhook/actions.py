@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from pipeline_steps.context import build_id_of
 from pipeline_steps.errors import BadInput, CheckFailed
 from pipeline_steps.secrets import register_secret
+from pipeline_steps.waiting import poll_until
 from pipeline_steps.webhook.store import Delivery
 
 DEFAULT_DEPLOY_TYPE = "canary-auto"
@@ -238,12 +239,10 @@ class LocalDeployAction:
         None when it never finished (killed with the receiver, or never started): run it again."""
         log, rc = self.files(delivery)
         if delivery.pid and self._alive(delivery.pid, rc):
-            deadline = (delivery.started_at or time.time()) + self.timeout
-            while self._alive(delivery.pid, rc):
-                if time.time() > deadline:
-                    end_group(delivery.pid)
-                    break
-                time.sleep(0.1)
+            left = (delivery.started_at or time.time()) + self.timeout - time.time()
+            pid = delivery.pid
+            if poll_until(lambda: not self._alive(pid, rc) or None, timeout=left, interval=0.1) is None:
+                end_group(pid)
         code = read_rc(rc)
         if code is None or code not in (0, 1, 2):
             return None  # never finished, or failed in a way worth running again
@@ -279,13 +278,17 @@ def end_group(pgid: int, grace: float = 10.0) -> None:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+        if poll_until(lambda: _group_gone(pgid) or None, timeout=wait, interval=0.05):
+            return
+
+
+def _group_gone(pgid: int) -> bool:
+    """True when no process of the group is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def read_rc(path: Path) -> int | None:

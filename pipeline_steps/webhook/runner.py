@@ -6,7 +6,6 @@ receiver restarted meanwhile can still learn how the deploy it no longer parents
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +18,9 @@ def main(args: list[str]) -> int:
         return 2
     rc_path = Path(args[0])
     code = subprocess.run(args[2:], check=False).returncode
-    tmp = rc_path.with_suffix(".tmp")
-    tmp.write_text(f"{code}\n")
-    os.replace(tmp, rc_path)
+    from pipeline_steps.files import atomic_write
+
+    atomic_write(rc_path, f"{code}\n")
     return code if code >= 0 else 128 - code
 
 

@@ -1,0 +1,318 @@
+"""Safe changes to the nginx include file ps owns: backup, `nginx -t`, atomic rename, reload, confirm.
+
+`nginx -s reload` exits 0 even when the master cannot apply the new config (a bind failure, say), so a
+reload counts only when the master's worker processes were replaced and the error log shows no
+`[emerg]` since the signal. Any failure puts the previous file back (and reloads back), so nginx is
+never left with a config that fails `nginx -t`.
+
+nginx runs either on this machine (router.nginx.prefix/conf) or in a container (router.container):
+then the include file is still written here (the host side of a bind mount) while `nginx -t` and
+`nginx -s reload` run through the Docker API (`exec`), the workers are read with `top` and `[emerg]`
+lines come from the container's logs (or router.nginx.error_log when the log is bind-mounted here).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from pipeline_steps.adapters.nginx.runners import ContainerRunner, HostRunner, NginxRunner, nginx_command
+from pipeline_steps.config import Host, NginxRouter
+from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
+from pipeline_steps.files import atomic_write
+from pipeline_steps.waiting import poll_until
+
+BACKUP_DIR = "ps-backups"
+
+
+class NginxFailed(CheckFailed):
+    """nginx refused the change (exit 1); the previous file is back in place."""
+
+
+@dataclass
+class ApplyResult:
+    """What an apply did."""
+
+    path: str
+    changed: bool
+    created: bool = False
+    backup: str | None = None
+    reloaded: bool = False
+    workers_before: list[int] = field(default_factory=list)
+    workers_after: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class InstallResult:
+    """What writing a first include did."""
+
+    path: str
+    written: bool
+    running: bool
+    reloaded: bool = False
+    tested: bool = False
+    backup: str | None = None
+    note: str = ""
+
+
+
+class NginxControl:
+    """Reads, tests, writes and reloads the ps-owned include of an nginx here or in a container."""
+
+    def __init__(self, router: NginxRouter, *, confirm_timeout: float = 5.0,
+                 docker_host: Host | None = None) -> None:
+        self.router = router
+        self.path = Path(router.include)
+        self.confirm_timeout = confirm_timeout
+        self.runner: NginxRunner = (ContainerRunner(router, docker_host) if router.container
+                                    else HostRunner(router))
+
+    # ------------------------------------------------------------ nginx invocations
+
+    def command(self, *args: str) -> list[str]:
+        """The nginx command line with the configured prefix and conf."""
+        return nginx_command(self.router, *args)
+
+    def test(self) -> str | None:
+        """Run `nginx -t` on the whole config; None when it passes, else nginx's message."""
+        code, stderr = self.runner.run("-t", "-q")
+        if code == 0:
+            return None
+        return _nginx_message(stderr) or f"nginx -t exited {code}"
+
+    def close(self) -> None:
+        """Let go of the Docker client a container runner holds."""
+        self.runner.close()
+
+    def reload(self) -> tuple[list[int], list[int]]:
+        """Signal a reload and confirm it: new workers, and nginx did not give up. NginxFailed otherwise."""
+        runner = self.runner
+        master, old = runner.processes()
+        if master is None:
+            raise Unreachable(f"{runner.where()} is not running")
+        before = set(old)
+        log = runner.log()
+        mark = log.mark()
+        code, stderr = runner.run("-s", "reload")
+        if code != 0:
+            raise NginxFailed(f"nginx reload failed: {_nginx_message(stderr)}")
+        deadline = time.monotonic() + self.confirm_timeout
+
+        def confirmed(late: bool = False) -> tuple[list[int], list[int]] | None:
+            emerg = log.failure_since(mark)
+            if emerg:
+                raise NginxFailed(f"nginx could not apply the new config: {emerg}")
+            now_master, now = runner.processes()
+            if now_master != master:
+                raise NginxFailed("nginx master exited during the reload")
+            fresh = set(now) - before
+            # the old workers stop accepting once they say "shutting down" (or are gone)
+            if fresh and (late or all(now[pid] for pid in before & set(now))
+                          or time.monotonic() > deadline):
+                return sorted(before), sorted(fresh)
+            return None
+
+        done = poll_until(confirmed, timeout=self.confirm_timeout, interval=runner.poll_interval)
+        done = done or confirmed(late=True)
+        if done is None:
+            raise NginxFailed(f"nginx did not replace its workers within {self.confirm_timeout:g}s "
+                              "after the reload signal")
+        return done
+
+    # ------------------------------------------------------------ the include file
+
+    def read_text(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BadInput(f"cannot read nginx include file {self.path}: {exc}") from None
+
+    def backup_dir(self) -> Path:
+        return self.path.parent / BACKUP_DIR
+
+    def backups(self) -> list[Path]:
+        """Backups of the include file, oldest first."""
+        d = self.backup_dir()
+        if not d.is_dir():
+            return []
+        return sorted(p for p in d.iterdir() if p.name.startswith(self.path.name + ".") and
+                      p.name.endswith(".bak"))
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One ps at a time changes this include file."""
+        self.backup_dir().mkdir(parents=True, exist_ok=True)
+        with open(self.backup_dir() / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _write(self, text: str) -> None:
+        atomic_write(self.path, text, mode=0o644)
+
+    def _backup(self, text: str) -> Path:
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S.%f")
+        target = self.backup_dir() / f"{self.path.name}.{stamp}.bak"
+        atomic_write(target, text, mode=0o644)
+        for old in self.backups()[: -self.router.backups]:
+            old.unlink(missing_ok=True)
+        return target
+
+    def _restore(self, old_text: str | None) -> None:
+        if old_text is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            self._write(old_text)
+
+    def apply(self, text: str, *, dry_run: bool = False) -> ApplyResult:
+        """Put `text` in place safely and reload; the old file comes back on any failure."""
+        started = time.monotonic()
+        if not self.path.parent.is_dir():
+            raise BadInput(f"directory of router.include does not exist: {self.path.parent}")
+        try:
+            with self.locked():
+                old_text = self.read_text()
+                result = ApplyResult(path=str(self.path), changed=old_text != text,
+                                     created=old_text is None)
+                if not result.changed or dry_run:
+                    return result
+                self.runner.ready()  # nginx (or its container) unreachable: nothing written
+                if self.runner.processes()[0] is None:
+                    raise Unreachable(f"{self.runner.where()} is not running: nothing was changed; start "
+                                      f"nginx (`ps router init` writes {self.path.name} for a first start)")
+                if old_text is not None:
+                    result.backup = str(self._backup(old_text))
+                self._write(text)
+                try:
+                    problem = self.test()
+                except Unreachable as exc:
+                    self._restore(old_text)
+                    raise _annotated(exc, "; previous file restored") from None
+                if problem is not None:
+                    self._restore(old_text)
+                    raise NginxFailed(f"nginx -t rejected the change, previous file restored: {problem}")
+                try:
+                    before, after = self.reload()
+                except (NginxFailed, Unreachable) as exc:
+                    self._restore(old_text)
+                    raise _annotated(exc, f"; previous file restored{self._reload_back(exc)}") from None
+                result.reloaded = True
+                result.workers_before, result.workers_after = before, after
+                result.seconds = round(time.monotonic() - started, 4)
+                return result
+        finally:
+            self.close()
+
+    def install(self, text: str, *, force: bool = False) -> InstallResult:
+        """Write a first include: with nginx running, the safe apply; without, write it and `nginx -t`.
+
+        An existing file is left alone unless `force`. Without a running nginx the file is written
+        atomically (0644) and tested with `nginx -t` when the binary (and router.nginx.conf, if set) are
+        there; a failing test removes it again (NginxFailed).
+        """
+        if not self.path.parent.is_dir():
+            raise BadInput(f"directory of router.include does not exist: {self.path.parent}")
+        old_text = self.read_text()
+        if old_text is not None and not force:
+            return InstallResult(path=str(self.path), written=False, running=False, note="already there")
+        if self.running():
+            applied = self.apply(text)
+            return InstallResult(path=str(self.path), written=applied.changed, running=True,
+                                 reloaded=applied.reloaded, tested=applied.changed, backup=applied.backup,
+                                 note="" if applied.changed else "already says so")
+        try:
+            with self.locked():
+                result = InstallResult(path=str(self.path), written=old_text != text, running=False)
+                if not result.written:
+                    result.note = "already says so"
+                    return result
+                if old_text is not None:
+                    result.backup = str(self._backup(old_text))
+                self._write(text)
+                skip = self._untestable()
+                if skip:
+                    result.note = f"nginx -t not run: {skip}"
+                    return result
+                try:
+                    problem = self.test()
+                except Unreachable as exc:
+                    result.note = f"nginx -t not run: {exc.message}"
+                    return result
+                if problem is not None:
+                    self._restore(old_text)
+                    what = "previous file restored" if old_text is not None else "file removed again"
+                    raise NginxFailed(f"nginx -t rejected {self.path}, {what}: {problem}")
+                result.tested = True
+                return result
+        finally:
+            self.close()
+
+    def running(self) -> bool:
+        """True when an nginx master runs (a missing or stopped nginx container counts as not running)."""
+        try:
+            self.runner.ready()
+            return self.runner.processes()[0] is not None
+        except Unreachable:
+            return False
+
+    def verify(self, text: str) -> str | None:
+        """None when the include on disk says `text` and nginx runs with a config that passes `nginx -t`;
+        else what is off."""
+        try:
+            if self.read_text() != text:
+                return f"{self.path} does not hold the expected text"
+            if not self.running():
+                return f"{self.runner.where()} is not running"
+            return self.test()
+        finally:
+            self.close()
+
+    def _untestable(self) -> str | None:
+        """Why `nginx -t` cannot run here (no binary, no conf), or None."""
+        import shutil
+
+        if self.router.container:
+            return f"nginx container {self.router.container} is not running"
+        if shutil.which(self.router.binary) is None:
+            return f"nginx binary {self.router.binary} not found (router.nginx.binary)"
+        if self.router.conf and not Path(self.router.conf).is_file():
+            return f"nginx conf {self.router.conf} does not exist (router.nginx.conf)"
+        return None
+
+    def _reload_back(self, failure: PsError) -> str:
+        """After a failed reload of the new file: reload the restored one; a note for the message."""
+        if not isinstance(failure, NginxFailed):
+            return ""
+        try:
+            if self.test() is not None:
+                return ""
+            self.reload()
+            return " and reloaded"
+        except (NginxFailed, Unreachable) as again:
+            return f" (reloading it failed too: {again.message})"
+
+
+def _annotated(exc: PsError, note: str) -> PsError:
+    exc.message = f"{exc.message}{note}"
+    exc.args = (exc.message,)
+    return exc
+
+
+def _nginx_message(stderr: str) -> str:
+    """nginx's own complaint: its [emerg]/[alert] lines, without the `nginx: ` prefix."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    serious = [ln for ln in lines if "[emerg]" in ln or "[alert]" in ln or "[crit]" in ln] or lines
+    text = "; ".join(ln.removeprefix("nginx: ") for ln in serious[:3])
+    return text[:500]
+
+

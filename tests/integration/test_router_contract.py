@@ -1,0 +1,119 @@
+"""The Router contract: the same assertions against the in-memory FakeRouter and a real host nginx
+(Debian's nginx under a temporary prefix, from testbed/nginx.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline_steps.adapters.interfaces import Router
+from pipeline_steps.adapters.nginx import NginxControl, NginxFailed
+from pipeline_steps.adapters.nginx.fake import FakeRouter
+from pipeline_steps.config import NginxRouter
+from pipeline_steps.errors import Unreachable
+from pipeline_steps.waiting import poll_until
+from testbed.nginx import Nginx
+
+SERVERS = "    server {\n        listen 127.0.0.1:{port};\n        location / { return 204; }\n    }\n"
+FIRST = "upstream contract_u { server 127.0.0.1:1 max_fails=0; }\n"
+SECOND = "upstream contract_u { server 127.0.0.1:2 max_fails=0; }\n"
+BAD = "upstream contract_u { no_such_directive; }\n"
+
+
+@dataclass
+class Case:
+    """A router under test and how to make its next change fail at `nginx -t`, at the reload, or stop it."""
+
+    router: Router
+    rejected: Callable[[], str]  # the text to apply so that the test step fails
+    unbindable: Callable[[socket.socket], str]  # the text to apply so that the reload fails
+    stop: Callable[[], None]
+
+
+def _listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+@pytest.fixture(params=["fake", "host-nginx"])
+def case(request: pytest.FixtureRequest, nginx_factory: Callable[..., Nginx]) -> Iterator[Case]:
+    if request.param == "fake":
+        fake = FakeRouter(text=FIRST)
+
+        def rejected() -> str:
+            fake.fail_test = "unknown directive"
+            return BAD
+
+        def unbindable(_sock: socket.socket) -> str:
+            fake.fail_reload = "bind() failed (98: Address already in use)"
+            return SECOND
+
+        def stop() -> None:
+            fake.is_running = False
+
+        yield Case(fake, rejected, unbindable, stop)
+        return
+    bed = nginx_factory(SERVERS, FIRST)
+    real = NginxControl(NginxRouter(include=str(bed.include), prefix=str(bed.prefix), conf=str(bed.conf)),
+                        confirm_timeout=10.0)
+
+    def unbind(sock: socket.socket) -> str:
+        return SECOND + f"server {{ listen 127.0.0.1:{sock.getsockname()[1]}; return 204; }}\n"
+
+    def stop_real() -> None:
+        pid = bed.master_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGQUIT)
+        poll_until(lambda: not real.running() or None, timeout=10, interval=0.02)  # the master exited
+
+    yield Case(real, lambda: BAD, unbind, stop_real)
+
+
+def test_read_apply_verify(case: Case) -> None:
+    router = case.router
+    assert router.read_text() == FIRST and router.running()
+    done = router.apply(SECOND)
+    assert done.changed and done.reloaded and done.backup
+    assert done.workers_after and not set(done.workers_after) & set(done.workers_before)
+    assert router.read_text() == SECOND and router.verify(SECOND) is None
+    assert router.verify(FIRST) is not None
+    again = router.apply(SECOND)
+    assert not again.changed and not again.reloaded
+
+
+def test_dry_run_writes_nothing(case: Case) -> None:
+    done = case.router.apply(SECOND, dry_run=True)
+    assert done.changed and not done.reloaded and case.router.read_text() == FIRST
+
+
+def test_rejected_change_restores_the_previous_text(case: Case) -> None:
+    with pytest.raises(NginxFailed, match="previous file restored"):
+        case.router.apply(case.rejected())
+    assert case.router.read_text() == FIRST and case.router.test() in (None, "unknown directive")
+
+
+def test_failed_reload_restores_the_previous_text(case: Case) -> None:
+    with _listening() as sock:
+        with pytest.raises(NginxFailed, match="previous file restored"):
+            case.router.apply(case.unbindable(sock))
+    assert case.router.read_text() == FIRST and case.router.running()
+
+
+def test_stopped_nginx_changes_nothing(case: Case) -> None:
+    case.stop()
+    assert not case.router.running()
+    with pytest.raises(Unreachable, match="not running"):
+        case.router.apply(SECOND)
+    assert case.router.read_text() == FIRST
+
+
+def test_the_include_path_is_the_configured_one(case: Case, tmp_path: Path) -> None:
+    assert isinstance(case.router.path, Path) and case.router.path.name.endswith(".conf")
