@@ -30,7 +30,8 @@ def test_every_ci_file_has_its_ps_lines() -> None:
     assert {f"shared/jenkins/vars/{n}.groovy" for n in ("psBuild", "psDeploy", "psNotify")} <= files
     commands = " ".join(line.command for line in groovy_sh_lines(JENKINSFILE))
     for step in ("ps build", "ps push", "ps deploy-env", "ps health-gate", "ps verify-weights",
-                 "ps set-weights", "ps deploy --type", "ps pipeline begin", "ps pipeline end", "ps gitlab-status"):
+                 "ps set-weights", "ps deploy --type", "ps pipeline begin", "ps pipeline end",
+                 "ps gitlab-status"):
         assert step in commands, step
     assert "--retries 30" in commands
 
