@@ -20,7 +20,9 @@ from zoneinfo import ZoneInfo
 import click
 
 from pipeline_steps.adapters import slots as slot_names
-from pipeline_steps.adapters.docker_host import connect
+from pipeline_steps.adapters.docker_host import ensure_image as _ensure
+from pipeline_steps.adapters.docker_host import image_digest, open_host
+from pipeline_steps.adapters.interfaces import ContainerInfo, DockerHost, EngineError, ImageInfo
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_NAMES, Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
@@ -131,31 +133,9 @@ def _registry_auth() -> dict[str, str] | None:
     return {"username": user, "password": password}
 
 
-def ensure_image(client: docker.DockerClient, host: Host, ref: str) -> Any:
-    """The image `ref` on this host, pulled from the registry when missing."""
-    import docker.errors
-
-    try:
-        return client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError as exc:
-        raise Unreachable(f"host {host.name}: Docker engine error looking up {ref}: {exc.explanation}") \
-            from None
-    repo, _, tag = ref.rpartition(":")
-    try:
-        return client.images.pull(repo, tag=tag, auth_config=_registry_auth())
-    except docker.errors.APIError as exc:
-        raise CheckFailed(f"host {host.name}: image {ref} is not there and could not be pulled: "
-                          f"{exc.explanation or exc}") from None
-
-
-def image_digest(image: Any, repo: str) -> str:
-    """The registry digest (repo@sha256:...) when known, else the image id."""
-    for digest in image.attrs.get("RepoDigests") or []:
-        if digest.startswith(repo + "@"):
-            return str(digest.partition("@")[2])
-    return str(image.id)
+def ensure_image(engine: DockerHost, ref: str) -> ImageInfo:
+    """The image `ref` on this host, pulled from the registry (REGISTRY_USER/_PASSWORD) when missing."""
+    return _ensure(engine, ref, _registry_auth())
 
 
 # ---------------------------------------------------------------- run settings
@@ -240,6 +220,7 @@ def changed_settings(wanted: RunSettings, attrs: dict[str, Any]) -> list[str]:
 
 
 def _existing(client: docker.DockerClient, name: str) -> Container | None:
+    """The raw SDK container `name` (kept for deploy/rollout until it uses DockerHost.container)."""
     import docker.errors
 
     try:
@@ -274,17 +255,15 @@ def _select(config: Config, slot: str, services: Sequence[Service | str] | None)
 @dataclass
 class _Plan:
     host: Host
-    client: Any
+    engine: DockerHost
     service: Service
-    image: Any
+    image: ImageInfo
     digest: str
-    existing: Any
+    existing: ContainerInfo | None
     env: dict[str, str]
     settings: RunSettings
     change: SlotChange
-    was_running: bool = False  # the previous container ran (started again if the new one fails)
-    aside: bool = False  # the previous container is renamed aside
-    started: Any = None  # the new container
+    swap: slot_names.Swap | None = None
 
 
 def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | None, build_id: str | None,
@@ -311,12 +290,14 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
     deployed_by = ctx.who if ctx is not None else (os.environ.get("USER") or "unknown")
     envs = {s.name: slot_environment(config, s, slot) for s in chosen}
     upstreams = _live_upstreams(config)
-    clients = {h.name: connect(h) for h in config.hosts}
+    clients: dict[str, DockerHost] = {}
     try:
+        for h in config.hosts:
+            clients[h.name] = open_host(h)
         plans: list[_Plan] = []
         for service in chosen:
             ref = config.image_ref(service, build_id)
-            images = {h.name: ensure_image(clients[h.name], h, ref) for h in config.hosts}
+            images = {h.name: ensure_image(clients[h.name], ref) for h in config.hosts}
             ids = {img.id for img in images.values()}
             if len(ids) > 1:
                 per_host = ", ".join(f"{h}: {img.id[:19]}" for h, img in images.items())
@@ -342,14 +323,15 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
                            changes=changes)
 
 
-def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, ref: str, build_id: str,
-          image: Any, env: dict[str, str], upstreams: UpstreamFile | None, force: bool) -> _Plan:
+def _plan(config: Config, host: Host, client: DockerHost, service: Service, slot: str, ref: str,
+          build_id: str, image: ImageInfo, env: dict[str, str], upstreams: UpstreamFile | None,
+          force: bool) -> _Plan:
     from pipeline_steps.upstreams import carries_traffic
 
     name = slot_names.container_name(config.app, service.name, slot)
-    existing = _existing(client, name)
+    existing = client.container(name)
     if existing is None:  # an interrupted run may have left the previous container aside: it is that
-        left = _existing(client, slot_names.aside_name(name))
+        left = client.container(slot_names.aside_name(name))
         if left is not None and slot_names.made_by_ps(left.labels, config.app):
             existing = left
     digest = image_digest(image, config.image_repo(service))
@@ -359,9 +341,9 @@ def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, 
                         image=ref, digest=digest,
                         env_file=str(env_file_path(config, service, slot)), env_names=sorted(env))
     if existing is not None:
-        running = existing.status in ("running", "restarting")
+        running = existing.running
         if not slot_names.made_by_ps(existing.labels, config.app):
-            image_name = (existing.attrs.get("Config") or {}).get("Image") or "?"
+            image_name = existing.image_name
             if not force:
                 raise CheckFailed(f"host {host.name}: container {name} (image {image_name}, "
                                   f"{existing.status}) has the slot's name but pipeline-steps did not "
@@ -370,7 +352,7 @@ def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, 
             change.action = "replaced"
             change.reason = f"container not made by pipeline-steps (image {image_name}) replaced (--force)"
             return _Plan(host, client, service, image, digest, existing, env, settings, change)
-        differences = changed_settings(settings, existing.attrs)
+        differences = changed_settings(settings, dict(existing.attrs))
         if existing.name != name:
             change.action = "replaced"
             change.reason = f"previous container {existing.name} left by an interrupted run replaced"
@@ -388,9 +370,9 @@ def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, 
     return _Plan(host, client, service, image, digest, existing, env, settings, change)
 
 
-def _holds(container: Any, address: str, port: int) -> bool:
+def _holds(container: ContainerInfo | None, address: str, port: int) -> bool:
     """True when a running container publishes `port` on `address` (or a wildcard address)."""
-    if container is None or container.status not in ("running", "restarting"):
+    if container is None or not container.running:
         return False
     wildcard = ("0.0.0.0", "::")
     return any(p == port and (ip == address or ip in wildcard or address in wildcard)
@@ -403,26 +385,25 @@ def _preflight_port(config: Config, p: _Plan, say: Any) -> None:
     Containers of the host's engine publishing the port, then a bind test through that engine, so it
     holds for unix://, tcp:// and ssh:// alike. The slot's own container is not a holder: it is replaced.
     """
-    from pipeline_steps.adapters.docker_host import BindTestError, published_ports, try_bind
+    from pipeline_steps.adapters.docker_host import BindTestError
 
     port, address, name = p.change.port, p.host.address, p.change.container
     where = f"host {p.host.name}: port {address}:{port} of slot {p.change.slot} is held by"
     wildcard = ("0.0.0.0", "::")
     own = {name, getattr(p.existing, "name", name)}
-    for holder, image, ip, host_port in published_ports(p.client):
+    for holder, image, ip, host_port in p.engine.published_ports():
         if host_port == port and holder not in own and (ip == address or ip in wildcard
                                                          or address in wildcard):
             raise CheckFailed(f"{where} container {holder} (image {image}); stop it or choose another port "
                               "for the slot")
     if _holds(p.existing, address, port):
         return  # the slot's own container has it until the swap
-    if slot_names.is_local(p.host):
-        holder_text = slot_names.port_holder(address, port)
-        if holder_text:
-            raise CheckFailed(f"{where} {holder_text}")
+    holder_text = p.engine.port_holder(address, port)
+    if holder_text:
+        raise CheckFailed(f"{where} {holder_text}")
     try:
         labels = {slot_names.LABEL_APP: config.app, f"{slot_names.LABEL_PREFIX}.port-check": "1"}
-        reason = try_bind(p.client, p.image.id, address, port, slot_names.port_check_name(name), labels)
+        reason = p.engine.try_bind(p.image.id, address, port, slot_names.port_check_name(name), labels)
     except BindTestError as exc:
         if say:
             say(f"host {p.host.name}: warning: the bind test of port {address}:{port} could not run "
@@ -447,7 +428,8 @@ def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, depl
     except Exception as exc:
         from pipeline_steps.adapters.docker_host import is_unreachable
 
-        back = "; ".join(text for text in (_restore(p) for p in reversed(done)) if text)
+        back = "; ".join(text for text in (slot_names.restore_slot(p.engine, p.swap)
+                                           for p in reversed(done) if p.swap is not None) if text)
         back = back or "nothing ran in the slot before"
         if isinstance(exc, PsError):
             raise type(exc)(f"{exc.message}; {back}") from None
@@ -455,16 +437,10 @@ def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, depl
             raise Unreachable(f"host {done[-1].host.name}: Docker engine went away while swapping "
                               f"{done[-1].change.container}: {exc}; {back}") from None
         raise
-    import docker.errors
-
     for p in plans:
-        if p.aside and p.existing is not None:
-            try:
-                p.existing.remove(force=True)
-            except docker.errors.APIError as exc:
-                if say:
-                    say(f"host {p.host.name}: warning: could not remove the previous container "
-                        f"{slot_names.aside_name(p.change.container)}: {exc.explanation or exc}")
+        warning = slot_names.drop_previous(p.engine, p.swap) if p.swap is not None else None
+        if warning and say:
+            say(warning)
         if say:
             say(f"host {p.host.name}: {p.change.container} {p.change.action}, {p.change.reason} "
                 f"({p.change.image}) on {p.change.address}:{p.change.port}")
@@ -472,7 +448,7 @@ def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, depl
 
 def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: str) -> None:
     """Previous container renamed aside and stopped, the new one created and started (CheckFailed if not)."""
-    import docker.errors
+    from pipeline_steps.adapters.interfaces import EngineGone
 
     write_env_file(Path(p.change.env_file), p.env)
     labels = {**p.settings.labels,
@@ -480,55 +456,18 @@ def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: st
                   timespec="seconds"),
               slot_names.LABEL_DEPLOYED_BY: deployed_by}
     name = p.change.container
+    p.swap = slot_names.Swap(name, p.existing)
     try:
-        if p.existing is not None:
-            p.was_running = p.existing.status in ("running", "restarting")
-            aside = slot_names.aside_name(name)
-            if p.existing.name != aside:  # else it is already aside (an interrupted run)
-                try:
-                    p.client.api.remove_container(aside, force=True)  # an older one left behind
-                except docker.errors.NotFound:
-                    pass
-                p.existing.rename(aside)
-            p.aside = True
-            if p.was_running:
-                p.existing.stop(timeout=STOP_TIMEOUT)
-        p.started = p.client.containers.create(p.change.image, name=name, labels=labels,
-                                               **p.settings.create_kwargs())
-        p.started.start()
-        p.started.reload()
-    except docker.errors.APIError as exc:
-        raise CheckFailed(f"host {p.host.name}: could not start {name}: {exc.explanation or exc}") from None
-    if p.started.status != "running":
-        tail = p.started.logs(tail=5).decode(errors="replace").strip()
-        raise CheckFailed(f"host {p.host.name}: {name} is {p.started.status} right after start: "
+        started = slot_names.replace_slot(p.engine, p.swap, p.change.image, labels,
+                                          p.settings.create_kwargs(), stop_timeout=STOP_TIMEOUT)
+    except EngineGone:
+        raise
+    except EngineError as exc:
+        raise CheckFailed(f"host {p.host.name}: could not start {name}: {exc}") from None
+    if started.status != "running":
+        tail = p.engine.logs(started.id, tail=5).strip()
+        raise CheckFailed(f"host {p.host.name}: {name} is {started.status} right after start: "
                           f"{tail[-300:]}")
-
-
-def _restore(p: _Plan) -> str:
-    """Undo one swap: the new container removed, the previous one renamed back (and started if it ran)."""
-    import docker.errors
-
-    name = p.change.container
-    try:
-        if p.started is not None:
-            p.started.remove(force=True)
-        else:
-            try:  # created but its handle lost in the error
-                current = p.client.containers.get(name)
-                if p.existing is None or current.id != p.existing.id:
-                    current.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        if p.existing is None or not p.aside:
-            return ""
-        p.existing.rename(name)
-        if p.was_running:
-            p.existing.start()
-            return f"host {p.host.name}: previous {name} runs again"
-        return f"host {p.host.name}: previous {name} put back ({p.existing.status})"
-    except docker.errors.APIError as exc:
-        return f"host {p.host.name}: could not put back the previous {name}: {exc.explanation or exc}"
 
 
 # ---------------------------------------------------------------- command
