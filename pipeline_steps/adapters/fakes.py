@@ -4,7 +4,8 @@
     with factory.installed(FakeAdapters(hosts)):
         deploy_slot(config, "canary", None, "b1")
 
-Scripted failures: `fail_start[name] = reason` (that container's start is refused), `exit_on_start[name] =
+Scripted failures: `fail_start[name] = reason` (a new container of that name is refused a start; one that
+ran before starts again), `exit_on_start[name] =
 log` (it exits at once with that log), `held[(address, port)] = reason` (a process outside the engine holds
 the port: bind tests and starts fail), `process_holder[(address, port)]` (what /proc would name),
 `reachable = False` (the engine does not answer: the same exit-3 line as the real one), `gone` (names of
@@ -278,7 +279,7 @@ class FakeDockerHost:
         c = self._get(name)
         if c.status == "running":
             return c.info()
-        if c.name in self.fail_start:
+        if c.name in self.fail_start and c.started_at is None:  # a new container; a previous one starts
             raise EngineError(self.fail_start[c.name])
         for ip, port in c.ports.values():
             reason = self._port_reason(ip, port, me=c.id)
