@@ -37,7 +37,8 @@ class Bed:
         self.config = self.make()
 
     def make(self, env: dict[str, str] | None = None, canary: int = 18082) -> Config:
-        hosts = [{"name": n, "docker": h.host.docker, "address": h.host.address} for n, h in self.hosts.items()]
+        hosts = [{"name": n, "docker": h.host.docker, "address": h.host.address}
+                 for n, h in self.hosts.items()]
         return parse_config({"app": "shop", "registry": "127.0.0.1:5999", "state_dir": str(self.tmp_path),
                              "hosts": hosts,
                              "services": {"web": {"context": ".", "env": env or {"A": "1"},
