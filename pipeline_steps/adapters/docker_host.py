@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo
 
 __all__ = ["BIND_HELD", "BindTestError", "KeptImage", "connect", "engine", "ensure_image", "image_digest",
-           "is_unreachable", "open_host", "published_ports", "repo_images", "try_bind", "unreachable"]
+           "is_unreachable", "open_host", "published_ports", "repo_images", "sdk_container", "try_bind",
+           "unreachable"]
 
 
 def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
@@ -115,6 +116,16 @@ def image_digest(image: ImageInfo, repo: str) -> str:
         if digest.startswith(repo + "@"):
             return str(digest.partition("@")[2])
     return str(image.id)
+
+
+def sdk_container(client: docker.DockerClient, name: str) -> Any:
+    """The raw SDK container `name`, or None (for callers not on DockerHost yet: DockerHost.container)."""
+    import docker.errors
+
+    try:
+        return client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
 
 
 def is_unreachable(exc: BaseException) -> bool:

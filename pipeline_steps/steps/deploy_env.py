@@ -22,6 +22,7 @@ import click
 from pipeline_steps.adapters import slots as slot_names
 from pipeline_steps.adapters.docker_host import ensure_image as _ensure
 from pipeline_steps.adapters.docker_host import image_digest, open_host
+from pipeline_steps.adapters.docker_host import sdk_container as _existing  # noqa: F401  (deploy/rollout)
 from pipeline_steps.adapters.interfaces import ContainerInfo, DockerHost, EngineError, ImageInfo
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_NAMES, Config, Host, Service
@@ -31,9 +32,6 @@ from pipeline_steps.output import Output
 from pipeline_steps.secrets import register_secret
 
 if TYPE_CHECKING:
-    import docker
-    from docker.models.containers import Container
-
     from pipeline_steps.context import CIContext
     from pipeline_steps.upstreams import UpstreamFile
 
@@ -219,16 +217,6 @@ def changed_settings(wanted: RunSettings, attrs: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------- preflight
 
 
-def _existing(client: docker.DockerClient, name: str) -> Container | None:
-    """The raw SDK container `name` (kept for deploy/rollout until it uses DockerHost.container)."""
-    import docker.errors
-
-    try:
-        return client.containers.get(name)
-    except docker.errors.NotFound:
-        return None
-
-
 def _live_upstreams(config: Config) -> UpstreamFile | None:
     if config.router is None or not Path(config.router.include).is_file():
         return None
@@ -323,15 +311,15 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
                            changes=changes)
 
 
-def _plan(config: Config, host: Host, client: DockerHost, service: Service, slot: str, ref: str,
+def _plan(config: Config, host: Host, engine: DockerHost, service: Service, slot: str, ref: str,
           build_id: str, image: ImageInfo, env: dict[str, str], upstreams: UpstreamFile | None,
           force: bool) -> _Plan:
     from pipeline_steps.upstreams import carries_traffic
 
     name = slot_names.container_name(config.app, service.name, slot)
-    existing = client.container(name)
+    existing = engine.container(name)
     if existing is None:  # an interrupted run may have left the previous container aside: it is that
-        left = client.container(slot_names.aside_name(name))
+        left = engine.container(slot_names.aside_name(name))
         if left is not None and slot_names.made_by_ps(left.labels, config.app):
             existing = left
     digest = image_digest(image, config.image_repo(service))
@@ -351,7 +339,7 @@ def _plan(config: Config, host: Host, client: DockerHost, service: Service, slot
                                   "to replace it")
             change.action = "replaced"
             change.reason = f"container not made by pipeline-steps (image {image_name}) replaced (--force)"
-            return _Plan(host, client, service, image, digest, existing, env, settings, change)
+            return _Plan(host, engine, service, image, digest, existing, env, settings, change)
         differences = changed_settings(settings, dict(existing.attrs))
         if existing.name != name:
             change.action = "replaced"
@@ -367,7 +355,7 @@ def _plan(config: Config, host: Host, client: DockerHost, service: Service, slot
                 raise CheckFailed(f"host {host.name}: {name} carries traffic in nginx upstream "
                                   f"{service.upstream}; move traffic away first (ps set-weights / ps "
                                   "switch) or use --force")
-    return _Plan(host, client, service, image, digest, existing, env, settings, change)
+    return _Plan(host, engine, service, image, digest, existing, env, settings, change)
 
 
 def _holds(container: ContainerInfo | None, address: str, port: int) -> bool:
