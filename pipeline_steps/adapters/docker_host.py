@@ -7,7 +7,7 @@ the host key must already be in ~/.ssh/known_hosts: unknown host keys are refuse
 Connection failures become Unreachable (exit 3) with one line naming the host (`unreachable()`).
 
 `open_host()` gives the DockerHost interface (adapters/interfaces.py; SDK implementation in
-adapters/docker_sdk.py, fake in adapters/fakes.py); `connect()`/`engine()` give a raw SDK client for the
+adapters/docker_sdk.py, fakes in adapters/fakes/); `connect()`/`engine()` give a raw SDK client for the
 callers not moved yet.
 """
 

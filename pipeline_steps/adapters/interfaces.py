@@ -1,4 +1,4 @@
-"""The interfaces steps talk to: each has a real implementation and an in-memory fake (adapters/fakes.py).
+"""The interfaces steps talk to: each has a real implementation and an in-memory fake (adapters/fakes/).
 
 DockerHost (one host's engine), Registry (an image registry) and Notifier (a chat webhook). Values
 crossing them are plain dataclasses; engine failures are the exceptions below, never SDK types.
