@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo
 
 __all__ = ["BIND_HELD", "BindTestError", "KeptImage", "connect", "engine", "ensure_image", "image_digest",
-           "is_unreachable", "open_host", "published_ports", "repo_images", "sdk_container", "try_bind",
-           "unreachable"]
+           "is_unreachable", "open_host", "prune_repo", "published_ports", "repo_images", "sdk_container",
+           "try_bind", "unreachable"]
 
 
 def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
@@ -116,6 +116,27 @@ def image_digest(image: ImageInfo, repo: str) -> str:
         if digest.startswith(repo + "@"):
             return str(digest.partition("@")[2])
     return str(image.id)
+
+
+def prune_repo(engine: DockerHost, repo: str, keep: int) -> list[str]:
+    """Untag every image of `repo` but the newest `keep` and those a container uses; the tags removed.
+
+    Untagged, never removed by ID: a tag of the same image in another repository stays.
+    """
+    from pipeline_steps.adapters.interfaces import EngineError
+
+    used = engine.images_in_use()
+    removed: list[str] = []
+    for image in engine.repo_images(repo)[keep:]:
+        if image.id in used:
+            continue
+        for tag in image.tags:
+            try:
+                engine.untag(tag)
+                removed.append(tag)
+            except EngineError:
+                pass
+    return removed
 
 
 def sdk_container(client: docker.DockerClient, name: str) -> Any:

@@ -148,3 +148,16 @@ def test_a_slot_label_check_keeps_foreign_containers_out(fakes: FakeAdapters, tm
     config = _config(tmp_path)
     fakes.hosts["a"].add_container("x", "nginx:1", labels={s.LABEL_APP: "other"})
     assert fakes.hosts["a"].slot_containers(config.app) == []
+
+
+def test_prune_keeps_the_newest_and_the_images_in_use(fakes: FakeAdapters) -> None:
+    from pipeline_steps.adapters.docker_host import prune_repo
+
+    engine = fakes.hosts["a"]
+    for build_id in ("b1", "b2", "b3", "b4"):
+        engine.add_image(f"{REPO}:{build_id}")
+    engine.add_image("other/repo:keep", engine.images[next(iter(engine.images))].id)  # b1's image elsewhere
+    engine.add_container("shop-web-stable", f"{REPO}:b2", labels={s.LABEL_APP: "shop"}, status="exited")
+    assert prune_repo(engine, REPO, keep=2) == [f"{REPO}:b1"]
+    assert sorted(t for i in engine.images.values() for t in i.tags) == [
+        f"{REPO}:b2", f"{REPO}:b3", f"{REPO}:b4", "other/repo:keep"]
