@@ -161,3 +161,19 @@ def test_prune_keeps_the_newest_and_the_images_in_use(fakes: FakeAdapters) -> No
     assert prune_repo(engine, REPO, keep=2) == [f"{REPO}:b1"]
     assert sorted(t for i in engine.images.values() for t in i.tags) == [
         f"{REPO}:b2", f"{REPO}:b3", f"{REPO}:b4", "other/repo:keep"]
+
+
+def test_an_unreachable_engine_reads_the_same_from_the_fake_and_the_real_adapter(tmp_path: Path) -> None:
+    from pipeline_steps.adapters.docker_host import open_host
+
+    host = Host("x", docker=f"unix://{tmp_path}/nonexistent.sock")
+    with pytest.raises(Unreachable) as real:
+        open_host(host, timeout=5)
+    fake = FakeDockerHost(host)
+    fake.reachable = False
+    with factory.installed(FakeAdapters({"x": fake})), pytest.raises(Unreachable) as faked:
+        open_host(host)
+    assert real.value.message == faked.value.message == (
+        f"Docker engine of host x (unix://{tmp_path}/nonexistent.sock) is unreachable: connection refused "
+        "or socket missing (is dockerd running?)")
+    assert real.value.exit_code == 3
