@@ -8,7 +8,13 @@ from typing import Any
 
 from pipeline_steps.adapters.fakes.engine import FakeDockerHost
 from pipeline_steps.adapters.interfaces import Delivery, DockerHost
-from pipeline_steps.adapters.registry import Credentials, RegistryTransient, push_once, retrying
+from pipeline_steps.adapters.registry import (
+    Credentials,
+    RegistryAuthError,
+    RegistryTransient,
+    push_once,
+    retrying,
+)
 from pipeline_steps.config import Host
 
 # ---------------------------------------------------------------- registry
@@ -29,6 +35,7 @@ class FakeRegistry:
         self.manifests: dict[tuple[str, str], tuple[str, str]] = {}  # (name, tag) -> (digest, image id)
         self.transient = 0
         self.calls = 0
+        self.users: dict[str, str] | None = None  # set: only these user/password pairs are let in
 
     def store(self, name: str, tag: str, image_id: str) -> str:
         digest = "sha256:" + hashlib.sha256(image_id.encode()).hexdigest()
@@ -40,6 +47,13 @@ class FakeRegistry:
         if self.transient > 0:
             self.transient -= 1
             raise RegistryTransient("connection refused")
+        if self.users is not None and (self.creds is None
+                                       or self.users.get(self.creds.username) != self.creds.password):
+            if self.creds is None:
+                raise RegistryAuthError(f"registry {self.address} wants credentials: set REGISTRY_USER and "
+                                        "REGISTRY_PASSWORD, or docker login")
+            raise RegistryAuthError(f"registry {self.address} refused the credentials of user "
+                                    f"{self.creds.username}")
         entry = self.manifests.get((name, tag))
         return entry[0] if entry else None
 
