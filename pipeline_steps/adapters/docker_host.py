@@ -4,25 +4,36 @@ Endpoints: unix:// (a local socket), tcp:// (plain TCP; keep it on loopback or a
 ssh://[user@]host[:port] through the SDK's paramiko transport, which runs `docker system dial-stdio`
 on the host. For ssh:// the key, user and port come from ~/.ssh/config (IdentityFile, User, Port) and
 the host key must already be in ~/.ssh/known_hosts: unknown host keys are refused, never asked about.
-Connection failures become Unreachable (exit 3) with one line naming the host.
+Connection failures become Unreachable (exit 3) with one line naming the host (`unreachable()`).
+
+`open_host()` gives the DockerHost interface (adapters/interfaces.py; SDK implementation in
+adapters/docker_sdk.py, fakes in adapters/fakes/); `connect()`/`engine()` give a raw SDK client for the
+callers not moved yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline_steps import errors
+from pipeline_steps.adapters.interfaces import KeptImage
 from pipeline_steps.config import Host
-from pipeline_steps.errors import unreachable
+from pipeline_steps.errors import Unreachable
 
 if TYPE_CHECKING:
     import docker
 
+    from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo
+
+__all__ = ["BIND_HELD", "BindTestError", "KeptImage", "connect", "engine", "ensure_image", "image_digest",
+           "is_unreachable", "open_host", "prune_repo", "published_ports", "repo_images", "sdk_container",
+           "try_bind", "unreachable"]
+
 
 def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
-    """A client for the host's engine that has answered a ping; Unreachable otherwise."""
+    """A raw SDK client for the host's engine that has answered a ping; Unreachable otherwise."""
     import docker
 
     try:
@@ -33,10 +44,25 @@ def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
         client.ping()
         return client
     except Exception as exc:  # DockerException; requests/paramiko errors surface as plain exceptions
+        raise unreachable(host, exc) from None
+
+
+def unreachable(host: Host, exc: BaseException | str) -> Unreachable:
+    """The one exit-3 line for an engine that does not answer, naming the host, for every endpoint kind."""
+    if isinstance(exc, str):
+        reason: str | None = exc
+    else:
         ssh = host.docker is not None and host.docker.startswith("ssh://")
         reason = _ssh_reason(host.docker, exc) if ssh and host.docker else None
-        raise unreachable(f"Docker engine of host {host.name} ({host.endpoint})",
-                          reason or _short(exc)) from None
+        reason = reason or _short(exc)
+    return errors.unreachable(f"Docker engine of host {host.name} ({host.endpoint})", reason or "no answer")
+
+
+def open_host(host: Host, timeout: float = 60.0) -> DockerHost:
+    """The host's engine behind the DockerHost interface (the factory's fakes when installed)."""
+    from pipeline_steps.adapters import factory
+
+    return factory.get().docker(host, timeout)
 
 
 @contextmanager
@@ -47,15 +73,6 @@ def engine(host: Host, timeout: float = 60.0) -> Iterator[docker.DockerClient]:
         yield client
     finally:
         client.close()
-
-
-@dataclass(frozen=True)
-class KeptImage:
-    """An image of one repository on a host: its ID, its tags there, when it was made."""
-
-    id: str
-    tags: tuple[str, ...]
-    created: int
 
 
 def repo_images(client: docker.DockerClient, repo: str) -> list[KeptImage]:
@@ -71,11 +88,75 @@ def repo_images(client: docker.DockerClient, repo: str) -> list[KeptImage]:
     return sorted(found, key=lambda image: image.created, reverse=True)
 
 
+def ensure_image(engine: DockerHost, ref: str, auth: Mapping[str, str] | None = None) -> ImageInfo:
+    """The image `ref` on this host, pulled from the registry (with `auth`) when missing.
+
+    An engine error looking it up is Unreachable (3); a pull that fails is CheckFailed (1).
+    """
+    from pipeline_steps.adapters.interfaces import EngineError, EngineGone
+    from pipeline_steps.errors import CheckFailed
+
+    name = engine.host.name
+    try:
+        found = engine.image(ref)
+    except EngineError as exc:
+        raise Unreachable(f"host {name}: Docker engine error looking up {ref}: {exc}") from None
+    if found is not None:
+        return found
+    try:
+        return engine.pull(ref, auth)
+    except EngineGone as exc:
+        raise Unreachable(f"host {name}: Docker engine went away pulling {ref}: {exc}") from None
+    except EngineError as exc:
+        raise CheckFailed(f"host {name}: image {ref} is not there and could not be pulled: {exc}") from None
+
+
+def image_digest(image: ImageInfo, repo: str) -> str:
+    """The registry digest (repo@sha256:...) when known, else the image id."""
+    for digest in image.repo_digests:
+        if digest.startswith(repo + "@"):
+            return str(digest.partition("@")[2])
+    return str(image.id)
+
+
+def prune_repo(engine: DockerHost, repo: str, keep: int) -> list[str]:
+    """Untag every image of `repo` but the newest `keep` and those a container uses; the tags removed.
+
+    Untagged, never removed by ID: a tag of the same image in another repository stays.
+    """
+    from pipeline_steps.adapters.interfaces import EngineError
+
+    used = engine.images_in_use()
+    removed: list[str] = []
+    for image in engine.repo_images(repo)[keep:]:
+        if image.id in used:
+            continue
+        for tag in image.tags:
+            try:
+                engine.untag(tag)
+                removed.append(tag)
+            except EngineError:
+                pass
+    return removed
+
+
+def sdk_container(client: docker.DockerClient, name: str) -> Any:
+    """The raw SDK container `name`, or None (for callers not on DockerHost yet: DockerHost.container)."""
+    import docker.errors
+
+    try:
+        return client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """True for errors that mean the engine went away mid-call."""
     import requests
 
-    return isinstance(exc, requests.ConnectionError | requests.Timeout | ConnectionError)
+    from pipeline_steps.adapters.interfaces import EngineGone
+
+    return isinstance(exc, requests.ConnectionError | requests.Timeout | ConnectionError | EngineGone)
 
 
 def _ssh_reason(url: str, exc: BaseException) -> str | None:

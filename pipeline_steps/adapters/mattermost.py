@@ -7,23 +7,23 @@ is ever passed on; reasons are written here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline_steps.adapters.interfaces import Delivery
 from pipeline_steps.secrets import register_secret
+
+__all__ = ["MAX_TEXT", "Delivery", "MattermostNotifier", "post", "register_webhook"]
 
 MAX_TEXT = 16383  # Mattermost's limit for a post's message, in characters
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """How posting went: delivered or not, the last HTTP status, how many requests were sent."""
+class MattermostNotifier:
+    """The Notifier interface over Mattermost's incoming webhooks (see `post`)."""
 
-    delivered: bool
-    status: int | None
-    attempts: int
-    reason: str
+    def send(self, url: str, payload: dict[str, Any], *, timeout: float = 5.0, attempts: int = 3,
+             backoff: float = 0.5) -> Delivery:
+        return post(url, payload, timeout=timeout, attempts=attempts, backoff=backoff)
 
 
 class _Retryable(Exception):

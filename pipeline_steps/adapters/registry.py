@@ -1,21 +1,26 @@
-"""A Docker registry's HTTP API (v2), just enough to ask which manifest a tag points at.
+"""A Docker registry (the Registry interface): which manifest a tag points at, and pushing a tag.
 
-Pushing itself goes through the Docker engine (SDK); this adapter answers "is it already there?"
-with `HEAD /v2/<name>/manifests/<tag>` using basic auth, or the bearer-token flow registries such as
-GitLab's and Docker Hub's ask for.
+"Is it already there?" is asked over the registry's HTTP API (v2), `HEAD /v2/<name>/manifests/<tag>`
+with basic auth or the bearer-token flow registries such as GitLab's and Docker Hub's ask for. Pushing
+goes through a DockerHost (the engine's push stream). Both are retried (tenacity) on RegistryTransient.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline_steps.secrets import register_secret
 
 if TYPE_CHECKING:
     import requests
+
+    from pipeline_steps.adapters.interfaces import DockerHost
+
+T = TypeVar("T")
 
 MANIFEST_TYPES = ", ".join((
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -94,13 +99,95 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
-class RegistryClient:
-    """Talks to one registry over HTTP(S)."""
+_AUTH_WORDS = ("unauthorized", "authentication required", "no basic auth credentials", "denied",
+               "401", "403")
+_TRANSIENT_WORDS = ("connection refused", "connection reset", "timeout", "timed out", "eof",
+                    "broken pipe", "no route to host", "unexpected http status: 5", " 500 ", " 502 ",
+                    " 503 ", " 504 ", "internal server error", "bad gateway", "service unavailable",
+                    "dial tcp")
 
-    def __init__(self, address: str, creds: Credentials | None, timeout: float = 10.0) -> None:
+
+def classify_push_error(message: str) -> type[RegistryError]:
+    """Which kind of failure a push-stream error message describes."""
+    text = f" {message.lower()} "
+    if any(word in text for word in _AUTH_WORDS):
+        return RegistryAuthError
+    if any(word in text for word in _TRANSIENT_WORDS):
+        return RegistryTransient
+    return RegistryError
+
+
+def retrying(what: str, attempts: int, backoff: float, fn: Callable[[], T],
+             on_retry: Callable[[str], None] | None = None) -> T:
+    """Run fn, retrying RegistryTransient with exponential backoff (tenacity); on_retry gets one line."""
+    from tenacity import (
+        RetryCallState,
+        Retrying,
+        retry_if_exception_type,
+        stop_after_attempt,
+        wait_exponential,
+    )
+
+    from pipeline_steps.durations import format_duration
+
+    def announce(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        if on_retry:
+            on_retry(f"{what}: {exc}; retrying in {format_duration(wait)} "
+                     f"(attempt {state.attempt_number + 1}/{attempts})")
+
+    return Retrying(stop=stop_after_attempt(attempts),
+                    wait=wait_exponential(multiplier=backoff, min=backoff, max=max(backoff, 30.0)),
+                    retry=retry_if_exception_type(RegistryTransient), reraise=True,
+                    before_sleep=announce)(fn)
+
+
+def push_once(engine: DockerHost, repo: str, tag: str, creds: Credentials | None,
+              debug: Callable[[str], None] | None = None) -> str:
+    """One push through the engine; the pushed manifest digest (RegistryError kinds when refused)."""
+    from pipeline_steps.adapters.interfaces import EngineError, EngineGone
+    from pipeline_steps.errors import Unreachable
+
+    digest: str | None = None
+    last_status: dict[str, str] = {}
+    try:
+        for chunk in engine.push(repo, tag, creds.auth_config() if creds else None):
+            if "error" in chunk:
+                detail = chunk.get("errorDetail") or {}
+                message = str(detail.get("message") or chunk["error"]).strip()
+                raise classify_push_error(message)(message)
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = str(aux["Digest"])
+            status, layer = chunk.get("status"), chunk.get("id")
+            if status and layer and last_status.get(layer) != status and status != "Pushing":
+                last_status[layer] = status
+                if debug:
+                    debug(f"  {layer}: {status}")
+            elif status and not layer and debug:
+                debug(f"  {status}")
+    except EngineGone as exc:
+        raise Unreachable(f"Docker engine went away while pushing {repo}:{tag}: {exc}") from None
+    except EngineError as exc:
+        raise classify_push_error(str(exc))(str(exc)) from None
+    if not digest:
+        raise RegistryError(f"push of {repo}:{tag} reported no digest")
+    return digest
+
+
+class RegistryClient:
+    """Talks to one registry over HTTP(S); pushes through an engine. Transient failures are retried."""
+
+    def __init__(self, address: str, creds: Credentials | None, timeout: float = 10.0, *,
+                 attempts: int = 1, backoff: float = 2.0,
+                 on_retry: Callable[[str], None] | None = None) -> None:
         self.address = address
         self.creds = creds
         self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.on_retry = on_retry
         host = address.partition(":")[0]
         api_host = "registry-1.docker.io" if address in DOCKER_HUB else address
         secure = host not in ("localhost", "::1") and not host.startswith("127.")
@@ -175,6 +262,22 @@ class RegistryClient:
         if answer.status_code != 200:
             raise RegistryError(f"registry {self.address} answered {answer.status_code} for {name}:{tag}")
         return answer.headers.get("Docker-Content-Digest")
+
+
+    def digest(self, name: str, tag: str) -> str | None:
+        """manifest_digest, retried on transient failures."""
+        return retrying(f"registry {self.address}", self.attempts, self.backoff,
+                        partial(self.manifest_digest, name, tag), self.on_retry)
+
+    def exists(self, name: str, tag: str) -> bool:
+        """True when the registry serves a manifest for `name:tag`."""
+        return self.digest(name, tag) is not None
+
+    def push(self, engine: DockerHost, repo: str, tag: str,
+             debug: Callable[[str], None] | None = None) -> str:
+        """Push `repo:tag` from the engine with this registry's credentials (retried); the digest."""
+        return retrying(f"push {repo}:{tag}", self.attempts, self.backoff,
+                        partial(push_once, engine, repo, tag, self.creds, debug), self.on_retry)
 
 
 def _first_line(exc: BaseException) -> str:

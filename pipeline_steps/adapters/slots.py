@@ -1,4 +1,5 @@
-"""Slot containers: names, labels, env hashes, and who holds a host port (from /proc, no psutil)."""
+"""Slot containers: names, labels, env hashes, who holds a host port (from /proc, no psutil), and the
+safe replace of a slot's container over any DockerHost (rename aside, start new, restore on failure)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.config import Host
+
+if TYPE_CHECKING:
+    from pipeline_steps.adapters.interfaces import ContainerInfo, DockerHost
 
 LABEL_PREFIX = "pipeline-steps"
 LABEL_APP = f"{LABEL_PREFIX}.app"
@@ -116,3 +122,76 @@ def port_holder(address: str, port: int) -> str | None:
         if owner is not None:
             return f"process {owner[1]} (pid {owner[0]})"
     return "a process this user cannot see"
+
+
+# ---------------------------------------------------------------- the safe replace (issue 9), any engine
+
+
+@dataclass
+class Swap:
+    """One slot's replacement in progress: how far it went, so `restore_slot` can undo exactly that."""
+
+    name: str
+    previous: ContainerInfo | None
+    was_running: bool = False  # the previous container ran (started again if the new one fails)
+    aside: bool = False  # the previous container is renamed aside
+    started: ContainerInfo | None = None  # the new container
+
+
+def replace_slot(engine: DockerHost, swap: Swap, image: str, labels: Mapping[str, str],
+                 run: Mapping[str, Any], stop_timeout: int = 0) -> ContainerInfo:
+    """Previous container renamed aside and stopped, the new one created and started.
+
+    Raises the engine's EngineError; `swap` then records what was done for `restore_slot`.
+    """
+    previous = swap.previous
+    if previous is not None:
+        swap.was_running = previous.running
+        aside = aside_name(swap.name)
+        if previous.name != aside:  # else it is already aside (an interrupted run)
+            engine.remove(aside)  # an older one left behind
+            engine.rename(previous.id, aside)
+        swap.aside = True
+        if swap.was_running:
+            engine.stop(previous.id, timeout=stop_timeout)
+    created = engine.create(swap.name, image, labels=labels, **run)
+    swap.started = created
+    swap.started = engine.start(created.id)
+    return swap.started
+
+
+def restore_slot(engine: DockerHost, swap: Swap) -> str:
+    """Undo one swap: the new container removed, the previous one renamed back (and started if it ran)."""
+    from pipeline_steps.adapters.interfaces import EngineError
+
+    where, name, previous = f"host {engine.host.name}", swap.name, swap.previous
+    try:
+        if swap.started is not None:
+            engine.remove(swap.started.id)
+        else:  # created but its handle lost in the error
+            current = engine.container(name)
+            if current is not None and (previous is None or current.id != previous.id):
+                engine.remove(current.id)
+        if previous is None or not swap.aside:
+            return ""
+        engine.rename(previous.id, name)
+        if swap.was_running:
+            engine.start(previous.id)
+            return f"{where}: previous {name} runs again"
+        return f"{where}: previous {name} put back ({previous.status})"
+    except EngineError as exc:
+        return f"{where}: could not put back the previous {name}: {exc}"
+
+
+def drop_previous(engine: DockerHost, swap: Swap) -> str | None:
+    """Remove the previous container kept aside once the new one runs; a warning line if that failed."""
+    from pipeline_steps.adapters.interfaces import EngineError
+
+    if not swap.aside or swap.previous is None:
+        return None
+    try:
+        engine.remove(swap.previous.id)
+    except EngineError as exc:
+        return (f"host {engine.host.name}: warning: could not remove the previous container "
+                f"{aside_name(swap.name)}: {exc}")
+    return None

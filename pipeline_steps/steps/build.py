@@ -1,6 +1,6 @@
 """`ps build`: build service images tagged `<registry>/<app>/<service>:<BUILD_ID>` with OCI labels.
 
-The build runs on the first configured host through the Docker SDK's streaming low-level API; an
+The build runs on the first configured host through its DockerHost's build stream; an
 image that already carries the same tag and revision label is not rebuilt (unless --force).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,7 +24,7 @@ from pipeline_steps.inputs import BUILD_ID, TAG
 from pipeline_steps.output import Output
 
 if TYPE_CHECKING:
-    import docker
+    from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo
 
 LABEL_REVISION = "org.opencontainers.image.revision"
 LABEL_VERSION = "org.opencontainers.image.version"
@@ -135,41 +135,30 @@ def oci_labels(config: Config, service: Service, ident: BuildIdentity) -> dict[s
     return labels
 
 
-def _existing(client: docker.DockerClient, ref: str) -> Any | None:
-    import docker.errors
-
-    try:
-        return client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        return None
-
-
 def _short(image_id: str) -> str:
     return image_id.rpartition(":")[2][:12]
 
 
-def _tag_extra(image: Any, repo: str, tags: Sequence[str]) -> list[str]:
+def _tag_extra(engine: DockerHost, image: ImageInfo, repo: str, tags: Sequence[str]) -> list[str]:
     refs = []
     for tag in tags:
-        image.tag(repo, tag=tag)
+        engine.tag(image.id, repo, tag)
         refs.append(f"{repo}:{tag}")
     return refs
 
 
-def _stream_build(client: docker.DockerClient, service: Service, ref: str, build_args: dict[str, str],
+def _stream_build(engine: DockerHost, service: Service, ref: str, build_args: dict[str, str],
                   labels: dict[str, str], out: Output) -> str:
     """Run one build, streaming its log; the image id, or CheckFailed naming the failing instruction."""
-    import docker.errors
-    import requests
+    from pipeline_steps.adapters.interfaces import EngineError, EngineGone
 
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     last_step = ""
     error: str | None = None
     image_id: str | None = None
     try:
-        for chunk in client.api.build(path=service.context, dockerfile=service.dockerfile, tag=ref,
-                                      buildargs=build_args, labels=labels, rm=True, forcerm=True,
-                                      decode=True):
+        for chunk in engine.build(path=service.context, dockerfile=service.dockerfile, tag=ref,
+                                  buildargs=build_args, labels=labels):
             if "stream" in chunk:
                 text = str(chunk["stream"])
                 out.stream(text)
@@ -187,12 +176,12 @@ def _stream_build(client: docker.DockerClient, service: Service, ref: str, build
                 image_id = str(chunk["aux"]["ID"])
             elif "status" in chunk:
                 out.stream(str(chunk["status"]) + "\n")
-    except docker.errors.APIError as exc:
-        error = str(exc.explanation or exc)
-    except (requests.ConnectionError, requests.Timeout) as exc:
+    except EngineGone as exc:
         raise Unreachable(f"Docker engine went away while building {service.name}: {exc}") from None
+    except EngineError as exc:
+        error = str(exc)
     if error is None and image_id is None:
-        image = _existing(client, ref)
+        image = engine.image(ref)
         image_id = image.id if image is not None else None
     if error is not None or image_id is None:
         where = f" at {last_step}" if last_step else ""
@@ -206,7 +195,7 @@ def build(config: Config, services: Sequence[Service], ident: BuildIdentity, out
           extra_tags: Sequence[str] = (), build_args: Mapping[str, str] | None = None,
           force: bool = False, dotenv_out: Path | None = None) -> BuildResult:
     """Build (or find already built) the images of `services`; dry-run only says what it would do."""
-    from pipeline_steps.adapters.docker_host import connect
+    from pipeline_steps.adapters.docker_host import open_host
 
     for tag in extra_tags:
         check_tag(tag, "--tag")
@@ -233,16 +222,16 @@ def build(config: Config, services: Sequence[Service], ident: BuildIdentity, out
         return BuildResult(ident.build_id, ident.revision, images, None, dry_run=True)
 
     host = config.hosts[0]
-    client = connect(host, timeout=30)
-    client.api.timeout = BUILD_TIMEOUT
+    engine = open_host(host, timeout=30)
+    engine.set_timeout(BUILD_TIMEOUT)
     try:
         for service in services:
             ref = config.image_ref(service, ident.build_id)
             repo = config.image_repo(service)
-            existing = _existing(client, ref)
+            existing = engine.image(ref)
             same = existing is not None and (existing.labels or {}).get(LABEL_REVISION) == ident.revision
             if existing is not None and same and not force and not ident.dirty:
-                tags = [ref, *_tag_extra(existing, repo, extra_tags)]
+                tags = [ref, *_tag_extra(engine, existing, repo, extra_tags)]
                 out.say(f"{service.name}: {ref} already built from {ident.revision[:12]} "
                         f"({_short(existing.id)}); not rebuilding (--force rebuilds)")
                 images.append(ServiceImage(service.name, ref, existing.id, tags, skipped=True,
@@ -250,13 +239,16 @@ def build(config: Config, services: Sequence[Service], ident: BuildIdentity, out
                 continue
             why = "--force" if same and force else "dirty work tree" if same else "new"
             out.say(f"{service.name}: building {ref} on {host.name} ({why})")
-            image_id = _stream_build(client, service, ref, args, oci_labels(config, service, ident), out)
-            image = client.images.get(image_id)
-            tags = [ref, *_tag_extra(image, repo, extra_tags)]
+            image_id = _stream_build(engine, service, ref, args, oci_labels(config, service, ident), out)
+            built = engine.image(image_id)
+            if built is None:
+                raise CheckFailed(f"build of service {service.name}: image {_short(image_id)} vanished "
+                                  "right after the build")
+            tags = [ref, *_tag_extra(engine, built, repo, extra_tags)]
             out.say(f"{service.name}: built {ref} ({_short(image_id)})")
             images.append(ServiceImage(service.name, ref, image_id, tags, built=True, reason=why))
     finally:
-        client.close()
+        engine.close()
     written = None
     if dotenv_out is not None:
         dotenv_out.write_text(dotenv_text(ident.build_id, images), encoding="utf-8")

@@ -19,24 +19,33 @@ from zoneinfo import ZoneInfo
 import click
 
 from pipeline_steps.adapters import slots as slot_names
-from pipeline_steps.adapters.docker_host import connect
+from pipeline_steps.adapters.docker_host import ensure_image as _ensure
+from pipeline_steps.adapters.docker_host import image_digest, open_host
+from pipeline_steps.adapters.docker_host import sdk_container as _existing  # noqa: F401  (deploy/rollout)
+from pipeline_steps.adapters.interfaces import ContainerInfo, DockerHost, EngineError, ImageInfo
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_NAMES, Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
 from pipeline_steps.inputs import BUILD_ID
 from pipeline_steps.output import Output
-from pipeline_steps.secrets import is_secret_name, register_secret
+from pipeline_steps.secrets import register_secret
+from pipeline_steps.steps.slot_spec import (  # noqa: F401  (re-exported: tests and other steps import them)
+    LOG_MAX_FILE,
+    LOG_MAX_SIZE,
+    RESTART_POLICY,
+    RunSettings,
+    _bindings,
+    changed_settings,
+    env_file_path,
+    slot_environment,
+    wanted_settings,
+    write_env_file,
+)
 
 if TYPE_CHECKING:
-    import docker
-    from docker.models.containers import Container
-
     from pipeline_steps.context import CIContext
     from pipeline_steps.upstreams import UpstreamFile
 
-LOG_MAX_SIZE = "10m"
-LOG_MAX_FILE = "3"
-RESTART_POLICY = "unless-stopped"
 STOP_TIMEOUT = 0  # the previous container is killed, as when it was removed: it takes no traffic (or --force)
 WOULD = {"created": "would-create", "replaced": "would-replace"}
 
@@ -70,45 +79,6 @@ class DeployEnvResult:
     changes: list[SlotChange] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- environment
-
-
-def slot_environment(config: Config, service: Service, slot: str,
-                     environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The container environment of a slot: service env, env_from values, TZ and PS_* names.
-
-    A missing env_from variable is BadInput (exit 2); every env_from value is registered as a secret.
-    """
-    environ = dict(os.environ) if environ is None else environ
-    missing = [name for name in service.env_from if name not in environ]
-    if missing:
-        raise BadInput(f"service {service.name}: env_from variable(s) not set in the pipeline "
-                       f"environment: {', '.join(missing)}")
-    env: dict[str, str] = {"TZ": config.timezone}
-    env.update(service.env)
-    for name in service.env_from:
-        env[name] = environ[name]
-        register_secret(environ[name])
-    for name, value in service.env.items():
-        if is_secret_name(name):
-            register_secret(value)
-    env.update({"PS_SLOT": slot, "PS_SERVICE": service.name, "PS_APP": config.app})
-    return env
-
-
-def env_file_path(config: Config, service: Service, slot: str) -> Path:
-    return Path(config.state_dir) / "env" / f"{service.name}-{slot}.env"
-
-
-def write_env_file(path: Path, env: dict[str, str]) -> None:
-    """Write KEY=VALUE lines atomically with mode 0600."""
-    from pipeline_steps.files import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lines = "".join(f"{key}={env[key].replace(chr(10), chr(92) + 'n')}\n" for key in sorted(env))
-    atomic_write(path, lines, mode=0o600)
-
-
 # ---------------------------------------------------------------- images
 
 
@@ -121,121 +91,12 @@ def _registry_auth() -> dict[str, str] | None:
     return {"username": user, "password": password}
 
 
-def ensure_image(client: docker.DockerClient, host: Host, ref: str) -> Any:
-    """The image `ref` on this host, pulled from the registry when missing."""
-    import docker.errors
-
-    try:
-        return client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError as exc:
-        raise Unreachable(f"host {host.name}: Docker engine error looking up {ref}: {exc.explanation}") \
-            from None
-    repo, _, tag = ref.rpartition(":")
-    try:
-        return client.images.pull(repo, tag=tag, auth_config=_registry_auth())
-    except docker.errors.APIError as exc:
-        raise CheckFailed(f"host {host.name}: image {ref} is not there and could not be pulled: "
-                          f"{exc.explanation or exc}") from None
-
-
-def image_digest(image: Any, repo: str) -> str:
-    """The registry digest (repo@sha256:...) when known, else the image id."""
-    for digest in image.attrs.get("RepoDigests") or []:
-        if digest.startswith(repo + "@"):
-            return str(digest.partition("@")[2])
-    return str(image.id)
-
-
-# ---------------------------------------------------------------- run settings
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Every run setting ps gives a slot container; `changed_settings` compares them for idempotency.
-
-    To add a setting (networks, volumes, limits...): a field here, its argument in `create_kwargs`,
-    and its comparison in `changed_settings`.
-    """
-
-    image_id: str
-    ports: dict[str, tuple[str, int]]  # "80/tcp" -> (host address, host port)
-    env: dict[str, str]
-    labels: dict[str, str]  # the labels ps compares (deployed-at/-by are added at run time)
-    restart_policy: str
-    log_config: dict[str, Any]  # {"Type": ..., "Config": {...}} as the engine reports it
-
-    def create_kwargs(self) -> dict[str, Any]:
-        return {"environment": self.env, "ports": dict(self.ports),
-                "restart_policy": {"Name": self.restart_policy}, "log_config": self.log_config}
-
-
-def wanted_settings(config: Config, service: Service, host: Host, slot: str, build_id: str, image: Any,
-                    digest: str, env: dict[str, str]) -> RunSettings:
-    """The run settings of `slot` as ps.yaml wants them now."""
-    return RunSettings(
-        image_id=str(image.id),
-        ports={f"{service.port}/tcp": (host.address, service.slots[slot])},
-        env=env,
-        labels={slot_names.LABEL_APP: config.app, slot_names.LABEL_SERVICE: service.name,
-                slot_names.LABEL_SLOT: slot, slot_names.LABEL_BUILD_ID: build_id,
-                slot_names.LABEL_DIGEST: digest, slot_names.LABEL_ENV_HASH: slot_names.env_hash(env)},
-        restart_policy=RESTART_POLICY,
-        log_config={"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}})
-
-
-def _bindings(host_config: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
-    found: dict[str, list[tuple[str, int]]] = {}
-    for key, rows in (host_config.get("PortBindings") or {}).items():
-        found[key] = sorted((str(r.get("HostIp") or "0.0.0.0"), int(r.get("HostPort") or 0))
-                            for r in rows or [])
-    return found
-
-
-def changed_settings(wanted: RunSettings, attrs: dict[str, Any]) -> list[str]:
-    """What differs between a container (its inspect attrs) and `wanted`, as reasons; [] when the same."""
-    conf = attrs.get("Config") or {}
-    host = attrs.get("HostConfig") or {}
-    labels = conf.get("Labels") or {}
-    reasons: list[str] = []
-    image_keys = (slot_names.LABEL_BUILD_ID, slot_names.LABEL_DIGEST)
-    if attrs.get("Image") != wanted.image_id or any(labels.get(k) != wanted.labels[k] for k in image_keys):
-        reasons.append("new image")
-    current_env: dict[str, str] = {}
-    for item in conf.get("Env") or []:
-        key, _, value = str(item).partition("=")
-        current_env[key] = value
-    if (labels.get(slot_names.LABEL_ENV_HASH) != wanted.labels[slot_names.LABEL_ENV_HASH]
-            or any(current_env.get(k) != v for k, v in wanted.env.items())):
-        reasons.append("new environment")
-    now, want = _bindings(host), {k: [v] for k, v in wanted.ports.items()}
-    if now != want:
-        def show(b: dict[str, list[tuple[str, int]]]) -> str:
-            return ", ".join(f"{ip}:{port}" for rows in b.values() for ip, port in rows) or "none"
-        reasons.append(f"new port ({show(now)} -> {show(want)})")
-    other = [k for k in wanted.labels if k not in (*image_keys, slot_names.LABEL_ENV_HASH)]
-    if any(labels.get(k) != wanted.labels[k] for k in other):
-        reasons.append("new labels")
-    policy = str((host.get("RestartPolicy") or {}).get("Name") or "no")
-    if policy != wanted.restart_policy:
-        reasons.append(f"new restart policy ({policy} -> {wanted.restart_policy})")
-    log = host.get("LogConfig") or {}
-    if {"Type": log.get("Type"), "Config": log.get("Config") or {}} != wanted.log_config:
-        reasons.append("new log config")
-    return reasons
+def ensure_image(engine: DockerHost, ref: str) -> ImageInfo:
+    """The image `ref` on this host, pulled from the registry (REGISTRY_USER/_PASSWORD) when missing."""
+    return _ensure(engine, ref, _registry_auth())
 
 
 # ---------------------------------------------------------------- preflight
-
-
-def _existing(client: docker.DockerClient, name: str) -> Container | None:
-    import docker.errors
-
-    try:
-        return client.containers.get(name)
-    except docker.errors.NotFound:
-        return None
 
 
 def _live_upstreams(config: Config) -> UpstreamFile | None:
@@ -264,17 +125,15 @@ def _select(config: Config, slot: str, services: Sequence[Service | str] | None)
 @dataclass
 class _Plan:
     host: Host
-    client: Any
+    engine: DockerHost
     service: Service
-    image: Any
+    image: ImageInfo
     digest: str
-    existing: Any
+    existing: ContainerInfo | None
     env: dict[str, str]
     settings: RunSettings
     change: SlotChange
-    was_running: bool = False  # the previous container ran (started again if the new one fails)
-    aside: bool = False  # the previous container is renamed aside
-    started: Any = None  # the new container
+    swap: slot_names.Swap | None = None
 
 
 def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | None, build_id: str | None,
@@ -301,12 +160,14 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
     deployed_by = ctx.who if ctx is not None else (os.environ.get("USER") or "unknown")
     envs = {s.name: slot_environment(config, s, slot) for s in chosen}
     upstreams = _live_upstreams(config)
-    clients = {h.name: connect(h) for h in config.hosts}
+    clients: dict[str, DockerHost] = {}
     try:
+        for h in config.hosts:
+            clients[h.name] = open_host(h)
         plans: list[_Plan] = []
         for service in chosen:
             ref = config.image_ref(service, build_id)
-            images = {h.name: ensure_image(clients[h.name], h, ref) for h in config.hosts}
+            images = {h.name: ensure_image(clients[h.name], ref) for h in config.hosts}
             ids = {img.id for img in images.values()}
             if len(ids) > 1:
                 per_host = ", ".join(f"{h}: {img.id[:19]}" for h, img in images.items())
@@ -332,14 +193,15 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
                            changes=changes)
 
 
-def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, ref: str, build_id: str,
-          image: Any, env: dict[str, str], upstreams: UpstreamFile | None, force: bool) -> _Plan:
+def _plan(config: Config, host: Host, engine: DockerHost, service: Service, slot: str, ref: str,
+          build_id: str, image: ImageInfo, env: dict[str, str], upstreams: UpstreamFile | None,
+          force: bool) -> _Plan:
     from pipeline_steps.upstreams import carries_traffic
 
     name = slot_names.container_name(config.app, service.name, slot)
-    existing = _existing(client, name)
+    existing = engine.container(name)
     if existing is None:  # an interrupted run may have left the previous container aside: it is that
-        left = _existing(client, slot_names.aside_name(name))
+        left = engine.container(slot_names.aside_name(name))
         if left is not None and slot_names.made_by_ps(left.labels, config.app):
             existing = left
     digest = image_digest(image, config.image_repo(service))
@@ -349,9 +211,9 @@ def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, 
                         image=ref, digest=digest,
                         env_file=str(env_file_path(config, service, slot)), env_names=sorted(env))
     if existing is not None:
-        running = existing.status in ("running", "restarting")
+        running = existing.running
         if not slot_names.made_by_ps(existing.labels, config.app):
-            image_name = (existing.attrs.get("Config") or {}).get("Image") or "?"
+            image_name = existing.image_name
             if not force:
                 raise CheckFailed(f"host {host.name}: container {name} (image {image_name}, "
                                   f"{existing.status}) has the slot's name but pipeline-steps did not "
@@ -359,8 +221,8 @@ def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, 
                                   "to replace it")
             change.action = "replaced"
             change.reason = f"container not made by pipeline-steps (image {image_name}) replaced (--force)"
-            return _Plan(host, client, service, image, digest, existing, env, settings, change)
-        differences = changed_settings(settings, existing.attrs)
+            return _Plan(host, engine, service, image, digest, existing, env, settings, change)
+        differences = changed_settings(settings, dict(existing.attrs))
         if existing.name != name:
             change.action = "replaced"
             change.reason = f"previous container {existing.name} left by an interrupted run replaced"
@@ -375,12 +237,12 @@ def _plan(config: Config, host: Host, client: Any, service: Service, slot: str, 
                 raise CheckFailed(f"host {host.name}: {name} carries traffic in nginx upstream "
                                   f"{service.upstream}; move traffic away first (ps set-weights / ps "
                                   "switch) or use --force")
-    return _Plan(host, client, service, image, digest, existing, env, settings, change)
+    return _Plan(host, engine, service, image, digest, existing, env, settings, change)
 
 
-def _holds(container: Any, address: str, port: int) -> bool:
+def _holds(container: ContainerInfo | None, address: str, port: int) -> bool:
     """True when a running container publishes `port` on `address` (or a wildcard address)."""
-    if container is None or container.status not in ("running", "restarting"):
+    if container is None or not container.running:
         return False
     wildcard = ("0.0.0.0", "::")
     return any(p == port and (ip == address or ip in wildcard or address in wildcard)
@@ -393,26 +255,25 @@ def _preflight_port(config: Config, p: _Plan, say: Any) -> None:
     Containers of the host's engine publishing the port, then a bind test through that engine, so it
     holds for unix://, tcp:// and ssh:// alike. The slot's own container is not a holder: it is replaced.
     """
-    from pipeline_steps.adapters.docker_host import BindTestError, published_ports, try_bind
+    from pipeline_steps.adapters.docker_host import BindTestError
 
     port, address, name = p.change.port, p.host.address, p.change.container
     where = f"host {p.host.name}: port {address}:{port} of slot {p.change.slot} is held by"
     wildcard = ("0.0.0.0", "::")
     own = {name, getattr(p.existing, "name", name)}
-    for holder, image, ip, host_port in published_ports(p.client):
+    for holder, image, ip, host_port in p.engine.published_ports():
         if host_port == port and holder not in own and (ip == address or ip in wildcard
                                                          or address in wildcard):
             raise CheckFailed(f"{where} container {holder} (image {image}); stop it or choose another port "
                               "for the slot")
     if _holds(p.existing, address, port):
         return  # the slot's own container has it until the swap
-    if slot_names.is_local(p.host):
-        holder_text = slot_names.port_holder(address, port)
-        if holder_text:
-            raise CheckFailed(f"{where} {holder_text}")
+    holder_text = p.engine.port_holder(address, port)
+    if holder_text:
+        raise CheckFailed(f"{where} {holder_text}")
     try:
         labels = {slot_names.LABEL_APP: config.app, f"{slot_names.LABEL_PREFIX}.port-check": "1"}
-        reason = try_bind(p.client, p.image.id, address, port, slot_names.port_check_name(name), labels)
+        reason = p.engine.try_bind(p.image.id, address, port, slot_names.port_check_name(name), labels)
     except BindTestError as exc:
         if say:
             say(f"host {p.host.name}: warning: the bind test of port {address}:{port} could not run "
@@ -437,7 +298,8 @@ def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, depl
     except Exception as exc:
         from pipeline_steps.adapters.docker_host import is_unreachable
 
-        back = "; ".join(text for text in (_restore(p) for p in reversed(done)) if text)
+        back = "; ".join(text for text in (slot_names.restore_slot(p.engine, p.swap)
+                                           for p in reversed(done) if p.swap is not None) if text)
         back = back or "nothing ran in the slot before"
         if isinstance(exc, PsError):
             raise type(exc)(f"{exc.message}; {back}") from None
@@ -445,16 +307,10 @@ def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, depl
             raise Unreachable(f"host {done[-1].host.name}: Docker engine went away while swapping "
                               f"{done[-1].change.container}: {exc}; {back}") from None
         raise
-    import docker.errors
-
     for p in plans:
-        if p.aside and p.existing is not None:
-            try:
-                p.existing.remove(force=True)
-            except docker.errors.APIError as exc:
-                if say:
-                    say(f"host {p.host.name}: warning: could not remove the previous container "
-                        f"{slot_names.aside_name(p.change.container)}: {exc.explanation or exc}")
+        warning = slot_names.drop_previous(p.engine, p.swap) if p.swap is not None else None
+        if warning and say:
+            say(warning)
         if say:
             say(f"host {p.host.name}: {p.change.container} {p.change.action}, {p.change.reason} "
                 f"({p.change.image}) on {p.change.address}:{p.change.port}")
@@ -462,7 +318,7 @@ def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, depl
 
 def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: str) -> None:
     """Previous container renamed aside and stopped, the new one created and started (CheckFailed if not)."""
-    import docker.errors
+    from pipeline_steps.adapters.interfaces import EngineGone
 
     write_env_file(Path(p.change.env_file), p.env)
     labels = {**p.settings.labels,
@@ -470,55 +326,18 @@ def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: st
                   timespec="seconds"),
               slot_names.LABEL_DEPLOYED_BY: deployed_by}
     name = p.change.container
+    p.swap = slot_names.Swap(name, p.existing)
     try:
-        if p.existing is not None:
-            p.was_running = p.existing.status in ("running", "restarting")
-            aside = slot_names.aside_name(name)
-            if p.existing.name != aside:  # else it is already aside (an interrupted run)
-                try:
-                    p.client.api.remove_container(aside, force=True)  # an older one left behind
-                except docker.errors.NotFound:
-                    pass
-                p.existing.rename(aside)
-            p.aside = True
-            if p.was_running:
-                p.existing.stop(timeout=STOP_TIMEOUT)
-        p.started = p.client.containers.create(p.change.image, name=name, labels=labels,
-                                               **p.settings.create_kwargs())
-        p.started.start()
-        p.started.reload()
-    except docker.errors.APIError as exc:
-        raise CheckFailed(f"host {p.host.name}: could not start {name}: {exc.explanation or exc}") from None
-    if p.started.status != "running":
-        tail = p.started.logs(tail=5).decode(errors="replace").strip()
-        raise CheckFailed(f"host {p.host.name}: {name} is {p.started.status} right after start: "
+        started = slot_names.replace_slot(p.engine, p.swap, p.change.image, labels,
+                                          p.settings.create_kwargs(), stop_timeout=STOP_TIMEOUT)
+    except EngineGone:
+        raise
+    except EngineError as exc:
+        raise CheckFailed(f"host {p.host.name}: could not start {name}: {exc}") from None
+    if started.status != "running":
+        tail = p.engine.logs(started.id, tail=5).strip()
+        raise CheckFailed(f"host {p.host.name}: {name} is {started.status} right after start: "
                           f"{tail[-300:]}")
-
-
-def _restore(p: _Plan) -> str:
-    """Undo one swap: the new container removed, the previous one renamed back (and started if it ran)."""
-    import docker.errors
-
-    name = p.change.container
-    try:
-        if p.started is not None:
-            p.started.remove(force=True)
-        else:
-            try:  # created but its handle lost in the error
-                current = p.client.containers.get(name)
-                if p.existing is None or current.id != p.existing.id:
-                    current.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        if p.existing is None or not p.aside:
-            return ""
-        p.existing.rename(name)
-        if p.was_running:
-            p.existing.start()
-            return f"host {p.host.name}: previous {name} runs again"
-        return f"host {p.host.name}: previous {name} put back ({p.existing.status})"
-    except docker.errors.APIError as exc:
-        return f"host {p.host.name}: could not put back the previous {name}: {exc.explanation or exc}"
 
 
 # ---------------------------------------------------------------- command

@@ -211,8 +211,10 @@ def notify(config: Config | None, ctx: CIContext | None, *, status: str, deploy_
         if fail_on_error:
             raise BadInput(reason, result={"delivered": False, "status": status, "webhook": masked})
         return NotifyResult(False, status, masked, reason=reason)
-    delivery = mattermost.post(url, payload, timeout=timeout or settings.timeout, attempts=attempts,
-                               backoff=backoff)
+    from pipeline_steps.adapters import factory
+
+    delivery = factory.get().notifier().send(url, payload, timeout=timeout or settings.timeout,
+                                             attempts=attempts, backoff=backoff)
     result = NotifyResult(delivery.delivered, status, masked, delivery.status, delivery.attempts,
                           delivery.reason)
     if not delivery.delivered and fail_on_error:

@@ -7,41 +7,29 @@ serves with the local image's digest is not pushed again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo
 from pipeline_steps.adapters.registry import (
-    Credentials,
     RegistryAuthError,
-    RegistryClient,
     RegistryError,
     RegistryTransient,
+    classify_push_error,
     credentials,
     split_ref,
 )
 from pipeline_steps.command import load, pass_output, report, service_option
 from pipeline_steps.config import Config, Service
-from pipeline_steps.durations import DURATION, format_duration
-from pipeline_steps.errors import BadInput, CheckFailed, Unreachable, unreachable
+from pipeline_steps.durations import DURATION
+from pipeline_steps.errors import BadInput, CheckFailed, unreachable
 from pipeline_steps.inputs import BUILD_ID, TAG
 from pipeline_steps.output import Output
 from pipeline_steps.steps.build import check_tag, resolve_identity
 
-if TYPE_CHECKING:
-    import docker
-
-T = TypeVar("T")
-
-_AUTH_WORDS = ("unauthorized", "authentication required", "no basic auth credentials", "denied",
-               "401", "403")
-_TRANSIENT_WORDS = ("connection refused", "connection reset", "timeout", "timed out", "eof",
-                    "broken pipe", "no route to host", "unexpected http status: 5", " 500 ", " 502 ",
-                    " 503 ", " 504 ", "internal server error", "bad gateway", "service unavailable",
-                    "dial tcp")
+__all__ = ["classify_push_error", "push"]
 
 
 @dataclass
@@ -64,98 +52,29 @@ class PushResult:
     dry_run: bool = False
 
 
-def classify_push_error(message: str) -> type[RegistryError]:
-    """Which kind of failure a push-stream error message describes."""
-    text = f" {message.lower()} "
-    if any(word in text for word in _AUTH_WORDS):
-        return RegistryAuthError
-    if any(word in text for word in _TRANSIENT_WORDS):
-        return RegistryTransient
-    return RegistryError
-
-
-def _retrying(out: Output, what: str, attempts: int, backoff: float, fn: Callable[[], T]) -> T:
-    """Run fn, retrying RegistryTransient with exponential backoff (tenacity)."""
-    from tenacity import (
-        RetryCallState,
-        Retrying,
-        retry_if_exception_type,
-        stop_after_attempt,
-        wait_exponential,
-    )
-
-    def announce(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        out.say(f"{what}: {exc}; retrying in {format_duration(wait)} "
-                f"(attempt {state.attempt_number + 1}/{attempts})")
-
-    retrying = Retrying(stop=stop_after_attempt(attempts),
-                        wait=wait_exponential(multiplier=backoff, min=backoff, max=max(backoff, 30.0)),
-                        retry=retry_if_exception_type(RegistryTransient), reraise=True,
-                        before_sleep=announce)
-    return retrying(fn)
-
-
-def _local_image(client: docker.DockerClient, ref: str) -> Any:
-    import docker.errors
-
-    try:
-        return client.images.get(ref)
-    except docker.errors.ImageNotFound:
+def _local_image(engine: DockerHost, ref: str) -> ImageInfo:
+    image = engine.image(ref)
+    if image is None:
         raise BadInput(f"image {ref} is not in the local engine: run ps build first "
                        "(with the same --build-id)") from None
+    return image
 
 
-def _repo_digests(image: Any, repo: str) -> set[str]:
+def _repo_digests(image: ImageInfo, repo: str) -> set[str]:
     digests = set()
-    for entry in image.attrs.get("RepoDigests") or []:
+    for entry in image.repo_digests:
         name, _, digest = str(entry).partition("@")
         if name == repo and digest:
             digests.add(digest)
     return digests
 
 
-def _push_once(client: docker.DockerClient, repo: str, tag: str, creds: Credentials | None,
-               out: Output) -> str:
-    """One push through the engine; the pushed manifest digest."""
-    import docker.errors
-    import requests
-
-    digest: str | None = None
-    last_status: dict[str, str] = {}
-    try:
-        stream = client.api.push(repo, tag=tag, stream=True, decode=True,
-                                 auth_config=creds.auth_config() if creds else None)
-        for chunk in stream:
-            if "error" in chunk:
-                detail = chunk.get("errorDetail") or {}
-                message = str(detail.get("message") or chunk["error"]).strip()
-                raise classify_push_error(message)(message)
-            aux = chunk.get("aux")
-            if isinstance(aux, dict) and aux.get("Digest"):
-                digest = str(aux["Digest"])
-            status, layer = chunk.get("status"), chunk.get("id")
-            if status and layer and last_status.get(layer) != status and status != "Pushing":
-                last_status[layer] = status
-                out.debug(f"  {layer}: {status}")
-            elif status and not layer:
-                out.debug(f"  {status}")
-    except docker.errors.APIError as exc:
-        message = str(exc.explanation or exc)
-        raise classify_push_error(message)(message) from None
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise Unreachable(f"Docker engine went away while pushing {repo}:{tag}: {exc}") from None
-    if not digest:
-        raise RegistryError(f"push of {repo}:{tag} reported no digest")
-    return digest
-
-
 def push(config: Config, services: Sequence[Service], build_id: str, out: Output, *,
          extra_tags: Sequence[str] = (), attempts: int = 4, backoff: float = 2.0,
          timeout: float = 10.0) -> PushResult:
     """Push `<registry>/<app>/<service>:<build_id>` (and extra tags) of each service, once."""
-    from pipeline_steps.adapters.docker_host import connect
+    from pipeline_steps.adapters import factory
+    from pipeline_steps.adapters.docker_host import open_host
 
     for tag in extra_tags:
         check_tag(tag, "--tag")
@@ -167,33 +86,32 @@ def push(config: Config, services: Sequence[Service], build_id: str, out: Output
         return PushResult(build_id, registry_host, None,
                           [PushedImage(svc.name, f"{repo}:{tag}", None) for svc, repo, tag in plan],
                           dry_run=True)
-    client = connect(config.hosts[0], timeout=30)
-    client.api.timeout = 1800
+    engine = open_host(config.hosts[0], timeout=30)
+    engine.set_timeout(1800)
     try:
-        images: dict[str, Any] = {}
+        images: dict[str, ImageInfo] = {}
         for svc in services:  # extra tags name this build: tag its image with them first
             repo = config.image_repo(svc)
-            image = _local_image(client, f"{repo}:{build_id}")
+            image = _local_image(engine, f"{repo}:{build_id}")
             for tag in (build_id, *extra_tags):
                 if tag != build_id:
-                    image.tag(repo, tag=tag)
+                    engine.tag(image.id, repo, tag)
                 images[f"{repo}:{tag}"] = image
-        creds = credentials(registry_host, docker_auths=getattr(client.api, "_auth_configs", None))
-        registry = RegistryClient(registry_host, creds, timeout=timeout)
+        creds = credentials(registry_host, docker_auths=engine.auth_configs())
+        registry = factory.get().registry(registry_host, creds, timeout=timeout, attempts=attempts,
+                                          backoff=backoff, on_retry=out.say)
         result = PushResult(build_id, registry_host, creds.username if creds else None)
         for svc, repo, tag in plan:
             ref = f"{repo}:{tag}"
             name = split_ref(ref)[1]
             try:
-                remote = _retrying(out, f"registry {registry_host}", attempts, backoff,
-                                   partial(registry.manifest_digest, name, tag))
+                remote = registry.digest(name, tag)
                 if remote and remote in _repo_digests(images[ref], repo):
                     out.say(f"{svc.name}: {ref} already pushed ({remote})")
                     result.images.append(PushedImage(svc.name, ref, remote, already=True))
                     continue
                 out.say(f"{svc.name}: pushing {ref}")
-                digest = _retrying(out, f"push {ref}", attempts, backoff,
-                                   partial(_push_once, client, repo, tag, creds, out))
+                digest = registry.push(engine, repo, tag, debug=out.debug)
             except RegistryAuthError as exc:
                 raise CheckFailed(str(exc), result={"image": ref, "registry": registry_host}) from None
             except RegistryTransient as exc:
@@ -206,7 +124,7 @@ def push(config: Config, services: Sequence[Service], build_id: str, out: Output
             result.images.append(PushedImage(svc.name, ref, digest, pushed=True))
         return result
     finally:
-        client.close()
+        engine.close()
 
 
 @click.command("push")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import click
 
 from pipeline_steps.adapters import slots as slot_names
-from pipeline_steps.adapters.docker_host import connect
+from pipeline_steps.adapters.docker_host import open_host
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import Config
 from pipeline_steps.durations import format_duration
@@ -46,7 +47,7 @@ class StatusResult:
         return not self.mismatches and not self.unreachable
 
 
-def _started(attrs: dict[str, Any]) -> float | None:
+def _started(attrs: Mapping[str, Any]) -> float | None:
     """Seconds since the container started (None when it never did)."""
     from pipeline_steps.timestamps import parse_state_time
 
@@ -61,24 +62,22 @@ def slot_status(config: Config) -> StatusResult:
     result = StatusResult()
     for host in config.hosts:
         try:
-            client = connect(host, timeout=20)
+            engine = open_host(host, timeout=20)
         except Unreachable as exc:
             result.unreachable.append(exc.message)
             continue
         try:
-            found = {c.name: c for c in client.containers.list(ignore_removed=True,
-                all=True, filters={"label": f"{slot_names.LABEL_APP}={config.app}"})}
-            others = {str(name).lstrip("/"): row for row in client.api.containers(all=True)
-                      for name in row.get("Names") or []}
+            found = {c.name: c for c in engine.slot_containers(config.app)}
+            others = engine.container_images()
         finally:
-            client.close()
+            engine.close()
         for service in config.services.values():
             for slot, port in service.slots.items():
                 name = slot_names.container_name(config.app, service.name, slot)
                 c = found.get(name)
                 if c is None and name in others:  # the slot's name, but ps did not make it
                     result.slots.append(SlotState(host.name, service.name, slot, name, port, "foreign", "-",
-                                                  image=str(others[name].get("Image") or "?")))
+                                                  image=others[name]))
                     continue
                 if c is None:
                     result.slots.append(SlotState(host.name, service.name, slot, name, port, "missing", "-"))

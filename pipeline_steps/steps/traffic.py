@@ -184,24 +184,23 @@ class TrafficStatus:
 def _build_ids(config: Config, warnings: list[str]) -> dict[tuple[str, str, str], str | None]:
     """BUILD_ID per (host, service, slot) from the slot containers' labels."""
     from pipeline_steps.adapters import slots as slot_names
-    from pipeline_steps.adapters.docker_host import connect
+    from pipeline_steps.adapters.docker_host import open_host
 
     found: dict[tuple[str, str, str], str | None] = {}
     for host in config.hosts:
         try:
-            client = connect(host, timeout=10)
+            engine = open_host(host, timeout=10)
         except Unreachable as exc:
             warnings.append(exc.message)
             continue
         try:
-            for c in client.containers.list(all=True, ignore_removed=True,
-                                            filters={"label": f"{slot_names.LABEL_APP}={config.app}"}):
-                labels = c.labels or {}
+            for c in engine.slot_containers(config.app):
+                labels = c.labels
                 key = (host.name, labels.get(slot_names.LABEL_SERVICE, ""),
                        labels.get(slot_names.LABEL_SLOT, ""))
                 found[key] = labels.get(slot_names.LABEL_BUILD_ID)
         finally:
-            client.close()
+            engine.close()
     return found
 
 

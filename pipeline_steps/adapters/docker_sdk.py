@@ -1,0 +1,200 @@
+"""DockerHost over the Docker SDK: the only module (with docker_host.py) that calls the SDK for steps.
+
+Every call's SDK errors become the interface's: NotFoundError, EngineError (the engine's explanation),
+EngineGone (connection refused/reset or a timeout mid-call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from pipeline_steps.adapters import docker_host
+from pipeline_steps.adapters.interfaces import (
+    ContainerInfo,
+    EngineError,
+    EngineGone,
+    ImageInfo,
+    KeptImage,
+    NotFoundError,
+)
+from pipeline_steps.config import Host
+
+if TYPE_CHECKING:
+    import docker
+
+
+@contextmanager
+def _calls() -> Iterator[None]:
+    """Translate SDK and transport errors into the interface's."""
+    import docker.errors
+    import requests
+
+    try:
+        yield
+    except (docker.errors.NotFound, docker.errors.ImageNotFound) as exc:
+        raise NotFoundError(str(exc.explanation or exc)) from None
+    except docker.errors.APIError as exc:
+        raise EngineError(str(exc.explanation or exc)) from None
+    except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
+        raise EngineGone(str(exc)) from None
+
+
+def _image(image: Any) -> ImageInfo:
+    attrs = image.attrs or {}
+    return ImageInfo(id=str(image.id), tags=tuple(attrs.get("RepoTags") or ()),
+                     repo_digests=tuple(attrs.get("RepoDigests") or ()),
+                     labels=dict((attrs.get("Config") or {}).get("Labels") or {}))
+
+
+def _container(c: Any) -> ContainerInfo:
+    return ContainerInfo(id=str(c.id), name=str(c.name), status=str(c.status), labels=dict(c.labels or {}),
+                         attrs=c.attrs)
+
+
+class SdkDockerHost:
+    """A connected host engine (see docker_host.connect for the endpoint kinds)."""
+
+    def __init__(self, host: Host, client: docker.DockerClient) -> None:
+        self.host = host
+        self.client = client
+
+    @classmethod
+    def open(cls, host: Host, timeout: float = 60.0) -> SdkDockerHost:
+        return cls(host, docker_host.connect(host, timeout))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def set_timeout(self, seconds: float) -> None:
+        self.client.api.timeout = seconds
+
+    # ---------------------------------------------------------------- images
+
+    def image(self, ref: str) -> ImageInfo | None:
+        try:
+            with _calls():
+                return _image(self.client.images.get(ref))
+        except NotFoundError:
+            return None
+
+    def pull(self, ref: str, auth: Mapping[str, str] | None) -> ImageInfo:
+        repo, _, tag = ref.rpartition(":")
+        with _calls():
+            return _image(self.client.images.pull(repo, tag=tag, auth_config=dict(auth) if auth else None))
+
+    def remote_digest(self, ref: str, auth: Mapping[str, str] | None) -> str:
+        with _calls():
+            data = self.client.images.get_registry_data(ref, auth_config=dict(auth) if auth else None)
+        return str(data.id)
+
+    def repo_images(self, repo: str) -> list[KeptImage]:
+        with _calls():
+            return docker_host.repo_images(self.client, repo)
+
+    def tag(self, image_id: str, repo: str, tag: str) -> None:
+        with _calls():
+            self.client.api.tag(image_id, repo, tag=tag)
+
+    def untag(self, ref: str) -> None:
+        with _calls():
+            self.client.images.remove(ref)
+
+    def images_in_use(self) -> set[str]:
+        with _calls():  # the raw list: inspecting each container races with removals meanwhile
+            return {str(c.get("ImageID")) for c in self.client.api.containers(all=True)}
+
+    def build(self, *, path: str, dockerfile: str, tag: str, buildargs: Mapping[str, str],
+              labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+        with _calls():
+            yield from self.client.api.build(path=path, dockerfile=dockerfile, tag=tag,
+                                             buildargs=dict(buildargs), labels=dict(labels), rm=True,
+                                             forcerm=True, decode=True)
+
+    def push(self, repo: str, tag: str, auth: Mapping[str, str] | None) -> Iterator[dict[str, Any]]:
+        with _calls():
+            yield from self.client.api.push(repo, tag=tag, stream=True, decode=True,
+                                            auth_config=dict(auth) if auth else None)
+
+    def auth_configs(self) -> Any:
+        return getattr(self.client.api, "_auth_configs", None)
+
+    # ---------------------------------------------------------------- containers
+
+    def container(self, name: str) -> ContainerInfo | None:
+        try:
+            with _calls():
+                return _container(self.client.containers.get(name))
+        except NotFoundError:
+            return None
+
+    def slot_containers(self, app: str) -> list[ContainerInfo]:
+        from pipeline_steps.adapters.slots import LABEL_APP
+
+        with _calls():
+            return [_container(c) for c in self.client.containers.list(
+                all=True, ignore_removed=True, filters={"label": f"{LABEL_APP}={app}"})]
+
+    def container_images(self) -> dict[str, str]:
+        with _calls():
+            return {str(name).lstrip("/"): str(row.get("Image") or "?")
+                    for row in self.client.api.containers(all=True) for name in row.get("Names") or []}
+
+    def create(self, name: str, image: str, *, labels: Mapping[str, str], environment: Mapping[str, str],
+               ports: Mapping[str, tuple[str, int]], restart_policy: Mapping[str, str],
+               log_config: Mapping[str, Any]) -> ContainerInfo:
+        with _calls():
+            c = self.client.containers.create(image, name=name, labels=dict(labels),
+                                              environment=dict(environment), ports=dict(ports),
+                                              restart_policy=dict(restart_policy),
+                                              log_config=dict(log_config))
+            return _container(c)
+
+    def start(self, name: str) -> ContainerInfo:
+        with _calls():
+            self.client.api.start(name)
+            return _container(self.client.containers.get(name))
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        with _calls():
+            self.client.api.stop(name, timeout=timeout)
+
+    def rename(self, name: str, new_name: str) -> None:
+        with _calls():
+            self.client.api.rename(name, new_name)
+
+    def remove(self, name: str) -> None:
+        try:
+            with _calls():
+                self.client.api.remove_container(name, force=True)
+        except NotFoundError:
+            pass
+
+    def logs(self, name: str, *, since: float | None = None, timestamps: bool = False,
+             tail: int | None = None) -> str:
+        kw: dict[str, Any] = {"timestamps": timestamps, "tail": "all" if tail is None else tail}
+        if since is not None:
+            kw["since"] = since
+        with _calls():
+            return bytes(self.client.api.logs(name, **kw)).decode(errors="replace")
+
+    def exec(self, name: str, cmd: list[str]) -> tuple[int, str]:
+        with _calls():
+            code, output = self.client.containers.get(name).exec_run(cmd)
+        return int(code or 0), bytes(output or b"").decode(errors="replace")
+
+    def published_ports(self) -> list[tuple[str, str, str, int]]:
+        with _calls():
+            return docker_host.published_ports(self.client)
+
+    def try_bind(self, image: str, address: str, port: int, name: str,
+                 labels: Mapping[str, str] | None = None) -> str | None:
+        with _calls():
+            return docker_host.try_bind(self.client, image, address, port, name, dict(labels or {}))
+
+    def port_holder(self, address: str, port: int) -> str | None:
+        """A process (not a container) listening on the port, when the engine runs on this machine."""
+        from pipeline_steps.adapters import slots
+
+        return slots.port_holder(address, port) if slots.is_local(self.host) else None

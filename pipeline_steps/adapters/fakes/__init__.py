@@ -1,0 +1,18 @@
+"""In-memory fakes of DockerHost, Registry and Notifier, for the fast tier of tests.
+
+    hosts = {"a": FakeDockerHost(Host("a")), "b": FakeDockerHost(Host("b", address="127.0.0.2"))}
+    with factory.installed(FakeAdapters(hosts)):
+        deploy_slot(config, "canary", None, "b1")
+
+Scripted failures: `fail_start[name] = reason` (a new container of that name is refused a start; one that
+ran before starts again), `exit_on_start[name] =
+log` (it exits at once with that log), `held[(address, port)] = reason` (a process outside the engine holds
+the port: bind tests and starts fail), `process_holder[(address, port)]` (what /proc would name),
+`reachable = False` (the engine does not answer: the same exit-3 line as the real one), `gone` (names of
+methods that fail as if the engine went away mid-call).
+"""
+
+from pipeline_steps.adapters.fakes.engine import FakeContainer, FakeDockerHost, FakeImage
+from pipeline_steps.adapters.fakes.services import FakeAdapters, FakeNotifier, FakeRegistry
+
+__all__ = ["FakeAdapters", "FakeContainer", "FakeDockerHost", "FakeImage", "FakeNotifier", "FakeRegistry"]

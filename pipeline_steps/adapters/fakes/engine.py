@@ -1,0 +1,334 @@
+"""FakeDockerHost: one host's Docker engine in memory (see the package doc)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline_steps.adapters.interfaces import (
+    ContainerInfo,
+    EngineError,
+    EngineGone,
+    ImageInfo,
+    KeptImage,
+    NotFoundError,
+)
+from pipeline_steps.config import Host
+
+if TYPE_CHECKING:
+    from pipeline_steps.adapters.fakes.services import FakeRegistry
+
+_ids = itertools.count(1)
+
+
+def _new_id(seed: str) -> str:
+    return "sha256:" + hashlib.sha256(f"{seed}:{next(_ids)}".encode()).hexdigest()
+
+
+@dataclass
+class FakeImage:
+    id: str
+    tags: set[str] = field(default_factory=set)
+    repo_digests: set[str] = field(default_factory=set)
+    labels: dict[str, str] = field(default_factory=dict)
+    created: int = 0
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    name: str
+    image: str  # the reference it was created from
+    image_id: str
+    labels: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, tuple[str, int]] = field(default_factory=dict)
+    restart_policy: dict[str, str] = field(default_factory=dict)
+    log_config: dict[str, Any] = field(default_factory=dict)
+    status: str = "created"
+    started_at: float | None = None
+    log: list[tuple[float, str]] = field(default_factory=list)
+
+    def info(self) -> ContainerInfo:
+        started = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started_at)) + ".000000000Z"
+                   if self.started_at else "0001-01-01T00:00:00Z")
+        attrs = {
+            "Id": self.id, "Name": "/" + self.name, "Image": self.image_id,
+            "Config": {"Image": self.image, "Labels": dict(self.labels),
+                       "Env": [f"{k}={v}" for k, v in self.env.items()]},
+            "HostConfig": {"PortBindings": {k: [{"HostIp": ip, "HostPort": str(port)}]
+                                            for k, (ip, port) in self.ports.items()},
+                           "RestartPolicy": dict(self.restart_policy) or {"Name": "no"},
+                           "LogConfig": {"Type": self.log_config.get("Type", "json-file"),
+                                         "Config": dict(self.log_config.get("Config") or {})}},
+            "State": {"Status": self.status, "StartedAt": started},
+        }
+        return ContainerInfo(self.id, self.name, self.status, dict(self.labels), attrs)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or "0.0.0.0" in (a, b) or "::" in (a, b)
+
+
+class FakeDockerHost:
+    """One host's engine in memory (see the module doc for the scripted failures)."""
+
+    def __init__(self, host: Host, registry: FakeRegistry | None = None) -> None:
+        self.host = host
+        self.registry = registry
+        self.images: dict[str, FakeImage] = {}
+        self.containers: dict[str, FakeContainer] = {}
+        self.fail_start: dict[str, str] = {}
+        self.exit_on_start: dict[str, str] = {}
+        self.held: dict[tuple[str, int], str] = {}
+        self.process_holder: dict[tuple[str, int], str] = {}
+        self.bind_test_error: str | None = None
+        self.exec_results: dict[tuple[str, ...], tuple[int, str]] = {}
+        self.reachable = True
+        self.gone: set[str] = set()
+        self.pulls: list[tuple[str, Mapping[str, str] | None]] = []
+        self.timeout = 60.0
+        self.closed = 0
+
+    # ---------------------------------------------------------------- scripting helpers
+
+    def add_image(self, ref: str, image_id: str | None = None, *, digest: str | None = None,
+                  labels: Mapping[str, str] | None = None) -> FakeImage:
+        """Tag an image `ref` here (a new one unless image_id names one); digest adds `repo@digest`."""
+        image = self.images.get(image_id or "") or FakeImage(image_id or _new_id(ref),
+                                                              created=int(time.time()) + next(_ids))
+        self.images[image.id] = image
+        for other in self.images.values():
+            other.tags.discard(ref)
+        image.tags.add(ref)
+        image.labels.update(labels or {})
+        if digest:
+            image.repo_digests.add(f"{ref.rpartition(':')[0]}@{digest}")
+        return image
+
+    def add_container(self, name: str, image_ref: str, *, labels: Mapping[str, str] | None = None,
+                      ports: Mapping[str, tuple[str, int]] | None = None, status: str = "running",
+                      env: Mapping[str, str] | None = None) -> FakeContainer:
+        """A container made outside ps (or a leftover), in any state."""
+        image = self._find_image(image_ref) or self.add_image(image_ref)
+        c = FakeContainer(_new_id(name), name, image_ref, image.id, dict(labels or {}), dict(env or {}),
+                          dict(ports or {}), status=status,
+                          started_at=time.time() if status == "running" else None)
+        self.containers[c.id] = c
+        return c
+
+    def named(self, name: str) -> FakeContainer | None:
+        return next((c for c in self.containers.values() if c.name == name), None)
+
+    def _check(self, call: str) -> None:
+        if call in self.gone:
+            raise EngineGone(f"('Connection aborted.', ConnectionResetError(104, 'Connection reset by "
+                             f"peer')) in {call}")
+
+    def _get(self, name: str) -> FakeContainer:
+        c = self.containers.get(name) or self.named(name)
+        if c is None:
+            raise NotFoundError(f"No such container: {name}")
+        return c
+
+    def _find_image(self, ref: str) -> FakeImage | None:
+        if ref in self.images:
+            return self.images[ref]
+        return next((i for i in self.images.values() if ref in i.tags), None)
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def set_timeout(self, seconds: float) -> None:
+        self.timeout = seconds
+
+    # ---------------------------------------------------------------- images
+
+    def image(self, ref: str) -> ImageInfo | None:
+        self._check("image")
+        found = self._find_image(ref)
+        if found is None:
+            return None
+        return ImageInfo(found.id, tuple(sorted(found.tags)), tuple(sorted(found.repo_digests)),
+                         dict(found.labels))
+
+    def pull(self, ref: str, auth: Mapping[str, str] | None) -> ImageInfo:
+        self._check("pull")
+        self.pulls.append((ref, auth))
+        repo, _, tag = ref.rpartition(":")
+        name = repo.partition("/")[2]
+        entry = self.registry.manifests.get((name, tag)) if self.registry else None
+        if entry is None:
+            raise EngineError(f"manifest for {ref} not found: manifest unknown")
+        digest, image_id = entry
+        self.add_image(ref, image_id, digest=digest)
+        found = self.image(ref)
+        assert found is not None
+        return found
+
+    def remote_digest(self, ref: str, auth: Mapping[str, str] | None) -> str:
+        repo, _, tag = ref.rpartition(":")
+        entry = self.registry.manifests.get((repo.partition("/")[2], tag)) if self.registry else None
+        if entry is None:
+            raise EngineError(f"manifest for {ref} not found")
+        return entry[0]
+
+    def repo_images(self, repo: str) -> list[KeptImage]:
+        found = [KeptImage(i.id, tuple(sorted(t for t in i.tags if t.startswith(repo + ":"))), i.created)
+                 for i in self.images.values() if any(t.startswith(repo + ":") for t in i.tags)]
+        return sorted(found, key=lambda image: image.created, reverse=True)
+
+    def tag(self, image_id: str, repo: str, tag: str) -> None:
+        if image_id not in self.images:
+            raise NotFoundError(f"No such image: {image_id}")
+        self.add_image(f"{repo}:{tag}", image_id)
+
+    def untag(self, ref: str) -> None:
+        image = self._find_image(ref)
+        if image is None:
+            raise NotFoundError(f"No such image: {ref}")
+        image.tags.discard(ref)
+        if not image.tags:
+            del self.images[image.id]
+
+    def images_in_use(self) -> set[str]:
+        return {c.image_id for c in self.containers.values()}
+
+    def build(self, *, path: str, dockerfile: str, tag: str, buildargs: Mapping[str, str],
+              labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+        self._check("build")
+        yield {"stream": f"Step 1/1 : FROM scratch ({dockerfile})\n"}
+        image = self.add_image(tag, labels=labels)
+        yield {"aux": {"ID": image.id}}
+
+    def push(self, repo: str, tag: str, auth: Mapping[str, str] | None) -> Iterator[dict[str, Any]]:
+        self._check("push")
+        image = self._find_image(f"{repo}:{tag}")
+        if image is None:
+            yield {"error": f"tag does not exist: {repo}:{tag}"}
+            return
+        if self.registry is None:
+            yield {"error": "dial tcp: connection refused"}
+            return
+        digest = self.registry.store(repo.partition("/")[2], tag, image.id)
+        image.repo_digests.add(f"{repo}@{digest}")
+        yield {"status": "Pushed", "id": image.id[7:19]}
+        yield {"aux": {"Tag": tag, "Digest": digest, "Size": 1}}
+
+    def auth_configs(self) -> Any:
+        return None
+
+    # ---------------------------------------------------------------- containers
+
+    def container(self, name: str) -> ContainerInfo | None:
+        self._check("container")
+        c = self.named(name) or self.containers.get(name)
+        return c.info() if c else None
+
+    def slot_containers(self, app: str) -> list[ContainerInfo]:
+        from pipeline_steps.adapters.slots import LABEL_APP
+
+        self._check("slot_containers")
+        return [c.info() for c in self.containers.values() if c.labels.get(LABEL_APP) == app]
+
+    def container_images(self) -> dict[str, str]:
+        return {c.name: c.image for c in self.containers.values()}
+
+    def create(self, name: str, image: str, *, labels: Mapping[str, str], environment: Mapping[str, str],
+               ports: Mapping[str, tuple[str, int]], restart_policy: Mapping[str, str],
+               log_config: Mapping[str, Any]) -> ContainerInfo:
+        self._check("create")
+        if self.named(name):
+            raise EngineError(f'Conflict. The container name "/{name}" is already in use')
+        found = self._find_image(image)
+        if found is None:
+            raise NotFoundError(f"No such image: {image}")
+        c = FakeContainer(_new_id(name), name, image, found.id, dict(labels), dict(environment),
+                          dict(ports), dict(restart_policy), dict(log_config))
+        self.containers[c.id] = c
+        return c.info()
+
+    def _port_reason(self, address: str, port: int, me: str | None = None) -> str | None:
+        for (ip, held_port), reason in self.held.items():
+            if held_port == port and _overlaps(ip, address):
+                return reason
+        for other in self.containers.values():
+            if other.id != me and other.status == "running" and any(
+                    p == port and _overlaps(ip, address) for ip, p in other.ports.values()):
+                return f"Bind for {address}:{port} failed: port is already allocated"
+        return None
+
+    def start(self, name: str) -> ContainerInfo:
+        self._check("start")
+        c = self._get(name)
+        if c.status == "running":
+            return c.info()
+        if c.name in self.fail_start and c.started_at is None:  # a new container; a previous one starts
+            raise EngineError(self.fail_start[c.name])
+        for ip, port in c.ports.values():
+            reason = self._port_reason(ip, port, me=c.id)
+            if reason:
+                raise EngineError(f"driver failed programming external connectivity: {reason}")
+        c.status, c.started_at = "running", time.time()
+        if c.name in self.exit_on_start:
+            c.log.append((time.time(), self.exit_on_start[c.name]))
+            c.status = "exited"
+        return c.info()
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        self._check("stop")
+        c = self._get(name)
+        if c.status in ("running", "restarting"):
+            c.status = "exited"
+
+    def rename(self, name: str, new_name: str) -> None:
+        self._check("rename")
+        c = self._get(name)
+        if new_name != c.name and self.named(new_name):
+            raise EngineError(f'Conflict. The container name "/{new_name}" is already in use')
+        c.name = new_name
+
+    def remove(self, name: str) -> None:
+        self._check("remove")
+        c = self.containers.get(name) or self.named(name)
+        if c is not None:
+            del self.containers[c.id]
+
+    def logs(self, name: str, *, since: float | None = None, timestamps: bool = False,
+             tail: int | None = None) -> str:
+        lines = [(t, text) for t, text in self._get(name).log if since is None or t >= since]
+        if tail is not None:
+            lines = lines[-tail:] if tail else []
+        stamp = "%Y-%m-%dT%H:%M:%S"
+        return "".join((time.strftime(stamp, time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z " if timestamps
+                        else "") + text + "\n" for t, text in lines)
+
+    def exec(self, name: str, cmd: list[str]) -> tuple[int, str]:
+        c = self._get(name)
+        if c.status != "running":
+            raise EngineError(f"container {c.id[7:19]} is not running")
+        return self.exec_results.get(tuple(cmd), (0, ""))
+
+    def published_ports(self) -> list[tuple[str, str, str, int]]:
+        return [(c.name, c.image, ip, port) for c in self.containers.values() if c.status == "running"
+                for ip, port in c.ports.values()]
+
+    def try_bind(self, image: str, address: str, port: int, name: str,
+                 labels: Mapping[str, str] | None = None) -> str | None:
+        from pipeline_steps.adapters.docker_host import BindTestError
+
+        if self.bind_test_error:
+            raise BindTestError(self.bind_test_error)
+        if self._find_image(image) is None:
+            raise BindTestError(f"No such image: {image}")
+        return self._port_reason(address, port)
+
+    def port_holder(self, address: str, port: int) -> str | None:
+        for (ip, held_port), text in self.process_holder.items():
+            if held_port == port and _overlaps(ip, address):
+                return text
+        return None
