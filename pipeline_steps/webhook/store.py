@@ -88,6 +88,7 @@ class Delivery(PushEvent):
 
 _COLUMNS = tuple(f.name for f in fields(Delivery))  # the SELECT order Delivery(*row) reads back
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM deliveries"
+_INSERT = f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
 
 @dataclass
@@ -192,30 +193,34 @@ class DeliveryStore:
         return request.found
 
     def _record_one(self, item: _Pending) -> str | None:
+        """Three statements per delivery: one look-up of all its ids, its row, its ids."""
         now = time.time()
         delivery = item.delivery
-        found = self._find(item.ids, now=None) or self._find(item.cross_lookup, now=now)
-        if found is None and self._db.execute("SELECT 1 FROM deliveries WHERE key = ?",
-                                              (delivery.key,)).fetchone():
-            found = delivery.key
+        found = self._find(item.ids, item.cross_lookup, delivery.key, now)
         if found is None:
             row = {**delivery.as_dict(), "updated_at": now}
-            self._db.execute(f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) "
-                             f"VALUES ({', '.join('?' for _ in _COLUMNS)})", [row[c] for c in _COLUMNS])
+            self._db.execute(_INSERT, [row[c] for c in _COLUMNS])
         owner = found or delivery.key
-        self._db.executemany("INSERT OR IGNORE INTO delivery_ids (id, key, at) VALUES (?, ?, ?)",
-                             [(i, owner, now) for i in item.ids + item.cross_ids])
+        ids = item.ids + item.cross_ids
+        self._db.execute("INSERT OR IGNORE INTO delivery_ids (id, key, at) VALUES "
+                         + ", ".join("(?, ?, ?)" for _ in ids), [v for i in ids for v in (i, owner, now)])
         return found
 
-    def _find(self, ids: list[str], now: float | None) -> str | None:
-        if not ids:
-            return None
-        query = f"SELECT key FROM delivery_ids WHERE id IN ({', '.join('?' for _ in ids)})"
-        args: list[Any] = list(ids)
-        if now is not None:
-            query += " AND at >= ?"
-            args.append(now - MERGE_WINDOW)
-        row = self._db.execute(query + " LIMIT 1", args).fetchone()
+    def _find(self, ids: list[str], cross_lookup: list[str], key: str, now: float) -> str | None:
+        """The key of the delivery that any of `ids` (ever), `cross_lookup` (within MERGE_WINDOW) or `key`
+        belongs to, in that order of preference; None when all are new."""
+        parts: list[str] = []
+        args: list[Any] = []
+        if ids:
+            parts.append(f"SELECT key FROM delivery_ids WHERE id IN ({', '.join('?' for _ in ids)})")
+            args += ids
+        if cross_lookup:
+            parts.append(f"SELECT key FROM delivery_ids WHERE id IN ({', '.join('?' for _ in cross_lookup)}) "
+                         "AND at >= ?")
+            args += [*cross_lookup, now - MERGE_WINDOW]
+        parts.append("SELECT key FROM deliveries WHERE key = ?")
+        args.append(key)
+        row = self._db.execute(" UNION ALL ".join(parts) + " LIMIT 1", args).fetchone()
         return str(row[0]) if row else None
 
     # ------------------------------------------------------------ reading
