@@ -50,6 +50,9 @@ PENDING, RUNNING, RETRY, DONE, FAILED, DEAD, SUPERSEDED, IGNORED = (
     "pending", "running", "retry", "done", "failed", "dead", "superseded", "ignored")
 WAITING = (PENDING, RETRY)           # states the worker picks up
 RETRIABLE_BY_HAND = (DEAD, FAILED, SUPERSEDED)
+# SQLite's page cache per connection (default 2 MiB): look-ups touch a few index pages, the rest comes from
+# the OS page cache; a small cap keeps the receiver's memory flat from its first deliveries on
+CACHE_KIB = 512
 MERGE_WINDOW = 3600.0                # a push and a merge event of one commit are one trigger within this
 
 
@@ -88,7 +91,10 @@ class Delivery(PushEvent):
 
 _COLUMNS = tuple(f.name for f in fields(Delivery))  # the SELECT order Delivery(*row) reads back
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM deliveries"
-_INSERT = f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 @dataclass
@@ -134,6 +140,7 @@ class DeliveryStore:
                                        timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._db.executescript(SCHEMA)
             have = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
             for column, kind in ADDED_COLUMNS.items():
@@ -141,6 +148,7 @@ class DeliveryStore:
                     self._db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
             self._reader = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                            timeout=10)
+            self._reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._reader.execute("SELECT 1 FROM deliveries LIMIT 1").fetchall()  # opens -wal/-shm now
         for suffix in ("", "-wal", "-shm"):
             side = Path(f"{self.path}{suffix}")
@@ -167,7 +175,9 @@ class DeliveryStore:
         Returns None when recorded, else the key of the delivery it duplicates (its ids are added to it).
 
         Group commit: callers arriving while another commit is being fsync'd are written together in the
-        next transaction (one fsync for all of them); each call returns once its own row is durable.
+        next transaction (one fsync for all of them); each call returns once its own row is durable. A
+        batch holds at most one call per thread (each waits for its own), far below SQLite's limit of
+        bound parameters.
         """
         request = _Pending(delivery, [delivery.key, *ids], list(cross_ids), list(cross_lookup))
         with self._queue_lock:
@@ -178,8 +188,7 @@ class DeliveryStore:
                     batch, self._queue = self._queue, []
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    for item in batch:
-                        item.found = self._record_one(item)
+                    self._record_batch(batch)
                     self._db.execute("COMMIT")
                     self.group_commits += 1
                 except BaseException as exc:
@@ -192,36 +201,40 @@ class DeliveryStore:
             raise request.error
         return request.found
 
-    def _record_one(self, item: _Pending) -> str | None:
-        """Three statements per delivery: one look-up of all its ids, its row, its ids."""
+    def _record_batch(self, batch: list[_Pending]) -> None:
+        """Four statements however many deliveries the batch holds (each SQLite call hands the GIL over
+        and waits to get it back): look up every id and key at once, decide in order (a delivery may
+        repeat an earlier one of the same batch), insert the new rows, insert all the ids."""
         now = time.time()
-        delivery = item.delivery
-        found = self._find(item.ids, item.cross_lookup, delivery.key, now)
-        if found is None:
-            row = {**delivery.as_dict(), "updated_at": now}
-            self._db.execute(_INSERT, [row[c] for c in _COLUMNS])
-        owner = found or delivery.key
-        ids = item.ids + item.cross_ids
+        wanted = sorted({i for item in batch for i in item.ids + item.cross_lookup})
+        known: dict[str, tuple[str, float]] = {
+            str(id_): (str(key), float(at)) for id_, key, at in self._db.execute(
+                f"SELECT id, key, at FROM delivery_ids WHERE id IN ({_marks(len(wanted))})", wanted)}
+        keys = sorted({item.delivery.key for item in batch})
+        stored = {str(row[0]) for row in self._db.execute(
+            f"SELECT key FROM deliveries WHERE key IN ({_marks(len(keys))})", keys)}
+        rows: list[Any] = []
+        id_rows: list[Any] = []
+        for item in batch:
+            key = item.delivery.key
+            item.found = (next((known[i][0] for i in item.ids if i in known), None)
+                          or next((known[i][0] for i in item.cross_lookup
+                                   if i in known and known[i][1] >= now - MERGE_WINDOW), None)
+                          or (key if key in stored else None))
+            if item.found is None:
+                row = {**item.delivery.as_dict(), "updated_at": now}
+                rows.append([row[c] for c in _COLUMNS])
+                stored.add(key)
+            owner = item.found or key
+            for i in item.ids + item.cross_ids:
+                known.setdefault(i, (owner, now))  # INSERT OR IGNORE: an id keeps its first owner
+                id_rows.append((i, owner, now))
+        if rows:
+            self._db.execute(f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) VALUES "
+                             + ", ".join(f"({_marks(len(_COLUMNS))})" for _ in rows),
+                             [v for row in rows for v in row])
         self._db.execute("INSERT OR IGNORE INTO delivery_ids (id, key, at) VALUES "
-                         + ", ".join("(?, ?, ?)" for _ in ids), [v for i in ids for v in (i, owner, now)])
-        return found
-
-    def _find(self, ids: list[str], cross_lookup: list[str], key: str, now: float) -> str | None:
-        """The key of the delivery that any of `ids` (ever), `cross_lookup` (within MERGE_WINDOW) or `key`
-        belongs to, in that order of preference; None when all are new."""
-        parts: list[str] = []
-        args: list[Any] = []
-        if ids:
-            parts.append(f"SELECT key FROM delivery_ids WHERE id IN ({', '.join('?' for _ in ids)})")
-            args += ids
-        if cross_lookup:
-            parts.append(f"SELECT key FROM delivery_ids WHERE id IN ({', '.join('?' for _ in cross_lookup)}) "
-                         "AND at >= ?")
-            args += [*cross_lookup, now - MERGE_WINDOW]
-        parts.append("SELECT key FROM deliveries WHERE key = ?")
-        args.append(key)
-        row = self._db.execute(" UNION ALL ".join(parts) + " LIMIT 1", args).fetchone()
-        return str(row[0]) if row else None
+                         + ", ".join("(?, ?, ?)" for _ in id_rows), [v for r in id_rows for v in r])
 
     # ------------------------------------------------------------ reading
 
