@@ -255,6 +255,15 @@ class _Server(TcpWSGIServer):
     channel_class = _Channel
     request_deadline = 10.0
 
+    def handle_accept(self) -> None:
+        """Every connection waiting to be accepted, up to the connection limit (waitress takes one per
+        turn of its event loop, and each turn visits every open connection)."""
+        while len(self._map) < self.adj.connection_limit:
+            before = len(self._map)
+            super().handle_accept()
+            if len(self._map) == before:  # nothing left to accept (or a bogus socket, logged)
+                return
+
     def maintenance(self, now: float) -> None:
         """Idle channels are closed (waitress); so are those whose request is late, trickling or not."""
         super().maintenance(now)
