@@ -78,7 +78,7 @@ class ReceiverSettings:
     attempts: int = 5                 # attempts per delivery before it is `dead`
     retry_wait: float = 1.0           # backoff: retry_wait * 2^n seconds, at most retry_max_wait
     retry_max_wait: float = 60.0
-    threads: int = 16
+    threads: int = 8
     backlog: int = 1024
     connection_limit: int = 256
     idle_timeout: float = 30.0        # an idle keep-alive connection is closed after this

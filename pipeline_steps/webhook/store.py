@@ -11,6 +11,7 @@ A delivery found `running` at start was interrupted by a crash: the worker resum
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -91,10 +92,14 @@ class Delivery(PushEvent):
 
 _COLUMNS = tuple(f.name for f in fields(Delivery))  # the SELECT order Delivery(*row) reads back
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM deliveries"
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
+# a batch's values go in as one JSON array: the same four statements (prepared once) for any batch size
+_FIND_IDS = "SELECT id, key, at FROM delivery_ids WHERE id IN (SELECT value FROM json_each(?))"
+_FIND_KEYS = "SELECT key FROM deliveries WHERE key IN (SELECT value FROM json_each(?))"
+_INSERT_ROWS = (f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) SELECT "
+                + ", ".join(f"json_extract(value, '$[{n}]')" for n in range(len(_COLUMNS)))
+                + " FROM json_each(?) ORDER BY key")
+_INSERT_IDS = ("INSERT OR IGNORE INTO delivery_ids (id, key, at) SELECT json_extract(value, '$[0]'), "
+               "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?) ORDER BY key")
 
 
 @dataclass
@@ -176,8 +181,7 @@ class DeliveryStore:
 
         Group commit: callers arriving while another commit is being fsync'd are written together in the
         next transaction (one fsync for all of them); each call returns once its own row is durable. A
-        batch holds at most one call per thread (each waits for its own), far below SQLite's limit of
-        bound parameters.
+        batch holds at most one call per thread (each waits for its own).
         """
         request = _Pending(delivery, [delivery.key, *ids], list(cross_ids), list(cross_lookup))
         with self._queue_lock:
@@ -203,16 +207,15 @@ class DeliveryStore:
 
     def _record_batch(self, batch: list[_Pending]) -> None:
         """Four statements however many deliveries the batch holds (each SQLite call hands the GIL over
-        and waits to get it back): look up every id and key at once, decide in order (a delivery may
+        and waits to get it back; json_each makes them the same four statements for any batch size): look
+        up every id and key at once, decide in order (a delivery may
         repeat an earlier one of the same batch), insert the new rows, insert all the ids."""
         now = time.time()
         wanted = sorted({i for item in batch for i in item.ids + item.cross_lookup})
-        known: dict[str, tuple[str, float]] = {
-            str(id_): (str(key), float(at)) for id_, key, at in self._db.execute(
-                f"SELECT id, key, at FROM delivery_ids WHERE id IN ({_marks(len(wanted))})", wanted)}
+        found_ids = self._db.execute(_FIND_IDS, (json.dumps(wanted),))
+        known: dict[str, tuple[str, float]] = {str(id_): (str(key), float(at)) for id_, key, at in found_ids}
         keys = sorted({item.delivery.key for item in batch})
-        stored = {str(row[0]) for row in self._db.execute(
-            f"SELECT key FROM deliveries WHERE key IN ({_marks(len(keys))})", keys)}
+        stored = {str(row[0]) for row in self._db.execute(_FIND_KEYS, (json.dumps(keys),))}
         rows: list[Any] = []
         id_rows: list[Any] = []
         for item in batch:
@@ -230,11 +233,8 @@ class DeliveryStore:
                 known.setdefault(i, (owner, now))  # INSERT OR IGNORE: an id keeps its first owner
                 id_rows.append((i, owner, now))
         if rows:
-            self._db.execute(f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) VALUES "
-                             + ", ".join(f"({_marks(len(_COLUMNS))})" for _ in rows),
-                             [v for row in rows for v in row])
-        self._db.execute("INSERT OR IGNORE INTO delivery_ids (id, key, at) VALUES "
-                         + ", ".join("(?, ?, ?)" for _ in id_rows), [v for r in id_rows for v in r])
+            self._db.execute(_INSERT_ROWS, (json.dumps(rows),))
+        self._db.execute(_INSERT_IDS, (json.dumps(id_rows),))
 
     # ------------------------------------------------------------ reading
 
