@@ -242,13 +242,16 @@ def cpu_s(pid: int) -> float:
 
 
 def wait_drained(port: int, deadline: float) -> bool:
-    """Until the receiver's /healthz reports nothing pending."""
+    """Until the receiver has nothing waiting and nothing in flight (its worker's action ended too)."""
     import requests
 
     while time.monotonic() < deadline:
         try:
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["pending"] == 0:
-                return True
+                rows = requests.get(f"http://127.0.0.1:{port}/deliveries?limit=200", timeout=5,
+                                    headers={"X-Gitlab-Token": TOKEN}).json()["deliveries"]
+                if not any(row["status"] in ("pending", "running", "retry") for row in rows):
+                    return True
         except (requests.RequestException, ValueError, KeyError):
             pass
         time.sleep(0.1)
