@@ -207,8 +207,7 @@ class DeliveryStore:
 
     def _record_batch(self, batch: list[_Pending]) -> None:
         """Four statements however many deliveries the batch holds (each SQLite call hands the GIL over
-        and waits to get it back; json_each makes them the same four statements for any batch size): look
-        up every id and key at once, decide in order (a delivery may
+        and waits to get it back): look up every id and key at once, decide in order (a delivery may
         repeat an earlier one of the same batch), insert the new rows, insert all the ids."""
         now = time.time()
         wanted = sorted({i for item in batch for i in item.ids + item.cross_lookup})
