@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -56,6 +57,11 @@ MAX_DEPTH = 400
 MAX_KEY = 128           # longer Idempotency-Keys / UUIDs are hashed (sha256), never cut
 MIN_TOKEN_LENGTH = 16
 ZERO_SHA = "0" * 40
+# A thread back from SQLite or a socket waits for the GIL up to this long while another thread (waitress'
+# event loop) computes: 5 ms by default, paid several times per delivery. The serving process uses less.
+SWITCH_INTERVAL = 0.0005
+SETTLE_QUIET, SETTLE_MAX = 0.02, 0.5  # the worker acts once no delivery was recorded for SETTLE_QUIET s
+WRITE_WHEN_RUNNING = 64 * 1024  # an answer being written is sent once its task ends, unless it is larger
 Log = Callable[[str], None]
 StartResponse = Callable[..., Any]
 
@@ -231,10 +237,32 @@ class _Channel(HTTPChannel):
             self.request_began = None
         return done
 
+    def writable(self) -> bool:
+        """Not while a task is still writing an answer of less than WRITE_WHEN_RUNNING bytes.
+
+        waitress polls a channel for POLLOUT as soon as its task has written anything, and its
+        handle_write skips sending while the task holds the buffer: the event loop spins, holding the GIL
+        the task needs to end. The task pulls the loop's trigger when it ends; the answer goes out then.
+        (A task blocks for the loop only above outbuf_high_watermark, far above this.)
+        """
+        if (self.requests and self.total_outbufs_len < WRITE_WHEN_RUNNING
+                and not (self.will_close or self.close_when_flushed)):
+            return False
+        return bool(super().writable())
+
 
 class _Server(TcpWSGIServer):
     channel_class = _Channel
     request_deadline = 10.0
+
+    def handle_accept(self) -> None:
+        """Every connection waiting to be accepted, up to the connection limit (waitress takes one per
+        turn of its event loop, and each turn visits every open connection)."""
+        while len(self._map) < self.adj.connection_limit:
+            before = len(self._map)
+            super().handle_accept()
+            if len(self._map) == before:  # nothing left to accept (or a bogus socket, logged)
+                return
 
     def maintenance(self, now: float) -> None:
         """Idle channels are closed (waitress); so are those whose request is late, trickling or not."""
@@ -296,7 +324,7 @@ class WebhookServer:
                           connection_limit=settings.connection_limit, channel_timeout=settings.idle_timeout,
                           cleanup_interval=1, max_request_body_size=settings.max_body + 1,
                           max_request_header_size=64 * 1024, ident="ps-webhook", expose_tracebacks=False,
-                          asyncore_use_poll=True, asyncore_loop_timeout=0.2,
+                          asyncore_use_poll=True, asyncore_loop_timeout=1,  # whole seconds (an int)
                           clear_untrusted_proxy_headers=False)
         self._map: dict[int, Any] = {}
         dispatcher = _Dispatcher()
@@ -504,11 +532,23 @@ class WebhookServer:
             self._run(delivery, resumed=True)
         while not self._stop.is_set():
             self._wake.clear()
+            self._settle()
             if self.run_pending() == 0:
                 with self._idle:
                     self._idle_rounds += 1  # a round that found nothing to do (wait_idle counts them)
                     self._idle.notify_all()
             self._wake.wait(timeout=1.0)
+
+    def _settle(self) -> None:
+        """Let a burst of deliveries be recorded before acting on it (at most SETTLE_MAX): the action's
+        store writes and HTTP calls would compete with the receiving threads, and coalescing then starts
+        the burst's newest push of a branch once instead of its first one and then the newest."""
+        deadline = time.monotonic() + SETTLE_MAX
+        seen = self.store.group_commits
+        while time.monotonic() < deadline and not self._stop.wait(SETTLE_QUIET):
+            if self.store.group_commits == seen:
+                return
+            seen = self.store.group_commits
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until the worker has nothing left to do (two empty rounds begun after this call)."""
@@ -541,6 +581,7 @@ class WebhookServer:
 
     def serve_forever(self) -> None:
         """Serve in this thread until KeyboardInterrupt (SIGINT/SIGTERM), then stop."""
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._begin()
         try:
             self._httpd.run()

@@ -11,6 +11,7 @@ A delivery found `running` at start was interrupted by a crash: the worker resum
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -50,6 +51,9 @@ PENDING, RUNNING, RETRY, DONE, FAILED, DEAD, SUPERSEDED, IGNORED = (
     "pending", "running", "retry", "done", "failed", "dead", "superseded", "ignored")
 WAITING = (PENDING, RETRY)           # states the worker picks up
 RETRIABLE_BY_HAND = (DEAD, FAILED, SUPERSEDED)
+# SQLite's page cache per connection (default 2 MiB): look-ups touch a few index pages, the rest comes from
+# the OS page cache; a small cap keeps the receiver's memory flat from its first deliveries on
+CACHE_KIB = 512
 MERGE_WINDOW = 3600.0                # a push and a merge event of one commit are one trigger within this
 
 
@@ -88,6 +92,14 @@ class Delivery(PushEvent):
 
 _COLUMNS = tuple(f.name for f in fields(Delivery))  # the SELECT order Delivery(*row) reads back
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM deliveries"
+# a batch's values go in as one JSON array: the same four statements (prepared once) for any batch size
+_FIND_IDS = "SELECT id, key, at FROM delivery_ids WHERE id IN (SELECT value FROM json_each(?))"
+_FIND_KEYS = "SELECT key FROM deliveries WHERE key IN (SELECT value FROM json_each(?))"
+_INSERT_ROWS = (f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) SELECT "
+                + ", ".join(f"json_extract(value, '$[{n}]')" for n in range(len(_COLUMNS)))
+                + " FROM json_each(?) ORDER BY key")
+_INSERT_IDS = ("INSERT OR IGNORE INTO delivery_ids (id, key, at) SELECT json_extract(value, '$[0]'), "
+               "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?) ORDER BY key")
 
 
 @dataclass
@@ -133,6 +145,7 @@ class DeliveryStore:
                                        timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._db.executescript(SCHEMA)
             have = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
             for column, kind in ADDED_COLUMNS.items():
@@ -140,6 +153,7 @@ class DeliveryStore:
                     self._db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
             self._reader = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                            timeout=10)
+            self._reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._reader.execute("SELECT 1 FROM deliveries LIMIT 1").fetchall()  # opens -wal/-shm now
         for suffix in ("", "-wal", "-shm"):
             side = Path(f"{self.path}{suffix}")
@@ -166,7 +180,8 @@ class DeliveryStore:
         Returns None when recorded, else the key of the delivery it duplicates (its ids are added to it).
 
         Group commit: callers arriving while another commit is being fsync'd are written together in the
-        next transaction (one fsync for all of them); each call returns once its own row is durable.
+        next transaction (one fsync for all of them); each call returns once its own row is durable. A
+        batch holds at most one call per thread (each waits for its own).
         """
         request = _Pending(delivery, [delivery.key, *ids], list(cross_ids), list(cross_lookup))
         with self._queue_lock:
@@ -177,8 +192,7 @@ class DeliveryStore:
                     batch, self._queue = self._queue, []
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    for item in batch:
-                        item.found = self._record_one(item)
+                    self._record_batch(batch)
                     self._db.execute("COMMIT")
                     self.group_commits += 1
                 except BaseException as exc:
@@ -191,32 +205,35 @@ class DeliveryStore:
             raise request.error
         return request.found
 
-    def _record_one(self, item: _Pending) -> str | None:
+    def _record_batch(self, batch: list[_Pending]) -> None:
+        """Four statements however many deliveries the batch holds (each SQLite call hands the GIL over
+        and waits to get it back): look up every id and key at once, decide in order (a delivery may
+        repeat an earlier one of the same batch), insert the new rows, insert all the ids."""
         now = time.time()
-        delivery = item.delivery
-        found = self._find(item.ids, now=None) or self._find(item.cross_lookup, now=now)
-        if found is None and self._db.execute("SELECT 1 FROM deliveries WHERE key = ?",
-                                              (delivery.key,)).fetchone():
-            found = delivery.key
-        if found is None:
-            row = {**delivery.as_dict(), "updated_at": now}
-            self._db.execute(f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) "
-                             f"VALUES ({', '.join('?' for _ in _COLUMNS)})", [row[c] for c in _COLUMNS])
-        owner = found or delivery.key
-        self._db.executemany("INSERT OR IGNORE INTO delivery_ids (id, key, at) VALUES (?, ?, ?)",
-                             [(i, owner, now) for i in item.ids + item.cross_ids])
-        return found
-
-    def _find(self, ids: list[str], now: float | None) -> str | None:
-        if not ids:
-            return None
-        query = f"SELECT key FROM delivery_ids WHERE id IN ({', '.join('?' for _ in ids)})"
-        args: list[Any] = list(ids)
-        if now is not None:
-            query += " AND at >= ?"
-            args.append(now - MERGE_WINDOW)
-        row = self._db.execute(query + " LIMIT 1", args).fetchone()
-        return str(row[0]) if row else None
+        wanted = sorted({i for item in batch for i in item.ids + item.cross_lookup})
+        found_ids = self._db.execute(_FIND_IDS, (json.dumps(wanted),))
+        known: dict[str, tuple[str, float]] = {str(id_): (str(key), float(at)) for id_, key, at in found_ids}
+        keys = sorted({item.delivery.key for item in batch})
+        stored = {str(row[0]) for row in self._db.execute(_FIND_KEYS, (json.dumps(keys),))}
+        rows: list[Any] = []
+        id_rows: list[Any] = []
+        for item in batch:
+            key = item.delivery.key
+            item.found = (next((known[i][0] for i in item.ids if i in known), None)
+                          or next((known[i][0] for i in item.cross_lookup
+                                   if i in known and known[i][1] >= now - MERGE_WINDOW), None)
+                          or (key if key in stored else None))
+            if item.found is None:
+                row = {**item.delivery.as_dict(), "updated_at": now}
+                rows.append([row[c] for c in _COLUMNS])
+                stored.add(key)
+            owner = item.found or key
+            for i in item.ids + item.cross_ids:
+                known.setdefault(i, (owner, now))  # INSERT OR IGNORE: an id keeps its first owner
+                id_rows.append((i, owner, now))
+        if rows:
+            self._db.execute(_INSERT_ROWS, (json.dumps(rows),))
+        self._db.execute(_INSERT_IDS, (json.dumps(id_rows),))
 
     # ------------------------------------------------------------ reading
 
