@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline_steps.config import Config, Service
-from pipeline_steps.deploy.ops import Check, GateVerdict, Notice, SlotInfo, SlotMissing
+from pipeline_steps.deploy.ops import Check, DeployOps, GateVerdict, Notice, SlotInfo, SlotMissing
 from pipeline_steps.errors import BadInput, CheckFailed
 
 Health = Callable[[float], str | None]  # seconds since the slot started -> None (healthy) or why not
@@ -258,3 +258,8 @@ class FakeOps:
 
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> FakeProbe:
         return FakeProbe(self, self.clock + self.probe_seconds, work)
+
+
+def _conforms(fake: FakeOps) -> DeployOps:
+    """mypy checks here that FakeOps has every operation of DeployOps."""
+    return fake
