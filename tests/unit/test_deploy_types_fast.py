@@ -395,3 +395,43 @@ def test_message_counts(config: Config) -> None:
     fake.registry.add("dddd00000004")
     deploy(fake, "canary-auto", build_id="dddd00000004")
     assert statuses(fake) == ["started", "rolled-back"]
+
+
+@pytest.mark.parametrize(("type", "kw", "words"), [
+    ("stable", {}, [f"{NEW} into canary", "gate it", "traffic to the canary (100 %)", f"{NEW} into stable",
+                    "gate stable", "stable 100 %", "verify", "prune"]),
+    ("canary-auto", {}, ["into canary", "gate canary", "canary 10 %", "verify",
+                         "hold 30s checking health every 1s", "canary 40 %", "verify", "hold 30s"]),
+    ("blue-green", {"keep": 60.0}, ["into the inactive color", "gate it", "switch to it", "verify",
+                                    "watch it 60s checking health every 1s", "stop the old color after 60s"]),
+])
+def test_the_plan_names_every_step_in_order(config: Config, type: str, kw: dict[str, Any],
+                                            words: list[str]) -> None:
+    rollout = Rollout(config, DeployRequest(type=type, build_id=NEW, **kw), None, Said(),  # type: ignore[arg-type]
+                      ops=live_world(config))
+    plan = " | ".join(rollout.plan())
+    at = -1
+    for word in words:
+        found = plan.find(word, at + 1)
+        assert found > at, (word, plan)
+        at = found
+
+
+def test_a_failing_weights_change_and_its_failing_rollback_say_both(config: Config) -> None:
+    fake = live_world(config)
+    fake.faults["set_weights"] = "nginx -t failed"
+    outcome, _, _ = deploy(fake, "canary-auto")
+    assert outcome.result == "failure" and outcome.exit_code == 1
+    assert "setting canary 10 % failed: nginx -t failed; ROLLBACK FAILED" in outcome.message
+    assert statuses(fake) == ["started", "failure"]
+
+
+def test_blue_green_refuses_services_on_different_colors(tmp_path: Path) -> None:
+    app2 = {"context": ".", "slots": {"blue": 18093, "green": 18094}}
+    config = make_config(tmp_path, services={"app2": app2})
+    fake = live_world(config)
+    fake.run_slot("app2", "green", OLD)
+    fake.active["app2"] = "green"
+    outcome, _, _ = deploy(fake, "blue-green")
+    assert outcome.result == "failure" and "disagree on the active color" in outcome.message
+    assert not [c for c in fake.calls if c[0] == "deploy"]
