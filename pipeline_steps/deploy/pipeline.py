@@ -23,10 +23,10 @@ from pipeline_steps.config import Config
 from pipeline_steps.context import CIContext
 from pipeline_steps.deploy.history import HistoryEntry, HistoryLog
 from pipeline_steps.deploy.lock import DEFAULT_LEASE_TTL, DeployLock, Lease
+from pipeline_steps.deploy.plan import DEPLOY_TYPES
 from pipeline_steps.errors import BadInput, PsError
 from pipeline_steps.output import Output
 
-DEPLOY_TYPES = ("stable", "canary-manual", "canary-auto", "promote-canary", "rollback", "blue-green")
 STEP_TYPES = ("deploy-env", "set-weights", "switch")
 LEASED_WAIT = 120.0  # a step of the leased pipeline waits this long for another of its steps
 

@@ -1,0 +1,353 @@
+"""The operations a deploy plan calls, behind one facade: `DeployOps`.
+
+`RealOps` calls today's step functions (deploy-env, health-gate, set-weights, switch, verify-weights,
+status, traffic, mattermost-notify) and the engine; `pipeline_steps.deploy.fake.FakeOps` is an
+in-memory world with the same methods, so every deployment type runs in the fast test tier. The plans
+(deploy/types.py) never import a step module: everything they change or read goes through here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline_steps.config import Config, Service
+from pipeline_steps.context import CIContext
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The end of one slot's health gate."""
+
+    healthy: bool
+    tries: int
+    reason: str
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One health check of a slot on every host."""
+
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """One slot's container on one host (state: running | exited | created | missing | ...)."""
+
+    service: str
+    slot: str
+    host: str
+    state: str
+    container: str
+    build_id: str | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Whether a notification went out."""
+
+    delivered: bool
+    reason: str = ""
+
+
+class SlotMissing(Exception):
+    """start_slot: a host has no container for the slot."""
+
+    def __init__(self, host: str, container: str) -> None:
+        super().__init__(f"{container} on host {host}")
+        self.host = host
+        self.container = container
+
+
+class Probe(Protocol):
+    """A live-split measure running beside a hold's health checks."""
+
+    read: bool
+
+    def is_done(self) -> bool: ...
+    def result(self) -> list[dict[str, Any]]: ...
+
+
+class DeployOps(Protocol):
+    """Everything a deploy plan does to or asks of the world."""
+
+    def deploy_slot(self, slot: str, services: Sequence[Service], build_id: str, force: bool) -> bool: ...
+    def gate(self, slot: str, service: Service) -> GateVerdict: ...
+    def check_once(self, slot: str, service: Service, logs_fallback: bool = True) -> Check: ...
+    def set_weights(self, pct: float, names: Sequence[str]) -> None: ...
+    def switch(self, color: str, names: Sequence[str]) -> None: ...
+    def verify(self, names: Sequence[str], canary: float | None, active: str | None) -> list[str]: ...
+    def measure(self, service: Service, canary: float | None, active: str | None) -> list[dict[str, Any]]: ...
+    def canary_percent(self, names: Sequence[str]) -> dict[str, float]: ...
+    def active_colors(self, names: Sequence[str]) -> dict[str, str | None]: ...
+    def live_active(self, service: Service) -> str | None: ...
+    def slots(self) -> list[SlotInfo]: ...
+    def start_slot(self, slot: str, service: Service) -> list[str]: ...
+    def stop_slot(self, slot: str, services: Sequence[Service]) -> None: ...
+    def prune(self, services: Sequence[Service]) -> None: ...
+    def kept_builds(self, service: Service) -> list[str]: ...
+    def check_image(self, build_id: str, services: Sequence[Service]) -> None: ...
+    def notify(self, status: str, **kw: Any) -> Notice: ...
+    def now(self) -> float: ...
+    def pause(self, seconds: float, probe: Probe | None) -> None: ...
+    def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe: ...
+
+
+class RealOps:
+    """The operations on the real hosts and router of `config` (what `ps deploy` uses)."""
+
+    def __init__(self, config: Config, ctx: CIContext | None, say: Callable[[str], None],
+                 warn: Callable[[str], None], deploy_type: str, services: Sequence[str] = ()) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.say = say
+        self.warn = warn
+        self.deploy_type = deploy_type
+        self.names = tuple(services)
+
+    def deploy_slot(self, slot: str, services: Sequence[Service], build_id: str, force: bool) -> bool:
+        from pipeline_steps.steps.deploy_env import deploy_slot
+
+        result = deploy_slot(self.config, slot, list(services), build_id, force=force, ctx=self.ctx,
+                             say=self.say)
+        return bool(result.changed)
+
+    def gate(self, slot: str, service: Service) -> GateVerdict:
+        from pipeline_steps.steps.health_gate import GatePolicy, TryRecord, gate, service_targets, try_line
+
+        policy = GatePolicy.from_spec(service.health)
+
+        def on_try(record: TryRecord) -> None:
+            self.say(f"  {service.name}/{slot} {try_line(record, policy.retries)}")
+
+        result = gate(service_targets(self.config, service.name, slot), policy, on_try=on_try)
+        return GateVerdict(result.healthy, result.tries, result.reason, result.elapsed)
+
+    def check_once(self, slot: str, service: Service, logs_fallback: bool = True) -> Check:
+        from dataclasses import replace
+
+        from pipeline_steps.steps.health_gate import GatePolicy, check_once, service_targets
+
+        policy = GatePolicy.from_spec(service.health, retries=1, successes=1, start_period=0.0)
+        if not logs_fallback:  # serving means answering: a stopped container's matching logs carry nothing
+            policy = replace(policy, logs_fallback=None)
+        record = check_once(service_targets(self.config, service.name, slot), policy)
+        return Check(record.ok, record.reason or "")
+
+    def set_weights(self, pct: float, names: Sequence[str]) -> None:
+        from pipeline_steps.steps.set_weights import set_weights
+        from pipeline_steps.steps.traffic import say_change
+
+        say_change(_Said(self.say, self.warn), set_weights(self.config, pct, list(names)))  # type: ignore[arg-type]
+
+    def switch(self, color: str, names: Sequence[str]) -> None:
+        from pipeline_steps.steps.switch import switch
+        from pipeline_steps.steps.traffic import say_change
+
+        say_change(_Said(self.say, self.warn), switch(self.config, color, list(names)))  # type: ignore[arg-type]
+
+    def verify(self, names: Sequence[str], canary: float | None, active: str | None) -> list[str]:
+        from pipeline_steps.steps.verify_weights import verify_weights
+
+        result = verify_weights(self.config, expect_canary=canary, expect_active=active, services=list(names))
+        return [p for s in result.services for p in s.get("problems", [])]
+
+    def measure(self, service: Service, canary: float | None, active: str | None) -> list[dict[str, Any]]:
+        from pipeline_steps.steps.verify_weights import verify_weights
+
+        return list(verify_weights(self.config, expect_canary=canary, expect_active=active,
+                                   services=[service.name], probe=self.config.canary.probe,
+                                   url=service.url).services)
+
+    def canary_percent(self, names: Sequence[str]) -> dict[str, float]:
+        from pipeline_steps.steps.traffic import traffic_status
+
+        wanted = set(names)
+        return {s.service: float(s.split.get("canary", 0.0)) for s in traffic_status(self.config).services
+                if s.service in wanted}
+
+    def active_colors(self, names: Sequence[str]) -> dict[str, str | None]:
+        from pipeline_steps.steps.traffic import traffic_status
+
+        status = {s.service: s for s in traffic_status(self.config).services}
+        return {n: (status[n].active if n in status else None) for n in names}
+
+    def live_active(self, service: Service) -> str | None:
+        """The active color from the live include file only (no engine call: rollback's first move)."""
+        from pipeline_steps.steps.traffic import load_live
+        from pipeline_steps.upstreams import active_color
+
+        live = load_live(self.config)
+        upstream = (live.upstreams() if live is not None else {}).get(service.upstream)
+        return active_color(upstream, service, self.config.hosts) if upstream else None
+
+    def slots(self) -> list[SlotInfo]:
+        from pipeline_steps.steps.status import slot_status
+
+        return [SlotInfo(s.service, s.slot, s.host, s.state, s.container, s.build_id)
+                for s in slot_status(self.config).slots]
+
+    def start_slot(self, slot: str, service: Service) -> list[str]:
+        from pipeline_steps.adapters import slots
+        from pipeline_steps.adapters.docker_host import engine
+        from pipeline_steps.steps.deploy_env import _existing
+
+        name = slots.container_name(self.config.app, service.name, slot)
+        started = []
+        for host in self.config.hosts:
+            with engine(host) as client:
+                container = _existing(client, name)
+                if container is None:
+                    raise SlotMissing(host.name, name)
+                if container.status != "running":
+                    container.start()
+                    started.append(f"host {host.name}: started {name} (was {container.status})")
+        return started
+
+    def stop_slot(self, slot: str, services: Sequence[Service]) -> None:
+        from pipeline_steps.adapters import slots
+        from pipeline_steps.adapters.docker_host import engine
+
+        for host in self.config.hosts:
+            with engine(host) as client:
+                for service in services:
+                    name = slots.container_name(self.config.app, service.name, slot)
+                    for c in client.containers.list(filters={"name": f"^{name}$"}, ignore_removed=True):
+                        c.stop(timeout=10)
+                        self.say(f"host {host.name}: stopped {name}")
+
+    def prune(self, services: Sequence[Service]) -> None:
+        """Keep the newest deploy.keep_images images per service on every host (for --to previous)."""
+        import docker.errors
+
+        from pipeline_steps.adapters.docker_host import engine, repo_images
+
+        keep = self.config.deploy.keep_images
+        for host in self.config.hosts:
+            with engine(host) as client:
+                # the raw list: inspecting each container races with containers removed meanwhile
+                used = {c.get("ImageID") for c in client.api.containers(all=True)}
+                for service in services:
+                    for image in repo_images(client, self.config.image_repo(service))[keep:]:
+                        if image.id in used:
+                            continue
+                        # untag, never remove by ID: a tag of the same image in another repository stays
+                        for tag in image.tags:
+                            try:
+                                client.images.remove(tag)
+                                self.say(f"host {host.name}: removed old image {tag}")
+                            except docker.errors.APIError:
+                                pass
+
+    def kept_builds(self, service: Service) -> list[str]:
+        """The BUILD_IDs of the service's images kept on the first host, newest first."""
+        from pipeline_steps.adapters.docker_host import engine, repo_images
+
+        with engine(self.config.hosts[0]) as client:
+            images = repo_images(client, self.config.image_repo(service))
+        return [tag.rpartition(":")[2] for image in images for tag in image.tags]
+
+    def check_image(self, build_id: str, services: Sequence[Service]) -> None:
+        """BadInput unless every host has each service's image `build_id` or its registry has it.
+
+        A host whose engine does not answer is skipped with a warning: the rollback's traffic move needs
+        no engine, and the redeploy after it reports the host itself.
+        """
+        import docker.errors
+
+        from pipeline_steps.adapters.docker_host import engine
+        from pipeline_steps.errors import BadInput, Unreachable
+        from pipeline_steps.steps.deploy_env import _registry_auth
+
+        for host in self.config.hosts:
+            try:
+                with engine(host, timeout=20) as client:
+                    for service in services:
+                        ref = self.config.image_ref(service, build_id)
+                        try:
+                            client.images.get(ref)
+                            continue
+                        except docker.errors.ImageNotFound:
+                            pass
+                        except docker.errors.APIError as exc:
+                            raise BadInput(f"--to {build_id}: {ref} is not a usable image reference: "
+                                           f"{_short(exc)}") from None
+                        try:
+                            client.images.get_registry_data(ref, auth_config=_registry_auth())
+                        except docker.errors.APIError as exc:
+                            raise BadInput(f"--to {build_id}: image {ref} is not on host {host.name} and "
+                                           f"cannot be pulled ({_short(exc)}); see ps history for the "
+                                           "builds deployed") from None
+            except Unreachable as exc:
+                self.warn(f"could not check image {build_id} on host {host.name}: {exc.message}")
+
+    def notify(self, status: str, **kw: Any) -> Notice:
+        from pipeline_steps.steps.mattermost_notify import notify
+
+        kw.setdefault("log_url", self.ctx.job_url if self.ctx else None)
+        result = notify(self.config, self.ctx, status=status, deploy_type=self.deploy_type,
+                        services=list(self.names) or list(self.config.services), **kw)
+        return Notice(bool(result.delivered), result.reason or "")
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def pause(self, seconds: float, probe: Probe | None) -> None:
+        if seconds <= 0:
+            return
+        if isinstance(probe, _Background) and not probe.read:
+            probe.done.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe:
+        return _Background(work)
+
+
+class _Said:
+    """The two Output methods say_change uses, bound to callbacks."""
+
+    def __init__(self, say: Callable[[str], None], warn: Callable[[str], None]) -> None:
+        self.say = say
+        self.warn = warn
+
+
+class _Background:
+    """Runs `work` in a daemon thread; `done` is set when it ended, `result()` returns or re-raises."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.done = threading.Event()
+        self.read = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._work = work
+        threading.Thread(target=self._run, daemon=True, name="ps-probe").start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._work()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def is_done(self) -> bool:
+        return self.done.is_set()
+
+    def result(self) -> Any:
+        self.done.wait()
+        self.read = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _short(exc: Any) -> str:
+    text = str(getattr(exc, "explanation", None) or exc)
+    return " ".join(text.split())[:200]
