@@ -201,8 +201,8 @@ def listed_jobs(output: str) -> dict[str, str]:
 @pytest.mark.parametrize("branch, present, absent", [
     ("develop",
      {"deploy:canary", "health:canary", "traffic:canary-auto", "verify:canary"},
-     {"deploy:stable", "traffic:stable"}),
-    ("main", {"deploy:stable", "health:stable", "traffic:stable", "verify:stable"},
+     {"deploy:stable", "verify:stable"}),
+    ("main", {"deploy:stable", "verify:stable"},
      {"deploy:canary", "traffic:canary-auto"}),
 ])
 def test_rules_pick_the_jobs_per_branch(tmp_path: Path, branch: str, present: set[str],
@@ -332,8 +332,7 @@ def test_build_failure_sends_one_failed_message_with_the_log_link(ci_bed: CiBed)
 def test_default_branch_pipeline_deploys_stable(ci_bed: CiBed) -> None:
     done = run_jobs(ci_bed, branch="main", pipeline=1)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
-    for job in ("build", "push", "deploy:stable", "health:stable", "traffic:stable", "verify:stable",
-                "notify:success"):
+    for job in ("build", "push", "deploy:stable", "verify:stable", "notify:success"):
         assert f"PASS  {job}" in done.stdout, job
     assert "notify:failure" not in done.stdout.split("PASS")[-1]
     assert set(ci_bed.through_nginx(20)) == {"stable"}
@@ -342,10 +341,11 @@ def test_default_branch_pipeline_deploys_stable(ci_bed: CiBed) -> None:
     assert not ci_bed.leased()
     build = ci_bed.head()[:12]
     entries = of_pipeline(ci_bed, 1)
-    assert [e["type"] for e in entries] == ["deploy-env", "set-weights", "stable"]
+    # issue 9: the stable stage is `ps deploy --type stable`, through the canary slot (no request dropped)
+    assert [e["type"] for e in entries] == ["stable"]
     stable = entries[-1]
-    assert (stable["result"], stable["build_ids"], stable["weights"]) == ("success", {"web/stable": build},
-                                                                          {"web": 0})
+    assert (stable["result"], stable["build_ids"], stable["weights"]) == \
+        ("success", {"web/canary": build, "web/stable": build}, {"web": 0})
     assert (ci_bed.repo / "ps-pipeline.json").exists() and (ci_bed.repo / "ps-pipeline.html").exists()
     # the same type by `ps deploy` ends in the same state, history entry and messages
     env = ci_bed.env(**ci_bed.secrets(), CI_COMMIT_SHA=ci_bed.head(), CI_COMMIT_BRANCH="main",
@@ -461,8 +461,7 @@ def test_fresh_repository_adopts_the_template_with_the_readme_lines(ci_bed: CiBe
     ci_bed.git("remote", "set-head", "origin", "main")
     done = run_jobs(ci_bed, branch="main", pipeline=5)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
-    for job in ("build", "push", "deploy:stable", "health:stable", "traffic:stable", "verify:stable",
-                "notify:success"):
+    for job in ("build", "push", "deploy:stable", "verify:stable", "notify:success"):
         assert f"PASS  {job}" in done.stdout, job
     assert "not found" not in done.stdout + done.stderr and "HEAD" not in done.stderr, done.stderr[-2000:]
     assert ci_bed.endpoints.sent() == ["started", "success"]
