@@ -367,7 +367,9 @@ def test_one_pipeline_deploys_all_three_services(ci_bed: CiBed) -> None:
     done = run_jobs(ci_bed, branch="main", pipeline=1)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     build = ci_bed.head()[:12]
-    assert running_builds(ci_bed) == {(name, "stable"): build for name in THREE_SERVICES}
+    # ps deploy --type stable goes through the canary slot: both slots run the new build
+    assert running_builds(ci_bed) == {(name, slot): build for name in THREE_SERVICES
+                                      for slot in ("stable", "canary")}
     stable = of_pipeline(ci_bed, 1)[-1]
     assert stable["type"] == "stable"
     assert stable["build_ids"] == {f"{n}/stable": build for n in THREE_SERVICES}

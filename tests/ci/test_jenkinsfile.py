@@ -415,7 +415,11 @@ def test_jenkinsfile_canary_auto_rolled_back_in_its_traffic_phase(ci_bed: CiBed,
     worker = threading.Thread(target=lambda: runs.append(run_plan(ci_bed, plan, 2)))
     worker.start()
     deadline = time.monotonic() + 240
-    while "canary" not in ci_bed.through_nginx(10):  # the traffic phase gave the canary its first step
+    new_build = ci_bed.head()[:12]
+    # the traffic phase gave the new canary its first step (the stable deploy left the canary slot
+    # running the old build at the minimum weight: that one must not count)
+    while running_builds(ci_bed).get(("web", "canary")) != new_build or \
+            "canary" not in ci_bed.through_nginx(10):
         assert worker.is_alive() and time.monotonic() < deadline, "the canary never got traffic"
     client = docker.DockerClient(base_url=ci_bed.docker_host)
     try:
