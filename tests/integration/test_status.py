@@ -29,10 +29,16 @@ def test_status_flags_a_host_with_another_build(second_host: Any, engine: Any, d
     two = second_host.engine.client()
     clients = {"one": docker_client, "two": two}
     try:
-        for client in clients.values():
-            image = client.images.get(sample_image)
-            image.tag(repo, "b1")
-            image.tag(repo, "b2")
+        import docker.errors
+
+        image = docker_client.images.get(sample_image)
+        try:
+            two.images.get(image.id)
+        except docker.errors.ImageNotFound:  # the tag moved on the shared engine since the session began
+            two.images.load(b"".join(image.save(named=sample_image)))
+        for client in clients.values():  # by ID: the same image on both hosts, whatever the tag says now
+            client.images.get(image.id).tag(repo, "b1")
+            client.images.get(image.id).tag(repo, "b2")
         done = docker_ps("deploy-env", "--slot", "stable", "--build-id", "b1")
         assert done.returncode == 0, done.stderr
         # the slot answers on both hosts' addresses
