@@ -193,7 +193,7 @@ def site_plan(kinds: dict[str, str], app: str, workdir: Path,
         slots = ("stable", "canary") if kind == "canary" else ("blue", "green")
         ports[name] = {slots[0]: a, slots[1]: b}
         services[name] = {"context": ".", "slots": ports[name]}
-    raw: dict[str, Any] = {"app": app, "registry": f"{address()}:5999", "services": services,
+    raw: dict[str, Any] = {"app": app, "registry": "127.0.0.1:5999", "services": services,
                            "hosts": [{"name": "local", "address": address()}],
                            "state_dir": str(workdir / "state"), **(extra or {})}
     first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=workdir)

@@ -127,7 +127,7 @@ def test_ssh_host_runs_the_same_image(two_hosts: Callable[[str], TwoHosts], ssh_
     bed = two_hosts(ssh_host.url)
     _deploy_everywhere(bed, docker_ps, env=ssh_host.client_env)
     log = ssh_host.log()
-    assert f"Accepted publickey for root from {address()}" in log  # it really went through sshd
+    assert "Accepted publickey for root from 127.0.0.1" in log  # it really went through sshd
     assert "Starting session: command for root" in log
 
 
