@@ -14,6 +14,7 @@ out twice in a run, so releasing it before the consumer binds is safe: no other 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import random
@@ -43,6 +44,16 @@ def _claim(addr: str) -> socket.socket | None:
         return None
 
 
+def _counter(host: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"ps-bed-ports-{host}"
+
+
+def _forget(*hosts: str) -> None:
+    """At the claimer's exit: its port counters go (the claim sockets close with the process)."""
+    for host in hosts:
+        _counter(host).unlink(missing_ok=True)
+
+
 def _draw() -> tuple[str, str]:
     rng = random.Random(os.getpid() ^ uuid.uuid4().int)
     for _ in range(200):
@@ -56,6 +67,7 @@ def _draw() -> tuple[str, str]:
             one.close()
             continue
         _claims.extend((one, two))
+        atexit.register(_forget, first, second)
         return first, second
     raise RuntimeError("no free loopback address pair in 127.0.0.0/8")
 
@@ -93,8 +105,7 @@ def _bindable(host: str, port: int) -> bool:
 def free_port(host: str | None = None) -> int:
     """A port of `host` (default: the run's address) that nobody holds and this run never handed out."""
     host = host or address()
-    counter = Path(tempfile.gettempdir()) / f"ps-bed-ports-{host}"
-    with open(counter, "a+") as fh:
+    with open(_counter(host), "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         text = fh.read().strip()

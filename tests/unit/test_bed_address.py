@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def test_ports_are_never_handed_out_twice_in_a_run_and_are_free() -> None:
 
 def test_a_port_in_use_is_skipped() -> None:
     with ports.held_port() as held:
-        with open(Path(tempfile.gettempdir()) / f"ps-bed-ports-{ports.address()}", "w") as fh:
+        with open(ports._counter(ports.address()), "w") as fh:
             fh.write(str(held - 1))  # the counter's next candidate is the held port
         assert ports.free_port() != held
 
