@@ -100,12 +100,17 @@ def base_image(docker_client: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def sample_image(docker_client: Any, base_image: str) -> str:
-    """The sample app built once per session, tagged pipeline-steps/sample-app:<SAMPLE_BUILD_ID>."""
-    tag = f"pipeline-steps/sample-app:{SAMPLE_BUILD_ID}"
+def sample_image(docker_client: Any, base_image: str) -> Iterator[str]:
+    """The sample app built once per session, tagged pipeline-steps/sample-app:<SAMPLE_BUILD_ID>-<run>:
+    a tag of this run alone, so a parallel run's build never moves it (its tag goes at the end)."""
+    tag = f"pipeline-steps/sample-app:{SAMPLE_BUILD_ID}-{unique('r')}"
     docker_client.images.build(path=str(images.SAMPLE_APP), tag=tag, rm=True,
                                buildargs={"BUILD_ID": SAMPLE_BUILD_ID, "BASE_IMAGE": base_image})
-    return tag
+    yield tag
+    try:
+        docker_client.images.remove(tag)
+    except Exception:
+        pass
 
 
 @pytest.fixture
