@@ -55,7 +55,7 @@ def test_status_flags_a_host_with_another_build(second_host: Any, engine: Any, d
         assert flagged.returncode == 1
         assert "MISMATCH backend stable" in flagged.stdout and "one=b1, two=b2" in flagged.stdout
         # a different image under the same tag on host two: deploy-env refuses
-        other = two.images.get(f"{SAMPLE_TAG}:5a3e1e000001")
+        other = two.images.get(sample_image)
         two.images.build(fileobj=_dockerfile(other.id), tag=f"{repo}:b3", rm=True)
         docker_client.images.get(sample_image).tag(repo, "b3")
         differ = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b3")
