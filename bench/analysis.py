@@ -1,8 +1,8 @@
 """Canary judgement: how fast a bad canary is caught, and how often an equal one is rolled back.
 
-Traffic through real nginx on 127.0.0.1 at 100 req/s with the canary at 10 % (weights 900:100), two
-local backends per upstream, judged from nginx's own ps_json access log with the default
-AnalysisPolicy (2 pp, 50 ms p99, confidence 0.99, min_requests 50) and a hold of 30 planned looks (one
+Traffic through real nginx (on the run's loopback address) at 100 req/s with the canary at 10 %
+(weights 900:100), two local backends per upstream, judged from nginx's own ps_json access log with the
+default AnalysisPolicy (2 pp, 50 ms p99, confidence 0.99, min_requests 50) and a hold of 30 planned looks (one
 per 100 requests, i.e. a 30 s pause looked at every second; alpha per test 0.01 / 30 / 2).
 - detection: a canary answering 5 % random 500s against a stable with none (+5 pp), the same over a 1 %
   base rate on both (1 % vs 6 %), and one 100 ms slower (+100 ms p99), RUNS holds each, bounded at 3000

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from testbed import images  # noqa: E402
 from testbed.bench import write_result  # noqa: E402
 from testbed.engine import ensure_engine  # noqa: E402
-from testbed.ports import free_port, unique  # noqa: E402
+from testbed.ports import address, free_port, unique  # noqa: E402
 
 SAMPLE_TAG = "pipeline-steps/sample-app:bench-health-gate"
 SHELL_LOOP = 'for i in $(seq 30); do curl -fsS "$1" > /dev/null 2>&1 && break; sleep 2; done'
@@ -100,7 +100,7 @@ def waiter(kind: Kind, who: str, url: str) -> list[str]:
 
 def one_run(client: Any, clock: Clock, kind: Kind, who: str, delay: float) -> dict[str, Any]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}/health"
+    url = f"http://{address()}:{port}/health"
     env = {**kind.env, kind.delay_env: str(delay)}
     healthy_after = float(env.get("HEALTHY_AFTER", "0"))
     # Probing a published port while `docker run` is still wiring the container's network makes the
@@ -108,7 +108,7 @@ def one_run(client: Any, clock: Clock, kind: Kind, who: str, delay: float) -> di
     # gates a container that is already started, so the bench starts it first and lets the app boot.
     container = client.containers.run(
         SAMPLE_TAG, detach=True, name=unique("pst-bench-hg-"), environment=env,
-        ports={"80/tcp": ("127.0.0.1", port)}, labels={"pipeline-steps.test": "1"})
+        ports={"80/tcp": (address(), port)}, labels={"pipeline-steps.test": "1"})
     proc = subprocess.Popen(waiter(kind, who, url), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

@@ -32,7 +32,7 @@ from testbed import images  # noqa: E402
 from testbed.bench import write_result  # noqa: E402
 from testbed.engine import ensure_engine  # noqa: E402
 from testbed.nginx import server_block, start_nginx  # noqa: E402
-from testbed.ports import free_ports, unique, wait_port  # noqa: E402
+from testbed.ports import address, free_ports, unique, wait_port  # noqa: E402
 
 RUNS = 15
 REQUESTS = 2000
@@ -52,6 +52,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ps-bench-switch-"))
     stable, canary, blue, green = free_ports(4)
     raw = {"app": unique("bs"), "registry": "127.0.0.1:5999", "state_dir": str(work / "state"),
+           "hosts": [{"name": "local", "address": address()}],
            "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary}},
                         "web": {"context": ".", "slots": {"blue": blue, "green": green}}}}
     first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=work)
@@ -68,7 +69,7 @@ def main() -> None:
         for slot, port in (("stable", stable), ("canary", canary)):
             containers.append(client.containers.run(tag, detach=True, name=unique("ps-bench-"),
                                                     environment={"PS_SLOT": slot},
-                                                    ports={"80/tcp": ("127.0.0.1", port)}))
+                                                    ports={"80/tcp": (address(), port)}))
             wait_port(port, timeout=15)
         raw["router"] = {"include": str(nginx.include), "url": nginx.url,
                          "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from testbed.bench import write_result  # noqa: E402
-from testbed.ports import free_port, wait_port  # noqa: E402
+from testbed.ports import address, free_port, wait_port  # noqa: E402
 
 TOKEN = "bench-webhook-token-0123456789"
 P99_GOAL_MS = 50.0
@@ -49,7 +49,7 @@ def app(environ, start_response):
     environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "2")])
     return [b"{}"]
-serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=8, backlog=1024, connection_limit=256,
+serve(app, host=sys.argv[2], port=int(sys.argv[1]), threads=8, backlog=1024, connection_limit=256,
       asyncore_use_poll=True, _quiet=True)
 """
 
@@ -88,7 +88,7 @@ def push(i: int, branch: str = "develop") -> bytes:
 
 def request(port: int, i: int, branch: str = "develop") -> bytes:
     body = push(i, branch)
-    return (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    return (f"POST / HTTP/1.1\r\nHost: {address()}:{port}\r\nContent-Type: application/json\r\n"
             f"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: {TOKEN}\r\nX-Gitlab-Event-UUID: bench-{i}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
@@ -98,7 +98,7 @@ async def one(port: int, data: bytes) -> tuple[str, float]:
     started = time.perf_counter()
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address(), port), TIMEOUT)
         writer.write(data)
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), TIMEOUT)
@@ -247,8 +247,8 @@ def wait_drained(port: int, deadline: float) -> bool:
 
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["pending"] == 0:
-                rows = requests.get(f"http://127.0.0.1:{port}/deliveries?limit=200", timeout=5,
+            if requests.get(f"http://{address()}:{port}/healthz", timeout=5).json()["pending"] == 0:
+                rows = requests.get(f"http://{address()}:{port}/deliveries?limit=200", timeout=5,
                                     headers={"X-Gitlab-Token": TOKEN}).json()["deliveries"]
                 if not any(row["status"] in ("pending", "running", "retry") for row in rows):
                     return True
@@ -276,13 +276,13 @@ def main() -> int:
     args = parser.parse_args()
     n, conc = max(200, args.deliveries), max(1, args.concurrency)
 
-    jenkins = ThreadingHTTPServer(("127.0.0.1", 0), _Jenkins)
+    jenkins = ThreadingHTTPServer((address(), 0), _Jenkins)
     threading.Thread(target=jenkins.serve_forever, daemon=True).start()
     env = {**os.environ, "WEBHOOK_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory(prefix="ps-bench-webhook-") as tmp:
         # baseline: bare waitress, same client
         base_port = free_port()
-        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(base_port)], env=env,
+        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(base_port), address()], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             assert wait_port(base_port, timeout=15), "bare waitress did not listen"
@@ -296,9 +296,9 @@ def main() -> int:
         port = free_port()
         env["XDG_STATE_HOME"] = tmp
         receiver = subprocess.Popen(
-            [sys.executable, "-m", "pipeline_steps", "webhook", "serve", "--port", str(port),
-             "--db", f"{tmp}/deliveries.sqlite3", "--action", "jenkins",
-             "--jenkins-url", f"http://127.0.0.1:{jenkins.server_address[1]}", "--jenkins-job", "deploy"],
+            [sys.executable, "-m", "pipeline_steps", "webhook", "serve", "--host", address(),
+             "--port", str(port), "--db", f"{tmp}/deliveries.sqlite3", "--action", "jenkins",
+             "--jenkins-url", f"http://{address()}:{jenkins.server_address[1]}", "--jenkins-job", "deploy"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             assert wait_port(port, timeout=15), "ps webhook serve did not listen"

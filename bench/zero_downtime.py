@@ -1,6 +1,6 @@
 """Zero dropped requests: a bounded 100 req/s load through nginx while deployment types run.
 
-Phases, each with the same load through the same nginx on 127.0.0.1:
+Phases, each with the same load through the same nginx on the run's loopback address:
 - baseline: nothing changes;
 - canary: `ps deploy` canary-auto (10/40/70), promote-canary, rollback;
 - blue-green: `ps deploy --type blue-green` twice (a switch each), then rollback.

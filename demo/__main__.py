@@ -1,9 +1,10 @@
 """`make demo`: the main job of a pipeline on the bundled sample app, run locally.
 
 build -> push -> stable -> canary-auto 10/40/70 (live split measured at each step, load running)
--> promote-canary -> a canary that turns unhealthy -> automatic rollback. Everything runs on 127.0.0.1:
-a Docker engine (started when none answers), Debian's docker-registry with htpasswd auth, nginx under
-a temporary prefix, and a local endpoint standing in for Mattermost. The report stays in .demo/report/.
+-> promote-canary -> a canary that turns unhealthy -> automatic rollback. Everything runs on the run's own
+loopback address (testbed.ports.address()): a Docker engine (started when none answers), Debian's
+docker-registry with htpasswd auth, nginx under a temporary prefix, and a local endpoint standing in for
+Mattermost. The report stays in .demo/report/.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from testbed import images  # noqa: E402
 from testbed.engine import ensure_engine  # noqa: E402
 from testbed.load import LoadGenerator  # noqa: E402
 from testbed.nginx import server_block, start_nginx  # noqa: E402
-from testbed.ports import free_ports  # noqa: E402
+from testbed.ports import address, free_ports  # noqa: E402
 from testbed.registry import start_registry  # noqa: E402
 
 APP = "demo-shop"
@@ -67,7 +68,7 @@ def main() -> int:
     work = DEMO / "work"
     work.mkdir(parents=True)
     started: list[Any] = []
-    banner("test bed: Docker engine, registry (htpasswd), nginx, chat endpoint, all on 127.0.0.1")
+    banner("test bed: Docker engine, registry (htpasswd), nginx, chat endpoint, all on " + address())
     engine = ensure_engine()
     started.append(engine.stop)
     client = engine.client()
@@ -76,14 +77,14 @@ def main() -> int:
     base = images.ensure_base_image(client)
     registry = start_registry(user="deployer")
     started.append(registry.stop)
-    chat = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    chat = ThreadingHTTPServer((address(), 0), Chat)
     threading.Thread(target=chat.serve_forever, daemon=True).start()
     started.append(chat.shutdown)
     ports = free_ports(4)
     slots = {"web": {"stable": ports[0], "canary": ports[1]}, "api": {"stable": ports[2], "canary": ports[3]}}
     upstreams = "".join(
-        f"upstream {APP.replace('-', '_')}_{s} {{ server 127.0.0.1:{p['stable']} weight=999; "
-        f"server 127.0.0.1:{p['canary']} weight=1; keepalive 32; }}\n" for s, p in slots.items())
+        f"upstream {APP.replace('-', '_')}_{s} {{ server {address()}:{p['stable']} weight=999; "
+        f"server {address()}:{p['canary']} weight=1; keepalive 32; }}\n" for s, p in slots.items())
     nginx = start_nginx(server_block(SERVICES, APP), upstreams)
     started.append(nginx.stop)
     print(f"engine {engine.base_url}; registry {registry.address}; nginx {nginx.url}")
@@ -104,7 +105,7 @@ def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
     images.copy_sample_app(work / "app")
     config = {
         "app": APP, "registry": registry.address, "timezone": "Asia/Seoul",
-        "hosts": [{"name": "local", "docker": docker_url, "address": "127.0.0.1"}],
+        "hosts": [{"name": "local", "docker": docker_url, "address": address()}],
         "services": {s: {"context": "app", "port": 80, "slots": slots[s], "url": f"{nginx.url}/{s}/",
                          "env": {"GREETING": "hello"},
                          "health": {"path": "/health", "expect": {"status": "healthy"}, "interval": "250ms",
@@ -123,7 +124,7 @@ def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
     git(work, "commit", "-qm", "sample app v1")
     env = {**os.environ, "DOCKER_HOST": docker_url, "REGISTRY_USER": registry.user,
            "REGISTRY_PASSWORD": registry.password,
-           "MATTERMOST_WEBHOOK_URL": f"http://127.0.0.1:{chat_port}/hooks/demo-secret-hook",
+           "MATTERMOST_WEBHOOK_URL": f"http://{address()}:{chat_port}/hooks/demo-secret-hook",
            "PYTHONPATH": str(REPO)}
     env.pop("CI_COMMIT_SHA", None)
     env.pop("GIT_COMMIT", None)

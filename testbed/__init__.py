@@ -1,1 +1,2 @@
-"""The test bed: a real Docker engine, registry and nginx on 127.0.0.1, shared by tests, bench and demo."""
+"""The test bed: a real Docker engine, registry and nginx on the run's own loopback address
+(testbed.ports.address()), shared by tests, bench and demo."""

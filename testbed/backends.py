@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from testbed.wait import stall
+
 
 @dataclass
 class Backend:
@@ -32,7 +34,7 @@ class Backend:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.server.server_address[0]}:{self.port}"
 
     def next_answer(self) -> tuple[int, float]:
         """(status, delay in seconds) of the next request."""
@@ -64,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
         backend = self.server.backend
         status, delay = backend.next_answer()
         if delay:
-            time.sleep(delay)
+            stall(delay)
         body = f'{{"slot":"{backend.name}","status":{status}}}\n'.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -79,8 +81,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 def start_backend(name: str, fail_every: int = 0, delay: float = 0.0, fail_rate: float = 0.0,
                   jitter: float = 0.0, seed: int = 14) -> Backend:
-    """Start a backend on a free 127.0.0.1 port (serves in a daemon thread until stop())."""
-    server = _Server(("127.0.0.1", 0), _Handler)
+    """Start a backend on a free port of the run's address (serves in a daemon thread until stop())."""
+    from testbed.ports import address, free_port
+
+    server = _Server((address(), free_port()), _Handler)
     backend = Backend(name, server, fail_every, delay, fail_rate, jitter, rng=random.Random(seed))
     server.backend = backend
     threading.Thread(target=server.serve_forever, name=f"backend-{name}", daemon=True).start()
@@ -133,7 +137,9 @@ def site_text(pairs: dict[str, tuple[Backend, Backend]], canary_percent: float) 
                              [{"directive": "keepalive", "args": ["16"]}]))
     put_directive(include, log_format_directive())
     locations = "".join(f"        location /{n}/ {{ proxy_pass http://{n}; }}\n" for n in pairs)
-    servers = ("    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}        "
+    from testbed.ports import address
+
+    servers = ("    server {\n        listen " + address() + ":{port};\n{proxy_defaults}        "
                + render_directives([access_log_directive(ACCESS_LOG)]) + locations + "    }\n")
     return servers, include.render()
 
@@ -177,7 +183,7 @@ def watch(analysis: Any, load: Any, upstream: str, *, every: int = 100, stop_on_
         if ended:  # nginx logs a request after its answer went out: wait for the last lines
             sent, settle = load.report().sent, time.monotonic() + 5
             while judged() < sent and time.monotonic() < settle:
-                time.sleep(0.02)
+                time.sleep(0.02)  # poll until the settle deadline
                 analysis.read()
         if judged() >= mark or ended:
             mark = judged() + every

@@ -16,7 +16,7 @@ import yaml
 from testbed import images
 from testbed.engine import Engine, ensure_engine
 from testbed.nginx import Nginx, server_block, start_nginx
-from testbed.ports import free_ports, unique
+from testbed.ports import address, free_ports, unique
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = "ps-bench.local"
@@ -24,7 +24,7 @@ REGISTRY = "ps-bench.local"
 
 @dataclass
 class DeployBed:
-    """Everything `ps deploy` needs, on 127.0.0.1; `close()` removes it all."""
+    """Everything `ps deploy` needs, on the run's loopback address; `close()` removes it all."""
 
     engine: Engine
     client: Any
@@ -96,14 +96,14 @@ def start_deploy_bed(kinds: dict[str, str], canary: dict[str, Any] | None = None
         names = ("stable", "canary") if kind == "canary" else ("blue", "green")
         slots[service] = {names[0]: a, names[1]: b}
     first = "".join(
-        f"upstream {upstream}_{s} {{ server 127.0.0.1:{list(p.values())[0]} weight=999; "
-        f"server 127.0.0.1:{list(p.values())[1]} weight=1; keepalive 32; }}\n" for s, p in slots.items())
+        f"upstream {upstream}_{s} {{ server {address()}:{list(p.values())[0]} weight=999; "
+        f"server {address()}:{list(p.values())[1]} weight=1; keepalive 32; }}\n" for s, p in slots.items())
     nginx = start_nginx(server_block(slots, app), first)
     workdir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
     bed = DeployBed(engine, client, nginx, workdir, app, base, slots)
     config = {
         "app": app, "registry": REGISTRY,
-        "hosts": [{"name": "local", "docker": engine.base_url, "address": "127.0.0.1"}],
+        "hosts": [{"name": "local", "docker": engine.base_url, "address": address()}],
         "services": {s: {"context": ".", "slots": p, "url": bed.url(s),
                          "health": {"path": "/health", "interval": "100ms", "timeout": "2s", "retries": 50}}
                      for s, p in slots.items()},

@@ -6,11 +6,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from testbed.wait import until
 
 
 def _answers(base_url: str) -> bool:
@@ -75,14 +76,14 @@ def start_dockerd(root: Path, *, bridge: str | None = None, bip: str | None = No
     log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     engine = Engine(base_url=f"unix://{sock}", process=proc, root=root)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if proc.poll() is not None:
             tail = (root / "dockerd.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"dockerd exited: {tail}")
-        if sock.exists() and _answers(engine.base_url):
-            return engine
-        time.sleep(0.2)
+        return sock.exists() and _answers(engine.base_url)
+
+    if until(up, timeout, 0.2):
+        return engine
     engine.stop()
     raise RuntimeError("dockerd did not answer in time")
 
@@ -126,13 +127,12 @@ def wait_answer(url: str, timeout: float = 20.0, **headers: str) -> Any:
     import requests
 
     want = {k.replace("_", "-"): v for k, v in headers.items()}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answer() -> Any:
         try:
-            answer = requests.get(url, timeout=2)
-            if answer.ok and all(answer.headers.get(k) == v for k, v in want.items()):
-                return answer
+            got = requests.get(url, timeout=2)
+            return got if got.ok and all(got.headers.get(k) == v for k, v in want.items()) else None
         except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    return None
+            return None
+
+    return until(answer, timeout, 0.1)

@@ -26,7 +26,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Route:
-    """One nginx location: the path prefix sent, and the upstream's servers ("127.0.0.1:port" -> slot)."""
+    """One nginx location: the path prefix sent, and the upstream's servers ("<address>:port" -> slot)."""
 
     name: str
     path: str
@@ -175,8 +175,12 @@ class KeepAliveLoad:
 
     def __init__(self, port: int, routes: list[Route], *, rate: float = 90.0, max_seconds: float = 60.0,
                  max_requests: int | None = None, timeout: float = 5.0, workers: int = 32,
-                 host: str = "127.0.0.1") -> None:
-        if host not in ("127.0.0.1", "localhost", "::1"):
+                 host: str | None = None) -> None:
+        from testbed.load import _loopback
+        from testbed.ports import address
+
+        host = host or address()
+        if host != "localhost" and not _loopback(host):
             raise ValueError(f"KeepAliveLoad only sends to the loopback interface, not {host}")
         if rate <= 0 or max_seconds <= 0 or not routes:
             raise ValueError("rate and max_seconds must be > 0, and routes not empty")

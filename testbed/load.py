@@ -63,6 +63,15 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class LoadGenerator:
     """`with LoadGenerator(url, rate=100, max_seconds=30) as load: ...; report = load.stop()`."""
 
@@ -74,7 +83,7 @@ class LoadGenerator:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"LoadGenerator needs an http:// URL, not {url!r}")
-        if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        if parts.hostname != "localhost" and not _loopback(parts.hostname):
             raise ValueError(f"LoadGenerator only sends to the loopback interface, not {parts.hostname}")
         if rate <= 0 or max_seconds <= 0:
             raise ValueError("rate and max_seconds must be > 0")

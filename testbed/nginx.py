@@ -7,13 +7,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.ports import free_port, wait_port
+from testbed.ports import address, free_port, wait_port
+from testbed.wait import until
 
 PROXY_DEFAULTS = """\
     proxy_http_version 1.1;
@@ -25,13 +25,22 @@ PROXY_DEFAULTS = """\
 """
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def server_block(services: Iterable[str], app: str) -> str:
     """A server on the front port sending /<service>/ to upstream <app>_<service>, ps's default name."""
     def upstream(service: str) -> str:
         return f"{app}_{service}".replace("-", "_").replace(".", "_")
 
     locations = "".join(f"        location /{s}/ {{ proxy_pass http://{upstream(s)}; }}\n" for s in services)
-    return "    server {\n        listen 127.0.0.1:{port};\n{proxy_defaults}" + locations + "    }\n"
+    return ("    server {\n        listen " + address() + ":{port};\n{proxy_defaults}" + locations
+            + "    }\n")
 
 
 @dataclass
@@ -46,7 +55,7 @@ class Nginx:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{address()}:{self.port}"
 
     @property
     def pid_file(self) -> Path:
@@ -75,14 +84,7 @@ class Nginx:
                 os.kill(pid, signal.SIGQUIT)
             except ProcessLookupError:
                 pass
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-            else:
+            if not until(lambda: not _alive(pid), 10):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.prefix, ignore_errors=True)
 
@@ -111,7 +113,8 @@ def start_nginx(servers: str, upstreams: str = "", *, port: int | None = None) -
         "    access_log off;\n"
         f"{temp}\n"
         f"    include {include};\n"
-        + servers.replace("{port}", str(port)).replace("{proxy_defaults}", PROXY_DEFAULTS)
+        + servers.replace("{port}", str(port)).replace("{address}", address())
+        .replace("{proxy_defaults}", PROXY_DEFAULTS)
         + "\n}\n"
     )
     nginx = Nginx(prefix=prefix, conf=conf, include=include, port=port)
@@ -191,6 +194,7 @@ def site_plan(kinds: dict[str, str], app: str, workdir: Path,
         ports[name] = {slots[0]: a, slots[1]: b}
         services[name] = {"context": ".", "slots": ports[name]}
     raw: dict[str, Any] = {"app": app, "registry": "127.0.0.1:5999", "services": services,
+                           "hosts": [{"name": "local", "address": address()}],
                            "state_dir": str(workdir / "state"), **(extra or {})}
     first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=workdir)
     return raw, ports, initial_file(first, workdir / "ups.conf").render()

@@ -3,7 +3,7 @@
 `ensure_nginx_image(client)` docker-imports `pipeline-steps/nginx:bed` once: the host's Debian
 /usr/sbin/nginx with every shared library `ldd` lists, mime.types, passwd/group and nginx's
 directories. `start_nginx_container(client, servers, upstreams)` runs it with host networking (so nginx
-reaches slots on 127.0.0.1 and listens on 127.0.0.1 only), the ps-owned include's directory
+reaches slots on the run's loopback address and listens there only), the ps-owned include's directory
 bind-mounted at /etc/nginx/ps, and its error log on stderr (the container's logs) or, with
 `log_on_host=True`, in a bind-mounted host directory.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from testbed.images import import_once
 from testbed.nginx import PROXY_DEFAULTS
-from testbed.ports import free_port, unique, wait_port
+from testbed.ports import address, free_port, unique, wait_port
 
 NGINX_IMAGE = "pipeline-steps/nginx:bed"
 NGINX_BINARY = "/usr/sbin/nginx"
@@ -128,7 +128,7 @@ class NginxContainer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{address()}:{self.port}"
 
     @property
     def error_log(self) -> Path | None:
@@ -174,7 +174,8 @@ def start_nginx_container(client: Any, servers: str, upstreams: str = "", *, por
         "http {\n"
         "    access_log off;\n"
         f"    include {CONTAINER_DIR}/{include.name};\n"
-        + servers.replace("{port}", str(port)).replace("{proxy_defaults}", PROXY_DEFAULTS)
+        + servers.replace("{port}", str(port)).replace("{address}", address())
+        .replace("{proxy_defaults}", PROXY_DEFAULTS)
         + "\n}\n")
     volumes = {str(work): {"bind": CONTAINER_DIR, "mode": "ro"}}
     if logs:
@@ -195,5 +196,5 @@ def start_nginx_container(client: Any, servers: str, upstreams: str = "", *, por
     if not wait_port(port, timeout=15):
         text = bed.log_text()
         bed.stop()
-        raise RuntimeError(f"nginx container did not listen on 127.0.0.1:{port}: {text.strip()[-500:]}")
+        raise RuntimeError(f"nginx container did not listen on {address()}:{port}: {text.strip()[-500:]}")
     return bed

@@ -6,16 +6,16 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.ports import free_port
+from testbed.ports import address, free_port
+from testbed.wait import until
 
 
 @dataclass
 class Registry:
-    """A running registry: address `127.0.0.1:port`, one user with a password."""
+    """A running registry: address `<run address>:port`, one user with a password."""
 
     address: str
     user: str
@@ -55,22 +55,22 @@ def start_registry(user: str = "ci", password: str | None = None) -> Registry:
         "version: 0.1\n"
         "log: {level: warn}\n"
         f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}, secret: {secrets.token_hex(8)}}}\n"
+        f"http: {{addr: {address()}:{port}, secret: {secrets.token_hex(8)}}}\n"
         f"auth: {{htpasswd: {{realm: ps-bed, path: {root / 'htpasswd'}}}}}\n"
     )
     log = open(root / "registry.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    registry = Registry(f"127.0.0.1:{port}", user, password, root, proc)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    registry = Registry(f"{address()}:{port}", user, password, root, proc)
+    def up() -> bool:
         if proc.poll() is not None:
             raise RuntimeError((root / "registry.log").read_text(errors="replace")[-2000:])
         try:
-            if requests.get(f"http://{registry.address}/v2/", timeout=1).status_code == 401:
-                return registry
+            return requests.get(f"http://{registry.address}/v2/", timeout=1).status_code == 401
         except requests.RequestException:
-            pass
-        time.sleep(0.1)
+            return False
+
+    if until(up, 20, 0.1):
+        return registry
     registry.stop()
     raise RuntimeError("docker-registry did not answer in time")

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from testbed.nginx import Nginx
-from testbed.ports import free_port, wait_port
+from testbed.ports import address, free_port, wait_port
 
 # service -> the location nginx serves it at
 LOCATIONS = {"frontend": "/", "backend": "/api", "python": "/py"}
@@ -37,7 +37,7 @@ http {{
     include {include};
 
     server {{
-        listen 127.0.0.1:{port};
+        listen {address}:{port};
 {locations}    }}
 }}
 """
@@ -56,7 +56,8 @@ def site_conf(prefix: Path, include: Path, port: int, upstreams: dict[str, str])
     """The hand-written nginx.conf; `upstreams` maps a location path to its upstream name."""
     user = "user root;\n" if os.geteuid() == 0 else ""
     locations = "".join(LOCATION.format(path=path, upstream=name) for path, name in upstreams.items())
-    return NGINX_CONF.format(user=user, prefix=prefix, include=include, port=port, locations=locations)
+    return NGINX_CONF.format(user=user, address=address(), prefix=prefix, include=include, port=port,
+                             locations=locations)
 
 
 def start_site(upstreams: dict[str, str], first_include: str) -> Nginx:

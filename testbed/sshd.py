@@ -89,9 +89,12 @@ def _client_home(home: Path, address: str, port: int, user: str, key: Path, host
         f"  UserKnownHostsFile {ssh_dir / 'known_hosts'}\n")
 
 
-def start_sshd(docker_host: str, *, address: str = "127.0.0.1", user: str = "root",
+def start_sshd(docker_host: str, *, address: str | None = None, user: str = "root",
                timeout: float = 15.0) -> SshServer:
     """Start sshd on `address`:<free port>; its sessions run `docker` against `docker_host`."""
+    from testbed.ports import address as run_address
+
+    address = address or run_address()
     if not Path(SSHD).is_file() or shutil.which("ssh-keygen") is None:
         raise RuntimeError("openssh-server is not installed (apt-get install openssh-server)")
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)

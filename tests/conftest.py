@@ -1,6 +1,8 @@
-"""Test bed fixtures: real Docker engine, registry and nginx, all on 127.0.0.1.
+"""Test bed fixtures: real Docker engine, registry and nginx, all on this run's own loopback address.
 
-Everything started here has unique names and free ports, and is cleaned up.
+The session claims a pair of addresses in 127.0.0.0/8 at import (testbed.ports.address(); exported in
+PS_TEST_ADDRESS / PS_TEST_ADDRESS2 for the run's subprocesses), so parallel runs never share a port.
+Everything started here has unique names and ports of that address, and is cleaned up.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ sys.path.insert(0, str(REPO))
 from testbed import images  # noqa: E402
 from testbed.engine import Engine, ensure_engine  # noqa: E402
 from testbed.nginx import Nginx, start_nginx  # noqa: E402
-from testbed.ports import free_port, unique, wait_port  # noqa: E402
+from testbed.ports import ENV, ENV2, address, free_port, unique, wait_port  # noqa: E402
 from testbed.registry import Registry, start_registry  # noqa: E402
 
 SAMPLE_BUILD_ID = "5a3e1e000001"
+ADDRESS = address()  # claimed now: every fixture and subprocess of the session uses it
 
 
 # ---------------------------------------------------------------- running ps
@@ -52,7 +55,7 @@ class PsRun:
 
 
 def _base_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "PYTHONPATH", "SYSTEMROOT")
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "PYTHONPATH", "SYSTEMROOT", ENV, ENV2)
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -97,12 +100,17 @@ def base_image(docker_client: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def sample_image(docker_client: Any, base_image: str) -> str:
-    """The sample app built once per session, tagged pipeline-steps/sample-app:<SAMPLE_BUILD_ID>."""
-    tag = f"pipeline-steps/sample-app:{SAMPLE_BUILD_ID}"
+def sample_image(docker_client: Any, base_image: str) -> Iterator[str]:
+    """The sample app built once per session, tagged pipeline-steps/sample-app:<SAMPLE_BUILD_ID>-<run>:
+    a tag of this run alone, so a parallel run's build never moves it (its tag goes at the end)."""
+    tag = f"pipeline-steps/sample-app:{SAMPLE_BUILD_ID}-{unique('r')}"
     docker_client.images.build(path=str(images.SAMPLE_APP), tag=tag, rm=True,
                                buildargs={"BUILD_ID": SAMPLE_BUILD_ID, "BASE_IMAGE": base_image})
-    return tag
+    yield tag
+    try:
+        docker_client.images.remove(tag)
+    except Exception:
+        pass
 
 
 @pytest.fixture
@@ -113,7 +121,8 @@ def docker_ps(engine: Engine, ps: PsRun) -> PsRun:
 
 @pytest.fixture
 def run_sample(docker_client: Any, sample_image: str) -> Iterator[Callable[..., tuple[Any, int]]]:
-    """Start a sample-app container on a free 127.0.0.1 port: `container, port = run_sample(ENV=...)`."""
+    """Start a sample-app container on a free port of the run's address:
+    `container, port = run_sample(ENV=...)`."""
     started: list[Any] = []
 
     def run(image: str | None = None, port: int | None = None, name: str | None = None,
@@ -122,7 +131,7 @@ def run_sample(docker_client: Any, sample_image: str) -> Iterator[Callable[..., 
         container = docker_client.containers.run(
             image or sample_image, detach=True, name=name or unique("pst-app-"),
             environment={k: str(v) for k, v in env.items()},
-            ports={"80/tcp": ("127.0.0.1", host_port)}, labels={"pipeline-steps.test": "1"})
+            ports={"80/tcp": (ADDRESS, host_port)}, labels={"pipeline-steps.test": "1"})
         started.append(container)
         if wait:
             wait_port(host_port, timeout=15)
@@ -134,6 +143,12 @@ def run_sample(docker_client: Any, sample_image: str) -> Iterator[Callable[..., 
             c.remove(force=True)
         except Exception:
             pass
+
+
+@pytest.fixture(scope="session")
+def httpserver_listen_address() -> tuple[str, int]:
+    """pytest-httpserver's `httpserver` listens on the run's address (on a port the kernel picks)."""
+    return ADDRESS, 0
 
 
 # ---------------------------------------------------------------- registry and nginx

@@ -24,7 +24,7 @@ import yaml
 
 from testbed import images
 from testbed.nginx import Nginx
-from testbed.ports import free_ports, unique
+from testbed.ports import address, free_ports, unique
 from testbed.registry import Registry
 
 from .cifiles import GITLAB_CI, GITLAB_TEMPLATE, JENKINSFILE, REPO, STUB, TOOLS
@@ -220,7 +220,7 @@ def site_servers(app_upstream: str) -> str:
             continue
         for inner in directive["block"]:
             if inner["directive"] == "listen":
-                inner["args"] = ["127.0.0.1:{port}"]
+                inner["args"] = [address() + ":{port}"]
             if inner["directive"] == "location":
                 for d in inner["block"]:
                     if d["directive"] == "proxy_pass":
@@ -246,12 +246,12 @@ def ci_bed(request: pytest.FixtureRequest, git_repo: Path, engine: Any, sample_i
     upstream = f"{app}_{names[0]}"
     nginx = nginx_factory(
         site_servers(upstream),
-        "".join(f"upstream {app}_{name} {{\n    server 127.0.0.1:{ports[2 * i]} weight=999;\n"
-                f"    server 127.0.0.1:{ports[2 * i + 1]} weight=1;\n}}\n" for i, name in enumerate(names)))
+        "".join(f"upstream {app}_{name} {{\n    server {address()}:{ports[2 * i]} weight=999;\n"
+                f"    server {address()}:{ports[2 * i + 1]} weight=1;\n}}\n" for i, name in enumerate(names)))
     config: dict[str, Any] = {
         "app": app,
         "registry": registry.address,
-        "hosts": [{"name": "local", "docker": engine.base_url, "address": "127.0.0.1"}],
+        "hosts": [{"name": "local", "docker": engine.base_url, "address": address()}],
         "services": {name: {
             "context": "app", "port": 80, "slots": slots[name],
             "health": {"path": "/health", "expect": {"status": "healthy"}, "interval": "300ms",

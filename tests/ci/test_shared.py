@@ -13,6 +13,7 @@ import requests
 import yaml
 
 from testbed.nginx import Nginx
+from testbed.ports import address
 
 from .cifiles import REPO
 from .conftest import site_servers
@@ -64,13 +65,13 @@ def test_nginx_site_example_serves_and_fails_over(nginx_factory: Callable[..., N
     _, bad_port = run_sample(PS_SLOT="canary")
     _.remove(force=True)  # a slot that is down: proxy_next_upstream must hide it
     nginx = nginx_factory(site_servers("sample_app_web"),
-                          f"upstream sample_app_web {{\n    server 127.0.0.1:{good_port} weight=500;\n"
-                          f"    server 127.0.0.1:{bad_port} weight=500;\n}}\n")
+                          f"upstream sample_app_web {{\n    server {address()}:{good_port} weight=500;\n"
+                          f"    server {address()}:{bad_port} weight=500;\n}}\n")
     answers = [requests.get(f"{nginx.url}/x", timeout=5) for _ in range(10)]
     assert [a.status_code for a in answers] == [200] * 10
     assert {a.headers["X-Slot"] for a in answers} == {"stable"}
-    assert all(f"127.0.0.1:{good_port}" in a.headers["X-Upstream"] for a in answers)
-    assert any(f"127.0.0.1:{bad_port}" in a.headers["X-Upstream"] for a in answers)  # tried, then retried
+    assert all(f"{address()}:{good_port}" in a.headers["X-Upstream"] for a in answers)
+    assert any(f"{address()}:{bad_port}" in a.headers["X-Upstream"] for a in answers)  # tried, then retried
 
 
 def test_install_ci_tools_is_idempotent() -> None:

@@ -16,20 +16,21 @@ import pytest
 from testbed import images
 from testbed.engine import Engine, start_dockerd
 from testbed.nginx import Nginx, SiteBed, server_block, site_plan
-from testbed.ports import free_port, unique
+from testbed.ports import address, free_port, second_address, unique
 from testbed.sshd import SshServer, start_sshd
 
-SECOND_ADDRESS = "127.0.0.2"
+SECOND_ADDRESS = second_address()  # the run's second loopback address (testbed.ports)
 
 
 @dataclass
 class SecondHost:
-    """A second dockerd with its own socket, data root and bridge; nginx reaches it on 127.0.0.2."""
+    """A second dockerd with its own socket, data root and bridge; nginx reaches its slots on the run's
+    second address."""
 
     engine: Engine
     address: str
     bridge: str
-    tcp_url: str = ""  # the same dockerd on plain TCP, loopback only: tcp://127.0.0.1:<port>
+    tcp_url: str = ""  # the same dockerd on plain TCP, loopback only: tcp://<run address>:<port>
 
     @property
     def docker(self) -> str:
@@ -57,7 +58,7 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
                        capture_output=True)
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True)
         root = Path(tempfile.mkdtemp(prefix="ps-bed-dockerd2-"))
-        tcp_url = f"tcp://127.0.0.1:{free_port()}"
+        tcp_url = f"tcp://{address()}:{free_port()}"
         engine = start_dockerd(root, bridge=bridge,
                                extra_args=["--iptables=false", "--ip-masq=false", "-H", tcp_url])
         client = engine.client()
@@ -83,13 +84,13 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
 
 @pytest.fixture(scope="session")
 def tcp_host(second_host: SecondHost) -> str:
-    """The second host's dockerd as a tcp:// endpoint (plain TCP on 127.0.0.1)."""
+    """The second host's dockerd as a tcp:// endpoint (plain TCP on the run's address)."""
     return second_host.tcp_url
 
 
 @pytest.fixture
 def ssh_host(second_host: SecondHost) -> Iterator[SshServer]:
-    """sshd on 127.0.0.1:<free port> whose sessions reach the second host's dockerd (an ssh:// host).
+    """sshd on <run address>:<free port> whose sessions reach the second host's dockerd (an ssh:// host).
 
     Clients need `ssh_host.client_env` (a temp HOME with .ssh/config and known_hosts).
     """

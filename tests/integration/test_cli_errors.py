@@ -105,10 +105,10 @@ def test_verbose_traceback_masks_a_token_echoed_in_a_400_body(ps: Any, project: 
 
 
 def test_verbose_traceback_masks_tokens_inside_gitlab_url(ps: Any, workdir: Path) -> None:
-    from testbed.ports import free_port
+    from testbed.ports import address, free_port
 
     port = free_port()  # nothing listens: python-gitlab fails inside requests, deep in a traceback
-    url = f"http://oauth2:{GITLAB_PASSWORD}@127.0.0.1:{port}/?private_token={GITLAB_QUERY_TOKEN}"
+    url = f"http://oauth2:{GITLAB_PASSWORD}@{address()}:{port}/?private_token={GITLAB_QUERY_TOKEN}"
     env = {"GITLAB_URL": url, "GITLAB_TOKEN": "glpat-token-S3CRET-66", "GITLAB_PROJECT": "1",
            "CI_COMMIT_SHA": "0123456789abcdef0123456789abcdef01234567"}
     for args in (["-v", "gitlab-status", "--state", "success"],

@@ -34,7 +34,7 @@ import yaml
 from testbed import images
 from testbed.keepalive_load import KeepAliveLoad, KeepAliveReport, Route
 from testbed.nginx import Nginx
-from testbed.ports import free_ports, unique
+from testbed.ports import address, free_ports, unique
 from testbed.site import LOCATIONS, start_site
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -97,7 +97,8 @@ class Site:
 
     def routes(self) -> list[Route]:
         return [Route(s, LOCATIONS[s].rstrip("/") + "/",
-                      {f"127.0.0.1:{port}": slot for slot, port in self.ports[s].items()}) for s in SERVICES]
+                      {f"{address()}:{port}": slot for slot, port in self.ports[s].items()})
+                for s in SERVICES]
 
     def write(self, **canary: Any) -> None:
         """ps.yaml: the canary config with these `canary:` overrides (and `logs_fallback=` for health)."""
@@ -113,7 +114,7 @@ class Site:
         """Per service, the live include's servers: (slot, weight, takes regular traffic)."""
         from pipeline_steps.upstreams import UpstreamFile
 
-        by_port = {f"127.0.0.1:{p}": (s, slot) for s, slots in self.ports.items()
+        by_port = {f"{address()}:{p}": (s, slot) for s, slots in self.ports.items()
                    for slot, p in slots.items()}
         out: dict[str, list[tuple[str, int, bool]]] = {s: [] for s in SERVICES}
         for name, ups in UpstreamFile.load(self.nginx.include).upstreams().items():
@@ -251,7 +252,7 @@ def site(engine: Any, docker_client: Any, docker_ps: Any, workdir: Path,
     def config(pair: tuple[str, str], url: str) -> dict[str, Any]:
         return {
             "app": APP, "registry": REGISTRY,
-            "hosts": [{"name": "local", "docker": engine.base_url, "address": "127.0.0.1"}],
+            "hosts": [{"name": "local", "docker": engine.base_url, "address": address()}],
             "services": {s: {"context": ".", "slots": {slot: ports[s][slot] for slot in pair},
                              "url": f"{url}{LOCATIONS[s].rstrip('/')}/", "health": dict(health)}
                          for s in SERVICES},

@@ -17,7 +17,7 @@ import yaml
 from pipeline_steps.config import parse_config
 from pipeline_steps.upstreams import initial_file
 from testbed.engine import broken_entrypoint_image, run_port_holder, wait_answer
-from testbed.ports import free_port, free_ports, unique
+from testbed.ports import address, free_port, free_ports, unique
 
 SECRET = "s3cr3t-Value-never-printed"
 
@@ -29,6 +29,7 @@ def slot_app(docker_client: Any, sample_image: str, project: Any, workdir: Path)
     stable, canary = free_ports(2)
     raw: dict[str, Any] = {
         "app": app, "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
+        "hosts": [{"name": "local", "address": address()}],
         "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary},
                                  "env": {"GREETING": "hello"}, "env_from": ["DB_PASSWORD"]}},
         "router": {"include": str(workdir / "ups.conf")},
@@ -71,7 +72,7 @@ def test_deploy_idempotent_env_file_and_no_secret(slot_app: dict[str, Any], dock
     host = c.attrs["HostConfig"]
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
     assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
-    assert host["PortBindings"]["80/tcp"] == [{"HostIp": "127.0.0.1",
+    assert host["PortBindings"]["80/tcp"] == [{"HostIp": address(),
                                                "HostPort": str(slot_app["ports"]["canary"])}]
     env_file = workdir / "state" / "env" / "backend-canary.env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
@@ -116,7 +117,7 @@ def test_port_held_by_process_or_container_is_named(slot_app: dict[str, Any], do
                                                     run_sample: Any) -> None:
     env = {"DB_PASSWORD": SECRET}
     holder = socket.socket()
-    holder.bind(("127.0.0.1", slot_app["ports"]["canary"]))
+    holder.bind((address(), slot_app["ports"]["canary"]))
     holder.listen(1)
     try:
         done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
@@ -172,13 +173,13 @@ def test_unreachable_host_is_exit_3(slot_app: dict[str, Any], ps: Any, project: 
 
 
 def _canary_url(slot_app: dict[str, Any], port: int | None = None) -> str:
-    return f"http://127.0.0.1:{port or slot_app['ports']['canary']}/"
+    return f"http://{address()}:{port or slot_app['ports']['canary']}/"
 
 
 def test_foreign_container_is_refused_then_replaced_with_force(slot_app: dict[str, Any], docker_ps: Any,
                                                               docker_client: Any, sample_image: str) -> None:
     name = f"{slot_app['app']}-backend-canary"
-    foreign = run_port_holder(docker_client, sample_image, "127.0.0.1", slot_app["ports"]["canary"], name)
+    foreign = run_port_holder(docker_client, sample_image, address(), slot_app["ports"]["canary"], name)
     try:
         assert wait_answer(_canary_url(slot_app)) is not None
         env = {"DB_PASSWORD": SECRET}
@@ -248,14 +249,14 @@ def test_changed_port_or_setting_is_a_change(slot_app: dict[str, Any], docker_ps
     project(raw)
     moved = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
     assert moved.returncode == 0, moved.stderr
-    assert f"new port (127.0.0.1:{old_port} -> 127.0.0.1:{new_port})" in moved.stdout
+    assert f"new port ({address()}:{old_port} -> {address()}:{new_port})" in moved.stdout
     second = docker_client.containers.get(name)
     assert second.id != first.id
-    assert second.attrs["HostConfig"]["PortBindings"]["80/tcp"] == [{"HostIp": "127.0.0.1",
+    assert second.attrs["HostConfig"]["PortBindings"]["80/tcp"] == [{"HostIp": address(),
                                                                      "HostPort": str(new_port)}]
     assert wait_answer(_canary_url(slot_app, new_port), X_Slot="canary") is not None
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+        socket.create_connection((address(), old_port), timeout=2).close()
     again = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
     assert again.returncode == 0 and "no change" in again.stdout and "unchanged" in again.stdout
     assert docker_client.containers.get(name).id == second.id
@@ -299,7 +300,7 @@ def test_port_held_by_a_container_of_the_engine_leaves_the_running_slot(
     name = f"{slot_app['app']}-backend-canary"
     running = docker_client.containers.get(name)
     held = free_port()
-    holder = run_port_holder(docker_client, sample_image, "127.0.0.1", held, unique("pst-holder-"))
+    holder = run_port_holder(docker_client, sample_image, address(), held, unique("pst-holder-"))
     try:
         raw = {**slot_app["raw"], "services": {"backend": {**slot_app["raw"]["services"]["backend"],
                                                            "slots": {"stable": slot_app["ports"]["stable"],
@@ -308,7 +309,7 @@ def test_port_held_by_a_container_of_the_engine_leaves_the_running_slot(
         done = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b1", env=env)
         assert done.returncode == 1, (done.stdout, done.stderr)
         assert f"container {holder.name} (image {sample_image})" in done.stderr
-        assert f"127.0.0.1:{held}" in done.stderr
+        assert f"{address()}:{held}" in done.stderr
         now = docker_client.containers.get(name)
         assert now.id == running.id and now.status == "running"
         assert now.attrs["State"]["StartedAt"] == running.attrs["State"]["StartedAt"]  # never stopped

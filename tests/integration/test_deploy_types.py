@@ -19,7 +19,8 @@ import yaml
 
 from testbed import images
 from testbed.load import LoadGenerator
-from testbed.ports import unique
+from testbed.ports import address, unique
+from testbed.wait import pause_until, until
 
 TrafficBed = Any
 APP = unique("shop")  # unique per run: parallel runs on one engine never share containers
@@ -60,7 +61,7 @@ def deploy_bed(traffic_bed: Callable[..., TrafficBed], engine: Any, docker_clien
              **canary: Any) -> TrafficBed:
         kinds = kinds or {"web": "canary"}
         bed = traffic_bed(kinds, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
-                                                   "address": "127.0.0.1"}])
+                                                   "address": address()}])
         raw = bed.raw
         raw["registry"] = REGISTRY
         for name, svc in raw["services"].items():
@@ -210,7 +211,7 @@ def test_blue_green_switches_without_dropping_requests(
 
 def test_second_deploy_waits_then_names_the_holder(deploy_bed: Callable[..., TrafficBed],
                                                    app_builds: Callable[..., str], docker_ps: Any) -> None:
-    deploy_bed(pause="4s")
+    bed = deploy_bed(pause="4s")
     app_builds("aaaa00000001")
     app_builds("bbbb00000002")
     assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
@@ -223,7 +224,10 @@ def test_second_deploy_waits_then_names_the_holder(deploy_bed: Callable[..., Tra
 
     thread = threading.Thread(target=first)
     thread.start()
-    time.sleep(3)
+    from pipeline_steps.deploy.lock import DeployLock
+
+    lock = DeployLock(bed.raw["state_dir"], APP)
+    assert until(lambda: lock.status().state == "held", 120), "the first deploy never took the lock"
     second = docker_ps("deploy", "--type", "rollback", "--lock-wait", "1s")
     thread.join()
     assert results["first"].returncode == 0, results["first"].stderr
@@ -246,7 +250,7 @@ def test_killed_canary_auto_leaves_nginx_valid_and_rollback_works(
     proc = subprocess.Popen([sys.executable, "-m", "pipeline_steps", "deploy", "--type", "canary-auto",
                              "--build-id", "bbbb00000002"], cwd=docker_ps.cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(delay)
+    pause_until(time.monotonic() + delay)  # a random kill point
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert _nginx_t(bed).returncode == 0
@@ -328,12 +332,14 @@ def test_stable_deploys_keep_the_newest_images_and_only_untag(
     with open(ctx / "Dockerfile", "a") as fh:
         fh.write(f"\nENV TEST_RUN={unique('run')}\n")  # no cached image: each build is made now, in order
     builds = ["c0de00000001", "c0de00000002", "c0de00000003"]
+    built = 0  # the second the last build was made in
     try:
         for n, build in enumerate(builds):
-            if n:
-                time.sleep(1.1)  # the engine lists creation times in whole seconds
+            if n:  # the engine lists creation times in whole seconds: each build in a later one
+                assert until(lambda last=built: int(time.time()) > last, 5, 0.02)
             image, _ = docker_client.images.build(path=str(ctx), tag=f"{repo}:{build}", rm=True,
                                                   buildargs={"BUILD_ID": build, "BASE_IMAGE": base_image})
+            built = int(time.time())
             if n == 0:
                 image.tag(f"{registry}/{APP}/keepme", "x")  # the same image in another repository
         said = ""

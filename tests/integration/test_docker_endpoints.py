@@ -1,8 +1,9 @@
 """The three Docker endpoint kinds of `hosts[].docker` for real: unix://, tcp:// and ssh:// (paramiko).
 
-The first host is the bed's engine on its unix socket (127.0.0.1); the second is the second dockerd
-(127.0.0.2), reached over plain TCP on loopback or through a real sshd running `docker system
-dial-stdio`. Both engines hold the same image, so the same digest goes to every host.
+The first host is the bed's engine on its unix socket (slots on the run's address); the second is the
+second dockerd (slots on the run's second address), reached over plain TCP on loopback or through a
+real sshd running `docker system dial-stdio`. Both engines hold the same image, so the same digest goes
+to every host.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import requests
 
 from testbed.engine import run_port_holder, wait_answer
-from testbed.ports import free_port, free_ports, unique
+from testbed.ports import address, free_port, free_ports, second_address, unique
 from testbed.sshd import SshServer
 
 BUILD = "b1"
@@ -56,7 +57,7 @@ def two_hosts(engine: Any, docker_client: Any, second_host: Any, sample_image: s
         ports = {"stable": stable_port or stable, "canary": canary}
         project({
             "app": app, "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
-            "hosts": [{"name": "one", "docker": engine.base_url, "address": "127.0.0.1"},
+            "hosts": [{"name": "one", "docker": engine.base_url, "address": address()},
                       {"name": "two", "docker": endpoint, "address": second_host.address}],
             "services": {"backend": {"context": ".", "slots": ports}},
         })
@@ -89,8 +90,8 @@ def _deploy_everywhere(bed: TwoHosts, ps: Any, env: dict[str, str] | None = None
     assert one.image.id == two.image.id  # the same digest went to both hosts
     assert one.labels["pipeline-steps.image-digest"] == two.labels["pipeline-steps.image-digest"]
     assert two.labels["pipeline-steps.build-id"] == BUILD
-    for address in ("127.0.0.1", "127.0.0.2"):
-        answer = requests.get(f"http://{address}:{bed.ports['stable']}/", timeout=5)
+    for host in (address(), second_address()):
+        answer = requests.get(f"http://{host}:{bed.ports['stable']}/", timeout=5)
         assert answer.status_code == 200 and answer.headers["X-Slot"] == "stable"
     again = ps("deploy-env", "--slot", "stable", "--build-id", BUILD, env=env)
     assert again.returncode == 0, again.stderr
@@ -116,7 +117,7 @@ def _one_line_exit_3(done: Any, *needles: str) -> str:
 
 def test_tcp_host_runs_the_same_image(two_hosts: Callable[[str], TwoHosts], tcp_host: str,
                                       docker_ps: Any) -> None:
-    assert tcp_host.startswith("tcp://127.0.0.1:")
+    assert tcp_host.startswith(f"tcp://{address()}:")
     bed = two_hosts(tcp_host)
     _deploy_everywhere(bed, docker_ps)
 
@@ -155,7 +156,7 @@ def _another_host_key(server: SshServer) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True,
                    capture_output=True)
     key_type, key_data = other.with_name("other_host_key.pub").read_text().split()[:2]
-    (server.home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{server.port} {key_type} {key_data}\n")
+    (server.home / ".ssh" / "known_hosts").write_text(f"[{address()}]:{server.port} {key_type} {key_data}\n")
 
 
 def _revoke_client_key(server: SshServer) -> None:
@@ -186,7 +187,7 @@ def test_ssh_problem_is_unreachable_with_the_fix(two_hosts: Callable[[str], TwoH
 
 def test_tcp_port_nobody_listens_on_is_unreachable(two_hosts: Callable[[str], TwoHosts],
                                                    docker_ps: Any) -> None:
-    dead = f"tcp://127.0.0.1:{free_port()}"
+    dead = f"tcp://{address()}:{free_port()}"
     two_hosts(dead)
     done = docker_ps("deploy-env", "--slot", "stable", "--build-id", BUILD)
     _one_line_exit_3(done, "host two", dead)
@@ -217,8 +218,8 @@ def _stable_untouched(bed: TwoHosts, before: dict[str, Any]) -> None:
         now = bed.container(host)
         assert now.id == old.id and now.status == "running", host
         assert now.attrs["State"]["StartedAt"] == old.attrs["State"]["StartedAt"], host
-    for address in ("127.0.0.1", "127.0.0.2"):
-        assert wait_answer(f"http://{address}:{bed.ports['stable']}/", X_Slot="stable") is not None
+    for host in (address(), second_address()):
+        assert wait_answer(f"http://{host}:{bed.ports['stable']}/", X_Slot="stable") is not None
 
 
 def _no_canary(bed: TwoHosts) -> None:

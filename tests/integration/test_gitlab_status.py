@@ -10,7 +10,7 @@ import pytest
 import responses
 
 from pipeline_steps.cli import main
-from testbed.ports import free_port
+from testbed.ports import address, free_port
 
 GITLAB = "https://gitlab.example.com"
 TOKEN = "glpat-status-token-xyz"
@@ -134,7 +134,7 @@ def test_server_error_is_exit_3(run_ps: Run, gitlab: responses.RequestsMock) -> 
 
 
 def test_unreachable_gitlab_is_exit_3(run_ps: Run) -> None:
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a real refused connection
+    url = f"http://{address()}:{free_port()}"  # nothing listens: a real refused connection
     code, out, err = run_ps("gitlab-status", "--state", "running", **jenkins_env(GITLAB_URL=url))
     assert code == 3
     assert "unreachable" in err and "Traceback" not in err and TOKEN not in out + err

@@ -1,4 +1,4 @@
-"""`ps health-gate` against sample-app containers of the bed and local HTTP servers (all on 127.0.0.1)."""
+"""`ps health-gate` against sample-app containers of the bed and local HTTP servers (on the run's address)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from werkzeug import Request, Response
 
 from pipeline_steps.config import Host
 from pipeline_steps.steps.health_gate import GatePolicy, HealthTarget, check_once, gate
-from testbed.ports import free_port, unique
+from testbed.ports import address, free_port, unique
+from testbed.wait import stall, until
 
 FAST = ["--interval", "0.2s", "--timeout", "2s"]
+ADDR = address()  # the run's loopback address (testbed.ports)
 
 
 def _json_records(stdout: str) -> dict[str, Any]:
@@ -30,12 +32,12 @@ def _json_records(stdout: str) -> dict[str, Any]:
 
 
 class RawServer:
-    """A one-trick TCP server on 127.0.0.1 answering every connection with `handler(conn)`."""
+    """A one-trick TCP server on the run's address answering every connection with `handler(conn)`."""
 
     def __init__(self, handler: Callable[[socket.socket], None]) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((ADDR, 0))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.port = int(self.sock.getsockname()[1])
@@ -91,7 +93,7 @@ def _reset_mid_body(conn: socket.socket) -> None:
     _read_request(conn)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                  + b'{"status":"healthy"' + b" " * 80)
-    time.sleep(0.05)
+    stall(0.05)  # the partial body on its way before the reset
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
@@ -155,7 +157,7 @@ def test_expect_status(ps: Any, httpserver: HTTPServer) -> None:
 
 def test_slow_answer_over_max_latency_fails(ps: Any, httpserver: HTTPServer) -> None:
     def slow(request: Request) -> Response:
-        time.sleep(0.3)
+        stall(0.3)
         return Response('{"status":"healthy"}', content_type="application/json")
 
     httpserver.expect_request("/slow").respond_with_handler(slow)
@@ -169,7 +171,7 @@ def test_slow_answer_over_max_latency_fails(ps: Any, httpserver: HTTPServer) -> 
 
 def test_per_try_timeout(ps: Any, httpserver: HTTPServer) -> None:
     def slow(request: Request) -> Response:
-        time.sleep(1.0)
+        stall(1.0)
         return Response("{}", content_type="application/json")
 
     httpserver.expect_request("/slow").respond_with_handler(slow)
@@ -223,26 +225,26 @@ def test_body_over_one_mib_is_a_reason(ps: Any, httpserver: HTTPServer) -> None:
 def test_endless_body_is_cut_at_one_mib(raw_server: Any) -> None:
     server = raw_server(_endless_body)
     started = time.monotonic()
-    record = check_once([HealthTarget.url(f"http://127.0.0.1:{server.port}/")], GatePolicy(timeout=10))
+    record = check_once([HealthTarget.url(f"http://{ADDR}:{server.port}/")], GatePolicy(timeout=10))
     assert not record.ok and record.reason == "body larger than 1 MiB"
     assert time.monotonic() - started < 10  # it hung up instead of reading 128 MiB until the timeout
 
 
 def test_reset_mid_body_is_a_reason(ps: Any, raw_server: Any) -> None:
     server = raw_server(_reset_mid_body)
-    done = ps("health-gate", "--url", f"http://127.0.0.1:{server.port}/health", "--retries", "1", *FAST)
+    done = ps("health-gate", "--url", f"http://{ADDR}:{server.port}/health", "--retries", "1", *FAST)
     assert done.returncode == 1 and "connection reset mid-body" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_tls_to_a_plain_http_port_is_a_reason(ps: Any, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/h").respond_with_json({"status": "healthy"})
-    done = ps("health-gate", "--url", f"https://127.0.0.1:{httpserver.port}/h", "--retries", "1", *FAST)
+    done = ps("health-gate", "--url", f"https://{ADDR}:{httpserver.port}/h", "--retries", "1", *FAST)
     assert done.returncode == 1 and "TLS error" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_refused_connection_is_a_reason(ps: Any) -> None:
-    done = ps("--json", "health-gate", "--url", f"http://127.0.0.1:{free_port()}/", "--retries", "2",
+    done = ps("--json", "health-gate", "--url", f"http://{ADDR}:{free_port()}/", "--retries", "2",
               "--interval", "0.3s")
     assert done.returncode == 1
     data = _json_records(done.stdout)
@@ -263,12 +265,12 @@ def test_unknown_host_is_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_port_opening_late_is_noticed_by_fast_retries(httpserver: HTTPServer) -> None:
     """The server starts listening 0.5 s in; with a 2 s interval the gate still needs one counted try."""
     port = free_port()
-    server = HTTPServer(host="127.0.0.1", port=port)
+    server = HTTPServer(host=ADDR, port=port)
     server.expect_request("/health").respond_with_json({"status": "healthy"})
     timer = threading.Timer(0.5, server.start)
     timer.start()
     try:
-        result = gate([HealthTarget.url(f"http://127.0.0.1:{port}/health")],
+        result = gate([HealthTarget.url(f"http://{ADDR}:{port}/health")],
                       GatePolicy(retries=3, interval=2.0))
     finally:
         timer.join()
@@ -291,14 +293,14 @@ def test_start_period_failures_do_not_count(httpserver: HTTPServer) -> None:
 
 
 def test_tcp_target(ps: Any, httpserver: HTTPServer) -> None:
-    assert ps("health-gate", "--tcp", f"127.0.0.1:{httpserver.port}", "--retries", "1").returncode == 0
-    done = ps("health-gate", "--tcp", f"127.0.0.1:{free_port()}", "--retries", "1")
+    assert ps("health-gate", "--tcp", f"{ADDR}:{httpserver.port}", "--retries", "1").returncode == 0
+    done = ps("health-gate", "--tcp", f"{ADDR}:{free_port()}", "--retries", "1")
     assert done.returncode == 1 and "connection refused" in done.stderr
 
 
 def test_all_targets_must_pass(ps: Any, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/h").respond_with_json({"status": "healthy"})
-    done = ps("health-gate", "--url", httpserver.url_for("/h"), "--tcp", f"127.0.0.1:{free_port()}",
+    done = ps("health-gate", "--url", httpserver.url_for("/h"), "--tcp", f"{ADDR}:{free_port()}",
               "--retries", "1")
     assert done.returncode == 1 and "1/2 up" in done.stdout
 
@@ -342,7 +344,7 @@ def test_engine_down_exits_3(ps: Any, tmp_path: Any) -> None:
 @pytest.mark.docker
 def test_sample_app_healthy_at_once(docker_ps: Any, run_sample: Any) -> None:
     _, port = run_sample(PS_SLOT="stable")
-    done = docker_ps("health-gate", "--url", f"http://127.0.0.1:{port}/health", "--expect", "slot=stable",
+    done = docker_ps("health-gate", "--url", f"http://{ADDR}:{port}/health", "--expect", "slot=stable",
                      "--expect", "database=healthy", *FAST)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "try 1/30  200" in done.stdout
@@ -351,7 +353,7 @@ def test_sample_app_healthy_at_once(docker_ps: Any, run_sample: Any) -> None:
 @pytest.mark.docker
 def test_sample_app_healthy_after_a_delay(docker_ps: Any, run_sample: Any) -> None:
     _, port = run_sample(HEALTHY_AFTER="1.5")
-    done = docker_ps("--json", "health-gate", "--url", f"http://127.0.0.1:{port}/health", "--interval",
+    done = docker_ps("--json", "health-gate", "--url", f"http://{ADDR}:{port}/health", "--interval",
                      "0.3s", "--expect", "status=healthy")
     assert done.returncode == 0, done.stderr
     assert "503" in done.stderr and "status=starting" in done.stderr
@@ -362,7 +364,7 @@ def test_sample_app_healthy_after_a_delay(docker_ps: Any, run_sample: Any) -> No
 @pytest.mark.docker
 def test_sample_app_never_healthy(docker_ps: Any, run_sample: Any) -> None:
     _, port = run_sample(APP_STATUS="broken")
-    done = docker_ps("--json", "health-gate", "--url", f"http://127.0.0.1:{port}/health", "--retries", "3",
+    done = docker_ps("--json", "health-gate", "--url", f"http://{ADDR}:{port}/health", "--retries", "3",
                      *FAST)
     assert done.returncode == 1
     assert "gave up after 3 tries" in done.stderr and "HTTP 503 (want 2xx)" in done.stderr
@@ -373,7 +375,7 @@ def test_sample_app_never_healthy(docker_ps: Any, run_sample: Any) -> None:
 @pytest.mark.docker
 def test_sample_app_database_expectation(docker_ps: Any, run_sample: Any) -> None:
     _, port = run_sample(HEALTH_DATABASE="down")
-    done = docker_ps("health-gate", "--url", f"http://127.0.0.1:{port}/health", "--expect",
+    done = docker_ps("health-gate", "--url", f"http://{ADDR}:{port}/health", "--expect",
                      "database=healthy", "--retries", "2", *FAST)
     assert done.returncode == 1 and "database=down (want healthy)" in done.stdout
 
@@ -419,7 +421,7 @@ def test_container_without_healthcheck_and_stopped(docker_ps: Any, docker_client
 @pytest.mark.docker
 def test_tcp_on_sample_app(docker_ps: Any, run_sample: Any) -> None:
     _, port = run_sample()
-    assert docker_ps("health-gate", "--tcp", f"127.0.0.1:{port}", "--retries", "1").returncode == 0
+    assert docker_ps("health-gate", "--tcp", f"{ADDR}:{port}", "--retries", "1").returncode == 0
 
 
 @pytest.mark.docker
@@ -427,7 +429,7 @@ def test_logs_fallback_with_url_and_container(docker_ps: Any, run_sample: Any, d
                                               base_image: str) -> None:
     # issue 9 changes this test: a 503 is an answer that says unhealthy, the logs cannot overrule it
     container, port = run_sample(APP_STATUS="broken")
-    url = f"http://127.0.0.1:{port}/health"
+    url = f"http://{ADDR}:{port}/health"
     done = docker_ps("health-gate", "--url", url, "--container", container.name, "--logs-fallback",
                      r"listening on :\d+", "--retries", "2", *FAST)
     assert done.returncode == 1, done.stdout
@@ -436,7 +438,7 @@ def test_logs_fallback_with_url_and_container(docker_ps: Any, run_sample: Any, d
     worker = _run_worker(docker_client, base_image, "echo worker ready; exec sleep 600")
     try:
         _wait_log(worker, "worker ready")
-        url = f"http://127.0.0.1:{free_port()}/health"
+        url = f"http://{ADDR}:{free_port()}/health"
         done = docker_ps("health-gate", "--url", url, "--container", worker.name, "--logs-fallback",
                          "worker ready", "--retries", "2", *FAST)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -454,7 +456,7 @@ def test_service_and_slot_from_ps_yaml(docker_ps: Any, run_sample: Any, project:
     app = unique("pstapp")
     container, port = run_sample(name=f"{app}-web-canary", PS_SLOT="canary", HEALTH_REDIS="down")
     other = free_port()
-    project({"app": app, "registry": "127.0.0.1:5000",
+    project({"app": app, "registry": "127.0.0.1:5000", "hosts": [{"name": "local", "address": ADDR}],
              "services": {"web": {"slots": {"stable": other, "canary": port},
                                   "health": {"expect": {"slot": "canary"}, "retries": 2,
                                              "interval": "200ms"}}}})
@@ -502,7 +504,7 @@ def _run_worker(client: Any, image: str, script: str, port: int | None = None,
     """A container running `sh -c script` that serves nothing (no HEALTHCHECK), optionally publishing port."""
     return client.containers.run(image, ["sh", "-c", script], detach=True, name=name or unique("pst-hgw-"),
                                  healthcheck={"test": ["NONE"]}, labels={"pipeline-steps.test": "1"},
-                                 ports={"80/tcp": ("127.0.0.1", port)} if port else None)
+                                 ports={"80/tcp": (ADDR, port)} if port else None)
 
 
 def _log_stamps(container: Any, text: str) -> list[int]:
@@ -519,12 +521,13 @@ def _log_stamps(container: Any, text: str) -> list[int]:
 
 
 def _wait_log(container: Any, text: str, count: int = 1, timeout: float = 20) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def enough() -> list[int] | None:
         stamps = _log_stamps(container, text)
-        if len(stamps) >= count:
-            return stamps
-        time.sleep(0.05)
+        return stamps if len(stamps) >= count else None
+
+    stamps = until(enough, timeout)
+    if stamps:
+        return stamps
     raise AssertionError(f"{container.name} did not log {text!r} {count} times in {timeout} s")
 
 
@@ -535,14 +538,14 @@ def _logs_policy(retries: int, interval: float) -> GatePolicy:
 @pytest.mark.docker
 def test_unhealthy_answer_stays_unhealthy_whatever_the_logs(docker_ps: Any, run_sample: Any) -> None:
     container, port = run_sample(APP_STATUS="unhealthy")
-    done = docker_ps("--json", "health-gate", "--url", f"http://127.0.0.1:{port}/health", "--container",
+    done = docker_ps("--json", "health-gate", "--url", f"http://{ADDR}:{port}/health", "--container",
                      container.name, "--logs-fallback", "sample-app", "--retries", "3", *FAST)
     assert done.returncode == 1, done.stdout
     data = _json_records(done.stdout)
     assert "503" in data["last_status"] and data["records"][-1]["detail"] == "status=unhealthy"
     assert not any("logs of" in r["detail"] for r in data["records"])
     # a 200 whose JSON says unhealthy (an unmet --expect) is no better
-    done = docker_ps("health-gate", "--url", f"http://127.0.0.1:{port}/health", "--container",
+    done = docker_ps("health-gate", "--url", f"http://{ADDR}:{port}/health", "--container",
                      container.name, "--logs-fallback", "sample-app", "--expect-status", "503",
                      "--expect", "status=healthy", "--retries", "2", *FAST)
     assert done.returncode == 1 and "status=unhealthy (want healthy)" in done.stderr
@@ -553,7 +556,7 @@ def test_no_answer_and_a_line_after_start_is_healthy(docker_client: Any, base_im
     worker = _run_worker(docker_client, base_image, "echo worker ready; exec sleep 600")
     try:
         _wait_log(worker, "worker ready")
-        target = HealthTarget.url(f"http://127.0.0.1:{free_port()}/health", logs_container=worker.name,
+        target = HealthTarget.url(f"http://{ADDR}:{free_port()}/health", logs_container=worker.name,
                                   docker=Host(name="local"))
         result = gate([target], _logs_policy(3, 0.2))
         assert result.healthy, result.reason
@@ -572,7 +575,7 @@ def test_line_of_an_earlier_run_does_not_count_after_a_restart(docker_client: An
     port = free_port()
     script = "[ -e /tmp/ran ] && sleep 6; touch /tmp/ran; echo worker ready; exec sleep 600"
     worker = _run_worker(docker_client, base_image, script, port=port)
-    target = HealthTarget.url(f"http://127.0.0.1:{port}/health", logs_container=worker.name,
+    target = HealthTarget.url(f"http://{ADDR}:{port}/health", logs_container=worker.name,
                               docker=Host(name="local"))
     try:
         _wait_log(worker, "worker ready")
@@ -595,7 +598,7 @@ def test_line_of_an_earlier_run_does_not_count_after_a_restart(docker_client: An
 @pytest.mark.docker
 def test_worker_ready_at_4s_does_not_pass_at_1_2s(docker_client: Any, base_image: str) -> None:
     worker = _run_worker(docker_client, base_image, "sleep 4; echo worker ready; exec sleep 600")
-    target = HealthTarget.url(f"http://127.0.0.1:{free_port()}/health", logs_container=worker.name,
+    target = HealthTarget.url(f"http://{ADDR}:{free_port()}/health", logs_container=worker.name,
                               docker=Host(name="local"))
     try:
         early = gate([target], _logs_policy(4, 0.3))
@@ -614,7 +617,7 @@ def test_worker_ready_at_4s_does_not_pass_at_1_2s(docker_client: Any, base_image
 @pytest.mark.docker
 def test_503_then_healthy_is_noticed_fast(docker_client: Any, run_sample: Any) -> None:
     container, port = run_sample(HEALTHY_AFTER="1.5")
-    result = gate([HealthTarget.url(f"http://127.0.0.1:{port}/health")], GatePolicy(retries=30, interval=2.0))
+    result = gate([HealthTarget.url(f"http://{ADDR}:{port}/health")], GatePolicy(retries=30, interval=2.0))
     with open("/proc/uptime", encoding="ascii") as fh:
         exited = float(fh.read().split()[0])
     started = float(container.exec_run(["cat", "/tmp/started"]).output.decode().strip())

@@ -18,7 +18,7 @@ from testbed.debian_base import (
     ensure_debian_python_image,
     prepare_build_context,
 )
-from testbed.ports import unique
+from testbed.ports import address, unique
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -78,11 +78,11 @@ def test_config_validate_in_the_image(in_image: Callable[..., tuple[int, str]]) 
 def test_health_gate_in_the_image_reaches_a_sample_app(in_image: Callable[..., tuple[int, str]],
                                                      run_sample: Callable[..., tuple[Any, int]]) -> None:
     _, healthy = run_sample()
-    code, output = in_image("ps", "health-gate", "--url", f"http://127.0.0.1:{healthy}/health",
+    code, output = in_image("ps", "health-gate", "--url", f"http://{address()}:{healthy}/health",
                             "--retries", "3", "--interval", "500ms")
     assert code == 0, output
     _, sick = run_sample(APP_STATUS="down")
-    code, output = in_image("ps", "health-gate", "--url", f"http://127.0.0.1:{sick}/health",
+    code, output = in_image("ps", "health-gate", "--url", f"http://{address()}:{sick}/health",
                             "--retries", "3", "--interval", "200ms")
     assert code == 1, output
 

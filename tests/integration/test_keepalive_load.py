@@ -1,4 +1,4 @@
-"""The keep-alive load client against a scripted HTTP server on 127.0.0.1: what it counts as failed."""
+"""The keep-alive load client against a scripted HTTP server on the run's address: what counts as failed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from testbed.keepalive_load import KeepAliveLoad, Route
+from testbed.ports import address
 
 SERVER = "127.0.0.1:1111"
 ROUTES = [Route("web", "/", {SERVER: "stable", "127.0.0.1:1112": "canary"})]
@@ -70,7 +71,7 @@ class _Handler(socketserver.BaseRequestHandler):
 
 @pytest.fixture
 def stub() -> Iterator[socketserver.ThreadingTCPServer]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handler)
+    server = socketserver.ThreadingTCPServer((address(), 0), _Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

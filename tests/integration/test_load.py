@@ -10,13 +10,14 @@ import pytest
 
 from testbed.load import LoadGenerator
 from testbed.nginx import Nginx
-from testbed.ports import free_port
+from testbed.ports import address, free_port
+from testbed.wait import pause_until, until
 
 pytestmark = pytest.mark.docker
 
 SERVERS = """
 server {
-    listen 127.0.0.1:{port};
+    listen {address}:{port};
     location / {
         proxy_pass http://ps_load_web;
 {proxy_defaults}
@@ -27,7 +28,7 @@ server {
 
 def upstream(*backends: tuple[int, int]) -> str:
     """An upstream block: (port, weight) per server; weight 0 marks the server down."""
-    lines = [f"    server 127.0.0.1:{port}" + (f" weight={w};" if w else " down;") for port, w in backends]
+    lines = [f"    server {address()}:{port}" + (f" weight={w};" if w else " down;") for port, w in backends]
     return "upstream ps_load_web {\n" + "\n".join(lines) + "\n}\n"
 
 
@@ -63,7 +64,7 @@ def test_failures_are_counted_when_the_backend_is_down(
 
 
 def test_connection_refused_is_a_failure() -> None:
-    report = LoadGenerator(f"http://127.0.0.1:{free_port()}/", rate=100, max_requests=30,
+    report = LoadGenerator(f"http://{address()}:{free_port()}/", rate=100, max_requests=30,
                            max_seconds=5).start().wait(timeout=30)
     assert report.sent == 30
     assert report.failed == 30
@@ -78,7 +79,7 @@ def test_load_is_bounded_and_stoppable(routed: tuple[Nginx, dict[str, tuple[Any,
     assert report.sent == 25 and not by_count.running
     started = time.monotonic()
     early = LoadGenerator(nginx.url + "/", rate=50, max_seconds=60).start()
-    time.sleep(0.5)
+    assert until(lambda: early.report().sent >= 10, 30, 0.02), "the load did not get going"
     report = early.stop()
     assert time.monotonic() - started < 10
     assert not early.running
@@ -98,7 +99,7 @@ def test_weight_flips_with_reloads_drop_nothing(routed: tuple[Nginx, dict[str, t
             nginx.include.write_text(upstream(*weights))
             nginx.reload()
             flips += 1
-            time.sleep(0.25)
+            pause_until(time.monotonic() + 0.25)  # pacing the flips
         report = load.wait(timeout=30)
     print(f"\n{flips} reloads under load: {report.summary()}; errors: {report.errors[:5]}")
     assert flips >= 6

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -11,7 +10,8 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from pipeline_steps.steps.mattermost_notify import STATUSES
-from testbed.ports import free_port
+from testbed.ports import address, free_port
+from testbed.wait import stall
 
 SECRET_PATH = "/hooks/k7q2x9w4secretkeyz1"
 GITLAB = {
@@ -136,7 +136,7 @@ def test_slow_endpoint_times_out(ps: Any, hook: Any) -> None:
     server, env = hook
 
     def slow(request: Request) -> Response:
-        time.sleep(0.6)
+        stall(0.6)  # slower than --timeout 200ms on purpose
         return Response("ok")
 
     server.expect_request(SECRET_PATH).respond_with_handler(slow)
@@ -149,7 +149,7 @@ def test_slow_endpoint_times_out(ps: Any, hook: Any) -> None:
 
 
 def test_unreachable_endpoint(ps: Any) -> None:
-    env = {"MATTERMOST_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}{SECRET_PATH}"}
+    env = {"MATTERMOST_WEBHOOK_URL": f"http://{address()}:{free_port()}{SECRET_PATH}"}
     done = ps("mattermost-notify", "--status", "success", "--fail-on-error", *FAST, env=env)
     assert done.returncode == 1 and "connection refused" in done.stderr
     assert_no_secret(done)

@@ -14,7 +14,8 @@ from pipeline_steps.adapters.nginx import nginx_tree, parse_top
 from testbed.load import slots_answering
 from testbed.nginx import PROXY_DEFAULTS, SiteBed, last_json, server_block, site_plan
 from testbed.nginx_image import NginxContainer, start_nginx_container
-from testbed.ports import held_port, unique
+from testbed.ports import address, held_port, unique
+from testbed.wait import until
 
 
 class ContainerBed(SiteBed):
@@ -27,12 +28,11 @@ class ContainerBed(SiteBed):
 
     def workers(self) -> list[int]:
         """The container's nginx worker PIDs as `docker top` shows them (waits for a first worker)."""
-        for _ in range(200):
+        def first_worker() -> list[int] | None:
             master, workers = nginx_tree(parse_top(self.nginx.container.top()))
-            if master and workers:
-                return sorted(workers)
-            time.sleep(0.02)
-        return []
+            return sorted(workers) if master and workers else None
+
+        return until(first_worker, 4, 0.02) or []
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_reload_that_cannot_apply_in_container_is_detected(
     workers = bed.workers()
     with held_port() as port:
         # a server block on a port a host process holds: nginx -t passes, the reload cannot bind
-        edited = bed.include_text() + f"server {{ listen 127.0.0.1:{port}; {PROXY_DEFAULTS} }}\n"
+        edited = bed.include_text() + f"server {{ listen {address()}:{port}; {PROXY_DEFAULTS} }}\n"
         bed.nginx.include.write_text(edited)
         started = time.monotonic()
         done = docker_ps("set-weights", "--canary", "40")
@@ -184,7 +184,7 @@ def test_stopped_container_and_unreachable_engine_exit_3(container_bed: Callable
 def test_container_bed_cleans_up(docker_client: Any) -> None:
     import docker.errors
 
-    nginx = start_nginx_container(docker_client, "server { listen 127.0.0.1:{port}; }\n",
+    nginx = start_nginx_container(docker_client, "server { listen {address}:{port}; }\n",
                                   log_on_host=True)
     assert requests.get(nginx.url, timeout=5).status_code == 404
     nginx.stop()
@@ -206,14 +206,13 @@ def test_router_init_with_the_container_stopped_then_nginx_starts(
     assert bed.nginx.name in record["note"] and "not running" in record["note"]
     assert "weight=999;" in bed.include_text()
     bed.nginx.container.start()  # the container's nginx starts with the include router init wrote
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
-            if requests.get(bed.url("backend"), timeout=2).status_code == 200:
-                break
+            return requests.get(bed.url("backend"), timeout=2).status_code == 200
         except requests.RequestException:
-            pass
-        time.sleep(0.1)
+            return False
+
+    until(answers, 30, 0.1)
     assert slots_answering(bed.url("backend"), 20) == {"stable": 20}
     assert "already there" in docker_ps("router", "init").stdout
     forced = docker_ps("--json", "router", "init", "--force")

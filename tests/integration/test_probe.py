@@ -13,7 +13,7 @@ from testbed.nginx import Nginx, SiteBed, last_json, site_plan
 
 SITE = """\
     server {
-        listen 127.0.0.1:{port};
+        listen {address}:{port};
 {proxy_defaults}
         location / { proxy_pass http://shop_frontend; }
         location /api/ { proxy_pass http://shop_backend; }

@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from testbed.ports import free_port
+from testbed.ports import address, free_port
 from testbed.registry import Registry
 
 BASE_ARG = "BASE_IMAGE=pipeline-steps/busybox:base"
@@ -104,7 +104,7 @@ def test_credentials_from_the_docker_config(docker_ps: Any, git_repo: Path, proj
 
 def test_registry_down_exits_3_after_retries(docker_ps: Any, git_repo: Path, project: Any,
                                              app_name: str) -> None:
-    nobody = f"127.0.0.1:{free_port()}"
+    nobody = f"{address()}:{free_port()}"
     built(docker_ps, git_repo, project, app_name, nobody)
     done = docker_ps("push", "--attempts", "3", "--backoff", "50ms",
                      env={"REGISTRY_USER": "ci", "REGISTRY_PASSWORD": "whatever-pass"})
@@ -134,7 +134,7 @@ class LateProxy:
             return
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
             server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind(("127.0.0.1", self.port))
+            server.bind((address(), self.port))
             server.listen(16)
             server.settimeout(0.2)
             while not self.stopped.is_set():
@@ -164,7 +164,7 @@ class LateProxy:
 def test_transient_failures_are_retried_until_the_registry_answers(
         docker_ps: Any, git_repo: Path, project: Any, registry: Registry, app_name: str) -> None:
     port = free_port()
-    late = f"127.0.0.1:{port}"
+    late = f"{address()}:{port}"
     bid = built(docker_ps, git_repo, project, app_name, late)
     host, _, target_port = registry.address.partition(":")
     started = time.monotonic()

@@ -7,7 +7,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from testbed.load import slots_answering
 from testbed.nginx import PROXY_DEFAULTS, Nginx, last_json, server_block, site_plan
 from testbed.ports import free_port, wait_port
+from testbed.wait import until
 
 TrafficBed = Any  # the traffic_bed fixture of tests/integration/conftest.py
 
@@ -121,9 +121,7 @@ def test_set_weights_while_nginx_is_down_says_how_to_start(traffic_bed: Callable
     pid = bed.nginx.master_pid()
     assert pid
     os.kill(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until(lambda: not Path(f"/proc/{pid}").exists(), 20)
     assert not Path(f"/proc/{pid}").exists()
     done = ps("set-weights", "--canary", "10")
     assert done.returncode == 3, done.stderr

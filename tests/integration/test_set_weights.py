@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +9,8 @@ import pytest
 
 from testbed.load import slots_answering
 from testbed.nginx import PROXY_DEFAULTS, last_json
-from testbed.ports import held_port
+from testbed.ports import address, held_port
+from testbed.wait import until
 
 TrafficBed = Any  # the traffic_bed fixture of tests/integration/conftest.py
 
@@ -53,12 +53,8 @@ def _workers(bed: TrafficBed) -> list[int]:
 
     pid = bed.nginx.master_pid()
     assert pid
-    for _ in range(200):  # a freshly started master may not have forked its worker yet
-        found = children(pid)
-        if found:
-            return sorted(found)
-        time.sleep(0.02)
-    return []
+    # a freshly started master may not have forked its worker yet
+    return sorted(until(lambda: children(pid), 4, 0.02) or [])
 
 
 @pytest.mark.parametrize("args", [
@@ -125,7 +121,7 @@ def test_reload_that_cannot_apply_is_detected(traffic_bed: Callable[..., Traffic
     with held_port() as port:
         # someone added a server block on a port another process holds: nginx -t passes, the reload
         # cannot bind, and nginx keeps its old config while `nginx -s reload` exits 0
-        edited = bed.include_text() + f"server {{ listen 127.0.0.1:{port}; {PROXY_DEFAULTS} }}\n"
+        edited = bed.include_text() + f"server {{ listen {address()}:{port}; {PROXY_DEFAULTS} }}\n"
         bed.nginx.include.write_text(edited)
         done = ps("set-weights", "--canary", "40")
         assert done.returncode == 1, done.stderr
@@ -146,11 +142,10 @@ def test_port_freed_while_nginx_retries_the_bind_is_a_good_reload(
     assert ps("set-weights", "--canary", "10").returncode == 0
     with held_port() as port:
         bed.nginx.include.write_text(bed.include_text() +
-                                     f"server {{ listen 127.0.0.1:{port}; {PROXY_DEFAULTS} }}\n")
+                                     f"server {{ listen {address()}:{port}; {PROXY_DEFAULTS} }}\n")
         done = ps.popen("--json", "set-weights", "--canary", "40")
-        deadline = time.monotonic() + 30
-        while "try again to bind()" not in bed.nginx.error_log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)  # let go of the port only once nginx has found it busy
+        # let go of the port only once nginx has found it busy
+        until(lambda: "try again to bind()" in bed.nginx.error_log.read_text(), 30)
     out, err = done.communicate(timeout=60)
     assert done.returncode == 0, err
     assert last_json(out)["reloaded"] is True
@@ -185,28 +180,24 @@ def test_first_apply_creates_the_include(traffic_bed: Callable[..., TrafficBed],
 
 
 def _answers(port: int, path: str = "/", timeout: float = 30.0) -> bool:
-    """Poll a slot (or nginx) on 127.0.0.1:port until it answers 200; False at the deadline."""
+    """Poll a slot (or nginx) on <run address>:port until it answers 200; False at the deadline."""
     import http.client
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    def ok() -> bool:
+        conn = http.client.HTTPConnection(address(), port, timeout=2)
         try:
             conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return True
+            return conn.getresponse().status == 200
         except (OSError, http.client.HTTPException):
-            pass
+            return False
         finally:
             conn.close()
-        time.sleep(0.05)
-    return False
+
+    return bool(until(ok, timeout))
 
 
 def _wait_sent(load: Any, count: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while load.report().sent < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until(lambda: load.report().sent >= count, timeout)
     assert load.report().sent >= count, "the load did not get going"
 
 

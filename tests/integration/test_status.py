@@ -1,4 +1,4 @@
-"""`ps status` over two Docker hosts (the bed's engine and a second dockerd on 127.0.0.2)."""
+"""`ps status` over two Docker hosts (the bed's engine and a second dockerd, on the run's addresses)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from testbed.ports import free_ports, unique
+from testbed.ports import address, free_ports, unique
 
 SAMPLE_TAG = "pipeline-steps/sample-app"
 
@@ -20,7 +20,7 @@ def test_status_flags_a_host_with_another_build(second_host: Any, engine: Any, d
     stable, canary = free_ports(2)
     raw: dict[str, Any] = {
         "app": app, "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
-        "hosts": [{"name": "one", "docker": engine.base_url, "address": "127.0.0.1"},
+        "hosts": [{"name": "one", "docker": engine.base_url, "address": address()},
                   {"name": "two", "docker": second_host.docker, "address": second_host.address}],
         "services": {"backend": {"context": ".", "slots": {"stable": stable, "canary": canary}}},
     }
@@ -42,8 +42,8 @@ def test_status_flags_a_host_with_another_build(second_host: Any, engine: Any, d
         done = docker_ps("deploy-env", "--slot", "stable", "--build-id", "b1")
         assert done.returncode == 0, done.stderr
         # the slot answers on both hosts' addresses
-        for address in ("127.0.0.1", second_host.address):
-            answer = requests.get(f"http://{address}:{stable}/", timeout=5)
+        for host in (address(), second_host.address):
+            answer = requests.get(f"http://{host}:{stable}/", timeout=5)
             assert answer.headers["X-Slot"] == "stable"
         ok = docker_ps("--json", "status")
         assert ok.returncode == 0, ok.stderr
@@ -61,7 +61,7 @@ def test_status_flags_a_host_with_another_build(second_host: Any, engine: Any, d
         assert flagged.returncode == 1
         assert "MISMATCH backend stable" in flagged.stdout and "one=b1, two=b2" in flagged.stdout
         # a different image under the same tag on host two: deploy-env refuses
-        other = two.images.get(f"{SAMPLE_TAG}:5a3e1e000001")
+        other = two.images.get(sample_image)
         two.images.build(fileobj=_dockerfile(other.id), tag=f"{repo}:b3", rm=True)
         docker_client.images.get(sample_image).tag(repo, "b3")
         differ = docker_ps("deploy-env", "--slot", "canary", "--build-id", "b3")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from testbed.load import slots_answering
+from testbed.ports import address
 
 TrafficBed = Any  # the traffic_bed fixture of tests/integration/conftest.py
 
@@ -23,7 +24,7 @@ def test_switch_and_backup_takes_over(traffic_bed: Callable[..., TrafficBed], ru
     assert record["services"][0]["after"] == "green active, blue backup"
     text = bed.include_text()
     # issue 9: no passive check on ps's servers (was `backup max_fails=3 fail_timeout=30s`)
-    assert f"127.0.0.1:{bed.ports['web']['blue']} max_fails=0 backup;" in text
+    assert f"{address()}:{bed.ports['web']['blue']} max_fails=0 backup;" in text
     assert slots_answering(url, 20) == {"green": 20}
     probe = ps("verify-weights", "--expect-active", "green", "--probe", "50", "--url", url)
     assert probe.returncode == 0, probe.stderr

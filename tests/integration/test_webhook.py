@@ -40,7 +40,8 @@ from pipeline_steps.webhook.store import (
     Delivery,
     DeliveryStore,
 )
-from testbed.ports import free_port, wait_port
+from testbed.ports import address, free_port, wait_port
+from testbed.wait import until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,12 +80,7 @@ def padded_json(kind: str, size: int) -> bytes:
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
+    return bool(until(check, timeout))
 
 
 class Recorder:
@@ -108,7 +104,7 @@ class Recorder:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., WebhookServer]]:
-    """Start WebhookServers in-process on free 127.0.0.1 ports; all stopped afterwards."""
+    """Start WebhookServers in-process on free ports of the run's address; all stopped afterwards."""
     started: list[tuple[WebhookServer, DeliveryStore]] = []
 
     def start(action: Any, db: Path | None = None, *, start_worker: bool = True,
@@ -116,7 +112,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., WebhookServer]]:
         store = DeliveryStore(db or tmp_path / "deliveries.sqlite3")
         settings = {"retry_wait": 0.01, "retry_max_wait": 0.05, **settings}
         server = WebhookServer(store, action, ReceiverSettings(token=TOKEN, branches=branches, **settings),
-                               "127.0.0.1", free_port(), start_worker=start_worker)
+                               address(), free_port(), start_worker=start_worker)
         server.start()
         started.append((server, store))
         return server
@@ -129,7 +125,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., WebhookServer]]:
 
 @pytest.fixture
 def jenkins() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server = HTTPServer(host=address(), port=0, threaded=True)
     server.start()
     yield server
     server.clear()
@@ -224,7 +220,7 @@ def test_malformed_bodies_are_400(serve: Callable[..., WebhookServer]) -> None:
 def test_oversize_body_is_413_and_not_read(serve: Callable[..., WebhookServer]) -> None:
     server = serve(Recorder())
     # a client announcing 5 MiB: the answer comes before any body byte is sent (nothing more is read)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+    with socket.create_connection((address(), server.port), timeout=5) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"X-Gitlab-Token: " + TOKEN.encode() + b"\r\n"
                      b"Content-Length: " + str(5 * MAX_BODY).encode() + b"\r\n\r\n")
@@ -335,7 +331,7 @@ def test_jenkins_refusal_and_absence_fail_the_delivery(jenkins: HTTPServer) -> N
     action = JenkinsAction(url=jenkins.url_for("/"), job="deploy", user="u", api_token="wrong")
     with pytest.raises(CheckFailed, match="refused"):
         action(delivery)
-    gone = JenkinsAction(url=f"http://127.0.0.1:{free_port()}", job="deploy")
+    gone = JenkinsAction(url=f"http://{address()}:{free_port()}", job="deploy")
     from pipeline_steps.errors import Unreachable
     with pytest.raises(Unreachable):
         gone(delivery)
@@ -343,7 +339,7 @@ def test_jenkins_refusal_and_absence_fail_the_delivery(jenkins: HTTPServer) -> N
 
 @responses.activate
 def test_gitlab_action_triggers_a_pipeline_through_python_gitlab(serve: Callable[..., WebhookServer]) -> None:
-    responses.add_passthru("http://127.0.0.1")  # the receiver itself is real
+    responses.add_passthru(f"http://{address()}")  # the receiver itself is real
     trigger = responses.post("https://gitlab.example.com/api/v4/projects/42/trigger/pipeline",
                              json={"id": 99, "ref": "develop", "web_url": "https://gitlab.example.com/p/-/pipelines/99"},
                              status=201)
@@ -406,8 +402,8 @@ def start_ps_serve(ps: PsRun, port: int, db: Path, jenkins_url: str, extra_env: 
                    ) -> subprocess.Popen[str]:
     env = {**ps.env, "WEBHOOK_TOKEN": TOKEN, **extra_env}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline_steps", "webhook", "serve", "--port", str(port), "--db", str(db),
-         "--action", "jenkins", "--jenkins-url", jenkins_url, "--jenkins-job", "deploy"],
+        [sys.executable, "-m", "pipeline_steps", "webhook", "serve", "--host", address(), "--port", str(port),
+         "--db", str(db), "--action", "jenkins", "--jenkins-url", jenkins_url, "--jenkins-job", "deploy"],
         env=env, cwd=ps.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     if not wait_port(port, timeout=15):
@@ -475,7 +471,7 @@ def test_ps_webhook_serve_subprocess_end_to_end_and_crash_recovery(ps: PsRun, je
     db, port = tmp_path / "serve.sqlite3", free_port()
     secrets_env = {"JENKINS_USER": "bot", "JENKINS_API_TOKEN": "jenkins-api-secret-1"}
     proc = start_ps_serve(ps, port, db, jenkins.url_for("/"), secrets_env)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{address()}:{port}"
     try:
         assert post(url, push_payload(), uuid="one").json()["status"] == "accepted"
         assert post(url, push_payload(), uuid="one").json()["status"] == "duplicate"
@@ -582,7 +578,7 @@ def test_100_deliveries_at_once_none_reset_each_push_stored_and_run_once(
 def _slow_send(port: int, head: bytes, trickle: bytes, gap: float, limit: float) -> tuple[float, bytes]:
     """Send `head`, then `trickle` one byte per `gap` seconds until the server closes (or `limit`)."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection((address(), port), timeout=5) as sock:
         sock.sendall(head)
         got = b""
         for byte in trickle:
@@ -749,7 +745,7 @@ def test_jenkins_failures_are_retried_with_backoff_then_dead_and_retry_by_hand_r
         status: int | None, reason: str) -> None:
     fake = FakeJenkins(jenkins)
     fake.default = status or 500
-    url = f"http://127.0.0.1:{free_port()}" if status is None else None  # None: Jenkins is down
+    url = f"http://{address()}:{free_port()}" if status is None else None  # None: Jenkins is down
     db = tmp_path / "retry.sqlite3"
     server = serve(jenkins_action(jenkins, url), db, attempts=3)
     assert post(server.url, push_payload(), uuid="d1").json()["status"] == "accepted"
@@ -850,9 +846,9 @@ def test_local_action_survives_a_kill_9_and_is_adopted_never_run_twice(ps: PsRun
     db, port = tmp_path / "local.sqlite3", free_port()
     command = f"health-gate --url {httpserver.url_for('/health')} --interval 100ms --retries 600 --timeout 1s"
     env = {**ps.env, "WEBHOOK_TOKEN": TOKEN}
-    argv = [sys.executable, "-m", "pipeline_steps", "webhook", "serve", "--port", str(port), "--db", str(db),
-            "--action", "local", "--local-command", command]
-    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "pipeline_steps", "webhook", "serve", "--host", address(), "--port",
+            str(port), "--db", str(db), "--action", "local", "--local-command", command]
+    url = f"http://{address()}:{port}"
     run_dir = db.parent / "runs"
 
     def start() -> subprocess.Popen[str]:
@@ -899,7 +895,7 @@ def test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s(ps: PsRun, jenkins
                 + TOKEN.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         took, answer = _slow_send(port, head, body, gap=5.0, limit=30)
         assert 9.0 < took < 20.0 and b"200" not in answer
-        assert deliveries(f"http://127.0.0.1:{port}") == []
+        assert deliveries(f"http://{address()}:{port}") == []
     finally:
         stop(proc)
 

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -22,12 +21,12 @@ from pipeline_steps.secrets import register_secret
 REPO = Path(__file__).resolve().parents[2]
 
 WRITER = textwrap.dedent("""
-    import sys, time
+    import sys
     from pipeline_steps.deploy.history import HistoryLog
-    state_dir, writer, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    state_dir, writer, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     log = HistoryLog(state_dir)
-    while time.time() < go:  # all writers start together, so their appends really overlap
-        time.sleep(0.001)
+    print("ready", flush=True)
+    sys.stdin.readline()  # all writers start together, so their appends really overlap
     for i in range(count):
         # 6 KB lines: larger than PIPE_BUF, so only the writer's own serialisation keeps them whole
         log.record(app="shop", type="canary-auto", result="ok", build_ids={"web/canary": writer},
@@ -38,9 +37,14 @@ WRITER = textwrap.dedent("""
 def test_concurrent_appends_from_several_processes_never_interleave(tmp_path: Path) -> None:
     writers, per_writer = 6, 250
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}
-    go = str(time.time() + 2.0)
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"w{n}", str(per_writer), go],
-                              env=env) for n in range(writers)]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"w{n}", str(per_writer)],
+                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for n in range(writers)]
+    assert [p.stdout.readline().strip() for p in procs if p.stdout] == ["ready"] * writers
+    for p in procs:  # go: every writer is up and waiting
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.close()
     assert [p.wait(timeout=120) for p in procs] == [0] * writers
     raw = (tmp_path / "history.jsonl").read_bytes()
     lines = raw.splitlines()

@@ -21,13 +21,13 @@ from pipeline_steps.errors import CheckFailed
 REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = textwrap.dedent("""
-    import sys, time
+    import select, sys
     from pipeline_steps.deploy.lock import DeployLock
     state_dir, hold = sys.argv[1], float(sys.argv[2])
     lock = DeployLock(state_dir, "shop", deploy_type="canary-auto", timezone="Asia/Seoul")
     lock.acquire(wait=float(sys.argv[3]) if len(sys.argv) > 3 else 0)
     print("held", flush=True)
-    time.sleep(hold)
+    select.select([sys.stdin], [], [], hold)  # held until told (a line on stdin), at most `hold` s
     lock.release()
     print("released", flush=True)
 """)
@@ -45,19 +45,27 @@ class Holders:
                     "CI_COMMIT_SHA": "0123456789abcdef0123456789abcdef01234567",
                     "CI_PIPELINE_URL": "https://gitlab.example.com/shop/-/pipelines/42", **env}
         proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(self.state_dir), str(hold)],
-                                stdout=subprocess.PIPE, text=True, env=full_env)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=full_env)
         self.procs.append(proc)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "held"
         return proc
+
+    @staticmethod
+    def release(proc: subprocess.Popen[str]) -> None:
+        """Tell a holder to release the lock now."""
+        assert proc.stdin is not None
+        proc.stdin.write("release\n")
+        proc.stdin.flush()
 
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
-            if proc.stdout:
-                proc.stdout.close()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe:
+                    pipe.close()
 
 
 @pytest.fixture
@@ -89,9 +97,22 @@ def test_second_process_waits_then_fails_naming_the_holder(tmp_path: Path, holde
     assert not lock.held
 
 
-def test_waiter_gets_the_lock_once_the_holder_finishes(tmp_path: Path, holders: Holders) -> None:
-    holder = holders.start(hold=0.5)
+def test_waiter_gets_the_lock_once_the_holder_finishes(tmp_path: Path, holders: Holders,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    holder = holders.start()
     lock = lock_of(tmp_path, pipeline_url="https://ci/p/2", user="bob")
+    try_lock = lock._try_lock
+
+    told: list[bool] = []
+
+    def try_then_release(fd: int, shared: bool = False) -> bool:  # the holder lets go once we wait
+        got = try_lock(fd, shared)
+        if not got and not told:
+            told.append(True)
+            holders.release(holder)
+        return got
+
+    monkeypatch.setattr(lock, "_try_lock", try_then_release)
     with lock.acquire(wait=10, poll=0.05):
         assert holder.wait(timeout=10) == 0
         record = json.loads((tmp_path / "state" / "deploy.lock.json").read_text())
@@ -100,6 +121,7 @@ def test_waiter_gets_the_lock_once_the_holder_finishes(tmp_path: Path, holders: 
         assert lock.took_over is None  # the holder cleaned up its record
     assert not (tmp_path / "state" / "deploy.lock.json").exists()
     assert lock_of(tmp_path).status().state == "free"
+    assert told  # the waiter did wait for the holder
 
 
 def test_killed_holder_leaves_a_stale_record_that_is_taken_over(tmp_path: Path, holders: Holders) -> None:

@@ -154,10 +154,12 @@ def slow_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    from testbed.ports import address
+
+    server = http.server.ThreadingHTTPServer((address(), 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    yield f"http://{address()}:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
 
