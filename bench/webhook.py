@@ -160,7 +160,7 @@ def at_once(port: int, first: int, count: int) -> dict[str, Any]:
     for i in range(first, first + count):
         new = socket.socket()
         new.setblocking(False)
-        new.connect_ex(("127.0.0.1", port))
+        new.connect_ex((address(), port))
         pending[new] = request(port, i)
         sel.register(new, selectors.EVENT_WRITE)
     times: list[float] = []
