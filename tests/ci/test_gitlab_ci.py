@@ -372,7 +372,8 @@ def test_one_pipeline_deploys_all_three_services(ci_bed: CiBed) -> None:
                                       for slot in ("stable", "canary")}
     stable = of_pipeline(ci_bed, 1)[-1]
     assert stable["type"] == "stable"
-    assert stable["build_ids"] == {f"{n}/stable": build for n in THREE_SERVICES}
+    assert stable["build_ids"] == {f"{n}/{slot}": build for n in THREE_SERVICES
+                                   for slot in ("stable", "canary")}
     assert stable["weights"] == dict.fromkeys(THREE_SERVICES, 0)
     assert ci_bed.endpoints.sent() == ["started", "success"]
     assert "frontend, backend, python" in ci_bed.endpoints.notified()[0]
