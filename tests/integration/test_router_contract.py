@@ -20,7 +20,7 @@ from pipeline_steps.errors import Unreachable
 from pipeline_steps.waiting import poll_until
 from testbed.nginx import Nginx
 
-SERVERS = "    server {\n        listen 127.0.0.1:{port};\n        location / { return 204; }\n    }\n"
+SERVERS = "    server {\n        listen {address}:{port};\n        location / { return 204; }\n    }\n"
 FIRST = "upstream contract_u { server 127.0.0.1:1 max_fails=0; }\n"
 SECOND = "upstream contract_u { server 127.0.0.1:2 max_fails=0; }\n"
 BAD = "upstream contract_u { no_such_directive; }\n"
