@@ -19,6 +19,7 @@ from pipeline_steps.webhook.store import (
     Delivery,
     DeliveryStore,
 )
+from testbed.wait import until
 
 
 def make(key: str, at: float = 1.0, status: str = PENDING) -> Delivery:
@@ -116,7 +117,6 @@ def test_any_known_id_makes_a_duplicate_and_adds_its_ids(tmp_path: Path) -> None
 
 
 def test_one_group_commit_dedups_within_its_batch_too(tmp_path: Path) -> None:
-    import time
 
     store = DeliveryStore(tmp_path / "d.sqlite3")
     assert store.record(make("old"), ["body:old"]) is None
@@ -133,9 +133,7 @@ def test_one_group_commit_dedups_within_its_batch_too(tmp_path: Path) -> None:
         for n, (key, ids) in enumerate(calls):
             threads.append(threading.Thread(target=record, args=(n, key, ids)))
             threads[-1].start()
-            deadline = time.monotonic() + 10
-            while len(store._queue) <= n and time.monotonic() < deadline:
-                time.sleep(0.005)
+            until(lambda n=n: len(store._queue) > n, timeout=10, interval=0.005)
             assert len(store._queue) == n + 1
     for t in threads:
         t.join(10)
