@@ -15,6 +15,7 @@ from werkzeug import Request, Response
 
 from pipeline_steps.config import Host
 from pipeline_steps.steps.health_gate import GatePolicy, HealthTarget, check_once, gate
+from testbed.engine import Engine
 from testbed.ports import address, free_port, unique
 from testbed.wait import stall, until
 
@@ -552,12 +553,12 @@ def test_unhealthy_answer_stays_unhealthy_whatever_the_logs(docker_ps: Any, run_
 
 
 @pytest.mark.docker
-def test_no_answer_and_a_line_after_start_is_healthy(docker_client: Any, base_image: str) -> None:
+def test_no_answer_and_a_line_after_start_is_healthy(engine: Engine, docker_client: Any, base_image: str) -> None:
     worker = _run_worker(docker_client, base_image, "echo worker ready; exec sleep 600")
     try:
         _wait_log(worker, "worker ready")
         target = HealthTarget.url(f"http://{ADDR}:{free_port()}/health", logs_container=worker.name,
-                                  docker=Host(name="local"))
+                                  docker=Host(name="local", docker=engine.base_url))
         result = gate([target], _logs_policy(3, 0.2))
         assert result.healthy, result.reason
         assert result.records[-1].detail == f"logs of {worker.name} match (was: connection refused)"
@@ -570,13 +571,13 @@ def test_no_answer_and_a_line_after_start_is_healthy(docker_client: Any, base_im
 
 
 @pytest.mark.docker
-def test_line_of_an_earlier_run_does_not_count_after_a_restart(docker_client: Any, base_image: str) -> None:
+def test_line_of_an_earlier_run_does_not_count_after_a_restart(engine: Engine, docker_client: Any, base_image: str) -> None:
     """The first run logs `worker ready` at once; after a restart the line comes only 6 s in."""
     port = free_port()
     script = "[ -e /tmp/ran ] && sleep 6; touch /tmp/ran; echo worker ready; exec sleep 600"
     worker = _run_worker(docker_client, base_image, script, port=port)
     target = HealthTarget.url(f"http://{ADDR}:{port}/health", logs_container=worker.name,
-                              docker=Host(name="local"))
+                              docker=Host(name="local", docker=engine.base_url))
     try:
         _wait_log(worker, "worker ready")
         first = gate([target], _logs_policy(3, 0.2))
@@ -596,10 +597,10 @@ def test_line_of_an_earlier_run_does_not_count_after_a_restart(docker_client: An
 
 
 @pytest.mark.docker
-def test_worker_ready_at_4s_does_not_pass_at_1_2s(docker_client: Any, base_image: str) -> None:
+def test_worker_ready_at_4s_does_not_pass_at_1_2s(engine: Engine, docker_client: Any, base_image: str) -> None:
     worker = _run_worker(docker_client, base_image, "sleep 4; echo worker ready; exec sleep 600")
     target = HealthTarget.url(f"http://{ADDR}:{free_port()}/health", logs_container=worker.name,
-                              docker=Host(name="local"))
+                              docker=Host(name="local", docker=engine.base_url))
     try:
         early = gate([target], _logs_policy(4, 0.3))
         assert not early.healthy and early.elapsed < 4
