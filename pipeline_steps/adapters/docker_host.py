@@ -69,10 +69,12 @@ def tls_config(host: Host) -> Any:
     try:
         if host.tls is not None:
             t = host.tls
-            return docker.tls.TLSConfig(client_cert=(t.cert, t.key) if t.cert and t.key else None,
-                                        ca_cert=t.ca if t.verify else None, verify=t.verify)
-        if env_tls()[0]:
-            return docker.utils.kwargs_from_env().get("tls")
+            tls = docker.tls.TLSConfig(client_cert=(t.cert, t.key) if t.cert and t.key else None,
+                                       ca_cert=t.ca if t.verify else None, verify=t.verify)
+        elif env_tls()[0]:
+            tls = docker.utils.kwargs_from_env().get("tls")
+        else:
+            return None
     except docker.errors.TLSParameterError as exc:
         if host.tls is not None:  # checked at load: gone since
             raise BadInput(f"host {host.name}: its tls files cannot be used: {str(exc).split('. ')[0]}") \
@@ -82,7 +84,34 @@ def tls_config(host: Host) -> Any:
         raise BadInput(f"host {host.name}: DOCKER_CERT_PATH ({where}) cannot be used: "
                        f"{', '.join(missing) or 'its files'} missing there (docker's names: ca.pem, "
                        "cert.pem, key.pem)") from None
-    return None
+    _check_pem(host, tls)
+    return tls
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _ask(*_: Any) -> bytes:
+    raise _Encrypted
+
+
+def _check_pem(host: Host, tls: Any) -> None:
+    """BadInput unless the CA, certificate and key load (a key with a passphrase is refused: ps never
+    asks, and OpenSSL would prompt on the terminal)."""
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_cert if tls.verify and tls.ca_cert else None)
+        if tls.cert:
+            context.load_cert_chain(tls.cert[0], tls.cert[1], password=_ask)
+    except _Encrypted:
+        raise BadInput(f"host {host.name}: the TLS key {tls.cert[1]} has a passphrase: ps cannot ask for it; "
+                       "give a key without one (mode 0600)") from None
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise BadInput(f"host {host.name}: its TLS files do not load ({reason}): PEM files of a CA, a "
+                       "certificate and its key are needed") from None
 
 
 def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:

@@ -1,8 +1,9 @@
 """A tcp:// host over TLS with client certificates, against a real dockerd started with --tlsverify.
 
 The bed's engine is host `one` (unix socket, slots on the run's address); host `two` is a dockerd of its
-own (testbed.tls_engine) that answers TCP only with TLS and only to a client certificate of its CA, with
-slots on the run's second address. Certificates are made for the run (the `cryptography` package).
+own (the `tls_engine` fixture, testbed.tls_engine) that answers TCP only with TLS and only to a client
+certificate of its CA, with slots on the run's second address. Certificates are made for the run (the
+`cryptography` package).
 """
 
 from __future__ import annotations
@@ -17,25 +18,10 @@ import pytest
 import requests
 
 from testbed.ports import address, free_ports, second_address, unique
-from testbed.tls_engine import TlsEngine, start_tls_dockerd
+from testbed.tls_engine import TlsEngine
 
 BUILD = "t1"
 SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
-
-
-@pytest.fixture(scope="module")
-def tls_engine(docker_client: Any, sample_image: str) -> Iterator[TlsEngine]:
-    """The TLS dockerd, holding the sample image."""
-    eng = start_tls_dockerd()
-    try:
-        client = eng.client()
-        try:
-            client.images.load(b"".join(docker_client.images.get(sample_image).save(named=sample_image)))
-        finally:
-            client.close()
-        yield eng
-    finally:
-        eng.stop()
 
 
 class Bed:

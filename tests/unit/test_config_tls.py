@@ -154,19 +154,32 @@ def test_tls_without_verify_warns() -> None:
 # ---------------------------------------------------------------- the SDK's TLS settings
 
 
-def test_tls_config_from_the_host(certs: Path) -> None:
+@pytest.fixture
+def pki(tmp_path: Path) -> Any:
+    """Real PEM files: a CA, a client certificate and key (testbed.tls_engine, `cryptography`)."""
+    from testbed.tls_engine import make_pki
+
+    return make_pki(tmp_path / "pki", "127.0.0.1")
+
+
+def _host(pki: Any, **changes: Any) -> Host:
+    tls = {"ca": str(pki.ca), "cert": str(pki.cert), "key": str(pki.key), **changes}
+    return Host(name="two", docker="tcp://127.0.0.1:2376", tls=HostTls(**tls))
+
+
+def test_tls_config_from_the_host(pki: Any) -> None:
     from pipeline_steps.adapters.docker_host import tls_config
 
-    tls = HostTls(ca=str(certs / "ca.pem"), cert=str(certs / "cert.pem"), key=str(certs / "key.pem"))
-    got = tls_config(Host(name="two", docker="tcp://127.0.0.1:2376", tls=tls))
-    assert got.verify is True and got.ca_cert == tls.ca and got.cert == (tls.cert, tls.key)
+    got = tls_config(_host(pki))
+    assert got.verify is True and got.ca_cert == str(pki.ca) and got.cert == (str(pki.cert), str(pki.key))
     assert tls_config(Host(name="two", docker="tcp://127.0.0.1:2375")) is None  # plain TCP
-    assert tls_config(Host(name="one", docker="unix:///x.sock", tls=tls)) is None
+    assert tls_config(Host(name="one", docker="unix:///x.sock", tls=_host(pki).tls)) is None
 
 
-def test_tls_config_from_docker_cert_path(certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tls_config_from_docker_cert_path(pki: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline_steps.adapters.docker_host import tls_config
 
+    certs = pki.ca.parent  # ca.pem, cert.pem, key.pem: docker's names
     monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
     monkeypatch.setenv("DOCKER_CERT_PATH", str(certs))
     got = tls_config(Host(name="two", docker="tcp://127.0.0.1:2376"))
@@ -183,5 +196,34 @@ def test_docker_cert_path_without_files_is_bad_input(tmp_path: Path, monkeypatch
     monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path / "none"))
     with pytest.raises(BadInput) as info:
         tls_config(Host(name="two", docker="tcp://127.0.0.1:2376"))
-    assert info.value.message.startswith(f"host two: DOCKER_CERT_PATH ({tmp_path / 'none'}) cannot be used")
+    assert info.value.message == (
+        f"host two: DOCKER_CERT_PATH ({tmp_path / 'none'}) cannot be used: ca.pem, cert.pem, key.pem missing "
+        "there (docker's names: ca.pem, cert.pem, key.pem)")
     assert os.environ["DOCKER_TLS_VERIFY"] == "1"
+
+
+def test_files_that_are_not_pem_are_bad_input(pki: Any, tmp_path: Path) -> None:
+    from pipeline_steps.adapters.docker_host import tls_config
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for changes in ({"ca": str(junk)}, {"cert": str(junk)}, {"key": str(pki.other_key)}):  # last: not its key
+        with pytest.raises(BadInput) as info:
+            tls_config(_host(pki, **changes))
+        assert info.value.message.startswith("host two: its TLS files do not load (")
+        assert "PRIVATE KEY" not in info.value.message
+
+
+def test_a_key_with_a_passphrase_is_refused_never_asked_for(pki: Any, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from pipeline_steps.adapters.docker_host import tls_config
+
+    key = serialization.load_pem_private_key(pki.key.read_bytes(), None)
+    locked = tmp_path / "locked.pem"
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(BadInput) as info:
+        tls_config(_host(pki, key=str(locked)))
+    assert info.value.message == (f"host two: the TLS key {locked} has a passphrase: ps cannot ask for it; "
+                                  "give a key without one (mode 0600)")
