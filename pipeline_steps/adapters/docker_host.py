@@ -280,10 +280,14 @@ def _tls_reason(host: Host, exc: BaseException) -> str | None:
     text = str(exc)
     tls = host.tls
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        detail = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip(" :'\"")
-        if "mismatch" in detail or "match" in detail:
+        detail = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0]
+        detail = detail.strip(" :'\"").rstrip(".")
+        if "match" in detail:
             return (f"TLS certificate verify failed: the engine's certificate is not for that address "
                     f"({detail[:80]}); it needs the address in its subjectAltName")
+        if "expired" in detail or "not yet valid" in detail:
+            return (f"TLS certificate verify failed: {detail[:80]} (the engine's certificate, or a clock "
+                    "off on one side)")
         ca = f"tls.ca ({tls.ca})" if tls is not None and tls.ca else "the CA given (DOCKER_CERT_PATH/ca.pem)"
         return (f"TLS certificate verify failed: the engine's certificate is not signed by {ca} "
                 f"({detail[:80] or 'no detail'})")

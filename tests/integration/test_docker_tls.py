@@ -189,3 +189,81 @@ def test_plain_tcp_off_loopback_is_warned_once(project: Any, ps: Any) -> None:
                         "port controls the engine (root on that machine); keep plain tcp:// for loopback "
                         "and trusted networks, or give the host tls: {ca, cert, key}"]
     assert ps("config", "validate", env={"DOCKER_TLS_VERIFY": "1"}).stderr == ""
+
+
+# ---------------------------------------------------------------- TLS problems no dockerd can show
+
+
+class _Stub:
+    """A TCP server on the run's address: a TLS server with `cert`/`key`, or plain (answers HTTP 400)."""
+
+    def __init__(self, cert: Path | None = None, key: Path | None = None) -> None:
+        import socket
+        import ssl
+        import threading
+
+        self.context = None
+        if cert and key:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(cert, key)
+        self.sock = socket.create_server((address(), 0))
+        self.url = f"tcp://{address()}:{self.sock.getsockname()[1]}"
+        self.handshakes = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                conn.settimeout(5)
+                if self.context is None:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    with self.context.wrap_socket(conn, server_side=True):
+                        self.handshakes += 1
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+def _lone_host(project: Any, docker: str, tls: dict[str, Any]) -> None:
+    project({"app": "shop", "registry": "127.0.0.1:5999",
+             "hosts": [{"name": "two", "docker": docker, "address": second_address(), "tls": tls}],
+             "services": {"backend": {"context": ".", "slots": {"stable": 18001, "canary": 18002}}}})
+
+
+def test_engine_certificate_for_another_address_is_unreachable(project: Any, ps: Any, workdir: Path) -> None:
+    from testbed.tls_engine import make_pki
+
+    pki = make_pki(workdir / "certs", "127.0.0.1")  # the run's address is never 127.0.0.1
+    stub = _Stub(pki.server_cert, pki.server_key)
+    try:
+        _lone_host(project, stub.url, {"ca": str(pki.ca), "cert": str(pki.cert), "key": str(pki.key)})
+        done = ps("deploy-env", "--slot", "stable", "--build-id", BUILD)
+        _one_line(done, 3, "Docker engine of host two", stub.url, "TLS certificate verify failed",
+                  "not for that address", "subjectAltName")
+    finally:
+        stub.close()
+
+
+def test_tls_against_a_plain_port_is_unreachable(project: Any, ps: Any, workdir: Path) -> None:
+    from testbed.tls_engine import make_pki
+
+    pki = make_pki(workdir / "certs", address())
+    stub = _Stub()
+    try:
+        _lone_host(project, stub.url, {"ca": str(pki.ca), "cert": str(pki.cert), "key": str(pki.key)})
+        done = ps("deploy-env", "--slot", "stable", "--build-id", BUILD)
+        _one_line(done, 3, "Docker engine of host two", stub.url, "no TLS answer on that port")
+    finally:
+        stub.close()
