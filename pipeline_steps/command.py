@@ -16,8 +16,11 @@ pass_output = click.make_pass_decorator(Output, ensure=True)
 
 
 def load(out: Output) -> Config:
-    """The validated config named by --config / PS_CONFIG."""
-    return load_config(out.config_path)
+    """The validated config named by --config / PS_CONFIG (its host warnings printed once)."""
+    config = load_config(out.config_path)
+    for line in config.warnings():
+        out.warn(line)
+    return config
 
 
 def service_option(f: F) -> F:

@@ -1,6 +1,8 @@
 """Docker engines of the configured hosts, through the Docker SDK.
 
-Endpoints: unix:// (a local socket), tcp:// (plain TCP; keep it on loopback or a private network) and
+Endpoints: unix:// (a local socket), tcp:// (with the host's `tls:` files, or DOCKER_TLS_VERIFY /
+DOCKER_CERT_PATH as docker reads them: the engine's certificate is verified against the CA and ps shows
+its client certificate; plain TCP only on loopback or a trusted network, with a warning) and
 ssh://[user@]host[:port] through the SDK's paramiko transport, which runs `docker system dial-stdio`
 on the host. For ssh:// the key, user and port come from ~/.ssh/config (IdentityFile, User, Port) and
 the host key must already be in ~/.ssh/known_hosts: unknown host keys are refused, never asked about.
@@ -13,6 +15,7 @@ callers not moved yet.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline_steps import errors
 from pipeline_steps.adapters.interfaces import KeptImage
 from pipeline_steps.config import Host
-from pipeline_steps.errors import Unreachable
+from pipeline_steps.errors import BadInput, Unreachable
 
 if TYPE_CHECKING:
     import docker
@@ -29,15 +32,20 @@ if TYPE_CHECKING:
 
 __all__ = ["BIND_HELD", "BindTestError", "KeptImage", "connect", "engine", "ensure_image", "image_digest",
            "is_unreachable", "open_host", "prune_repo", "published_ports", "repo_images", "sdk_container",
-           "try_bind", "unreachable"]
+           "tls_config", "try_bind", "unreachable"]
 
 
 def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
-    """A raw SDK client for the host's engine that has answered a ping; Unreachable otherwise."""
+    """A raw SDK client for the host's engine that has answered a ping; Unreachable otherwise.
+
+    BadInput (exit 2) when the host's TLS files (or DOCKER_CERT_PATH's) cannot be used."""
     import docker
 
+    tls = tls_config(host)
     try:
-        if host.docker:
+        if tls is not None:
+            client = _tls_client(host.docker or os.environ["DOCKER_HOST"], tls, int(timeout))
+        elif host.docker:
             client = docker.DockerClient(base_url=host.docker, timeout=int(timeout), use_ssh_client=False)
         else:
             client = docker.from_env(timeout=int(timeout))
@@ -47,13 +55,89 @@ def connect(host: Host, timeout: float = 60.0) -> docker.DockerClient:
         raise unreachable(host, exc) from None
 
 
+def tls_config(host: Host) -> Any:
+    """The SDK's TLSConfig for a tcp:// host: its `tls:` files, else DOCKER_TLS_VERIFY / DOCKER_CERT_PATH
+    as docker reads them; None for plain TCP and the other endpoint kinds."""
+    import docker.errors
+    import docker.tls
+    import docker.utils
+
+    from pipeline_steps.config.endpoints import env_tls, tcp_hostname
+
+    if tcp_hostname(host.docker or os.environ.get("DOCKER_HOST")) is None:
+        return None
+    try:
+        if host.tls is not None:
+            t = host.tls
+            tls = docker.tls.TLSConfig(client_cert=(t.cert, t.key) if t.cert and t.key else None,
+                                       ca_cert=t.ca if t.verify else None, verify=t.verify)
+        elif env_tls()[0]:
+            tls = docker.utils.kwargs_from_env().get("tls")
+        else:
+            return None
+    except docker.errors.TLSParameterError as exc:
+        if host.tls is not None:  # checked at load: gone since
+            raise BadInput(f"host {host.name}: its tls files cannot be used: {str(exc).split('. ')[0]}") \
+                from None
+        where = os.environ.get("DOCKER_CERT_PATH") or os.path.join(os.path.expanduser("~"), ".docker")
+        missing = [f for f in ("ca.pem", "cert.pem", "key.pem") if not os.path.isfile(os.path.join(where, f))]
+        raise BadInput(f"host {host.name}: DOCKER_CERT_PATH ({where}) cannot be used: "
+                       f"{', '.join(missing) or 'its files'} missing there (docker's names: ca.pem, "
+                       "cert.pem, key.pem)") from None
+    _check_pem(host, tls)
+    return tls
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _ask(*_: Any) -> bytes:
+    raise _Encrypted
+
+
+def _check_pem(host: Host, tls: Any) -> None:
+    """BadInput unless the CA, certificate and key load (a key with a passphrase is refused: ps never
+    asks, and OpenSSL would prompt on the terminal)."""
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_cert if tls.verify and tls.ca_cert else None)
+        if tls.cert:
+            context.load_cert_chain(tls.cert[0], tls.cert[1], password=_ask)
+    except _Encrypted:
+        raise BadInput(f"host {host.name}: the TLS key {tls.cert[1]} has a passphrase: ps cannot ask for it; "
+                       "give a key without one (mode 0600)") from None
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise BadInput(f"host {host.name}: its TLS files do not load ({reason}): PEM files of a CA, a "
+                       "certificate and its key are needed") from None
+
+
+def _tls_client(url: str, tls: Any, timeout: int) -> docker.DockerClient:
+    """A client that verifies with `tls` alone: requests would let REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+    replace the host's CA (trust_env), so the environment is kept out of the TLS session."""
+    import docker
+    from docker.constants import MINIMUM_DOCKER_API_VERSION
+
+    probe = docker.DockerClient(base_url=url, tls=tls, timeout=timeout, version=MINIMUM_DOCKER_API_VERSION)
+    probe.api.trust_env = False
+    try:
+        version = str(probe.version(api_version=False)["ApiVersion"])
+    finally:
+        probe.close()
+    client = docker.DockerClient(base_url=url, tls=tls, timeout=timeout, version=version)
+    client.api.trust_env = False
+    return client
+
+
 def unreachable(host: Host, exc: BaseException | str) -> Unreachable:
     """The one exit-3 line for an engine that does not answer, naming the host, for every endpoint kind."""
     if isinstance(exc, str):
         reason: str | None = exc
     else:
         ssh = host.docker is not None and host.docker.startswith("ssh://")
-        reason = _ssh_reason(host.docker, exc) if ssh and host.docker else None
+        reason = _ssh_reason(host.docker, exc) if ssh and host.docker else _tls_reason(host, exc)
         reason = reason or _short(exc)
     return errors.unreachable(f"Docker engine of host {host.name} ({host.endpoint})", reason or "no answer")
 
@@ -186,6 +270,38 @@ def _ssh_reason(url: str, exc: BaseException) -> str | None:
     if "Connection aborted" in text or "RemoteDisconnected" in text:
         return ("SSH login worked but `docker system dial-stdio` there did not reach an engine (docker CLI "
                 "on its PATH? DOCKER_HOST there? user in the docker group?)")
+    return None
+
+
+def _tls_reason(host: Host, exc: BaseException) -> str | None:
+    """What went wrong in TLS with a tcp:// engine, with the fix, in one line (None: not a TLS problem).
+
+    Read from the SDK's error text: requests and urllib3 wrap the ssl error as text in their own."""
+    text = str(exc)
+    tls = host.tls
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        detail = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0]
+        detail = detail.strip(" :'\"").rstrip(".")
+        if "match" in detail:
+            return (f"TLS certificate verify failed: the engine's certificate is not for that address "
+                    f"({detail[:80]}); it needs the address in its subjectAltName")
+        if "expired" in detail or "not yet valid" in detail:
+            return (f"TLS certificate verify failed: {detail[:80]} (the engine's certificate, or a clock "
+                    "off on one side)")
+        ca = f"tls.ca ({tls.ca})" if tls is not None and tls.ca else "the CA given (DOCKER_CERT_PATH/ca.pem)"
+        return (f"TLS certificate verify failed: the engine's certificate is not signed by {ca} "
+                f"({detail[:80] or 'no detail'})")
+    if "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text or "certificate required" in text \
+            or "UNKNOWN_CA" in text:
+        if tls is not None and not tls.cert:
+            return ("TLS handshake refused by the engine: it wants a client certificate "
+                    "(give tls.cert and tls.key)")
+        return ("TLS handshake refused by the engine: it does not accept the client certificate (signed "
+                "by the CA the engine trusts with --tlscacert?)")
+    if "HTTP request to an HTTPS server" in text:
+        return "the engine speaks TLS on that port: give the host tls: {ca, cert, key}"
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or "UNEXPECTED_EOF" in text:
+        return "no TLS answer on that port (a plain tcp:// engine? then drop tls:)"
     return None
 
 

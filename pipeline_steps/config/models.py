@@ -22,6 +22,7 @@ from pipeline_steps.config.objects import (
     DeployPolicy,
     HealthSpec,
     Host,
+    HostTls,
     MattermostNotify,
     NginxRouter,
     Service,
@@ -114,12 +115,25 @@ class ServiceFile(FileModel):
     url: Url | None = Field(default=None, description="Where nginx serves it (to measure the live split).")
 
 
+class HostTlsFile(FileModel):
+    """TLS with a client certificate for a tcp:// engine, as `docker --tlsverify` (PEM files)."""
+
+    ca: FilePath | None = Field(default=None, description="CA of the engine's certificate (like "
+                                "--tlscacert); required while verify is true.")
+    cert: FilePath | None = Field(default=None, description="Client certificate (like --tlscert).")
+    key: FilePath | None = Field(default=None, description="Client key (like --tlskey); mode 0600 or "
+                                 "stricter.")
+    verify: bool = Field(default=HostTls.verify, description="Check the engine's certificate against ca.")
+
+
 class HostFile(FileModel):
     """A Docker engine that runs every slot."""
 
     name: Line | None = Field(default=None, description="Default host1, host2, ...")
     docker: DockerEndpoint | None = Field(default=None, description="Docker endpoint (default local).")
     address: Address = Field(default=Host.address, description="Where nginx reaches the published ports.")
+    tls: HostTlsFile | None = Field(default=None, description="TLS for a tcp:// endpoint (default: "
+                                    "DOCKER_TLS_VERIFY / DOCKER_CERT_PATH, as docker reads them).")
 
 
 class NginxFile(FileModel):
@@ -312,8 +326,50 @@ class _Build:
             name = h.name or f"host{i + 1}"
             if name in {known.name for known in hosts}:
                 self.problem(("hosts", i, "name"), f"duplicate host name {name!r}")
-            hosts.append(Host(name=name, docker=h.docker, address=h.address))
+            tls = self.tls(h, ("hosts", i, "tls")) if h.tls is not None else None
+            hosts.append(Host(name=name, docker=h.docker, address=h.address, tls=tls))
         return tuple(hosts)
+
+    def tls(self, h: HostFile, loc: Loc) -> HostTls:
+        """The host's TLS files as absolute paths, each an existing readable file; the key private."""
+        t = h.tls
+        assert t is not None
+        if h.docker is not None and not h.docker.startswith("tcp://"):
+            self.problem(loc, "is only for a tcp:// docker endpoint (ssh:// and unix:// have their own "
+                              "protection)")
+        elif h.docker is None:
+            self.problem(loc, "needs docker: tcp://<host>:<port> (the default engine takes "
+                              "DOCKER_TLS_VERIFY / DOCKER_CERT_PATH)")
+        if t.verify and t.ca is None:
+            self.problem((*loc, "ca"), "is required while verify is true: the CA that signed the engine's "
+                                       "certificate")
+        if (t.cert is None) != (t.key is None):
+            self.problem((*loc, "cert" if t.cert is None else "key"), "cert and key go together")
+        paths = {key: self.tls_file(getattr(t, key), (*loc, key), private=key == "key")
+                 for key in ("ca", "cert", "key")}
+        return HostTls(ca=paths["ca"], cert=paths["cert"], key=paths["key"], verify=t.verify)
+
+    def tls_file(self, value: str | None, loc: Loc, *, private: bool) -> str | None:
+        import os
+        import stat
+
+        if value is None:
+            return None
+        path = self.path(value, loc)
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError) as exc:
+            why = "not found" if isinstance(exc, FileNotFoundError) else f"cannot be read: {exc}"
+            self.problem(loc, f"{why}: {path}")
+            return path
+        if not stat.S_ISREG(info.st_mode):
+            self.problem(loc, f"must be a file: {path}")
+        elif not os.access(path, os.R_OK):
+            self.problem(loc, f"is not readable by this user: {path}")
+        elif private and info.st_mode & 0o077:
+            self.problem(loc, f"is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                              f"chmod 600 {path} (a private key stays private, as ssh requires)")
+        return path
 
     def router(self, r: RouterFile | None) -> NginxRouter | None:
         if r is None:

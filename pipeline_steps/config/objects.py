@@ -22,17 +22,34 @@ DEFAULT_TIMEZONE = "Asia/Seoul"  # the one default time zone (config.timezone, h
 
 
 @dataclass(frozen=True)
+class HostTls:
+    """TLS with a client certificate for a tcp:// engine (absolute paths of PEM files)."""
+
+    ca: str | None = None  # the CA that signed the engine's certificate (required when verify)
+    cert: str | None = None  # the client certificate and its key, given together
+    key: str | None = None
+    verify: bool = True  # False: the engine's certificate is not checked (a warning says so)
+
+
+@dataclass(frozen=True)
 class Host:
     """A Docker endpoint and the address nginx reaches its published ports at."""
 
     name: str
     docker: str | None = None  # None: the local engine (DOCKER_HOST or the default socket)
     address: str = "127.0.0.1"
+    tls: HostTls | None = None  # None: DOCKER_TLS_VERIFY / DOCKER_CERT_PATH decide, as for docker
 
     @property
     def endpoint(self) -> str:
         """The Docker endpoint as a user would recognise it."""
         return self.docker or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+    def warning(self) -> str | None:
+        """Why this endpoint is not safe outside loopback (plain TCP, or TLS that checks nothing)."""
+        from pipeline_steps.config.endpoints import host_warning
+
+        return host_warning(self)
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,10 @@ class Config:
 
     def image_ref(self, service: Service, build_id: str) -> str:
         return f"{self.image_repo(service)}:{build_id}"
+
+    def warnings(self) -> list[str]:
+        """One line per host whose engine is reached unprotected (printed once by the CLI at load)."""
+        return [w for w in (h.warning() for h in self.hosts) if w]
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secret-looking env values masked."""

@@ -18,6 +18,7 @@ from testbed.engine import Engine, start_dockerd
 from testbed.nginx import Nginx, SiteBed, server_block, site_plan
 from testbed.ports import address, free_port, second_address, unique
 from testbed.sshd import SshServer, start_sshd
+from testbed.tls_engine import TlsEngine, start_tls_dockerd
 
 SECOND_ADDRESS = second_address()  # the run's second loopback address (testbed.ports)
 
@@ -86,6 +87,22 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
 def tcp_host(second_host: SecondHost) -> str:
     """The second host's dockerd as a tcp:// endpoint (plain TCP on the run's address)."""
     return second_host.tcp_url
+
+
+@pytest.fixture(scope="session")
+def tls_engine(docker_client: Any, sample_image: str) -> Iterator[TlsEngine]:
+    """A dockerd answering tcp://<run address>:<port> only over TLS to a client certificate of its own CA
+    (`--tlsverify`, testbed.tls_engine), holding the sample image; its slots go on the second address."""
+    eng = start_tls_dockerd()
+    try:
+        client = eng.client()
+        try:
+            client.images.load(b"".join(docker_client.images.get(sample_image).save(named=sample_image)))
+        finally:
+            client.close()
+        yield eng
+    finally:
+        eng.stop()
 
 
 @pytest.fixture
