@@ -120,6 +120,10 @@ class Run:
         self.say = say
         self.report = RunReport(app=config.app, deploy_type=request.type, timezone=config.timezone,
                                 pipeline_url=ctx.pipeline_url if ctx else None, who=ctx.who if ctx else None)
+        from pipeline_steps import sticky  # issue 13: the report names a sticky / segment split
+
+        if sticky.enabled(config.canary):
+            self.report.extra["traffic split"] = sticky.describe_mode(config.canary)
         self.outcome = DeployOutcome(type=request.type, result="failure", message="")
         self.failed_at: float | None = None
         self.stage = ""  # where the run is now ("canary 40 %"): a rolled-back message names it
