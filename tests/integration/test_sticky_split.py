@@ -237,3 +237,20 @@ def test_users_without_sticky_keep_their_include(traffic_bed: Callable[..., Any]
     assert done.returncode == 0, done.stderr
     text = bed.include_text()
     assert "split_clients" not in text and "map " not in text and "__stable" not in text
+
+
+def test_router_init_writes_the_split_and_prints_the_location_lines(traffic_bed: Callable[..., Any],
+                                                                    ps: Any) -> None:
+    bed = traffic_bed({"backend": "canary"}, extra={"canary": {"sticky": f"cookie {COOKIE}"}})
+    assert "split_clients" not in bed.include_text()  # an include from before sticky was turned on
+    done = ps("router", "init")
+    assert done.returncode == 0, done.stderr
+    assert (f"backend: sticky split / segments: the location needs proxy_pass http://$ps_{UPSTREAM}; "
+            f"add_header Set-Cookie $ps_{UPSTREAM}__set_cookie;") in done.stdout
+    from pipeline_steps.upstreams import UpstreamFile
+
+    file = UpstreamFile.load(bed.nginx.include)
+    assert sticky.read_split(file, UPSTREAM) == 0.0  # stable 100 %: every key on stable
+    assert {f"{UPSTREAM}__stable", f"{UPSTREAM}__canary", UPSTREAM} <= set(file.upstreams())
+    again = ps("router", "init")
+    assert again.returncode == 0 and "already there" in again.stdout
