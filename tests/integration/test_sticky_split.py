@@ -52,8 +52,9 @@ class StickySite:
         return {self.stable.address: "stable", self.canary.address: "canary"}
 
 
-@pytest.fixture
-def site(nginx_factory: Callable[..., Nginx], workdir: Path) -> Iterator[StickySite]:
+def make_site(nginx_factory: Callable[..., Nginx], workdir: Path, key: str = f"cookie {COOKIE}",
+              server_extra: str = "") -> StickySite:
+    """Two backends, nginx in front with ps's first include (sticky by `key`, two segments), ps.yaml."""
     from pipeline_steps.config import parse_config
     from pipeline_steps.upstreams import initial_file
 
@@ -62,22 +63,31 @@ def site(nginx_factory: Callable[..., Nginx], workdir: Path) -> Iterator[StickyS
         "app": "shop", "registry": "127.0.0.1:5999", "state_dir": str(workdir / "state"),
         "hosts": [{"name": "local", "address": address()}],
         "services": {"backend": {"context": ".", "slots": {"stable": stable.port, "canary": canary.port}}},
-        "canary": {"sticky": f"cookie {COOKIE}", "segments": [
+        "canary": {"sticky": key, "segments": [
             {"header": "X-Canary", "value": "always", "to": "canary"},
             {"header": "X-Canary", "value": "never", "to": "stable"}]},
     }
     first = parse_config({**raw, "router": {"include": "ups.conf"}}, base_dir=workdir)
     include = initial_file(first, workdir / "ups.conf")
     sticky.apply(first, include)
-    nginx = nginx_factory(LOCATION, include.render())
+    server = LOCATION if key.startswith("cookie") else LOCATION.replace(
+        f"            add_header Set-Cookie $ps_{UPSTREAM}__set_cookie;\n", "")
+    nginx = nginx_factory(server.replace("{proxy_defaults}", "{proxy_defaults}" + server_extra),
+                          include.render())
     raw["router"] = {"include": str(nginx.include), "url": nginx.url,
                      "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),
                                "error_log": str(nginx.error_log)}}
     path = workdir / "ps.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    yield StickySite(nginx, stable, canary, path)
-    stable.stop()
-    canary.stop()
+    return StickySite(nginx, stable, canary, path)
+
+
+@pytest.fixture
+def site(nginx_factory: Callable[..., Nginx], workdir: Path) -> Iterator[StickySite]:
+    made = make_site(nginx_factory, workdir)
+    yield made
+    made.stable.stop()
+    made.canary.stop()
 
 
 def slot_of(status: int, headers: http.client.HTTPMessage, servers: dict[str, str]) -> str:
@@ -254,3 +264,26 @@ def test_router_init_writes_the_split_and_prints_the_location_lines(traffic_bed:
     assert {f"{UPSTREAM}__stable", f"{UPSTREAM}__canary", UPSTREAM} <= set(file.upstreams())
     again = ps("router", "init")
     assert again.returncode == 0 and "already there" in again.stdout
+
+
+@pytest.mark.parametrize("realip", [True, False])
+def test_the_probe_of_a_split_by_ip_needs_realip(nginx_factory: Callable[..., Nginx], workdir: Path, ps: Any,
+                                                 realip: bool) -> None:
+    extra = ("        set_real_ip_from 127.0.0.0/8;\n        real_ip_header X-Forwarded-For;\n"
+             if realip else "")
+    made = make_site(nginx_factory, workdir, "ip", extra)
+    try:
+        set_weights(ps, made, 40)
+        probe = ps("--json", "verify-weights", "--expect-canary", "40", "--probe", "600",
+                   "--url", f"{made.nginx.url}/backend/")
+        if realip:  # each X-Forwarded-For address is a key of its own
+            assert probe.returncode == 0, (probe.stdout, probe.stderr)
+            measured = last_json(probe.stdout)["services"][0]["measured"]
+            assert measured["by"] == "keys" and measured["key"] == "client ip"
+            assert measured["keys_on_both_slots"] == 0 and measured["valid"] == 600
+        else:  # one machine, one address: every key on one slot, and the line says why
+            assert probe.returncode == 1, (probe.stdout, probe.stderr)
+            assert "set_real_ip_from" in probe.stderr
+    finally:
+        made.stable.stop()
+        made.canary.stop()
