@@ -322,6 +322,7 @@ def measure_keys(service: str, run: Any, slot_of: Callable[[Any], tuple[str | No
     low, high = binomial_interval(valid, p, confidence)
     measured: dict[str, Any] = {
         "url": run.url, "by": "keys", "key": run.key, "keys": run.wanted, "answered": len(run.keys),
+        "requests": sum(len(k.answers) for k in run.keys),
         "valid": valid, "counts": counts, "invalid": invalid, "slot": "canary",
         "share": hits / valid if valid else 0.0, "expected_share": p,
         "interval": [low / valid, high / valid] if valid else [0.0, 0.0], "confidence": confidence,

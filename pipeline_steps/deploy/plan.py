@@ -225,7 +225,13 @@ class Run:
         """Print and record the measured splits; the problems found."""
         for svc in verdicts:
             m = svc.get("measured") or {}
-            if m:
+            if m and m.get("by") == "keys":  # issue 13: a sticky split is measured by keys
+                self.say(f"{svc['service']}: {m['slot']} got {100 * m['share']:.1f} % of {m['valid']} keys "
+                         f"by {m['key']} (target {100 * m['expected_share']:.1f} %, "
+                         f"{m['keys_on_both_slots']} keys on both slots)")
+                self.report.add("step", f"{svc['service']}: measured {m['slot']} "
+                                f"{100 * m['share']:.1f} % of {m['valid']} keys")
+            elif m:
                 self.say(f"{svc['service']}: {m['slot']} answered {100 * m['share']:.1f} % of "
                          f"{m['requests']} requests (target {100 * m['expected_share']:.1f} %)")
                 self.report.add("step", f"{svc['service']}: measured {m['slot']} "
