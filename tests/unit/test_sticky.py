@@ -198,3 +198,49 @@ def test_bad_sticky_config_is_refused(canary: dict[str, Any], message: str) -> N
     with pytest.raises(ConfigError) as caught:
         config(**canary)
     assert message in str(caught.value)
+
+
+def _run(slots: dict[str, list[str | None]], key: str = "cookie ps_uid") -> Any:
+    from pipeline_steps.adapters.key_probe import KeyAnswers, KeyedRun
+    from pipeline_steps.adapters.traffic_probe import Answer
+
+    run = KeyedRun(url="http://127.0.0.1:1/", wanted=len(slots), key=key)
+    for k, got in slots.items():
+        run.keys.append(KeyAnswers(k, tuple(Answer(200 if s else 502, s) for s in got)))
+    return run
+
+
+def _slot_of(answer: Any) -> tuple[str | None, str]:
+    return (answer.upstream, "") if answer.status == 200 else (None, f"status {answer.status}")
+
+
+def test_measure_keys_counts_keys_not_requests() -> None:
+    keys = {f"k{i}": ["canary", "canary"] if i < 100 else ["stable", "stable"] for i in range(1000)}
+    measured, problems = sticky.measure_keys("web", _run(keys), _slot_of, 10.0)
+    assert problems == []
+    assert measured["by"] == "keys" and measured["valid"] == 1000 and measured["requests"] == 2000
+    assert measured["share"] == 0.1 and measured["keys_on_both_slots"] == 0
+
+
+def test_measure_keys_problems() -> None:
+    keys: dict[str, list[str | None]] = {f"k{i}": ["stable", "stable"] for i in range(1000)}
+    keys["k1"] = ["stable", "canary"]
+    keys["k2"] = ["stable", None]
+    measured, problems = sticky.measure_keys("web", _run(keys), _slot_of, 10.0)
+    assert measured["keys_on_both_slots"] == 1
+    assert any("1 answers of the keyed probe did not count (status 502)" in p for p in problems)
+    assert any("1 of 1000 keys reached both slots (e.g. k1)" in p for p in problems)
+    assert any("outside the 99 % interval" in p and "set_real_ip_from" not in p for p in problems)
+    _, by_ip = sticky.measure_keys("web", _run(keys, key="client ip"), _slot_of, 10.0)
+    assert any("set_real_ip_from" in p for p in by_ip)
+
+
+def test_new_keys_are_distinct() -> None:
+    from pipeline_steps.adapters.key_probe import key_headers, new_keys
+
+    assert len(set(new_keys("cookie", 500))) == 500
+    ips = new_keys("ip", 500)
+    assert len(set(ips)) == 500 and all(ip.startswith("10.") for ip in ips)
+    assert key_headers("cookie", "ps_uid", "a") == {"Cookie": "ps_uid=a"}
+    assert key_headers("header", "X-User", "a") == {"X-User": "a"}
+    assert key_headers("ip", None, "10.0.0.1") == {"X-Forwarded-For": "10.0.0.1"}
