@@ -1,6 +1,7 @@
 """`make demo`: the main job of a pipeline on the bundled sample app, run locally.
 
-build -> push -> stable -> canary-auto 10/40/70 (live split measured at each step, load running)
+build -> push -> stable -> canary-auto 10/40/70 (sticky by cookie: each user stays on one build; the live
+split measured by keys at each step, load running)
 -> promote-canary -> a canary that turns unhealthy -> automatic rollback. Everything runs on the run's own
 loopback address (testbed.ports.address()): a Docker engine (started when none answers), Debian's
 docker-registry with htpasswd auth, nginx under a temporary prefix, and a local endpoint standing in for
@@ -27,13 +28,37 @@ sys.path.insert(0, str(REPO))
 from testbed import images  # noqa: E402
 from testbed.engine import ensure_engine  # noqa: E402
 from testbed.load import LoadGenerator  # noqa: E402
-from testbed.nginx import server_block, start_nginx  # noqa: E402
+from testbed.nginx import start_nginx  # noqa: E402
 from testbed.ports import address, free_ports  # noqa: E402
 from testbed.registry import start_registry  # noqa: E402
 
 APP = "demo-shop"
 SERVICES = ("web", "api")
 DEMO = REPO / ".demo"
+STICKY = "cookie ps_uid"  # canary.sticky (issue 13): the demo's users stay on one build for the rollout
+
+
+def first_site(slots: dict[str, dict[str, int]]) -> tuple[str, str]:
+    """(server block, ps's first include): each location proxies through the sticky split's variable and
+    pins new users with the cookie (the lines `ps router init` prints); the include is what `ps router
+    init` writes: stable 100 % and the sticky split's blocks."""
+    from pipeline_steps import sticky
+    from pipeline_steps.config import parse_config
+    from pipeline_steps.upstreams import initial_file
+
+    config = parse_config({"app": APP, "registry": "127.0.0.1:5000", "canary": {"sticky": STICKY},
+                           "hosts": [{"name": "local", "address": address()}],
+                           "services": {s: {"context": ".", "slots": slots[s]} for s in SERVICES},
+                           "router": {"include": "ps-upstreams.conf"}})
+    locations = "".join(
+        f"        location /{s}/ {{\n"
+        + "".join(f"            {line}\n" for line in sticky.location_lines(config, config.services[s]))
+        + "            add_header X-Upstream $upstream_addr always;\n        }\n" for s in SERVICES)
+    server = ("    server {\n        listen " + address() + ":{port};\n{proxy_defaults}" + locations
+              + "    }\n")
+    file = initial_file(config, "ps-upstreams.conf")
+    sticky.apply(config, file)
+    return server, file.render()
 
 
 class Chat(BaseHTTPRequestHandler):
@@ -82,10 +107,7 @@ def main() -> int:
     started.append(chat.shutdown)
     ports = free_ports(4)
     slots = {"web": {"stable": ports[0], "canary": ports[1]}, "api": {"stable": ports[2], "canary": ports[3]}}
-    upstreams = "".join(
-        f"upstream {APP.replace('-', '_')}_{s} {{ server {address()}:{p['stable']} weight=999; "
-        f"server {address()}:{p['canary']} weight=1; keepalive 32; }}\n" for s, p in slots.items())
-    nginx = start_nginx(server_block(SERVICES, APP), upstreams)
+    nginx = start_nginx(*first_site(slots))
     started.append(nginx.stop)
     print(f"engine {engine.base_url}; registry {registry.address}; nginx {nginx.url}")
     try:
@@ -113,7 +135,8 @@ def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
         "router": {"include": str(nginx.include), "url": nginx.url,
                    "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),
                              "error_log": str(nginx.error_log)}},
-        "canary": {"steps": [10, 40, 70], "pause": "3s", "check_interval": "500ms", "probe": 400},
+        "canary": {"steps": [10, 40, 70], "pause": "3s", "check_interval": "500ms", "probe": 400,
+                   "sticky": STICKY},
         "notify": {"mattermost": {"channel": "deploys", "username": "pipeline-steps"}},
         "state_dir": ".ps-state",
     }
@@ -146,7 +169,7 @@ def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
     banner("deploy --type stable")
     ps("deploy", "--type", "stable")
 
-    banner("a push to develop: v2, canary-auto 10 -> 40 -> 70 under 100 requests/s")
+    banner("a push to develop: v2, canary-auto 10 -> 40 -> 70 (sticky by cookie) under 100 requests/s")
     (work / "app" / "VERSION").write_text("2\n")
     git(work, "add", "-A")
     git(work, "commit", "-qm", "v2: a new feature")

@@ -4,6 +4,7 @@ loopback port, answering 200 after `delay` seconds (plus a random exponential `j
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -67,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
         status, delay = backend.next_answer()
         if delay:
             stall(delay)
-        body = f'{{"slot":"{backend.name}","status":{status}}}\n'.encode()
+        body = (json.dumps({"slot": backend.name, "status": status, "path": self.path}) + "\n").encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

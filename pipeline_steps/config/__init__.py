@@ -28,12 +28,14 @@ from pipeline_steps.config.objects import (
     HostTls,
     MattermostNotify,
     NginxRouter,
+    Segment,
     Service,
+    StickyKey,
 )
 
 __all__ = ["DEFAULT_CONFIG", "DEFAULT_TIMEZONE", "SLOT_NAMES", "SLOT_PAIRS", "BlueGreenPolicy",
            "CanaryPolicy", "CanaryStep", "Config", "DeployPolicy", "HealthSpec", "Host", "HostTls",
-           "MattermostNotify", "NginxRouter", "Service", "load_config", "parse_config"]
+           "MattermostNotify", "NginxRouter", "Segment", "Service", "StickyKey", "load_config", "parse_config"]
 
 
 def parse_config(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None = None) -> Config:

@@ -9,7 +9,7 @@ between services, successes <= retries, ...).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -25,7 +25,9 @@ from pipeline_steps.config.objects import (
     HostTls,
     MattermostNotify,
     NginxRouter,
+    Segment,
     Service,
+    StickyKey,
 )
 from pipeline_steps.config.types import (
     Address,
@@ -44,6 +46,7 @@ from pipeline_steps.config.types import (
     PositiveDuration,
     Regex,
     Registry,
+    Rule,
     Say,
     ServiceName,
     TimeZone,
@@ -177,6 +180,37 @@ Step = Annotated[CanaryStepFile, BeforeValidator(
     _step, json_schema_input_type=Annotated[int, Field(ge=0, le=100)] | CanaryStepFile)]
 
 
+STICKY_PATTERN = r"^(?:ip|cookie [A-Za-z0-9_]{1,64}|header [A-Za-z0-9-]{1,64})$"
+StickyText = Annotated[str, Field(max_length=80),
+                       Rule(STICKY_PATTERN, "must be `cookie NAME` (letters, digits, '_'), `header NAME` "
+                                            "(letters, digits, '-') or `ip`")]
+CookieName = Annotated[str, Field(min_length=1, max_length=64),
+                       Rule(r"^[A-Za-z0-9_]+$", "must be a cookie name of letters, digits and '_'")]
+HeaderName = Annotated[str, Field(min_length=1, max_length=64),
+                       Rule(r"^[A-Za-z0-9-]+$", "must be a header name of letters, digits and '-'")]
+SegmentValue = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(
+    v, bool) else v), Field(min_length=1, max_length=128),
+    Rule(r"^[A-Za-z0-9._@:+-]+$", "must be letters, digits and . _ @ : + -"),
+    Rule(r"^(?!(?:default|hostnames|include|volatile)$)[\s\S]*$", "is a word nginx's map reserves")]
+
+
+def _values(value: Any) -> Any:
+    return [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+
+
+class SegmentFile(FileModel):
+    """One segment: a header or cookie value that always (or never) reaches the canary."""
+
+    header: HeaderName | None = Field(default=None, description="Match this request header.")
+    cookie: CookieName | None = Field(default=None, description="Match this cookie.")
+    value: Annotated[list[SegmentValue], BeforeValidator(_values, json_schema_input_type=SegmentValue
+                                                         | list[SegmentValue]),
+                     Field(min_length=1, max_length=50)] = Field(
+        description="The value (or list of values) that matches, exactly.")
+    to: Literal["canary", "stable"] = Field(default="canary",
+                                            description="canary: always reach the canary; stable: never.")
+
+
 class CanaryFile(FileModel):
     """canary-auto: weights step by step, holds, and the nginx weight scale."""
 
@@ -196,6 +230,14 @@ class CanaryFile(FileModel):
     probe: Annotated[int, Bounds(0, 100000)] = Field(
         default=_CANARY.probe, description="Requests sent through nginx at each step to measure the live "
                                            "split (0: off).")
+    sticky: StickyText | None = Field(
+        default=None, description="Keep each user on one slot for the whole rollout, by a hash of this key: "
+                                  "`cookie NAME`, `header NAME` or `ip` (default: every request is split "
+                                  "on its own).")
+    segments: Annotated[list[SegmentFile], Field(max_length=50)] = Field(
+        default_factory=list, description="Header or cookie values that always (to: canary) or never "
+                                          "(to: stable) reach the canary, whatever the weight; first "
+                                          "match wins.")
 
 
 class MattermostFile(FileModel):
@@ -397,8 +439,20 @@ class _Build:
             self.problem(("canary", "steps"), "weights must increase from step to step")
         if c.min_weight * 2 >= c.scale:
             self.problem(("canary", "min_weight"), "must be less than half of canary.scale")
+        segments: list[Segment] = []
+        for i, seg in enumerate(c.segments):
+            if (seg.header is None) == (seg.cookie is None):
+                self.problem(("canary", "segments", i), "needs exactly one of header or cookie")
+                continue
+            source, name = ("header", seg.header) if seg.header is not None else ("cookie", seg.cookie)
+            segments.append(Segment(source=source, name=str(name), values=tuple(seg.value), to=seg.to))
+        sticky = None
+        if c.sticky:
+            kind, _, name = c.sticky.partition(" ")
+            sticky = StickyKey(kind=kind, name=name or None)
         return CanaryPolicy(steps=steps or _CANARY.steps, pause=c.pause, check_interval=c.check_interval,
-                            tolerance=c.tolerance, scale=c.scale, min_weight=c.min_weight, probe=c.probe)
+                            tolerance=c.tolerance, scale=c.scale, min_weight=c.min_weight, probe=c.probe,
+                            sticky=sticky, segments=tuple(segments))
 
     def shared_ports_and_upstreams(self, services: dict[str, Service], hosts: tuple[Host, ...]) -> None:
         seen_ports: dict[tuple[str, int], str] = {}

@@ -115,6 +115,32 @@ class CanaryStep:
 
 
 @dataclass(frozen=True)
+class StickyKey:
+    """canary.sticky: what keeps one user on one slot (`cookie NAME`, `header NAME` or `ip`)."""
+
+    kind: str  # cookie | header | ip
+    name: str | None = None  # the cookie or header name (None for ip)
+
+    def describe(self) -> str:
+        """`cookie ps_uid`, `header X-User-Id` or `client ip`."""
+        return "client ip" if self.kind == "ip" else f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One canary.segments entry: requests whose header or cookie has one of `values` always go `to`."""
+
+    source: str  # header | cookie
+    name: str
+    values: tuple[str, ...]
+    to: str  # canary | stable
+
+    def describe(self) -> str:
+        """`header X-Canary=always -> canary`."""
+        return f"{self.source} {self.name}={'|'.join(self.values)} -> {self.to}"
+
+
+@dataclass(frozen=True)
 class CanaryPolicy:
     """How canary-auto moves traffic: the steps, holds and nginx weight scale."""
 
@@ -125,6 +151,8 @@ class CanaryPolicy:
     scale: int = 1000
     min_weight: int = 1
     probe: int = 0  # requests sent through nginx at each step to measure the live split (0: off)
+    sticky: StickyKey | None = None  # None: every request is split by the weights on its own
+    segments: tuple[Segment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +231,8 @@ class Config:
             svc["env_from"] = list(svc["env_from"])
         data["hosts"] = list(data["hosts"])
         data["canary"]["steps"] = list(data["canary"]["steps"])
+        data["canary"]["segments"] = [{**seg, "values": list(seg["values"])}
+                                      for seg in data["canary"]["segments"]]
         webhook = self.notify.webhook_env
         data["notify"]["webhook"] = "set (masked)" if os.environ.get(webhook) else f"not set (${webhook})"
         return data

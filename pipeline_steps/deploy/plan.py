@@ -120,6 +120,10 @@ class Run:
         self.say = say
         self.report = RunReport(app=config.app, deploy_type=request.type, timezone=config.timezone,
                                 pipeline_url=ctx.pipeline_url if ctx else None, who=ctx.who if ctx else None)
+        from pipeline_steps import sticky  # issue 13: the report names a sticky / segment split
+
+        if sticky.enabled(config.canary):
+            self.report.extra["traffic split"] = sticky.describe_mode(config.canary)
         self.outcome = DeployOutcome(type=request.type, result="failure", message="")
         self.failed_at: float | None = None
         self.stage = ""  # where the run is now ("canary 40 %"): a rolled-back message names it
@@ -221,7 +225,13 @@ class Run:
         """Print and record the measured splits; the problems found."""
         for svc in verdicts:
             m = svc.get("measured") or {}
-            if m:
+            if m and m.get("by") == "keys":  # issue 13: a sticky split is measured by keys
+                self.say(f"{svc['service']}: {m['slot']} got {100 * m['share']:.1f} % of {m['valid']} keys "
+                         f"by {m['key']} (target {100 * m['expected_share']:.1f} %, "
+                         f"{m['keys_on_both_slots']} keys on both slots)")
+                self.report.add("step", f"{svc['service']}: measured {m['slot']} "
+                                f"{100 * m['share']:.1f} % of {m['valid']} keys")
+            elif m:
                 self.say(f"{svc['service']}: {m['slot']} answered {100 * m['share']:.1f} % of "
                          f"{m['requests']} requests (target {100 * m['expected_share']:.1f} %)")
                 self.report.add("step", f"{svc['service']}: measured {m['slot']} "

@@ -25,6 +25,10 @@ def summary_lines(config: Config) -> list[str]:
     steps = "/".join(str(s.weight) for s in config.canary.steps)
     lines.append(f"canary: steps {steps}%, pause {config.canary.pause:g}s, "
                  f"tolerance {config.canary.tolerance}, scale {config.canary.scale}")
+    if config.canary.sticky is not None or config.canary.segments:  # issue 13
+        from pipeline_steps.sticky import describe_mode
+
+        lines.append(f"traffic split: {describe_mode(config.canary)}")
     return lines
 
 

@@ -29,6 +29,7 @@ class RouterInit:
     backup: str | None
     note: str
     services: dict[str, str] = field(default_factory=dict)  # name -> `stable 999 : canary 1 (0.1 %)`
+    locations: dict[str, list[str]] = field(default_factory=dict)  # issue 13: sticky location lines
 
 
 def router_init(config: Config, services: Sequence[str] | None = None, *, force: bool = False,
@@ -52,11 +53,16 @@ def router_init(config: Config, services: Sequence[str] | None = None, *, force:
     todo = [s for s in chosen if force or s.upstream not in existing]
     for service in todo:
         file.put(default_upstream(config, service))
+    from pipeline_steps import sticky
+
+    split_changed = sticky.apply(config, file)  # issue 13: the sticky split's blocks
     result = RouterInit(include=router.include, written=False, nginx_running=False, reloaded=False,
                         tested=False, dry_run=dry_run, backup=None, note="",
                         services={s.name: describe(default_upstream(config, s), s, config) or ""
-                                  for s in todo})
-    if not todo:
+                                  for s in todo},
+                        locations={s.name: sticky.location_lines(config, s) for s in chosen
+                                   if sticky.enabled(config.canary) and s.pair("canary")})
+    if not todo and not split_changed:
         result.note = "already there"
         return result
     if dry_run:
@@ -99,4 +105,6 @@ def init_command(out: Output, service_names: tuple[str, ...], all_services: bool
         else:
             tested = "nginx -t passed" if result.tested else result.note
             out.say(f"wrote {result.include} (nginx not running; {tested}): nginx can start with it")
+    for name, lines in result.locations.items():  # issue 13: what the site's location needs
+        out.say(f"{name}: sticky split / segments: the location needs " + " ".join(lines))
     report(out, "router-init", asdict(result))

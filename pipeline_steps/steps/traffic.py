@@ -108,6 +108,9 @@ def change_upstreams(config: Config, services: Sequence[Service], build: Callabl
         file.put(upstream)
         changes.append(ServiceTraffic(service.name, service.upstream, before,
                                       describe(upstream, service, config) or ""))
+    from pipeline_steps import sticky
+
+    sticky.apply(config, file)  # issue 13: the sticky split follows the weights, in the same reload
     applied = control.apply(file.render(), dry_run=dry_run)
     return TrafficChange(action=action, target=target, include=str(router.include), changed=applied.changed,
                          created=applied.created, reloaded=applied.reloaded, dry_run=dry_run,
@@ -171,6 +174,8 @@ class ServiceStatus:
     active: str | None
     backup: list[str]
     servers: list[ServerStatus]
+    mode: str = "per request"  # issue 13: or `sticky by cookie ps_uid[; segments: ...]`
+    keys_percent: float | None = None  # the canary's share of keys in the live sticky split
 
 
 @dataclass
@@ -206,6 +211,8 @@ def _build_ids(config: Config, warnings: list[str]) -> dict[tuple[str, str, str]
 
 def traffic_status(config: Config) -> TrafficStatus:
     """Per service: the split in percent, active color, backups and the BUILD_ID behind each server."""
+    from pipeline_steps import sticky
+
     router = require_router(config)
     live = load_live(config)
     status = TrafficStatus(include=router.include, exists=live is not None)
@@ -230,10 +237,14 @@ def traffic_status(config: Config) -> TrafficStatus:
                                         line.down, builds.get((host or "", service.name, slot or ""))))
         kind = "canary" if service.pair("canary") else "blue-green"
         backups = sorted({s.slot or s.address for s in servers if s.backup})
+        mode = sticky.live_mode(config, service, live)
+        if mode.sticky and mode.keys_percent is None:
+            status.warnings.append(f"{service.name}: ps.yaml asks for a sticky split that the include "
+                                   "does not have yet (the next ps set-weights writes it)")
         status.services.append(ServiceStatus(
             service=service.name, upstream=service.upstream, kind=kind, split=split,
             active=active_color(upstream, service, config.hosts) if kind == "blue-green" else None,
-            backup=backups, servers=servers))
+            backup=backups, servers=servers, mode=mode.mode, keys_percent=mode.keys_percent))
     return status
 
 
@@ -254,6 +265,8 @@ def status_command(out: Output) -> None:
         split = ", ".join(f"{slot} {pct:g} %" for slot, pct in sorted(svc.split.items()))
         extra = f"; active {svc.active}" if svc.active else ""
         extra += f"; backup {', '.join(svc.backup)}" if svc.backup else ""
+        extra += f"; {svc.mode}" if svc.kind == "canary" else ""
+        extra += f" ({svc.keys_percent:g} % of keys on the canary)" if svc.keys_percent is not None else ""
         out.say(f"{svc.service} (upstream {svc.upstream}): {split}{extra}")
         for s in svc.servers:
             flags = " backup" if s.backup else (" down" if s.down else "")

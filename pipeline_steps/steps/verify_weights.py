@@ -274,6 +274,23 @@ def measure(config: Config, service: Service, upstream: Upstream, run: ProbeRun,
     return measured, problems
 
 
+def _measure_sticky(config: Config, service: Service, upstream: Upstream, live: Any, url: str, keys: int,
+                    deadline: float | None, stop: threading.Event | None) -> tuple[dict[str, Any], list[str]]:
+    """issue 13: a sticky split is measured by keys (pipeline_steps.sticky, adapters/key_probe)."""
+    from pipeline_steps import sticky
+    from pipeline_steps.adapters.key_probe import probe_keys
+
+    percent = sticky.read_split(live, service.upstream)
+    if percent is None:
+        return {}, [f"{service.name}: ps.yaml asks for a sticky split that the include does not have yet "
+                    "(the next ps set-weights writes it)"]
+    servers = upstream_servers(config, service, upstream)
+    key = config.canary.sticky
+    assert key is not None
+    run = probe_keys(url, keys, key.kind, key.name, deadline=deadline, stop=stop)
+    return sticky.measure_keys(service.name, run, lambda a: classify(a, servers, {}), percent, CONFIDENCE)
+
+
 def verify_weights(config: Config, *, expect_canary: float | None = None, expect_active: str | None = None,
                    tolerance: int | None = None, probe: int = 0, url: str | None = None,
                    services: Sequence[str] | None = None, probe_deadline: float | None = None,
@@ -325,8 +342,12 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
                 target_slot, p = "canary", float(verdict.expected["canary_share"])
             else:
                 target_slot, p = str(verdict.expected.get("active") or "blue"), 1.0
-            run = (sender or send_probe)(where, probe, deadline=probe_deadline, stop=stop)
-            verdict.measured, problems = measure(config, service, upstream, run, target_slot, p)
+            if kind == "canary" and config.canary.sticky is not None and sender is None:
+                verdict.measured, problems = _measure_sticky(config, service, upstream, live, where, probe,
+                                                             probe_deadline, stop)
+            else:
+                run = (sender or send_probe)(where, probe, deadline=probe_deadline, stop=stop)
+                verdict.measured, problems = measure(config, service, upstream, run, target_slot, p)
             verdict.problems.extend(problems)
         verdicts.append(verdict)
     return VerifyResult(ok=all(v.ok for v in verdicts), tolerance=tolerance, include=router.include,
@@ -359,7 +380,13 @@ def command(out: Output, expect_canary: float | None, expect_active: str | None,
         else:
             line = (f"{v['service']}: active {conf.get('active') or '?'}, "
                     f"expected {v['expected'].get('active')}")
-        if v["measured"]:
+        if v["measured"] and v["measured"].get("by") == "keys":  # issue 13: a sticky split, by keys
+            m = v["measured"]
+            line += (f", measured canary {100 * m['share']:.1f} % of {m['valid']} keys by {m['key']} "
+                     f"(expected {100 * m['expected_share']:g} %; 99 % interval "
+                     f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %; "
+                     f"{m['keys_on_both_slots']} keys on both slots)")
+        elif v["measured"]:
             m = v["measured"]
             line += (f", measured {m['slot']} {100 * m['share']:.1f} % of {m['valid']} valid answers "
                      f"(of {m['requests']} requests to {m['url']}; 99 % interval "
