@@ -35,7 +35,8 @@ from pipeline_steps.config.objects import (
 
 __all__ = ["DEFAULT_CONFIG", "DEFAULT_TIMEZONE", "SLOT_NAMES", "SLOT_PAIRS", "BlueGreenPolicy",
            "CanaryPolicy", "CanaryStep", "Config", "DeployPolicy", "HealthSpec", "Host", "HostTls",
-           "MattermostNotify", "NginxRouter", "Segment", "Service", "StickyKey", "load_config", "parse_config"]
+           "MattermostNotify", "NginxRouter", "Segment", "Service", "StickyKey", "load_config",
+           "parse_config"]
 
 
 def parse_config(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None = None) -> Config:
