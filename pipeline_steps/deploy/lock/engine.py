@@ -17,8 +17,9 @@ tombstone `ps-lock-<app>.end-<token>` with its own mark (one remover wins it), t
 only if it still carries that token. Nobody removes a lock without winning its token's tombstone, so
 two agents taking over the same stale lock never remove each other's new one.
 
-The lease of a run is `PS_LOCK_LEASE` (a duration, default 60s); `PS_LOCK_ENGINE=off` keeps the lock on
-this agent only (the kernel lock). Expiry compares agents' clocks: keep them in time (NTP).
+The lease of a run is `PS_LOCK_LEASE` (a duration, default 60s); `PS_LOCK_AGENT` names this agent in the
+lock (default: the host name); `PS_LOCK_ENGINE=off` keeps the lock on this agent only (the kernel lock).
+Expiry compares agents' clocks: keep them in time (NTP).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 LEASE_ENV = "PS_LOCK_LEASE"
 ENGINE_ENV = "PS_LOCK_ENGINE"
+AGENT_ENV = "PS_LOCK_AGENT"  # this agent's name in the lock (default: the host name)
 DEFAULT_RUN_LEASE = 60.0
 TOMBSTONE_STALE = 60.0  # a remover that died mid-removal leaves its tombstone; older than this, ignored
 
@@ -77,7 +79,7 @@ class EngineLock:
                  timeout: float = 10.0) -> None:
         self.host = host
         self.app = app
-        self.agent = agent or socket.gethostname()
+        self.agent = agent or os.environ.get(AGENT_ENV) or socket.gethostname()
         self.name = volume_name(app)
         self.timeout = timeout
         self.took_over: EngineHolder | None = None  # the stale holder replaced by the last acquire

@@ -291,9 +291,15 @@ class DeployLock(LeaseMixin):
     def status(self) -> LockStatus:
         """held / free / stale, with the holder record, the lease and the engine lock (read-only)."""
         status = self.local_status()
-        if self.engine is not None:
-            status = replace(status, engine=self.engine.state())
-        return status
+        if self.engine is None:
+            return status
+        engine = self.engine.state()
+        lease = status.lease
+        if lease is not None and not lease.expired() and engine.state != "unknown" and not (
+                engine.holder is not None and engine.state == "held" and engine.holder.kind == "pipeline"
+                and engine.holder.pipeline_url == lease.pipeline_url):
+            lease = None  # this agent's record of a lease that ended on another agent
+        return replace(status, engine=engine, lease=lease)
 
     def local_status(self) -> LockStatus:
         """The kernel lock and the lease on this agent only."""
@@ -348,6 +354,10 @@ class DeployLock(LeaseMixin):
 
         status = self.local_status()
         holder = status.holder
+        if status.lease is not None and not status.lease.expired() and self.ended_elsewhere(status.lease):
+            with contextlib.suppress(FileNotFoundError):
+                self.lease_path.unlink()
+            status = replace(status, lease=None)
         if status.lease is not None and status.state != "held":
             return end_lease_by_hand(self, status, force)
         if status.state == "free":

@@ -91,6 +91,10 @@ class LeaseMixin:
         if lease is None or lease.expired():
             return
         if lease.pipeline_url != self.pipeline_url:
+            if self.ended_elsewhere(lease):  # its `ps pipeline end` ran on another agent
+                with contextlib.suppress(FileNotFoundError):
+                    self.lease_path.unlink()
+                return
             who = f"pipeline {self.pipeline_url}" if self.pipeline_url else "a run outside that pipeline"
             raise LeaseRefused(f"deploy lock of app {self.app} is leased to {lease.describe()}; refused for "
                                f"{who} (wait for it, or `ps lock release --force` ends the lease)",
@@ -110,6 +114,18 @@ class LeaseMixin:
         state = self.engine.state()
         holder = state.holder
         return holder if state.state == "held" and holder is not None and holder.kind == "pipeline" else None
+
+    def ended_elsewhere(self, lease: Lease) -> bool:
+        """True when the engine answers and no longer holds this agent's lease record (the pipeline
+        ended on another agent, or the lease was forced away there): the engine is the truth."""
+        if self.engine is None:
+            return False
+        state = self.engine.state()
+        if state.state == "unknown":
+            return False
+        holder = state.holder
+        return state.state != "held" or holder is None or holder.kind != "pipeline" or \
+            holder.pipeline_url != lease.pipeline_url
 
     def engine_leased(self) -> bool:
         """True when the engine lock is an active lease of some pipeline (step_guard then checks)."""
