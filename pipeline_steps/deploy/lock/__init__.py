@@ -4,6 +4,7 @@
     engine.py   EngineLock: the labelled volume `ps-lock-<app>` on the first host's engine (where the
                 deploy acts), its heartbeat, stale take-over and forced release
     lease.py    the lock leased to a CI pipeline across its stages (`ps pipeline begin|end`)
+    release.py  `ps lock release [--force]`: this agent's part, then the engine's
     records.py  Holder, Lease, EngineHolder, LockStatus, ReleaseResult (plain data)
 """
 

@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pipeline_steps import errors
-from pipeline_steps.deploy.lock.records import EngineHolder, EngineState, LeaseRefused, ReleaseResult
+from pipeline_steps.deploy.lock.records import EngineHolder, EngineState, LeaseRefused
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
 from pipeline_steps.waiting import poll_until
 
@@ -253,42 +253,6 @@ class EngineLock:
             return None
         self.end(holder.token, by=secrets.token_hex(8))
         return holder
-
-
-def release_engine(lock: EngineLock, local: ReleaseResult, force: bool) -> ReleaseResult:
-    """`ps lock release` after the kernel lock's part (`local`): clear a stale engine lock; a live
-    holder's (a run on another agent, a pipeline's lease) is refused naming it, removed with force."""
-    state = lock.state()
-    holder = state.holder
-    if state.state == "unknown":
-        if force:
-            raise Unreachable(f"{state.note}; the engine lock was not released")
-        return replace(local, message=f"{local.message}; {state.describe()}")
-    if holder is None:
-        return local
-    where = f"engine lock on host {lock.host.name}"
-    if state.state == "held" and not force:
-        if holder.kind == "pipeline":
-            raise CheckFailed(f"deploy lock of app {lock.app} is leased to {holder.describe()} since "
-                              f"{holder.since} ({where}); `ps pipeline end` in that pipeline gives it back "
-                              "(--force ends it now)", result={"lock": {"engine": state.as_dict()}})
-        raise CheckFailed(f"deploy lock of app {lock.app} is held by live {holder.describe()} since "
-                          f"{holder.since} ({where}); a running deploy keeps it until it ends (--force "
-                          "removes it; that process is not stopped)",
-                          result={"lock": {"engine": state.as_dict()}})
-    try:
-        lock.force()
-    finally:
-        lock.close()
-    if state.state == "stale":
-        action, text = "cleared-stale", f"cleared the stale {where} of {holder.describe()} ({state.note})"
-    elif holder.kind == "pipeline":
-        action, text = "ended-lease", f"ended the lease of app {lock.app} to {holder.describe()} ({where})"
-    else:
-        action, text = "removed-engine-lock", f"removed the {where} of live {holder.describe()}"
-    if local.action != "nothing":
-        return replace(local, message=f"{local.message}; {text}", engine=holder)
-    return ReleaseResult(lock.app, action, None, text, engine=holder)
 
 
 class Heartbeat:

@@ -6,10 +6,13 @@ holding process exits, however it exits. Beside it, `<state_dir>/deploy.lock.jso
 (pid, host, user, pipeline URL, deploy type, since), written atomically. A record whose flock is free
 (its writer died) is stale: it is reported as such and taken over by the next `acquire`.
 
-A flock held by a live process cannot be taken away from outside; `release(force=True)` therefore asks
-the holder to stop (SIGTERM to the recorded pid, on this host, when the kernel confirms that pid holds
-the lock) and waits for the kernel to free the lock. The engine lock of a holder on another agent is
-removed by `release(force=True)` (that agent's process is not stopped).
+Then the engine lock (engine.py), when the config has one: a run takes it with a heartbeat and gives it
+back at the end; an engine that does not answer leaves the kernel lock alone in force (a warning).
+
+A flock held by a live process cannot be taken away from outside; `release(force=True)` (release.py)
+therefore asks the holder to stop (SIGTERM to the recorded pid, on this host, when the kernel confirms
+that pid holds the lock) and waits for the kernel to free the lock. The engine lock of a holder on
+another agent is removed by `release(force=True)` (that agent's process is not stopped).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import fcntl
 import json
 import os
 import secrets
-import signal
 import socket
 import sys
 import time
@@ -43,7 +45,6 @@ from pipeline_steps.deploy.lock.records import (
 )
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
 from pipeline_steps.files import atomic_write
-from pipeline_steps.waiting import poll_until
 
 if TYPE_CHECKING:
     from pipeline_steps.config import Config
@@ -342,65 +343,10 @@ class DeployLock(LeaseMixin):
             holder = self.holder
             self._unlock()
             return ReleaseResult(self.app, "released", holder, f"released deploy lock of app {self.app}")
-        local = self._release_local(force, wait)
-        if self.engine is None:
-            return local
-        from pipeline_steps.deploy.lock.engine import release_engine
+        from pipeline_steps.deploy.lock.release import release_engine, release_local
 
-        return release_engine(self.engine, local, force)
-
-    def _release_local(self, force: bool, wait: float) -> ReleaseResult:
-        from pipeline_steps.deploy.lock.lease import end_lease_by_hand
-
-        status = self.local_status()
-        holder = status.holder
-        if status.lease is not None and not status.lease.expired() and self.ended_elsewhere(status.lease):
-            with contextlib.suppress(FileNotFoundError):
-                self.lease_path.unlink()
-            status = replace(status, lease=None)
-        if status.lease is not None and status.state != "held":
-            return end_lease_by_hand(self, status, force)
-        if status.state == "free":
-            return ReleaseResult(self.app, "nothing", None, f"deploy lock of app {self.app} is free")
-        if status.state == "stale":
-            with contextlib.suppress(FileNotFoundError):
-                self.record_path.unlink()
-            return ReleaseResult(self.app, "cleared-stale", holder,
-                                 f"cleared stale deploy lock record of app {self.app} "
-                                 f"({holder.describe() if holder else 'unknown'})")
-        # held by a live process
-        if holder is None:
-            raise CheckFailed(f"deploy lock of app {self.app} is held by a process with no holder record; "
-                              "find it with `fuser` or /proc/locks", result={"lock": status.as_dict()})
-        if not force:
-            raise CheckFailed(f"deploy lock of app {self.app} is held by live {holder.describe()} "
-                              f"since {holder.since}; a running deploy keeps it until it exits "
-                              "(--force stops that process)", result={"lock": status.as_dict()})
-        if holder.host != socket.gethostname():
-            raise CheckFailed(f"deploy lock of app {self.app} is held by {holder.describe()}: "
-                              f"not a process of this host ({socket.gethostname()})",
-                              result={"lock": status.as_dict()})
-        owners = kernel_holders(self.lock_path)
-        if owners is not None and owners and holder.pid not in owners:
-            raise CheckFailed(f"deploy lock of app {self.app}: recorded pid {holder.pid} does not hold it "
-                              f"(the kernel lists pid {', '.join(map(str, sorted(owners)))}); not signalling",
-                              result={"lock": status.as_dict()})
-        try:
-            os.kill(holder.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            raise CheckFailed(f"not allowed to signal pid {holder.pid} holding the deploy lock of app "
-                              f"{self.app}", result={"lock": status.as_dict()}) from None
-        if poll_until(lambda: self._status().state != "held" or None, timeout=wait, interval=0.1) is None:
-            raise CheckFailed(f"sent SIGTERM to pid {holder.pid} but it still holds the deploy lock of app "
-                              f"{self.app} after {wait:g}s", result={"lock": self.local_status().as_dict()})
-        current = self.read_record()
-        if current is not None and current.token == holder.token:
-            with contextlib.suppress(FileNotFoundError):
-                self.record_path.unlink()
-        return ReleaseResult(self.app, "signalled", holder,
-                             f"stopped {holder.describe()}; deploy lock of app {self.app} is free")
+        local = release_local(self, force, wait)
+        return local if self.engine is None else release_engine(self.engine, local, force)
 
 
 def _stale_reason(record: Holder) -> str:
