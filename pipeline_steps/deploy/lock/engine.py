@@ -111,9 +111,11 @@ class EngineLock:
                                          str(exc) or type(exc).__name__, context="(deploy lock)") from None
 
     def close(self) -> None:
-        if self._docker is not None:
-            self._docker.close()
-            self._docker = None
+        """Close the engine client (it is opened again when needed)."""
+        with self._calls:
+            if self._docker is not None:
+                self._docker.close()
+                self._docker = None
 
     # ---------------------------------------------------------------- reading
 

@@ -252,13 +252,13 @@ class DeployLock(LeaseMixin):
             self._heartbeat = None
         holder, took = self.engine_holder, self._engine_took
         self.engine_holder, self.engine_joined, self._engine_took = None, False, False
-        if self.engine is None or holder is None:
+        if self.engine is None:
             return
         try:
-            if took and holder.kind == "run":
+            if holder is not None and took and holder.kind == "run":
                 self.engine.end(holder.token, by=holder.token)
         except Unreachable as exc:
-            self.warn(f"{exc.message}; the engine lock goes stale in {holder.lease:g}s")
+            self.warn(f"{exc.message}; the engine lock goes stale in {holder.lease if holder else 0:g}s")
         finally:
             self.engine.close()
 

@@ -111,7 +111,10 @@ class LeaseMixin:
         """The engine lock when it is an active pipeline lease (None: none, stale, or no answer)."""
         if self.engine is None:
             return None
-        state = self.engine.state()
+        try:
+            state = self.engine.state()
+        finally:
+            self.engine.close()
         holder = state.holder
         return holder if state.state == "held" and holder is not None and holder.kind == "pipeline" else None
 
