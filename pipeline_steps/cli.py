@@ -51,7 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("pipeline_steps.steps.pipeline:group",  # issue 15 (ci helper)
                  "A CI pipeline's stages as one deploy: lease the lock, record, notify once."),
     "lock": ("pipeline_steps.steps.lock:group",
-             "The deploy lock: one deployment per app at a time on this host."),
+             "The deploy lock: one deployment per app at a time, across CI agents."),
     "history": ("pipeline_steps.steps.history:command",
                 "Show the recorded deployment actions (time, type, BUILD_IDs, weights, result, who)."),
     "webhook": ("pipeline_steps.steps.webhook:group",

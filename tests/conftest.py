@@ -74,6 +74,7 @@ def ps(workdir: Path) -> PsRun:
     """`ps(...)` without a Docker engine in its environment."""
     env = _base_env()
     env["XDG_STATE_HOME"] = str(workdir / ".state")
+    env["PS_LOCK_ENGINE"] = "off"  # no engine: the deploy lock stays on this agent (the kernel lock)
     return PsRun(env, workdir)
 
 
@@ -116,7 +117,7 @@ def sample_image(docker_client: Any, base_image: str) -> Iterator[str]:
 @pytest.fixture
 def docker_ps(engine: Engine, ps: PsRun) -> PsRun:
     """`ps(...)` with DOCKER_HOST set to the bed's engine."""
-    return PsRun({**ps.env, "DOCKER_HOST": engine.base_url}, ps.cwd)
+    return PsRun({**ps.env, "DOCKER_HOST": engine.base_url, "PS_LOCK_ENGINE": "on"}, ps.cwd)
 
 
 @pytest.fixture

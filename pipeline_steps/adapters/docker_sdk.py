@@ -18,6 +18,7 @@ from pipeline_steps.adapters.interfaces import (
     ImageInfo,
     KeptImage,
     NotFoundError,
+    VolumeInfo,
 )
 from pipeline_steps.config import Host
 
@@ -198,3 +199,35 @@ class SdkDockerHost:
         from pipeline_steps.adapters import slots
 
         return slots.port_holder(address, port) if slots.is_local(self.host) else None
+
+    # ---------------------------------------------------------------- named volumes (the deploy lock)
+
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        """Create `name` with `labels`, or get the existing volume of that name unchanged."""
+        with _calls():
+            return _volume(self.client.api.create_volume(name=name, labels=dict(labels)))
+
+    def volume(self, name: str) -> VolumeInfo | None:
+        try:
+            with _calls():
+                return _volume(self.client.api.inspect_volume(name))
+        except NotFoundError:
+            return None
+
+    def volumes(self, labels: Mapping[str, str]) -> list[VolumeInfo]:
+        wanted = [f"{k}={v}" for k, v in labels.items()]
+        with _calls():
+            found = self.client.api.volumes(filters={"label": wanted} if wanted else None) or {}
+        return [_volume(v) for v in found.get("Volumes") or []]
+
+    def remove_volume(self, name: str) -> None:
+        try:
+            with _calls():
+                self.client.api.remove_volume(name, force=True)
+        except NotFoundError:
+            pass
+
+
+def _volume(data: Mapping[str, Any]) -> VolumeInfo:
+    return VolumeInfo(name=str(data.get("Name") or ""), labels=dict(data.get("Labels") or {}),
+                      created=str(data.get("CreatedAt") or ""))

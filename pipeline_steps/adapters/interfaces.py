@@ -152,6 +152,15 @@ class ContainerInfo:
         return self.status in ("running", "restarting")
 
 
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A named volume as the engine reports it (labels are fixed at creation)."""
+
+    name: str
+    labels: Mapping[str, str]
+    created: str = ""
+
+
 class DockerHost(Protocol):
     """One host's Docker engine, connected (it answered a ping). Containers are named or by ID."""
 
@@ -191,6 +200,13 @@ class DockerHost(Protocol):
     def try_bind(self, image: str, address: str, port: int, name: str,
                  labels: Mapping[str, str] | None = None) -> str | None: ...
     def port_holder(self, address: str, port: int) -> str | None: ...
+
+    # named volumes (the deploy lock, deploy/lock/engine.py): creating a volume whose name exists
+    # returns the existing one untouched, so "create, then compare a label" is an atomic test-and-set
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo: ...
+    def volume(self, name: str) -> VolumeInfo | None: ...
+    def volumes(self, labels: Mapping[str, str]) -> list[VolumeInfo]: ...
+    def remove_volume(self, name: str) -> None: ...
 
 
 # ---------------------------------------------------------------- registry

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.config import Config, Service
 from pipeline_steps.deploy.ops import Check, DeployOps, GateVerdict, Notice, SlotInfo, SlotMissing
 from pipeline_steps.errors import BadInput, CheckFailed
+
+if TYPE_CHECKING:
+    from pipeline_steps.deploy.lock.engine import EngineLock
 
 Health = Callable[[float], str | None]  # seconds since the slot started -> None (healthy) or why not
 
@@ -78,6 +81,7 @@ class FakeOps:
     clock: float = 1000.0
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    lock_engine: EngineLock | None = None  # the deploy lock's engine part (none: the kernel lock only)
     violations: list[str] = field(default_factory=list)
 
     # ---------------------------------------------------------------- arranging
@@ -258,6 +262,10 @@ class FakeOps:
 
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> FakeProbe:
         return FakeProbe(self, self.clock + self.probe_seconds, work)
+
+    def engine_lock(self) -> EngineLock | None:
+        """The engine lock a test gave (`lock_engine`, e.g. over a FakeDockerHost); none by default."""
+        return self.lock_engine
 
 
 def _conforms(fake: FakeOps) -> DeployOps:

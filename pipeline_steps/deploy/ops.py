@@ -12,10 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline_steps.config import Config, Service
 from pipeline_steps.context import CIContext
+
+if TYPE_CHECKING:
+    from pipeline_steps.deploy.lock.engine import EngineLock
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class DeployOps(Protocol):
     def now(self) -> float: ...
     def pause(self, seconds: float, probe: Probe | None) -> None: ...
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe: ...
+    def engine_lock(self) -> EngineLock | None: ...
 
 
 class RealOps:
@@ -308,6 +312,12 @@ class RealOps:
 
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe:
         return _Background(work)
+
+    def engine_lock(self) -> EngineLock | None:
+        """The deploy lock on the first host's engine (deploy/lock/engine.py)."""
+        from pipeline_steps.deploy.lock.engine import EngineLock
+
+        return EngineLock.for_config(self.config)
 
 
 class _Said:

@@ -58,7 +58,8 @@ def step_guard(config: Config, step: str, dry_run: bool = False) -> Iterator[Lea
     the lease belongs to another pipeline or the caller is not in a pipeline); without one, as before."""
     lock = DeployLock.for_config(config, deploy_type=step)
     lease = lock.read_lease()
-    if dry_run or lease is None or lease.expired():
+    leased = lease is not None and not lease.expired()
+    if dry_run or not (leased or lock.engine_leased()):  # the engine: a lease taken on another agent
         yield None
         return
     lock.acquire(wait=LEASED_WAIT)
@@ -95,7 +96,7 @@ def begin(config: Config, out: Output, *, deploy_type: str, ttl: float = DEFAULT
     """Lease the deploy lock to this pipeline; the first call of a pipeline notifies `started`."""
     if deploy_type not in DEPLOY_TYPES:
         raise BadInput(f"unknown deploy type {deploy_type!r} (one of: {', '.join(DEPLOY_TYPES)})")
-    lock = DeployLock.for_config(config, deploy_type=deploy_type)
+    lock = DeployLock.for_config(config, deploy_type=deploy_type, warn=out.warn)
     ctx = context()
     log_url = log_url or (ctx.job_url if ctx else None)
     lease, new, stale = lock.take_lease(ttl=ttl, wait=wait, label=pipeline_label(), services=tuple(services))
@@ -155,7 +156,7 @@ def end(config: Config, out: Output, *, status: str, deploy_type: str | None = N
         raise BadInput(f"unknown pipeline status {status!r} (success or failure)")
     ctx = context()
     log_url = log_url or (ctx.job_url if ctx else None)
-    lock = DeployLock.for_config(config)
+    lock = DeployLock.for_config(config, warn=out.warn)
     lease = lock.own_lease() or _own_record(lock)
     kind = deploy_type or (lease.deploy_type if lease else None) or "deploy"
     since = _epoch(lease.since) if lease else None

@@ -97,7 +97,8 @@ class Rollout:
         state = self.state
         lock = DeployLock(self.config.state_dir, self.config.app, timezone=self.config.timezone,
                           deploy_type=self.request.type,
-                          pipeline_url=self.ctx.pipeline_url if self.ctx else None)
+                          pipeline_url=self.ctx.pipeline_url if self.ctx else None,
+                          engine=self.ops.engine_lock(), warn=self.out.warn)
         lock.acquire(wait=self.request.lock_wait)
         started = self.ops.now()
         sending: threading.Thread | None = None

@@ -27,13 +27,18 @@ def lock_release(config: Config, force: bool = False, wait: float = 10.0) -> Rel
 
 @click.group("lock")
 def group() -> None:
-    """The deploy lock: one deployment per app at a time on this host.
+    """The deploy lock: one deployment per app at a time, across CI agents.
 
     \b
     The lock is a kernel file lock on <state_dir>/deploy.lock; it is freed the moment the
     deploying process exits, however it exits. <state_dir>/deploy.lock.json records the holder
     (pid, host, user, pipeline URL, deploy type, since). A record left by a dead process is
     stale and the next deploy takes it over.
+    \b
+    Then the engine lock: the volume ps-lock-<app> on the first host's engine, labelled with
+    the holder (agent, pid, user, pipeline, type, since) and a lease its heartbeat renews
+    (PS_LOCK_LEASE, 60s). A lock whose lease ran out (its agent is gone) is stale and taken
+    over; PS_LOCK_ENGINE=off keeps the lock on this agent only.
     """
 
 
@@ -50,7 +55,8 @@ def status_command(out: Output) -> None:
 @group.command("release")
 @click.option("--force", is_flag=True,
               help="Also stop a live holder: SIGTERM to its pid (this host only, and only when the kernel "
-                   "confirms that pid holds the lock), then wait for the lock to be free.")
+                   "confirms that pid holds the lock), then wait for the lock to be free; remove the "
+                   "engine lock of a holder on another agent (not signalled) or a pipeline's lease.")
 @click.option("--wait", "wait", type=DURATION, default="10s", show_default=True,
               help="With --force: how long to wait for the stopped holder to let go.")
 @pass_output
@@ -61,6 +67,7 @@ def release_command(out: Output, force: bool, wait: float) -> None:
     A lock held by a live process cannot be broken from outside: the kernel keeps it for that
     process until it exits. Without --force, release refuses (exit 1) and names the holder;
     with --force it stops the holder (SIGTERM) so the lock is freed, then clears the record.
+    A stale engine lock is cleared; a live one (another agent) is removed only with --force.
     A half-finished deploy may need `ps deploy --type rollback` afterwards.
     """
     config = load(out)
@@ -73,4 +80,5 @@ def release_command(out: Output, force: bool, wait: float) -> None:
     out.say(result.message)
     report(out, "lock", {"action": result.action, "app": result.app,
                          "holder": result.holder.public() if result.holder else None,
+                         "engine": result.engine.public() if result.engine else None,
                          "message": result.message})

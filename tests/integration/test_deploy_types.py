@@ -237,6 +237,49 @@ def test_second_deploy_waits_then_names_the_holder(deploy_bed: Callable[..., Tra
     assert len(second.stderr.strip().splitlines()) == 1
 
 
+def test_two_agents_deploying_the_same_app_exclude_each_other(
+        deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
+        docker_client: Any) -> None:
+    """issue 12: two CI agents (two state dirs, so two kernel locks) meet at the engine's lock."""
+    bed = deploy_bed(pause="4s")
+    app_builds("aaaa00000001")
+    app_builds("bbbb00000002")
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", "aaaa00000001").returncode == 0
+    agent2 = bed.config_path.parent / "agent2.yaml"
+    agent2.write_text(yaml.safe_dump({**bed.raw, "state_dir": str(bed.config_path.parent / "agent2-state")},
+                                     sort_keys=False))
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def first() -> None:
+        results["first"] = _deploy(docker_ps, "--type", "canary-auto", "--build-id", "bbbb00000002",
+                                   env={"CI_COMMIT_SHA": "b" * 40, "PS_LOCK_AGENT": "agent-1",
+                                        "CI_PIPELINE_URL": "https://ci.example/p/1"})
+
+    def engine_lock() -> dict[str, str] | None:
+        found = docker_client.volumes.list(filters={"name": f"ps-lock-{APP}"})
+        volume = next((v for v in found if v.name == f"ps-lock-{APP}"), None)
+        return dict(volume.attrs.get("Labels") or {}) if volume is not None else None
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert until(lambda: engine_lock() is not None, 120), "the first deploy never took the engine lock"
+        second = docker_ps("--config", str(agent2), "deploy", "--type", "rollback", "--lock-wait", "1s",
+                           env={"PS_LOCK_AGENT": "agent-2"})
+        held_meanwhile = engine_lock()
+    finally:
+        thread.join()
+    assert results["first"].returncode == 0, results["first"].stderr
+    assert second.returncode == 1, second.stderr
+    assert "held by pid" in second.stderr and "on agent-1" in second.stderr
+    assert "running canary-auto" in second.stderr and "https://ci.example/p/1" in second.stderr
+    assert "(engine lock on host local) (waited 1s)" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert held_meanwhile is not None and held_meanwhile["ps.lock.host"] == "agent-1"
+    assert engine_lock() is None  # the first gave it back
+    assert _result(docker_ps("--json", "--config", str(agent2), "history"))["entries"] == []
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_killed_canary_auto_leaves_nginx_valid_and_rollback_works(
         deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,

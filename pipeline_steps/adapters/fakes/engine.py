@@ -16,6 +16,7 @@ from pipeline_steps.adapters.interfaces import (
     ImageInfo,
     KeptImage,
     NotFoundError,
+    VolumeInfo,
 )
 from pipeline_steps.config import Host
 
@@ -93,6 +94,7 @@ class FakeDockerHost:
         self.pulls: list[tuple[str, Mapping[str, str] | None]] = []
         self.timeout = 60.0
         self.closed = 0
+        self.named_volumes: dict[str, VolumeInfo] = {}  # the deploy lock's volumes
 
     # ---------------------------------------------------------------- scripting helpers
 
@@ -332,3 +334,25 @@ class FakeDockerHost:
             if held_port == port and _overlaps(ip, address):
                 return text
         return None
+
+    # ---------------------------------------------------------------- named volumes (the deploy lock)
+
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        self._check("create_volume")
+        if name not in self.named_volumes:
+            self.named_volumes[name] = VolumeInfo(name, dict(labels),
+                                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        return self.named_volumes[name]
+
+    def volume(self, name: str) -> VolumeInfo | None:
+        self._check("volume")
+        return self.named_volumes.get(name)
+
+    def volumes(self, labels: Mapping[str, str]) -> list[VolumeInfo]:
+        self._check("volumes")
+        return [v for v in self.named_volumes.values()
+                if all(v.labels.get(k) == value for k, value in labels.items())]
+
+    def remove_volume(self, name: str) -> None:
+        self._check("remove_volume")
+        self.named_volumes.pop(name, None)
