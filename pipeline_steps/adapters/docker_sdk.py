@@ -6,7 +6,7 @@ EngineGone (connection refused/reset or a timeout mid-call).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -143,13 +143,34 @@ class SdkDockerHost:
 
     def create(self, name: str, image: str, *, labels: Mapping[str, str], environment: Mapping[str, str],
                ports: Mapping[str, tuple[str, int]], restart_policy: Mapping[str, str],
-               log_config: Mapping[str, Any]) -> ContainerInfo:
+               log_config: Mapping[str, Any], options: Mapping[str, Any] | None = None,
+               networks: Sequence[tuple[str, tuple[str, ...]]] = ()) -> ContainerInfo:
+        extra = dict(options or {})
+        if networks:  # the first network at create (with its aliases), the others joined before start
+            first, aliases = networks[0]
+            extra["network"] = first
+            extra["networking_config"] = {
+                first: self.client.api.create_endpoint_config(aliases=list(aliases) or None)}
         with _calls():
             c = self.client.containers.create(image, name=name, labels=dict(labels),
                                               environment=dict(environment), ports=dict(ports),
                                               restart_policy=dict(restart_policy),
-                                              log_config=dict(log_config))
-            return _container(c)
+                                              log_config=dict(log_config), **extra)
+            try:
+                for net, more in networks[1:]:
+                    self.client.api.connect_container_to_network(c.id, net, aliases=list(more) or None)
+            except Exception:
+                self.client.api.remove_container(c.id, force=True)
+                raise
+            return _container(self.client.containers.get(c.id))
+
+    def network_exists(self, name: str) -> bool:
+        with _calls():
+            return any(n.get("Name") == name for n in self.client.api.networks(names=[name]))
+
+    def create_network(self, name: str, labels: Mapping[str, str]) -> None:
+        with _calls():
+            self.client.api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)
 
     def start(self, name: str) -> ContainerInfo:
         with _calls():

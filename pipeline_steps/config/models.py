@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from pipeline_steps.config.objects import (
     SLOT_PAIRS,
@@ -26,6 +26,7 @@ from pipeline_steps.config.objects import (
     NginxRouter,
     Service,
 )
+from pipeline_steps.config.run_models import RunFields
 from pipeline_steps.config.types import (
     Address,
     AppName,
@@ -34,6 +35,7 @@ from pipeline_steps.config.types import (
     DockerEndpoint,
     Duration,
     EnvName,
+    FileModel,
     FilePath,
     HealthPath,
     KeepPeriod,
@@ -56,17 +58,6 @@ Problem = tuple[Loc, str]
 _HEALTH = HealthSpec()
 _CANARY = CanaryPolicy()
 _NOTIFY = MattermostNotify()
-
-
-class FileModel(BaseModel):
-    """A mapping of ps.yaml: unknown keys are problems, `key:` with no value means the default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_are_defaults(cls, data: Any) -> Any:
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 class HealthFile(FileModel):
@@ -99,8 +90,8 @@ class SlotsFile(FileModel):
     green: Port | None = None
 
 
-class ServiceFile(FileModel):
-    """One deployable service."""
+class ServiceFile(RunFields):
+    """One deployable service (its run settings come from RunFields)."""
 
     context: FilePath = Field(default=".", description="Build context, relative to ps.yaml.")
     dockerfile: FilePath = Service.dockerfile
@@ -304,7 +295,8 @@ class _Build:
             name=name, context=self.path(s.context, (*loc, "context")), dockerfile=s.dockerfile, port=s.port,
             slots=slots, env=dict(s.env), env_from=tuple(s.env_from),
             health=self.health(s.health, (*loc, "health")),
-            upstream=s.upstream or f"{app}_{name}".replace("-", "_").replace(".", "_"), url=s.url)
+            upstream=s.upstream or f"{app}_{name}".replace("-", "_").replace(".", "_"), url=s.url,
+            run=s.run_spec(lambda p: self.path(p, (*loc, "volumes"))))
 
     def hosts(self, items: list[HostFile]) -> tuple[Host, ...]:
         hosts: list[Host] = []

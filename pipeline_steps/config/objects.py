@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline_steps.config.run_spec import RunSpec
 from pipeline_steps.secrets import MASK, is_secret_name
 
 SLOT_PAIRS: dict[str, tuple[str, str]] = {
@@ -65,6 +66,7 @@ class Service:
     health: HealthSpec = field(default_factory=HealthSpec)
     upstream: str = ""
     url: str | None = None  # where nginx serves this service (for measuring the live split)
+    run: RunSpec = field(default_factory=RunSpec)  # networks, volumes, command, limits, ...
 
     def pair(self, kind: str) -> tuple[str, str] | None:
         """The slot pair of `kind` ("canary" or "blue-green") if this service has both slots."""
