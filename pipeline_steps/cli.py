@@ -52,6 +52,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "A CI pipeline's stages as one deploy: lease the lock, record, notify once."),
     "lock": ("pipeline_steps.steps.lock:group",
              "The deploy lock: one deployment per app at a time on this host."),
+    "run": ("pipeline_steps.steps.run_cmd:command",
+            "Run a one-off job in a new container of a service's image."),
     "history": ("pipeline_steps.steps.history:command",
                 "Show the recorded deployment actions (time, type, BUILD_IDs, weights, result, who)."),
     "webhook": ("pipeline_steps.steps.webhook:group",

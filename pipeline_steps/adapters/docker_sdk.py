@@ -168,6 +168,29 @@ class SdkDockerHost:
         with _calls():
             return any(n.get("Name") == name for n in self.client.api.networks(names=[name]))
 
+    def wait(self, name: str, timeout: float) -> int | None:
+        """The container's exit code once it exits, None if it still runs after `timeout` seconds."""
+        try:
+            with _calls():
+                return int(self.client.api.wait(name, timeout=max(1, int(timeout + 0.999)))["StatusCode"])
+        except EngineGone:  # the wait's read timed out; a gone engine fails the inspect below too
+            with _calls():
+                state = self.client.api.inspect_container(name).get("State") or {}
+            return None if state.get("Running") else int(state.get("ExitCode") or 0)
+
+    def follow_logs(self, name: str) -> Iterator[str]:
+        """Output lines (stdout and stderr) as the container writes them, until it exits."""
+        pending = b""
+        with _calls():
+            stream = self.client.api.logs(name, stream=True, follow=True)
+        for chunk in stream:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", errors="replace")
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
+
     def create_network(self, name: str, labels: Mapping[str, str]) -> None:
         with _calls():
             self.client.api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)

@@ -26,7 +26,8 @@ from pipeline_steps.config.objects import (
     NginxRouter,
     Service,
 )
-from pipeline_steps.config.run_models import RunFields
+from pipeline_steps.config.run_models import HooksFile, RunFields
+from pipeline_steps.config.run_spec import Hooks
 from pipeline_steps.config.types import (
     Address,
     AppName,
@@ -233,6 +234,7 @@ class PsFile(FileModel):
     notify: NotifyFile = NotifyFile()
     deploy: DeployFile = DeployFile()
     blue_green: BlueGreenFile = BlueGreenFile()
+    hooks: HooksFile = HooksFile()
     state_dir: FilePath | None = Field(default=None, description="Lock, history and env files: a "
                                        "directory (default ~/.local/state/pipeline-steps/<app>).")
 
@@ -353,6 +355,17 @@ class _Build:
                              f"{seen_upstreams[svc.upstream]}")
             seen_upstreams.setdefault(svc.upstream, svc.name)
 
+    def hooks(self, h: HooksFile, services: dict[str, Service], hosts: tuple[Host, ...]) -> Hooks:
+        for phase in ("pre_deploy", "pre_traffic", "post_deploy"):
+            for i, hook in enumerate(getattr(h, phase)):
+                if hook.service not in services:
+                    self.problem(("hooks", phase, i, "service"), f"unknown service {hook.service!r} "
+                                 f"(configured: {', '.join(sorted(services))})")
+                if hook.host is not None and hook.host not in {x.name for x in hosts}:
+                    self.problem(("hooks", phase, i, "host"), f"unknown host {hook.host!r} "
+                                 f"(configured: {', '.join(x.name for x in hosts)})")
+        return h.hooks()
+
     def state_dir(self, value: str | None, app: str) -> str:
         if not value:
             import os
@@ -383,7 +396,7 @@ def build(file: PsFile, source: str, base: Path,
                                 icon_url=n.icon_url, timeout=n.timeout),
         deploy=DeployPolicy(keep_images=d.keep_images, blue_green_keep=d.blue_green_keep,
                             lock_wait=d.lock_wait),
-        blue_green=BlueGreenPolicy(watch=file.blue_green.watch),
+        blue_green=BlueGreenPolicy(watch=file.blue_green.watch), hooks=b.hooks(file.hooks, services, hosts),
         state_dir=b.state_dir(file.state_dir, file.app), source=source)
     return config, b.problems
 

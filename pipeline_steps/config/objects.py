@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline_steps.config.run_spec import RunSpec
+from pipeline_steps.config.run_spec import Hooks, RunSpec
 from pipeline_steps.secrets import MASK, is_secret_name
 
 SLOT_PAIRS: dict[str, tuple[str, str]] = {
@@ -153,6 +153,7 @@ class Config:
     notify: MattermostNotify = field(default_factory=MattermostNotify)
     deploy: DeployPolicy = field(default_factory=DeployPolicy)
     blue_green: BlueGreenPolicy = field(default_factory=BlueGreenPolicy)
+    hooks: Hooks = field(default_factory=Hooks)
     state_dir: str = ""
     source: str = DEFAULT_CONFIG
 

@@ -16,8 +16,28 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, PlainValidator, WithJsonSchema
 from pydantic_core import core_schema
 
-from pipeline_steps.config.run_spec import HealthcheckSpec, NetworkSpec, RunSpec, Ulimit, VolumeSpec
-from pipeline_steps.config.types import Address, Bounds, Duration, FileModel, Line, PlainValue, Rule, fail
+from pipeline_steps.config.run_spec import (
+    DEFAULT_JOB_TIMEOUT,
+    HealthcheckSpec,
+    Hook,
+    Hooks,
+    NetworkSpec,
+    RunSpec,
+    Ulimit,
+    VolumeSpec,
+)
+from pipeline_steps.config.types import (
+    Address,
+    Bounds,
+    Duration,
+    FileModel,
+    Line,
+    PlainValue,
+    PositiveDuration,
+    Rule,
+    ServiceName,
+    fail,
+)
 
 _NAME = r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}"
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
@@ -201,3 +221,31 @@ class RunFields(FileModel):
             healthcheck=HealthcheckSpec(hc.test, hc.interval, hc.timeout, hc.retries, hc.start_period)
             if hc else None,
             restart=self.restart)
+
+
+class HookFile(FileModel):
+    """A job command run in a one-off container of a service's new image, with its run settings."""
+
+    service: ServiceName
+    command: Words
+    host: Line | None = Field(default=None, description="The host it runs on (default: the first).")
+    timeout: PositiveDuration = Field(default=DEFAULT_JOB_TIMEOUT, description="Killed after this long.")
+
+
+_HookList = Annotated[list[HookFile], Field(max_length=32)]
+
+
+class HooksFile(FileModel):
+    """Jobs a deploy runs: pre_deploy, pre_traffic (migrations: after the new slot is healthy, before
+    any weight moves) and post_deploy."""
+
+    pre_deploy: _HookList = Field(default_factory=list)
+    pre_traffic: _HookList = Field(default_factory=list)
+    post_deploy: _HookList = Field(default_factory=list)
+
+    def hooks(self) -> Hooks:
+        def make(phase: str, items: list[HookFile]) -> tuple[Hook, ...]:
+            return tuple(Hook(phase, h.service, h.command, h.host, h.timeout) for h in items)
+
+        return Hooks(make("pre_deploy", self.pre_deploy), make("pre_traffic", self.pre_traffic),
+                     make("post_deploy", self.post_deploy))

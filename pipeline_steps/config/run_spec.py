@@ -92,3 +92,31 @@ class RunSpec:
         except ValueError:
             return {}
         return data if isinstance(data, dict) else {}
+
+
+HOOK_PHASES = ("pre_deploy", "pre_traffic", "post_deploy")
+DEFAULT_JOB_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A job a deploy runs at `phase`: `command` in a one-off container of `service`'s new image."""
+
+    phase: str
+    service: str
+    command: tuple[str, ...]
+    host: str | None = None  # default: the first host
+    timeout: float = DEFAULT_JOB_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """pre_deploy (before the new slot runs), pre_traffic (after it is gated, before any weight moves:
+    migrations), post_deploy (after the deploy succeeded)."""
+
+    pre_deploy: tuple[Hook, ...] = ()
+    pre_traffic: tuple[Hook, ...] = ()
+    post_deploy: tuple[Hook, ...] = ()
+
+    def at(self, phase: str) -> tuple[Hook, ...]:
+        return tuple(getattr(self, phase))

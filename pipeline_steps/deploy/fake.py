@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline_steps.config import Config, Service
-from pipeline_steps.deploy.ops import Check, DeployOps, GateVerdict, Notice, SlotInfo, SlotMissing
+from pipeline_steps.config.run_spec import Hook
+from pipeline_steps.deploy.ops import Check, DeployOps, GateVerdict, JobVerdict, Notice, SlotInfo, SlotMissing
 from pipeline_steps.errors import BadInput, CheckFailed
 
 Health = Callable[[float], str | None]  # seconds since the slot started -> None (healthy) or why not
@@ -79,6 +80,8 @@ class FakeOps:
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    hook_exits: dict[str, int | None] = field(default_factory=dict)  # command (joined) -> exit code
+    hooks_run: list[tuple[str, str, str]] = field(default_factory=list)  # (phase, command, build)
 
     # ---------------------------------------------------------------- arranging
 
@@ -245,6 +248,20 @@ class FakeOps:
             if build_id not in self.images.get(service.name, []) and build_id not in self.registry:
                 raise BadInput(f"--to {build_id}: image {service.name}:{build_id} is not on host local and "
                                "cannot be pulled; see ps history for the builds deployed")
+
+    def run_hook(self, hook: Hook, build_id: str) -> JobVerdict:
+        command = " ".join(hook.command)
+        self.calls.append(("run_hook", hook.phase, command, build_id))
+        self.hooks_run.append((hook.phase, command, build_id))
+        if hook.phase == "pre_traffic":  # migrations run before the new build gets any traffic
+            for (service, slot), found in self.slots_.items():
+                if found.build == build_id and self.weights.get(service, 0.0) > self._floor() \
+                        and slot == "canary":
+                    self.violations.append(f"pre_traffic hook ran while {service}/canary had traffic")
+        code = self.hook_exits.get(command, 0)
+        how = "timed out and was killed" if code is None else f"exited {code}"
+        return JobVerdict(code == 0, f"job {command} ({hook.service} {build_id}) {how} after 0.1s",
+                          ("migrating...", f"exit {code}"))
 
     def notify(self, status: str, **kw: Any) -> Notice:
         self.sent.append((status, kw))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline_steps.config import Service
+from pipeline_steps.config.run_spec import Hook
 from pipeline_steps.deploy.history import HistoryLog
 from pipeline_steps.deploy.plan import Run, Step, StepFailed
 from pipeline_steps.errors import PsError
@@ -365,3 +366,49 @@ def _builds(run: Run, services: Sequence[Service]) -> str:
 
 __all__ = ["ChooseColor", "ChooseOrder", "CanaryBuilds", "CanaryRuns", "CanaryTrafficAway", "Deploy", "Gate",
            "PreviousBuild", "Prune", "StableServes", "Switch", "Verify", "Weights"]
+
+
+# ---------------------------------------------------------------- hooks
+
+
+@dataclass
+class Hooks(Step):
+    """ps.yaml's `hooks.<phase>` jobs of the group's services, each in a one-off container of the build
+    the service gets, in order; the first that fails stops the deploy (before traffic moves, for
+    pre_deploy and pre_traffic) with its output tail."""
+
+    phase: str
+    services: list[Service]
+    rollback: bool = False
+    name = "hooks"
+
+    def chosen(self, run: Run) -> list[Hook]:
+        wanted = {s.name for s in self.services}
+        return [h for h in run.config.hooks.at(self.phase) if h.service in wanted]
+
+    def describe(self, run: Run) -> str:
+        jobs = "; ".join(f"{h.service}: {' '.join(h.command)}" for h in self.chosen(run))
+        when = {"pre_deploy": "before the new build runs", "pre_traffic": "after the gate, before any "
+                "weight moves", "post_deploy": "after the deploy succeeded"}[self.phase]
+        return f"{self.phase} hooks ({when}): {jobs}"
+
+    def run(self, run: Run) -> None:
+        for hook in self.chosen(run):
+            build = run.builds.get(hook.service) or run.build_id()
+            run.decide(f"{self.phase} hook: {' '.join(hook.command)} in a one-off {hook.service} {build} "
+                       "container")
+            verdict = run.ops.run_hook(hook, build)
+            run.report.add("step", f"{self.phase} hook: {verdict.summary}")
+            if not verdict.ok:
+                tail = " | ".join(verdict.tail[-5:])
+                raise StepFailed(f"{self.phase} hook failed: {verdict.summary}" + (f"; last lines: {tail}"
+                                                                                    if tail else ""),
+                                 rollback=self.rollback)
+            run.say(verdict.summary)
+
+
+def hooks(run: Run, phase: str, services: list[Service], rollback: bool = False) -> list[Step]:
+    """[Hooks(...)] when ps.yaml has `phase` hooks for these services, else [] (the plan shows only
+    what runs)."""
+    step = Hooks(phase, services, rollback)
+    return [step] if step.chosen(run) else []

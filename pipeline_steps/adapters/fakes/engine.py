@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,7 @@ class FakeDockerHost:
         self.images: dict[str, FakeImage] = {}
         self.containers: dict[str, FakeContainer] = {}
         self.networks: dict[str, dict[str, str]] = {}  # user-defined networks -> labels
+        self.job_runs: Callable[[list[str]], tuple[int | None, list[str]]] = lambda command: (0, [])
         self.fail_start: dict[str, str] = {}
         self.exit_on_start: dict[str, str] = {}
         self.held: dict[tuple[str, int], str] = {}
@@ -265,6 +266,20 @@ class FakeDockerHost:
     def network_exists(self, name: str) -> bool:
         self._check("network_exists")
         return name in self.networks
+
+    def wait(self, name: str, timeout: float) -> int | None:
+        """A job container: `job_runs(command)` gives its (exit code or None for "still running", lines)."""
+        self._check("wait")
+        c = self._get(name)
+        code, lines = self.job_runs(list(c.options.get("command") or []))
+        c.log.extend((time.time(), line) for line in lines)
+        c.status = "running" if code is None else "exited"
+        return code
+
+    def follow_logs(self, name: str) -> Iterator[str]:
+        self._check("follow_logs")
+        c = self._get(name)
+        yield from self.job_runs(list(c.options.get("command") or []))[1]
 
     def create_network(self, name: str, labels: Mapping[str, str]) -> None:
         self._check("create_network")
