@@ -97,7 +97,7 @@ class ServiceFile(RunFields):
     context: FilePath = Field(default=".", description="Build context, relative to ps.yaml.")
     dockerfile: FilePath = Service.dockerfile
     port: Port = Field(default=Service.port, description="Container port.")
-    slots: Annotated[SlotsFile, Say("is required: a host port per slot (stable/canary or blue/green)")]
+    slots: SlotsFile | None = Field(default=None, description="Host port per slot (required for kind http).")
     env: Annotated[dict[EnvName, PlainValue], Field(max_length=1000)] = Field(default_factory=dict)
     env_from: Annotated[list[EnvName], Field(max_length=1000)] = Field(
         default_factory=list, description="Variables copied from the job's environment.")
@@ -284,8 +284,13 @@ class _Build:
 
     def service(self, app: str, name: str, s: ServiceFile) -> Service:
         loc: Loc = ("services", name)
-        slots = {slot: port for slot, port in s.slots.model_dump().items() if port is not None}
-        if not self.intact((*loc, "slots")):
+        dumped = s.slots.model_dump().items() if s.slots else ()
+        slots = {slot: port for slot, port in dumped if port is not None}
+        if s.kind == "worker":
+            for key in ("slots", "url", "upstream"):
+                if getattr(s, key) is not None:
+                    self.problem((*loc, key), "a worker has none (kind: worker runs replicas, no HTTP)")
+        elif not self.intact((*loc, "slots")):
             pass
         elif not slots:
             self.problem((*loc, "slots"), "is required: a host port per slot (stable/canary or blue/green)")
@@ -298,7 +303,8 @@ class _Build:
             slots=slots, env=dict(s.env), env_from=tuple(s.env_from),
             health=self.health(s.health, (*loc, "health")),
             upstream=s.upstream or f"{app}_{name}".replace("-", "_").replace(".", "_"), url=s.url,
-            run=s.run_spec(lambda p: self.path(p, (*loc, "volumes"))))
+            run=s.run_spec(lambda p: self.path(p, (*loc, "volumes"))), kind=s.kind, replicas=s.replicas,
+            parallel=min(s.parallel, s.replicas), ready=s.ready)
 
     def hosts(self, items: list[HostFile]) -> tuple[Host, ...]:
         hosts: list[Host] = []

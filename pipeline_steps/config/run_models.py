@@ -34,6 +34,7 @@ from pipeline_steps.config.types import (
     Line,
     PlainValue,
     PositiveDuration,
+    Regex,
     Rule,
     ServiceName,
     fail,
@@ -179,7 +180,17 @@ _Ulimits = dict[Name, Annotated[UlimitFile, ShortForm(_ulimit, {"type": "integer
 
 
 class RunFields(FileModel):
-    """Run settings of a service, applied to each of its slots (a change of any is a change)."""
+    """Run settings of a service, applied to each of its slots (a change of any is a change), and its kind:
+    `http` (slots behind nginx) or `worker` (no HTTP: `replicas` containers replaced one by one)."""
+
+    kind: Literal["http", "worker"] = Field(default="http", description="http (slots behind nginx) or "
+                                            "worker (no HTTP, no slots: replicas).")
+    replicas: Annotated[int, Bounds(1, 100)] = Field(default=1, description="worker: containers "
+                                                     "<app>-<service>-<n>.")
+    parallel: Annotated[int, Bounds(1, 100)] = Field(default=1, description="worker: replicas replaced "
+                                                     "at once.")
+    ready: Regex | None = Field(default=None, description="worker: a log line (regular expression) that "
+                                "says a replica is ready (a line from before it started never counts).")
 
     networks: Annotated[_Networks, Field(max_length=32)] = Field(
         default_factory=list, description="User-defined networks to join (name, or {name, aliases, create}).")

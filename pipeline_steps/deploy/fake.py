@@ -81,6 +81,7 @@ class FakeOps:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     hook_exits: dict[str, int | None] = field(default_factory=dict)  # command (joined) -> exit code
+    workers: dict[str, str] = field(default_factory=dict)  # worker service -> the build its replicas run
     hooks_run: list[tuple[str, str, str]] = field(default_factory=list)  # (phase, command, build)
 
     # ---------------------------------------------------------------- arranging
@@ -248,6 +249,18 @@ class FakeOps:
             if build_id not in self.images.get(service.name, []) and build_id not in self.registry:
                 raise BadInput(f"--to {build_id}: image {service.name}:{build_id} is not on host local and "
                                "cannot be pulled; see ps history for the builds deployed")
+
+    def deploy_workers(self, services: Sequence[Service], build_id: str) -> list[str]:
+        self.calls.append(("workers", tuple(s.name for s in services), build_id))
+        if "workers" in self.faults:  # a replica not ready: every replaced one is put back
+            raise CheckFailed(f"host local: {self.faults['workers']}; the replicas replaced in this run got "
+                              "their previous container back")
+        lines = []
+        for service in services:
+            action = "unchanged" if self.workers.get(service.name) == build_id else "replaced"
+            self.workers[service.name] = build_id
+            lines += [f"shop-{service.name}-{n} {action}" for n in range(1, service.replicas + 1)]
+        return lines
 
     def run_hook(self, hook: Hook, build_id: str) -> JobVerdict:
         command = " ".join(hook.command)

@@ -105,6 +105,7 @@ class DeployOps(Protocol):
     def check_image(self, build_id: str, services: Sequence[Service]) -> None: ...
     def notify(self, status: str, **kw: Any) -> Notice: ...
     def run_hook(self, hook: Hook, build_id: str) -> JobVerdict: ...
+    def deploy_workers(self, services: Sequence[Service], build_id: str) -> list[str]: ...
     def now(self) -> float: ...
     def pause(self, seconds: float, probe: Probe | None) -> None: ...
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe: ...
@@ -297,6 +298,17 @@ class RealOps:
                                            "builds deployed") from None
             except Unreachable as exc:
                 self.warn(f"could not check image {build_id} on host {host.name}: {exc.message}")
+
+    def deploy_workers(self, services: Sequence[Service], build_id: str) -> list[str]:
+        from pipeline_steps.operations.deploy_workers import deploy_workers
+
+        def said(c: Any) -> None:
+            self.say(f"  {c.host}: {c.container} {c.action} ({c.reason})" + (f", ready: {c.ready}" if c.ready
+                                                                              else ""))
+
+        result = deploy_workers(self.config, services, build_id, on_change=said,
+                                deployed_by=self.ctx.who if self.ctx else None)
+        return [f"{c.container} {c.action}" for c in result.changes]
 
     def run_hook(self, hook: Hook, build_id: str) -> JobVerdict:
         from pipeline_steps.operations.run_job import job_host, run_job

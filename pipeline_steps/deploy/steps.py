@@ -368,6 +368,52 @@ __all__ = ["ChooseColor", "ChooseOrder", "CanaryBuilds", "CanaryRuns", "CanaryTr
            "PreviousBuild", "Prune", "StableServes", "Switch", "Verify", "Weights"]
 
 
+# ---------------------------------------------------------------- workers
+
+
+@dataclass
+class Workers(Step):
+    """The workers' replicas onto the build (`build` None: the one build the promoted canaries run),
+    `parallel` at a time, each ready before the next; a failure puts the replaced ones back."""
+
+    services: list[Service]
+    build: str | None = None
+    name = "workers"
+
+    def describe(self, run: Run) -> str:
+        what = self.build or "the promoted build"
+        return (f"workers {names(self.services)}: {what} into each replica (replaced one batch at a time, "
+                "each ready before the next; failure: the replaced ones get their previous container back)")
+
+    def run(self, run: Run) -> None:
+        build = self.build
+        if build is None:
+            builds = set(run.builds.values())
+            if len(builds) != 1:
+                found = ", ".join(sorted(builds)) or "none"
+                raise StepFailed(f"workers {names(self.services)}: the promoted canaries run different "
+                                 f"builds ({found}); deploy the workers with ps deploy --type stable "
+                                 "--service ...")
+            build = builds.pop()
+        run.stage = "workers"
+        run.decide(f"workers {names(self.services)}: {build} into their replicas")
+        try:
+            lines = run.ops.deploy_workers(self.services, build)
+        except PsError as exc:
+            raise StepFailed(f"workers: {exc.message}") from None
+        for service in self.services:
+            run.outcome.build_ids[f"{service.name}/worker"] = build
+            run.report.build_ids[f"{service.name}/worker"] = build
+        changed = sum(1 for line in lines if not line.endswith(" unchanged"))
+        run.say(f"workers: {changed} of {len(lines)} replicas replaced, all ready")
+
+
+def workers(run: Run, build: str | None = None) -> list[Step]:
+    """[Workers(...)] when the request has workers, else []."""
+    chosen = run.workers()
+    return [Workers(chosen, build)] if chosen else []
+
+
 # ---------------------------------------------------------------- hooks
 
 

@@ -29,6 +29,7 @@ from pipeline_steps.deploy.steps import (
     Weights,
     hooks,
     names,
+    workers,
 )
 from pipeline_steps.errors import BadInput
 
@@ -75,8 +76,10 @@ def stable(run: Run) -> Plan:
     intro = "deploying {build} into the stable slot of {names} through the canary slot (the stable slot " \
             "carries traffic)"
     steps = through_canary(services, build, intro, pre=hooks(run, "pre_deploy", services),
-                           pre_traffic=hooks(run, "pre_traffic", services, rollback=True))
-    return Plan("stable", [*steps, Prune(services), *hooks(run, "post_deploy", services)],
+                           pre_traffic=hooks(run, "pre_traffic", services, rollback=True)) if services else []
+    moved = workers(run, build)
+    steps += [*moved, Prune(services + run.workers()), *hooks(run, "post_deploy", services)]
+    return Plan("stable", steps,
                 message=lambda r: f"stable runs {build} with 100 % of the traffic")
 
 
@@ -152,7 +155,8 @@ def promote_canary(run: Run) -> Plan:
              failure="the traffic stays on the canary (gated healthy); fix stable and promote again"),
         Weights(0, services, "stable 100 %"),
         Verify(services, "verify", canary=0),
-        Prune(services),
+        *workers(run),
+        Prune(services + run.workers()),
     ]
     return Plan("promote-canary", steps, message=lambda r: "promoted: stable and canary run " + ", ".join(
         f"{n} {b}" for n, b in r.builds.items()))
@@ -190,6 +194,7 @@ def blue_green(run: Run) -> Plan:
         Verify(services, "verify", active="target", rollback=True, measure=False),
         Watch(services),
         StopOld(services),
+        *workers(run, build),
         *hooks(run, "post_deploy", services),
     ]
     return Plan("blue-green", steps, recover="color")
@@ -213,6 +218,11 @@ def preflight(run: Run) -> None:
     kind = {"blue-green": "blue-green", "rollback": None}.get(request.type, "canary")
     if kind is not None:
         chosen = run.services(kind)
+        if not chosen and not (request.type == "stable" and run.workers()):
+            what = "a canary" if kind == "canary" else "a blue/green"
+            moving = ", ".join(s.name for s in run.workers())
+            raise BadInput(f"{request.type} needs {what} service; workers ({moving}) move with ps deploy "
+                           "--type stable or promote-canary")
     else:
         chosen = run.services_or_empty("canary") + run.services_or_empty("blue-green")
         if not chosen:

@@ -91,7 +91,7 @@ def wanted_settings(config: Config, service: Service, host: Host, slot: str, bui
            {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}})
     return RunSettings(
         image_id=str(image.id),
-        ports={f"{service.port}/tcp": (host.address, service.slots[slot])},
+        ports={f"{service.port}/tcp": (host.address, service.slots[slot])} if slot in service.slots else {},
         env=env,
         labels={**dict(run.labels), slot_names.LABEL_RUN: run.as_label(),
                 slot_names.LABEL_APP: config.app, slot_names.LABEL_SERVICE: service.name,
