@@ -281,7 +281,7 @@ def initial_file(config: Config, path: str | os.PathLike[str]) -> UpstreamFile:
     """The include file made from config alone (no file on disk yet)."""
     file = UpstreamFile(path=Path(path))
     for service in config.services.values():
-        if not service.is_worker:
+        if service.is_http:
             file.put(default_upstream(config, service))
     return file
 

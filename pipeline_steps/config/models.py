@@ -286,10 +286,10 @@ class _Build:
         loc: Loc = ("services", name)
         dumped = s.slots.model_dump().items() if s.slots else ()
         slots = {slot: port for slot, port in dumped if port is not None}
-        if s.kind == "worker":
+        if s.kind != "http":
             for key in ("slots", "url", "upstream"):
                 if getattr(s, key) is not None:
-                    self.problem((*loc, key), "a worker has none (kind: worker runs replicas, no HTTP)")
+                    self.problem((*loc, key), f"a {s.kind} has none (kind: {s.kind} has no HTTP)")
         elif not self.intact((*loc, "slots")):
             pass
         elif not slots:

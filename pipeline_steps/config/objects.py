@@ -67,7 +67,7 @@ class Service:
     upstream: str = ""
     url: str | None = None  # where nginx serves this service (for measuring the live split)
     run: RunSpec = field(default_factory=RunSpec)  # networks, volumes, command, limits, ...
-    kind: str = "http"  # http (slots behind nginx) | worker (no HTTP: replicas)
+    kind: str = "http"  # http (slots behind nginx) | worker (no HTTP: replicas) | job (ps run, hooks)
     replicas: int = 1  # worker: containers <app>-<service>-<n>, n = 1..replicas
     parallel: int = 1  # worker: replicas replaced at once
     ready: str | None = None  # worker: the log line (regex) that says a replica is ready
@@ -76,9 +76,15 @@ class Service:
     def is_worker(self) -> bool:
         return self.kind == "worker"
 
+    @property
+    def is_http(self) -> bool:
+        return self.kind == "http"
+
     def members(self) -> dict[str, int]:
         """Slot -> host port; a worker's replicas "1".."N" (no port: 0). Its container is
         <app>-<service>-<slot> either way."""
+        if self.kind == "job":
+            return {}
         return {str(n): 0 for n in range(1, self.replicas + 1)} if self.is_worker else dict(self.slots)
 
     def pair(self, kind: str) -> tuple[str, str] | None:

@@ -183,8 +183,9 @@ class RunFields(FileModel):
     """Run settings of a service, applied to each of its slots (a change of any is a change), and its kind:
     `http` (slots behind nginx) or `worker` (no HTTP: `replicas` containers replaced one by one)."""
 
-    kind: Literal["http", "worker"] = Field(default="http", description="http (slots behind nginx) or "
-                                            "worker (no HTTP, no slots: replicas).")
+    kind: Literal["http", "worker", "job"] = Field(
+        default="http", description="http (slots behind nginx), worker (no HTTP, no slots: replicas) or job "
+                                    "(never deployed: one-off containers of `ps run` and hooks).")
     replicas: Annotated[int, Bounds(1, 100)] = Field(default=1, description="worker: containers "
                                                      "<app>-<service>-<n>.")
     parallel: Annotated[int, Bounds(1, 100)] = Field(default=1, description="worker: replicas replaced "

@@ -145,7 +145,7 @@ class Run:
         """The HTTP services of the request with a `kind` pair ([] when it names only workers)."""
         from pipeline_steps.steps.traffic import pair_services
 
-        named = [n for n in self.request.services if not self.config.service(n).is_worker]
+        named = [n for n in self.request.services if self.config.service(n).is_http]
         if self.request.services and not named:
             return []
         if not named and self.workers() and not any(s.pair(kind) for s in self.config.services.values()):

@@ -429,8 +429,10 @@ class Hooks(Step):
     name = "hooks"
 
     def chosen(self, run: Run) -> list[Hook]:
+        """This phase's hooks of the deployed services, and those of job services (never deployed)."""
         wanted = {s.name for s in self.services}
-        return [h for h in run.config.hooks.at(self.phase) if h.service in wanted]
+        return [h for h in run.config.hooks.at(self.phase)
+                if h.service in wanted or run.config.services[h.service].kind == "job"]
 
     def describe(self, run: Run) -> str:
         jobs = "; ".join(f"{h.service}: {' '.join(h.command)}" for h in self.chosen(run))

@@ -119,3 +119,21 @@ def test_hooks_name_known_services_and_hosts(tmp_path: Path) -> None:
     assert sorted(info.value.problems) == [
         "hooks.pre_traffic[0].host: unknown host 'far' (configured: local)",
         "hooks.pre_traffic[0].service: unknown service 'nope' (configured: api, web)"]
+
+
+def test_a_job_service_hook_runs_with_the_deployed_build(tmp_path: Path) -> None:
+    import yaml
+
+    from pipeline_steps.config import load_config
+
+    config = make_config(tmp_path)
+    raw = yaml.safe_load(Path(config.source).read_text())
+    raw["services"]["migrate"] = {"context": "./migrations", "kind": "job", "memory": "64m"}
+    raw["hooks"] = {"pre_traffic": [{"service": "migrate", "command": "alembic upgrade head"}]}
+    Path(config.source).write_text(yaml.safe_dump(raw))
+    config = load_config(config.source)
+    assert config.service("migrate").members() == {}
+    fake = live_world(config)
+    outcome, _, _ = deploy(fake, "canary-manual", weight=10.0, services=("web",))
+    assert outcome.result == "success", outcome.message
+    assert fake.hooks_run == [("pre_traffic", "alembic upgrade head", NEW)]

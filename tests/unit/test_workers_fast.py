@@ -91,7 +91,7 @@ def test_canary_types_need_an_http_service(config: Config) -> None:
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    ({"slots": {"stable": 19001, "canary": 19002}}, "services.w.slots: a worker has none"),
+    ({"slots": {"stable": 19001, "canary": 19002}}, "services.w.slots: a worker has none (kind: worker"),
     ({"url": "http://127.0.0.1/"}, "services.w.url: a worker has none"),
     ({"replicas": 0}, "services.w.replicas"),
     ({"ready": "("}, "services.w.ready"),
