@@ -27,7 +27,7 @@ from pipeline_steps.config.objects import (
     Service,
 )
 from pipeline_steps.config.run_models import HooksFile, RunFields
-from pipeline_steps.config.run_spec import Hooks
+from pipeline_steps.config.run_spec import Hooks, Require
 from pipeline_steps.config.types import (
     Address,
     AppName,
@@ -304,7 +304,8 @@ class _Build:
             health=self.health(s.health, (*loc, "health")),
             upstream=s.upstream or f"{app}_{name}".replace("-", "_").replace(".", "_"), url=s.url,
             run=s.run_spec(lambda p: self.path(p, (*loc, "volumes"))), kind=s.kind, replicas=s.replicas,
-            parallel=min(s.parallel, s.replicas), ready=s.ready)
+            parallel=min(s.parallel, s.replicas), ready=s.ready,
+            requires=tuple(Require(r.name, False, r.tcp, r.url) for r in s.requires))
 
     def hosts(self, items: list[HostFile]) -> tuple[Host, ...]:
         hosts: list[Host] = []
@@ -361,6 +362,32 @@ class _Build:
                              f"{seen_upstreams[svc.upstream]}")
             seen_upstreams.setdefault(svc.upstream, svc.name)
 
+    def requires(self, services: dict[str, Service]) -> dict[str, Service]:
+        """`requires` names resolved (a service of the file, else a container); a cycle is a problem."""
+        from dataclasses import replace
+
+        resolved = {name: replace(s, requires=tuple(replace(r, service=r.name in services)
+                                                    for r in s.requires)) for name, s in services.items()}
+        state: dict[str, str] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            state[name] = "open"
+            for r in resolved[name].requires:
+                if not r.service:
+                    continue
+                if r.name == name or state.get(r.name) == "open":
+                    loop = path[path.index(r.name):] if r.name in path else [name]
+                    cycle = " -> ".join([*loop, r.name])
+                    self.problem(("services", name, "requires"), f"a cycle: {cycle}")
+                elif r.name not in state:
+                    visit(r.name, [*path, r.name])
+            state[name] = "done"
+
+        for name in resolved:
+            if name not in state:
+                visit(name, [name])
+        return resolved
+
     def hooks(self, h: HooksFile, services: dict[str, Service], hosts: tuple[Host, ...]) -> Hooks:
         for phase in ("pre_deploy", "pre_traffic", "post_deploy"):
             for i, hook in enumerate(getattr(h, phase)):
@@ -393,6 +420,7 @@ def build(file: PsFile, source: str, base: Path,
     services = {name: b.service(file.app, name, s) for name, s in file.services.items()}
     hosts = b.hosts(file.hosts)
     b.shared_ports_and_upstreams(services, hosts)
+    services = b.requires(services)
     n = file.notify.mattermost
     d = file.deploy
     config = Config(

@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline_steps.config.run_spec import Hooks, RunSpec
+from pipeline_steps.config.run_spec import Hooks, Require, RunSpec
 from pipeline_steps.secrets import MASK, is_secret_name
 
 SLOT_PAIRS: dict[str, tuple[str, str]] = {
@@ -71,6 +71,7 @@ class Service:
     replicas: int = 1  # worker: containers <app>-<service>-<n>, n = 1..replicas
     parallel: int = 1  # worker: replicas replaced at once
     ready: str | None = None  # worker: the log line (regex) that says a replica is ready
+    requires: tuple[Require, ...] = ()  # ready before this service deploys
 
     @property
     def is_worker(self) -> bool:

@@ -37,6 +37,7 @@ from pipeline_steps.config.types import (
     Regex,
     Rule,
     ServiceName,
+    Url,
     fail,
 )
 
@@ -179,6 +180,18 @@ _Volumes = list[Annotated[VolumeFile, ShortForm(_volume, {"type": "string",
 _Ulimits = dict[Name, Annotated[UlimitFile, ShortForm(_ulimit, {"type": "integer", "minimum": 0})]]
 
 
+class RequireFile(FileModel):
+    """A service or container that must be ready first (`kafka`, or {name: kafka, tcp: 9092})."""
+
+    name: Name
+    tcp: Annotated[int, Bounds(1, 65535)] | None = Field(default=None, description="Also accepts TCP here "
+                                                           "(on each host's address).")
+    url: Url | None = Field(default=None, description="Also answers 2xx here.")
+
+
+_Requires = list[Annotated[RequireFile, ShortForm(_network, {"type": "string", "pattern": f"^{_NAME}$"})]]
+
+
 class RunFields(FileModel):
     """Run settings of a service, applied to each of its slots (a change of any is a change), and its kind:
     `http` (slots behind nginx) or `worker` (no HTTP: `replicas` containers replaced one by one)."""
@@ -190,6 +203,8 @@ class RunFields(FileModel):
                                                      "<app>-<service>-<n>.")
     parallel: Annotated[int, Bounds(1, 100)] = Field(default=1, description="worker: replicas replaced "
                                                      "at once.")
+    requires: Annotated[_Requires, Field(max_length=64)] = Field(
+        default_factory=list, description="Services or containers that must be ready before it deploys.")
     ready: Regex | None = Field(default=None, description="worker: a log line (regular expression) that "
                                 "says a replica is ready (a line from before it started never counts).")
 

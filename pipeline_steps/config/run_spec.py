@@ -94,6 +94,17 @@ class RunSpec:
         return data if isinstance(data, dict) else {}
 
 
+@dataclass(frozen=True)
+class Require:
+    """What must be ready before a service deploys: a service of ps.yaml or a container on its hosts
+    (running, and healthy when it has a HEALTHCHECK), optionally answering TCP on `tcp` or 2xx at `url`."""
+
+    name: str
+    service: bool = False  # a service of ps.yaml (else a container name)
+    tcp: int | None = None  # a port of the host's address that must accept connections
+    url: str | None = None  # an HTTP URL that must answer 2xx
+
+
 HOOK_PHASES = ("pre_deploy", "pre_traffic", "post_deploy")
 DEFAULT_JOB_TIMEOUT = 600.0
 

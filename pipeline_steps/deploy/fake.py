@@ -250,6 +250,12 @@ class FakeOps:
                 raise BadInput(f"--to {build_id}: image {service.name}:{build_id} is not on host local and "
                                "cannot be pulled; see ps history for the builds deployed")
 
+    def wait_required(self, services: Sequence[Service]) -> list[str]:
+        self.calls.append(("requires", tuple(s.name for s in services)))
+        if "requires" in self.faults:
+            raise CheckFailed(self.faults["requires"])
+        return [f"{s.name}: {r.name} ready on host local" for s in services for r in s.requires]
+
     def deploy_workers(self, services: Sequence[Service], build_id: str) -> list[str]:
         self.calls.append(("workers", tuple(s.name for s in services), build_id))
         if "workers" in self.faults:  # a replica not ready: every replaced one is put back

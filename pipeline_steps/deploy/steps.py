@@ -368,6 +368,35 @@ __all__ = ["ChooseColor", "ChooseOrder", "CanaryBuilds", "CanaryRuns", "CanaryTr
            "PreviousBuild", "Prune", "StableServes", "Switch", "Verify", "Weights"]
 
 
+# ---------------------------------------------------------------- start-up order
+
+
+@dataclass
+class Requires(Step):
+    """Before anything of the deploy changes: what its services `require` is ready on every host."""
+
+    services: list[Service]
+    name = "requires"
+
+    def describe(self, run: Run) -> str:
+        wanted = sorted({r.name for s in self.services for r in s.requires})
+        return f"wait until what {names(self.services)} require is ready on every host: {', '.join(wanted)}"
+
+    def run(self, run: Run) -> None:
+        run.stage = "start-up order"
+        try:
+            lines = run.ops.wait_required(self.services)
+        except PsError as exc:
+            raise StepFailed(exc.message) from None
+        run.say(f"ready first: {'; '.join(lines)}")
+
+
+def requires(run: Run, services: Sequence[Service]) -> list[Step]:
+    """[Requires(...)] when some of `services` require something, else []."""
+    needing = [s for s in services if s.requires]
+    return [Requires(needing)] if needing else []
+
+
 # ---------------------------------------------------------------- workers
 
 

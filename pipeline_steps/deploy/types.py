@@ -29,6 +29,7 @@ from pipeline_steps.deploy.steps import (
     Weights,
     hooks,
     names,
+    requires,
     workers,
 )
 from pipeline_steps.errors import BadInput
@@ -75,8 +76,10 @@ def stable(run: Run) -> Plan:
     run.builds = {s.name: build for s in services}
     intro = "deploying {build} into the stable slot of {names} through the canary slot (the stable slot " \
             "carries traffic)"
-    steps = through_canary(services, build, intro, pre=hooks(run, "pre_deploy", services),
-                           pre_traffic=hooks(run, "pre_traffic", services, rollback=True)) if services else []
+    steps = requires(run, services + run.workers())
+    if services:
+        steps += through_canary(services, build, intro, pre=hooks(run, "pre_deploy", services),
+                                pre_traffic=hooks(run, "pre_traffic", services, rollback=True))
     moved = workers(run, build)
     steps += [*moved, Prune(services + run.workers()), *hooks(run, "post_deploy", services)]
     return Plan("stable", steps,
@@ -90,6 +93,7 @@ def canary_start(run: Run, services: list[Service]) -> list[Step]:
         return [CanaryRuns(services), *pre_traffic]
     everyone = _all(services)
     return [
+        *requires(run, services),
         StableServes(services),
         *hooks(run, "pre_deploy", services),
         CanaryTrafficAway(everyone),
@@ -185,6 +189,7 @@ def blue_green(run: Run) -> Plan:
     everyone = _all(services)
     steps: list[Step] = [
         ChooseColor(services),
+        *requires(run, services + run.workers()),
         *hooks(run, "pre_deploy", services),
         Deploy("target", everyone, f"deploy {build} into the inactive color of {names(services)}",
                stage="{slot} gate"),

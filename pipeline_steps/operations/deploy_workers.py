@@ -22,6 +22,7 @@ from pipeline_steps.adapters.interfaces import DockerHost, EngineError
 from pipeline_steps.config import Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed
 from pipeline_steps.health import logs_match, run_start_ns
+from pipeline_steps.waiting import poll_until
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import ContainerInfo
@@ -181,14 +182,14 @@ def _replace_in_batches(engine: DockerHost, config: Config, service: Service, ho
         slot_names.drop_previous(engine, swap)
 
 
-def wait_ready(engine: DockerHost, service: Service, name: str, *, poll: float = 0.25,
-               clock: Callable[[], float] = time.monotonic) -> str:
+def wait_ready(engine: DockerHost, service: Service, name: str, *, poll: float = 0.25) -> str:
     """How replica `name` proved ready; CheckFailed when it did not within the service's health budget."""
     spec = service.health
-    deadline = clock() + spec.start_period + spec.retries * spec.interval
-    steady_since: float | None = None
-    why = "not checked yet"
-    while True:
+    budget = spec.start_period + spec.retries * spec.interval
+    steady_since: list[float] = []
+    why = ["not checked yet"]
+
+    def check() -> str | None:
         info = engine.container(name)
         state = (info.attrs.get("State") or {}) if info is not None else {}
         if info is None or not state.get("Running") or state.get("Restarting"):
@@ -201,19 +202,21 @@ def wait_ready(engine: DockerHost, service: Service, name: str, *, poll: float =
             text = engine.logs(info.id, since=max(1, (since or 0) // 1_000_000_000), timestamps=True)
             if since is not None and logs_match(text, since, service.ready):
                 return f"logged {service.ready!r} after it started"
-            why = f"no line matching {service.ready!r} since it started"
+            why[0] = f"no line matching {service.ready!r} since it started"
+        elif health == "healthy":
+            return "Docker health: healthy"
+        elif health == "unhealthy":
+            raise CheckFailed(f"{name} is unhealthy (Docker HEALTHCHECK)")
         elif health:
-            if health == "healthy":
-                return "Docker health: healthy"
-            if health == "unhealthy":
-                raise CheckFailed(f"{name} is unhealthy (Docker HEALTHCHECK)")
-            why = f"Docker health: {health}"
+            why[0] = f"Docker health: {health}"
         else:
-            steady_since = steady_since if steady_since is not None else clock()
-            if clock() - steady_since >= spec.interval:
+            steady_since[:] = steady_since or [time.monotonic()]
+            if time.monotonic() - steady_since[0] >= spec.interval:
                 return f"running for {spec.interval:g}s (no ready line or HEALTHCHECK to wait for)"
-            why = "just started"
-        if clock() >= deadline:
-            budget = spec.start_period + spec.retries * spec.interval
-            raise CheckFailed(f"{name} is not ready after {budget:g}s: {why}")
-        time.sleep(poll)
+            why[0] = "just started"
+        return None
+
+    found = poll_until(check, timeout=budget, interval=poll)
+    if found is None:
+        raise CheckFailed(f"{name} is not ready after {budget:g}s: {why[0]}")
+    return found

@@ -100,3 +100,60 @@ def test_replicas_one_at_a_time_each_ready_put_back_on_failure(workers: dict[str
     assert f"{workers['names'][2]} removed (replicas is 2)" in down.stdout + down.stderr
     every = docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={workers['app']}"})
     assert sorted(c.name for c in every) == workers["names"][:2]
+
+
+def test_requires_waits_for_a_broker_that_turns_healthy_after_3s(docker_client: Any, base_image: str,
+                                                                 project: Any, workdir: Path,
+                                                                 docker_ps: Any) -> None:
+    """A six-container stack: postgres, redis and a broker (healthy 3 s after it starts) beside two
+    consumer replicas and a cache worker; the consumers start only once the broker is healthy."""
+    app = unique("req")
+    stand_ins = [docker_client.containers.run(
+        base_image, ["nc", "-ll", "-p", "5432", "-e", "/bin/echo", "ok"], detach=True, name=f"{app}-postgres",
+        labels={"pipeline-steps.test": "1"}),
+        docker_client.containers.run(base_image, ["nc", "-ll", "-p", "6379", "-e", "/bin/echo", "ok"],
+                                     detach=True, name=f"{app}-redis", labels={"pipeline-steps.test": "1"})]
+    try:
+        repo = f"{REGISTRY}/{app}"
+        ctx = workdir / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM {base_image}\nCMD [\"sh\", \"-c\", {json.dumps(SCRIPT)}]\n")
+        image, _ = docker_client.images.build(path=str(ctx), rm=True)
+        for service in ("consumer", "cache"):
+            image.tag(f"{repo}/{service}", "r1")
+        worker = {"kind": "worker", "ready": "^consumer ready$",
+                  "health": {"retries": 40, "interval": "250ms"}}
+        project({"app": app, "registry": REGISTRY, "state_dir": str(workdir / "state"),
+                 "hosts": [{"name": "local", "address": address()}],
+                 "services": {"consumer": {**worker, "replicas": 2, "requires": [f"{app}-broker"]},
+                              "cache": {**worker, "requires": [f"{app}-redis", f"{app}-postgres"]}}})
+        broker = docker_client.containers.run(
+            base_image, ["sh", "-c", "sleep 3; touch /tmp/up; exec sleep 600"], detach=True,
+            name=f"{app}-broker", labels={"pipeline-steps.test": "1"},
+            healthcheck={"test": ["CMD", "sh", "-c", "[ -e /tmp/up ]"], "interval": 250_000_000,
+                         "retries": 100})
+        stand_ins.append(broker)
+        done = docker_ps("deploy", "--type", "stable", "--build-id", "r1", timeout=240)
+        assert done.returncode == 0, done.stderr
+        text = done.stdout + done.stderr
+        assert f"consumer waits for {app}-broker on host local ({app}-broker: Docker health starting)" in text
+        broker.reload()
+        broker_started = parse_state_time(broker.attrs["State"]["StartedAt"])
+        assert broker_started is not None
+        first_healthy = broker_started + 3_000_000_000  # it can pass its check only 3 s after it started
+        for n in (1, 2):
+            consumer = docker_client.containers.get(f"{app}-consumer-{n}")
+            started = parse_state_time(consumer.attrs["State"]["StartedAt"])
+            assert started is not None and started > first_healthy
+        everything = docker_client.containers.list(filters={"name": app})
+        assert len(everything) == 6 and all(c.status == "running" for c in everything)
+        broker.stop(timeout=0)
+        refused = docker_ps("deploy", "--type", "stable", "--build-id", "r1", timeout=240)
+        assert refused.returncode == 1
+        assert f"ps: stable failure: consumer requires {app}-broker, not ready on host local after 10s: " \
+               f"{app}-broker is exited" in refused.stderr
+    finally:
+        for c in docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={app}"}):
+            c.remove(force=True)
+        for c in stand_ins:
+            c.remove(force=True)

@@ -115,3 +115,34 @@ def test_an_app_of_workers_only(tmp_path: Path) -> None:
     outcome, _, _ = deploy(fake, "stable")
     assert outcome.result == "success", outcome.message
     assert fake.workers == {"consumer": NEW}
+
+
+def test_requires_comes_before_anything_changes(tmp_path: Path) -> None:
+    from pipeline_steps.config import parse_config
+    from pipeline_steps.deploy.fake import FakeOps
+
+    services = {"consumer": {**WORKER, "requires": ["broker", {"name": "cache", "tcp": 6379}]},
+                "cache": {"context": ".", "kind": "worker"}}
+    config = parse_config({"app": "shop", "registry": "r:5000", "state_dir": str(tmp_path),
+                           "services": services}, base_dir=tmp_path)
+    assert [(r.name, r.service, r.tcp) for r in config.service("consumer").requires] == [
+        ("broker", False, None), ("cache", True, 6379)]
+    fake = FakeOps(config)
+    outcome, said, _ = deploy(fake, "stable")
+    assert outcome.result == "success", outcome.message
+    assert [c[0] for c in fake.calls][:2] == ["requires", "workers"]
+    assert "ready first: consumer: broker ready on host local" in said.text
+    fake = FakeOps(config)
+    fake.faults["requires"] = "consumer requires broker, not ready on host local: no container broker"
+    outcome, _, _ = deploy(fake, "stable")
+    assert outcome.exit_code == 1 and "no container broker" in outcome.message
+    assert not any(c[0] == "workers" for c in fake.calls)  # nothing changed
+
+
+def test_a_requires_cycle_is_a_config_error(tmp_path: Path) -> None:
+    from pipeline_steps.config import parse_config
+
+    services = {"a": {**WORKER, "requires": ["b"]}, "b": {**WORKER, "requires": ["a"]}}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"app": "shop", "registry": "r:5000", "services": services}, base_dir=tmp_path)
+    assert info.value.problems == ["services.b.requires: a cycle: a -> b -> a"]
