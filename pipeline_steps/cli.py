@@ -21,6 +21,8 @@ from pipeline_steps.secrets import mask, register_environment
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("pipeline_steps.steps.config_cmd:group",
                "Check ps.yaml and show the effective configuration."),
+    "init": ("pipeline_steps.steps.init_cmd:command",
+             "Write a ps.yaml from a docker-compose.yml and name what it could not carry over."),
     "context": ("pipeline_steps.steps.context_cmd:command",
                 "Show the CI context: commit, BUILD_ID, branch, author and links."),
     "build": ("pipeline_steps.steps.build:command",
