@@ -21,6 +21,8 @@ from pipeline_steps.secrets import mask, register_environment
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("pipeline_steps.steps.config_cmd:group",
                "Check ps.yaml and show the effective configuration."),
+    "init": ("pipeline_steps.steps.init_cmd:command",
+             "Write a ps.yaml from a docker-compose.yml and name what it could not carry over."),
     "context": ("pipeline_steps.steps.context_cmd:command",
                 "Show the CI context: commit, BUILD_ID, branch, author and links."),
     "build": ("pipeline_steps.steps.build:command",
@@ -52,6 +54,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "A CI pipeline's stages as one deploy: lease the lock, record, notify once."),
     "lock": ("pipeline_steps.steps.lock:group",
              "The deploy lock: one deployment per app at a time, across CI agents."),
+    "run": ("pipeline_steps.steps.run_cmd:command",
+            "Run a one-off job in a new container of a service's image."),
     "history": ("pipeline_steps.steps.history:command",
                 "Show the recorded deployment actions (time, type, BUILD_IDs, weights, result, who)."),
     "webhook": ("pipeline_steps.steps.webhook:group",

@@ -281,7 +281,8 @@ def initial_file(config: Config, path: str | os.PathLike[str]) -> UpstreamFile:
     """The include file made from config alone (no file on disk yet)."""
     file = UpstreamFile(path=Path(path))
     for service in config.services.values():
-        file.put(default_upstream(config, service))
+        if service.is_http:
+            file.put(default_upstream(config, service))
     return file
 
 

@@ -6,7 +6,7 @@ EngineGone (connection refused/reset or a timeout mid-call).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -144,13 +144,57 @@ class SdkDockerHost:
 
     def create(self, name: str, image: str, *, labels: Mapping[str, str], environment: Mapping[str, str],
                ports: Mapping[str, tuple[str, int]], restart_policy: Mapping[str, str],
-               log_config: Mapping[str, Any]) -> ContainerInfo:
+               log_config: Mapping[str, Any], options: Mapping[str, Any] | None = None,
+               networks: Sequence[tuple[str, tuple[str, ...]]] = ()) -> ContainerInfo:
+        extra = dict(options or {})
+        if networks:  # the first network at create (with its aliases), the others joined before start
+            first, aliases = networks[0]
+            extra["network"] = first
+            extra["networking_config"] = {
+                first: self.client.api.create_endpoint_config(aliases=list(aliases) or None)}
         with _calls():
             c = self.client.containers.create(image, name=name, labels=dict(labels),
                                               environment=dict(environment), ports=dict(ports),
                                               restart_policy=dict(restart_policy),
-                                              log_config=dict(log_config))
-            return _container(c)
+                                              log_config=dict(log_config), **extra)
+            try:
+                for net, more in networks[1:]:
+                    self.client.api.connect_container_to_network(c.id, net, aliases=list(more) or None)
+            except Exception:
+                self.client.api.remove_container(c.id, force=True)
+                raise
+            return _container(self.client.containers.get(c.id))
+
+    def network_exists(self, name: str) -> bool:
+        with _calls():
+            return any(n.get("Name") == name for n in self.client.api.networks(names=[name]))
+
+    def wait(self, name: str, timeout: float) -> int | None:
+        """The container's exit code once it exits, None if it still runs after `timeout` seconds."""
+        try:
+            with _calls():
+                return int(self.client.api.wait(name, timeout=max(1, int(timeout + 0.999)))["StatusCode"])
+        except EngineGone:  # the wait's read timed out; a gone engine fails the inspect below too
+            with _calls():
+                state = self.client.api.inspect_container(name).get("State") or {}
+            return None if state.get("Running") else int(state.get("ExitCode") or 0)
+
+    def follow_logs(self, name: str) -> Iterator[str]:
+        """Output lines (stdout and stderr) as the container writes them, until it exits."""
+        pending = b""
+        with _calls():
+            stream = self.client.api.logs(name, stream=True, follow=True)
+        for chunk in stream:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", errors="replace")
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
+
+    def create_network(self, name: str, labels: Mapping[str, str]) -> None:
+        with _calls():
+            self.client.api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)
 
     def start(self, name: str) -> ContainerInfo:
         with _calls():

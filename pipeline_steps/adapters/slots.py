@@ -24,6 +24,7 @@ LABEL_DIGEST = f"{LABEL_PREFIX}.image-digest"
 LABEL_DEPLOYED_AT = f"{LABEL_PREFIX}.deployed-at"
 LABEL_DEPLOYED_BY = f"{LABEL_PREFIX}.deployed-by"
 LABEL_ENV_HASH = f"{LABEL_PREFIX}.env-hash"
+LABEL_RUN = f"{LABEL_PREFIX}.run"  # the run settings (RunSpec.as_label) the slot was made with
 
 
 def container_name(app: str, service: str, slot: str) -> str:

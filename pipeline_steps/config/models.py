@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from pipeline_steps.config.objects import (
     SLOT_PAIRS,
@@ -29,6 +29,8 @@ from pipeline_steps.config.objects import (
     Service,
     StickyKey,
 )
+from pipeline_steps.config.run_models import HooksFile, RunFields
+from pipeline_steps.config.run_spec import Hooks, Require
 from pipeline_steps.config.types import (
     Address,
     AppName,
@@ -37,6 +39,7 @@ from pipeline_steps.config.types import (
     DockerEndpoint,
     Duration,
     EnvName,
+    FileModel,
     FilePath,
     HealthPath,
     KeepPeriod,
@@ -60,17 +63,6 @@ Problem = tuple[Loc, str]
 _HEALTH = HealthSpec()
 _CANARY = CanaryPolicy()
 _NOTIFY = MattermostNotify()
-
-
-class FileModel(BaseModel):
-    """A mapping of ps.yaml: unknown keys are problems, `key:` with no value means the default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_are_defaults(cls, data: Any) -> Any:
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 class HealthFile(FileModel):
@@ -103,13 +95,13 @@ class SlotsFile(FileModel):
     green: Port | None = None
 
 
-class ServiceFile(FileModel):
-    """One deployable service."""
+class ServiceFile(RunFields):
+    """One deployable service (its run settings come from RunFields)."""
 
     context: FilePath = Field(default=".", description="Build context, relative to ps.yaml.")
     dockerfile: FilePath = Service.dockerfile
     port: Port = Field(default=Service.port, description="Container port.")
-    slots: Annotated[SlotsFile, Say("is required: a host port per slot (stable/canary or blue/green)")]
+    slots: SlotsFile | None = Field(default=None, description="Host port per slot (required for kind http).")
     env: Annotated[dict[EnvName, PlainValue], Field(max_length=1000)] = Field(default_factory=dict)
     env_from: Annotated[list[EnvName], Field(max_length=1000)] = Field(
         default_factory=list, description="Variables copied from the job's environment.")
@@ -298,6 +290,7 @@ class PsFile(FileModel):
     notify: NotifyFile = NotifyFile()
     deploy: DeployFile = DeployFile()
     blue_green: BlueGreenFile = BlueGreenFile()
+    hooks: HooksFile = HooksFile()
     state_dir: FilePath | None = Field(default=None, description="Lock, history and env files: a "
                                        "directory (default ~/.local/state/pipeline-steps/<app>).")
 
@@ -347,8 +340,13 @@ class _Build:
 
     def service(self, app: str, name: str, s: ServiceFile) -> Service:
         loc: Loc = ("services", name)
-        slots = {slot: port for slot, port in s.slots.model_dump().items() if port is not None}
-        if not self.intact((*loc, "slots")):
+        dumped = s.slots.model_dump().items() if s.slots else ()
+        slots = {slot: port for slot, port in dumped if port is not None}
+        if s.kind != "http":
+            for key in ("slots", "url", "upstream"):
+                if getattr(s, key) is not None:
+                    self.problem((*loc, key), f"a {s.kind} has none (kind: {s.kind} has no HTTP)")
+        elif not self.intact((*loc, "slots")):
             pass
         elif not slots:
             self.problem((*loc, "slots"), "is required: a host port per slot (stable/canary or blue/green)")
@@ -360,7 +358,10 @@ class _Build:
             name=name, context=self.path(s.context, (*loc, "context")), dockerfile=s.dockerfile, port=s.port,
             slots=slots, env=dict(s.env), env_from=tuple(s.env_from),
             health=self.health(s.health, (*loc, "health")),
-            upstream=s.upstream or f"{app}_{name}".replace("-", "_").replace(".", "_"), url=s.url)
+            upstream=s.upstream or f"{app}_{name}".replace("-", "_").replace(".", "_"), url=s.url,
+            run=s.run_spec(lambda p: self.path(p, (*loc, "volumes"))), kind=s.kind, replicas=s.replicas,
+            parallel=min(s.parallel, s.replicas), ready=s.ready,
+            requires=tuple(Require(r.name, False, r.tcp, r.url) for r in s.requires))
 
     def hosts(self, items: list[HostFile]) -> tuple[Host, ...]:
         hosts: list[Host] = []
@@ -471,6 +472,43 @@ class _Build:
                              f"{seen_upstreams[svc.upstream]}")
             seen_upstreams.setdefault(svc.upstream, svc.name)
 
+    def requires(self, services: dict[str, Service]) -> dict[str, Service]:
+        """`requires` names resolved (a service of the file, else a container); a cycle is a problem."""
+        from dataclasses import replace
+
+        resolved = {name: replace(s, requires=tuple(replace(r, service=r.name in services)
+                                                    for r in s.requires)) for name, s in services.items()}
+        state: dict[str, str] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            state[name] = "open"
+            for r in resolved[name].requires:
+                if not r.service:
+                    continue
+                if r.name == name or state.get(r.name) == "open":
+                    loop = path[path.index(r.name):] if r.name in path else [name]
+                    cycle = " -> ".join([*loop, r.name])
+                    self.problem(("services", name, "requires"), f"a cycle: {cycle}")
+                elif r.name not in state:
+                    visit(r.name, [*path, r.name])
+            state[name] = "done"
+
+        for name in resolved:
+            if name not in state:
+                visit(name, [name])
+        return resolved
+
+    def hooks(self, h: HooksFile, services: dict[str, Service], hosts: tuple[Host, ...]) -> Hooks:
+        for phase in ("pre_deploy", "pre_traffic", "post_deploy"):
+            for i, hook in enumerate(getattr(h, phase)):
+                if hook.service not in services:
+                    self.problem(("hooks", phase, i, "service"), f"unknown service {hook.service!r} "
+                                 f"(configured: {', '.join(sorted(services))})")
+                if hook.host is not None and hook.host not in {x.name for x in hosts}:
+                    self.problem(("hooks", phase, i, "host"), f"unknown host {hook.host!r} "
+                                 f"(configured: {', '.join(x.name for x in hosts)})")
+        return h.hooks()
+
     def state_dir(self, value: str | None, app: str) -> str:
         if not value:
             import os
@@ -492,6 +530,7 @@ def build(file: PsFile, source: str, base: Path,
     services = {name: b.service(file.app, name, s) for name, s in file.services.items()}
     hosts = b.hosts(file.hosts)
     b.shared_ports_and_upstreams(services, hosts)
+    services = b.requires(services)
     n = file.notify.mattermost
     d = file.deploy
     config = Config(
@@ -501,7 +540,7 @@ def build(file: PsFile, source: str, base: Path,
                                 icon_url=n.icon_url, timeout=n.timeout),
         deploy=DeployPolicy(keep_images=d.keep_images, blue_green_keep=d.blue_green_keep,
                             lock_wait=d.lock_wait),
-        blue_green=BlueGreenPolicy(watch=file.blue_green.watch),
+        blue_green=BlueGreenPolicy(watch=file.blue_green.watch), hooks=b.hooks(file.hooks, services, hosts),
         state_dir=b.state_dir(file.state_dir, file.app), source=source)
     return config, b.problems
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline_steps.config.run_spec import Hooks, Require, RunSpec
 from pipeline_steps.secrets import MASK, is_secret_name
 
 SLOT_PAIRS: dict[str, tuple[str, str]] = {
@@ -82,6 +83,27 @@ class Service:
     health: HealthSpec = field(default_factory=HealthSpec)
     upstream: str = ""
     url: str | None = None  # where nginx serves this service (for measuring the live split)
+    run: RunSpec = field(default_factory=RunSpec)  # networks, volumes, command, limits, ...
+    kind: str = "http"  # http (slots behind nginx) | worker (no HTTP: replicas) | job (ps run, hooks)
+    replicas: int = 1  # worker: containers <app>-<service>-<n>, n = 1..replicas
+    parallel: int = 1  # worker: replicas replaced at once
+    ready: str | None = None  # worker: the log line (regex) that says a replica is ready
+    requires: tuple[Require, ...] = ()  # ready before this service deploys
+
+    @property
+    def is_worker(self) -> bool:
+        return self.kind == "worker"
+
+    @property
+    def is_http(self) -> bool:
+        return self.kind == "http"
+
+    def members(self) -> dict[str, int]:
+        """Slot -> host port; a worker's replicas "1".."N" (no port: 0). Its container is
+        <app>-<service>-<slot> either way."""
+        if self.kind == "job":
+            return {}
+        return {str(n): 0 for n in range(1, self.replicas + 1)} if self.is_worker else dict(self.slots)
 
     def pair(self, kind: str) -> tuple[str, str] | None:
         """The slot pair of `kind` ("canary" or "blue-green") if this service has both slots."""
@@ -196,6 +218,7 @@ class Config:
     notify: MattermostNotify = field(default_factory=MattermostNotify)
     deploy: DeployPolicy = field(default_factory=DeployPolicy)
     blue_green: BlueGreenPolicy = field(default_factory=BlueGreenPolicy)
+    hooks: Hooks = field(default_factory=Hooks)
     state_dir: str = ""
     source: str = DEFAULT_CONFIG
 

@@ -15,12 +15,15 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     PlainValidator,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError, core_schema
 
@@ -252,3 +255,14 @@ def _keep(value: Any) -> float | None:
 KeepPeriod = Annotated[float | None, PlainValidator(_keep), WithJsonSchema(
     {"anyOf": [{"enum": ["forever", "always"]}, DURATION_SCHEMA],
      "description": "forever (keep the old color as backup) or a duration after which it is stopped."})]
+
+
+class FileModel(BaseModel):
+    """A mapping of ps.yaml: unknown keys are problems, `key:` with no value means the default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.config import Config, Service
-from pipeline_steps.deploy.ops import Check, DeployOps, GateVerdict, Notice, SlotInfo, SlotMissing
+from pipeline_steps.config.run_spec import Hook
+from pipeline_steps.deploy.ops import Check, DeployOps, GateVerdict, JobVerdict, Notice, SlotInfo, SlotMissing
 from pipeline_steps.errors import BadInput, CheckFailed
 
 if TYPE_CHECKING:
@@ -83,6 +84,9 @@ class FakeOps:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     lock_engine: EngineLock | None = None  # the deploy lock's engine part (none: the kernel lock only)
     violations: list[str] = field(default_factory=list)
+    hook_exits: dict[str, int | None] = field(default_factory=dict)  # command (joined) -> exit code
+    workers: dict[str, str] = field(default_factory=dict)  # worker service -> the build its replicas run
+    hooks_run: list[tuple[str, str, str]] = field(default_factory=list)  # (phase, command, build)
 
     # ---------------------------------------------------------------- arranging
 
@@ -249,6 +253,38 @@ class FakeOps:
             if build_id not in self.images.get(service.name, []) and build_id not in self.registry:
                 raise BadInput(f"--to {build_id}: image {service.name}:{build_id} is not on host local and "
                                "cannot be pulled; see ps history for the builds deployed")
+
+    def wait_required(self, services: Sequence[Service]) -> list[str]:
+        self.calls.append(("requires", tuple(s.name for s in services)))
+        if "requires" in self.faults:
+            raise CheckFailed(self.faults["requires"])
+        return [f"{s.name}: {r.name} ready on host local" for s in services for r in s.requires]
+
+    def deploy_workers(self, services: Sequence[Service], build_id: str) -> list[str]:
+        self.calls.append(("workers", tuple(s.name for s in services), build_id))
+        if "workers" in self.faults:  # a replica not ready: every replaced one is put back
+            raise CheckFailed(f"host local: {self.faults['workers']}; the replicas replaced in this run got "
+                              "their previous container back")
+        lines = []
+        for service in services:
+            action = "unchanged" if self.workers.get(service.name) == build_id else "replaced"
+            self.workers[service.name] = build_id
+            lines += [f"shop-{service.name}-{n} {action}" for n in range(1, service.replicas + 1)]
+        return lines
+
+    def run_hook(self, hook: Hook, build_id: str) -> JobVerdict:
+        command = " ".join(hook.command)
+        self.calls.append(("run_hook", hook.phase, command, build_id))
+        self.hooks_run.append((hook.phase, command, build_id))
+        if hook.phase == "pre_traffic":  # migrations run before the new build gets any traffic
+            for (service, slot), found in self.slots_.items():
+                if found.build == build_id and self.weights.get(service, 0.0) > self._floor() \
+                        and slot == "canary":
+                    self.violations.append(f"pre_traffic hook ran while {service}/canary had traffic")
+        code = self.hook_exits.get(command, 0)
+        how = "timed out and was killed" if code is None else f"exited {code}"
+        return JobVerdict(code == 0, f"job {command} ({hook.service} {build_id}) {how} after 0.1s",
+                          ("migrating...", f"exit {code}"))
 
     def notify(self, status: str, **kw: Any) -> Notice:
         self.sent.append((status, kw))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline_steps.config import Config, Service
+from pipeline_steps.config.run_spec import Hook
 from pipeline_steps.context import CIContext
 
 if TYPE_CHECKING:
@@ -59,6 +60,15 @@ class Notice:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class JobVerdict:
+    """How a hook's job ended: ok, one line saying so, and its last output lines."""
+
+    ok: bool
+    summary: str
+    tail: tuple[str, ...] = ()
+
+
 class SlotMissing(Exception):
     """start_slot: a host has no container for the slot."""
 
@@ -97,6 +107,9 @@ class DeployOps(Protocol):
     def kept_builds(self, service: Service) -> list[str]: ...
     def check_image(self, build_id: str, services: Sequence[Service]) -> None: ...
     def notify(self, status: str, **kw: Any) -> Notice: ...
+    def run_hook(self, hook: Hook, build_id: str) -> JobVerdict: ...
+    def deploy_workers(self, services: Sequence[Service], build_id: str) -> list[str]: ...
+    def wait_required(self, services: Sequence[Service]) -> list[str]: ...
     def now(self) -> float: ...
     def pause(self, seconds: float, probe: Probe | None) -> None: ...
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe: ...
@@ -290,6 +303,30 @@ class RealOps:
                                            "builds deployed") from None
             except Unreachable as exc:
                 self.warn(f"could not check image {build_id} on host {host.name}: {exc.message}")
+
+    def wait_required(self, services: Sequence[Service]) -> list[str]:
+        from pipeline_steps.operations.requires import wait_required
+
+        return wait_required(self.config, services, on_wait=lambda line: self.say(f"  {line}"))
+
+    def deploy_workers(self, services: Sequence[Service], build_id: str) -> list[str]:
+        from pipeline_steps.operations.deploy_workers import deploy_workers
+
+        def said(c: Any) -> None:
+            self.say(f"  {c.host}: {c.container} {c.action} ({c.reason})" + (f", ready: {c.ready}" if c.ready
+                                                                              else ""))
+
+        result = deploy_workers(self.config, services, build_id, on_change=said,
+                                deployed_by=self.ctx.who if self.ctx else None)
+        return [f"{c.container} {c.action}" for c in result.changes]
+
+    def run_hook(self, hook: Hook, build_id: str) -> JobVerdict:
+        from pipeline_steps.operations.run_job import job_host, run_job
+
+        result = run_job(self.config, self.config.service(hook.service), build_id, hook.command,
+                         host=job_host(self.config, hook.host), timeout=hook.timeout,
+                         on_output=lambda line: self.say(f"  | {line}"))
+        return JobVerdict(result.ok, result.summary, tuple(result.tail))
 
     def notify(self, status: str, **kw: Any) -> Notice:
         from pipeline_steps.steps.mattermost_notify import notify

@@ -146,9 +146,21 @@ class Run:
         self.say(f"-> {line}")
 
     def services(self, kind: str) -> list[Service]:
+        """The HTTP services of the request with a `kind` pair ([] when it names only workers)."""
         from pipeline_steps.steps.traffic import pair_services
 
-        return pair_services(self.config, kind, list(self.request.services) or None)
+        named = [n for n in self.request.services if self.config.service(n).is_http]
+        if self.request.services and not named:
+            return []
+        if not named and self.workers() and not any(s.pair(kind) for s in self.config.services.values()):
+            return []  # an app of workers only
+        return pair_services(self.config, kind, named or None)
+
+    def workers(self) -> list[Service]:
+        """The workers of the request (all of them when it names no service)."""
+        chosen = [self.config.service(n) for n in self.request.services] if self.request.services \
+            else list(self.config.services.values())
+        return [s for s in chosen if s.is_worker]
 
     def services_or_empty(self, kind: str) -> list[Service]:
         try:

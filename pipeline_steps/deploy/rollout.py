@@ -43,7 +43,7 @@ class Rollout:
                  ops: DeployOps | None = None) -> None:
         if request.type not in DEPLOY_TYPES:
             raise BadInput(f"unknown deploy type {request.type!r} (one of: {', '.join(DEPLOY_TYPES)})")
-        if config.router is None:
+        if config.router is None and any(s.is_http for s in config.services.values()):
             raise BadInput(f"{config.source}: ps deploy needs a router section (nginx include, test, reload)")
         self.config = config
         self.request = request

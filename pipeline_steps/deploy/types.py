@@ -8,7 +8,7 @@ input before the lock, a notification or any change.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pipeline_steps.config import Service
 from pipeline_steps.deploy.holds import Hold, KeptColor, StartKept, StopOld, SwitchBack, ToStable, Watch
@@ -27,7 +27,10 @@ from pipeline_steps.deploy.steps import (
     Switch,
     Verify,
     Weights,
+    hooks,
     names,
+    requires,
+    workers,
 )
 from pipeline_steps.errors import BadInput
 
@@ -39,7 +42,8 @@ def _all(services: list[Service]) -> Callable[[Run], list[Service]]:
     return lambda run: services
 
 
-def through_canary(services: list[Service], build: str, intro: str = "") -> list[Step]:
+def through_canary(services: list[Service], build: str, intro: str = "",
+                   pre: Sequence[Step] = (), pre_traffic: Sequence[Step] = ()) -> list[Step]:
     """Each service's build into stable while the other slot serves: never an upstream without a healthy
     server. The canary gets the build first and is gated (unless it serves while stable does not: then
     stable goes first), the traffic moves to it, stable is replaced and gated, the traffic comes back,
@@ -48,9 +52,11 @@ def through_canary(services: list[Service], build: str, intro: str = "") -> list
     later: Callable[[Run], list[Service]] = lambda run: run.later  # noqa: E731
     return [
         ChooseOrder(services, build, intro),
+        *pre,
         CanaryTrafficAway(first),
         Deploy("canary", first, f"{build} into canary first", stage="canary gate"),
         Gate("canary", first, "gate it"),
+        *pre_traffic,
         Weights(100, services, "traffic to the canary (100 %)", stage="traffic to the canary"),
         Deploy("stable", _all(services), f"{build} into stable", force=True),
         Gate("stable", _all(services), "gate stable (failure: traffic stays on the gated canary, exit 1)",
@@ -70,22 +76,32 @@ def stable(run: Run) -> Plan:
     run.builds = {s.name: build for s in services}
     intro = "deploying {build} into the stable slot of {names} through the canary slot (the stable slot " \
             "carries traffic)"
-    return Plan("stable", [*through_canary(services, build, intro), Prune(services)],
+    steps = requires(run, services + run.workers())
+    if services:
+        steps += through_canary(services, build, intro, pre=hooks(run, "pre_deploy", services),
+                                pre_traffic=hooks(run, "pre_traffic", services, rollback=True))
+    moved = workers(run, build)
+    steps += [*moved, Prune(services + run.workers()), *hooks(run, "post_deploy", services)]
+    return Plan("stable", steps,
                 message=lambda r: f"stable runs {build} with 100 % of the traffic")
 
 
 def canary_start(run: Run, services: list[Service]) -> list[Step]:
     """The canary deployed and gated (failure: rollback), or with --traffic-only only checked."""
+    pre_traffic = hooks(run, "pre_traffic", services, rollback=True)
     if run.request.traffic_only:  # issue 15: deploy and gate ran as earlier pipeline stages
-        return [CanaryRuns(services)]
+        return [CanaryRuns(services), *pre_traffic]
     everyone = _all(services)
     return [
+        *requires(run, services),
         StableServes(services),
+        *hooks(run, "pre_deploy", services),
         CanaryTrafficAway(everyone),
         Deploy("canary", everyone, f"deploy {run.build_id()} into canary of {names(services)}",
                stage="canary gate", decide="deploying {build} into the canary slot of {names}"),
         # a canary that fails its gate never got traffic, but the rollback still proves stable has it all
         Gate("canary", everyone, "gate canary (failure: rollback to stable)", rollback=True),
+        *pre_traffic,
     ]
 
 
@@ -100,6 +116,7 @@ def canary_manual(run: Run) -> Plan:
              Verify(services, "verify", canary=weight, rollback=True, measure=False)]
     if run.probing(services):  # the canary's health is checked while the probe runs
         steps.append(Hold(services, 0.0, None, weight, during="the probe"))
+    steps += hooks(run, "post_deploy", services)
     return Plan("canary-manual", steps, recover="stable",
                 message=lambda r: f"canary {build} carries {weight:g} %")
 
@@ -121,6 +138,7 @@ def canary_auto(run: Run) -> Plan:
                   Verify(services, "verify", canary=step.weight, rollback=True, measure=False),
                   Hold(services, pause, step.checks, step.weight)]
     last = chosen[-1].weight
+    steps += hooks(run, "post_deploy", services)
     return Plan("canary-auto", steps, recover="stable",
                 message=lambda r: f"canary {build} holds {last} % after {len(chosen)} healthy steps; "
                                   "promote with `ps deploy --type promote-canary`")
@@ -141,7 +159,8 @@ def promote_canary(run: Run) -> Plan:
              failure="the traffic stays on the canary (gated healthy); fix stable and promote again"),
         Weights(0, services, "stable 100 %"),
         Verify(services, "verify", canary=0),
-        Prune(services),
+        *workers(run),
+        Prune(services + run.workers()),
     ]
     return Plan("promote-canary", steps, message=lambda r: "promoted: stable and canary run " + ", ".join(
         f"{n} {b}" for n, b in r.builds.items()))
@@ -170,13 +189,18 @@ def blue_green(run: Run) -> Plan:
     everyone = _all(services)
     steps: list[Step] = [
         ChooseColor(services),
+        *requires(run, services + run.workers()),
+        *hooks(run, "pre_deploy", services),
         Deploy("target", everyone, f"deploy {build} into the inactive color of {names(services)}",
                stage="{slot} gate"),
         Gate("target", everyone, "gate it"),
+        *hooks(run, "pre_traffic", services),
         Switch("target", services, "switch to it"),
         Verify(services, "verify", active="target", rollback=True, measure=False),
         Watch(services),
         StopOld(services),
+        *workers(run, build),
+        *hooks(run, "post_deploy", services),
     ]
     return Plan("blue-green", steps, recover="color")
 
@@ -199,6 +223,11 @@ def preflight(run: Run) -> None:
     kind = {"blue-green": "blue-green", "rollback": None}.get(request.type, "canary")
     if kind is not None:
         chosen = run.services(kind)
+        if not chosen and not (request.type == "stable" and run.workers()):
+            what = "a canary" if kind == "canary" else "a blue/green"
+            moving = ", ".join(s.name for s in run.workers())
+            raise BadInput(f"{request.type} needs {what} service; workers ({moving}) move with ps deploy "
+                           "--type stable or promote-canary")
     else:
         chosen = run.services_or_empty("canary") + run.services_or_empty("blue-green")
         if not chosen:

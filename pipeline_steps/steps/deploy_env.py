@@ -179,6 +179,7 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
         todo = [p for p in plans if p.change.action != "unchanged"]
         for p in todo:
             _preflight_port(config, p, say)
+        _preflight_networks(todo, create=not dry_run)
         if dry_run:
             for p in todo:
                 p.change.action = WOULD[p.change.action]
@@ -238,6 +239,31 @@ def _plan(config: Config, host: Host, engine: DockerHost, service: Service, slot
                                   f"{service.upstream}; move traffic away first (ps set-weights / ps "
                                   "switch) or use --force")
     return _Plan(host, engine, service, image, digest, existing, env, settings, change)
+
+
+def _stop_timeout(service: Service) -> int:
+    """Grace for the previous container: ps.yaml's stop_timeout, else none (it takes no traffic)."""
+    t = service.run.stop_timeout
+    return STOP_TIMEOUT if t is None else int(round(t))
+
+
+def _preflight_networks(todo: list[_Plan], create: bool) -> None:
+    """Every network a slot joins exists on its host (BadInput naming it), or is made when `create: true`
+    asks for it (only when `create`: a dry run changes nothing). Checked on every host before any swap."""
+    wanted: dict[tuple[str, str], tuple[DockerHost, bool]] = {}
+    for p in todo:
+        for net in p.service.run.networks:
+            key = (p.host.name, net.name)
+            wanted[key] = (p.engine, wanted.get(key, (p.engine, False))[1] or net.create)
+    absent = [(host, name, engine, make) for (host, name), (engine, make) in wanted.items()
+              if not engine.network_exists(name)]
+    refused = [f"{name} on host {host}" for host, name, _, make in absent if not make]
+    if refused:
+        raise BadInput(f"network {', '.join(refused)} does not exist: create it (docker network create "
+                       "NAME) or set `create: true` on the service's network")
+    if create:
+        for _, name, engine, _ in absent:
+            engine.create_network(name, {slot_names.LABEL_PREFIX: "1"})
 
 
 def _holds(container: ContainerInfo | None, address: str, port: int) -> bool:
@@ -329,7 +355,7 @@ def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: st
     p.swap = slot_names.Swap(name, p.existing)
     try:
         started = slot_names.replace_slot(p.engine, p.swap, p.change.image, labels,
-                                          p.settings.create_kwargs(), stop_timeout=STOP_TIMEOUT)
+                                          p.settings.create_kwargs(), stop_timeout=_stop_timeout(p.service))
     except EngineGone:
         raise
     except EngineError as exc:

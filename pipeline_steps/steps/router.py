@@ -44,7 +44,8 @@ def router_init(config: Config, services: Sequence[str] | None = None, *, force:
     from pipeline_steps.adapters.nginx import router_for
 
     router = require_router(config)
-    chosen = [config.service(n) for n in services] if services else list(config.services.values())
+    chosen = [config.service(n) for n in services] if services else \
+        [s for s in config.services.values() if s.is_http]
     if not chosen:
         raise BadInput("no configured service: nothing to write")
     live = load_live(config)  # malformed: exit 2, before anything is written

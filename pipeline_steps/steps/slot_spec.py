@@ -4,12 +4,14 @@ it, compared for deploy-env's idempotency (split from deploy_env.py to keep it r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline_steps.adapters import run_options
 from pipeline_steps.adapters import slots as slot_names
 from pipeline_steps.config import Config, Host, Service
+from pipeline_steps.config.run_spec import RunSpec
 from pipeline_steps.errors import BadInput
 from pipeline_steps.files import atomic_write
 from pipeline_steps.secrets import is_secret_name, register_secret
@@ -73,24 +75,29 @@ class RunSettings:
     labels: dict[str, str]  # the labels ps compares (deployed-at/-by are added at run time)
     restart_policy: str
     log_config: dict[str, Any]  # {"Type": ..., "Config": {...}} as the engine reports it
+    run: RunSpec = field(default_factory=RunSpec)  # networks, volumes, command, limits (ps.yaml)
 
     def create_kwargs(self) -> dict[str, Any]:
         return {"environment": self.env, "ports": dict(self.ports),
-                "restart_policy": {"Name": self.restart_policy}, "log_config": self.log_config}
+                "restart_policy": {"Name": self.restart_policy}, "log_config": self.log_config,
+                "options": run_options.create_options(self.run), "networks": run_options.networks(self.run)}
 
 
 def wanted_settings(config: Config, service: Service, host: Host, slot: str, build_id: str, image: Any,
                     digest: str, env: dict[str, str]) -> RunSettings:
     """The run settings of `slot` as ps.yaml wants them now."""
+    run = service.run
+    log = ({"Type": run.log_driver, "Config": dict(run.log_options)} if run.log_driver else
+           {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}})
     return RunSettings(
         image_id=str(image.id),
-        ports={f"{service.port}/tcp": (host.address, service.slots[slot])},
+        ports={f"{service.port}/tcp": (host.address, service.slots[slot])} if slot in service.slots else {},
         env=env,
-        labels={slot_names.LABEL_APP: config.app, slot_names.LABEL_SERVICE: service.name,
+        labels={**dict(run.labels), slot_names.LABEL_RUN: run.as_label(),
+                slot_names.LABEL_APP: config.app, slot_names.LABEL_SERVICE: service.name,
                 slot_names.LABEL_SLOT: slot, slot_names.LABEL_BUILD_ID: build_id,
                 slot_names.LABEL_DIGEST: digest, slot_names.LABEL_ENV_HASH: slot_names.env_hash(env)},
-        restart_policy=RESTART_POLICY,
-        log_config={"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}})
+        restart_policy=run.restart or RESTART_POLICY, log_config=log, run=run)
 
 
 def _bindings(host_config: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
@@ -122,7 +129,17 @@ def changed_settings(wanted: RunSettings, attrs: dict[str, Any]) -> list[str]:
         def show(b: dict[str, list[tuple[str, int]]]) -> str:
             return ", ".join(f"{ip}:{port}" for rows in b.values() for ip, port in rows) or "none"
         reasons.append(f"new port ({show(now)} -> {show(want)})")
-    other = [k for k in wanted.labels if k not in (*image_keys, slot_names.LABEL_ENV_HASH)]
+    run_now = RunSpec.names_in_label(labels.get(slot_names.LABEL_RUN) or "")
+    run_want = RunSpec.names_in_label(wanted.labels[slot_names.LABEL_RUN])
+    keys = sorted(k for k in {*run_now, *run_want} if run_now.get(k) != run_want.get(k))
+    joined = set((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+    lost = [n.name for n in wanted.run.networks if n.name not in joined]
+    if lost and "networks" not in keys:
+        keys.append("networks")
+    if keys:
+        reasons.append(f"new run settings ({', '.join(keys)})")
+    other = [k for k in wanted.labels
+             if k not in (*image_keys, slot_names.LABEL_ENV_HASH, slot_names.LABEL_RUN)]
     if any(labels.get(k) != wanted.labels[k] for k in other):
         reasons.append("new labels")
     policy = str((host.get("RestartPolicy") or {}).get("Name") or "no")

@@ -72,7 +72,7 @@ def slot_status(config: Config) -> StatusResult:
         finally:
             engine.close()
         for service in config.services.values():
-            for slot, port in service.slots.items():
+            for slot, port in service.members().items():
                 name = slot_names.container_name(config.app, service.name, slot)
                 c = found.get(name)
                 if c is None and name in others:  # the slot's name, but ps did not make it
@@ -94,7 +94,7 @@ def slot_status(config: Config) -> StatusResult:
     if len(config.hosts) > 1:
         reachable = len(config.hosts) - len(result.unreachable)
         for service in config.services.values():
-            for slot in service.slots:
+            for slot in service.members():
                 states = [s for s in result.slots if s.service == service.name and s.slot == slot]
                 deployed = {s.host: s.build_id for s in states if s.state not in ("missing", "foreign")}
                 if not deployed:

@@ -99,7 +99,7 @@ def change_upstreams(config: Config, services: Sequence[Service], build: Callabl
     file = live if live is not None else initial_file(config, router.include)
     existing = file.upstreams()
     for service in config.services.values():
-        if service.upstream not in existing:
+        if service.upstream not in existing and service.is_http:
             file.put(default_upstream(config, service))
     changes: list[ServiceTraffic] = []
     for service in services:
@@ -221,7 +221,7 @@ def traffic_status(config: Config) -> TrafficStatus:
         return status
     builds = _build_ids(config, status.warnings)
     upstreams = live.upstreams()
-    for service in config.services.values():
+    for service in (s for s in config.services.values() if s.is_http):
         upstream = upstreams.get(service.upstream)
         if upstream is None:
             status.warnings.append(f"{service.name}: upstream {service.upstream} is not in the include file")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,8 @@ class FakeContainer:
     ports: dict[str, tuple[str, int]] = field(default_factory=dict)
     restart_policy: dict[str, str] = field(default_factory=dict)
     log_config: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # run settings as SDK create options
+    networks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # joined networks -> aliases
     status: str = "created"
     started_at: float | None = None
     log: list[tuple[float, str]] = field(default_factory=list)
@@ -67,6 +69,8 @@ class FakeContainer:
                            "LogConfig": {"Type": self.log_config.get("Type", "json-file"),
                                          "Config": dict(self.log_config.get("Config") or {})}},
             "State": {"Status": self.status, "StartedAt": started},
+            "NetworkSettings": {"Networks": {net: {"Aliases": list(aliases)}
+                                             for net, aliases in self.networks.items()}},
         }
         return ContainerInfo(self.id, self.name, self.status, dict(self.labels), attrs)
 
@@ -83,6 +87,8 @@ class FakeDockerHost:
         self.registry = registry
         self.images: dict[str, FakeImage] = {}
         self.containers: dict[str, FakeContainer] = {}
+        self.networks: dict[str, dict[str, str]] = {}  # user-defined networks -> labels
+        self.job_runs: Callable[[list[str]], tuple[int | None, list[str]]] = lambda command: (0, [])
         self.fail_start: dict[str, str] = {}
         self.exit_on_start: dict[str, str] = {}
         self.held: dict[tuple[str, int], str] = {}
@@ -242,17 +248,46 @@ class FakeDockerHost:
 
     def create(self, name: str, image: str, *, labels: Mapping[str, str], environment: Mapping[str, str],
                ports: Mapping[str, tuple[str, int]], restart_policy: Mapping[str, str],
-               log_config: Mapping[str, Any]) -> ContainerInfo:
+               log_config: Mapping[str, Any], options: Mapping[str, Any] | None = None,
+               networks: Sequence[tuple[str, tuple[str, ...]]] = ()) -> ContainerInfo:
         self._check("create")
         if self.named(name):
             raise EngineError(f'Conflict. The container name "/{name}" is already in use')
         found = self._find_image(image)
         if found is None:
             raise NotFoundError(f"No such image: {image}")
+        missing = [net for net, _ in networks if net not in self.networks]
+        if missing:
+            raise NotFoundError(f"network {missing[0]} not found")
         c = FakeContainer(_new_id(name), name, image, found.id, dict(labels), dict(environment),
-                          dict(ports), dict(restart_policy), dict(log_config))
+                          dict(ports), dict(restart_policy), dict(log_config), options=dict(options or {}),
+                          networks={net: tuple(aliases) for net, aliases in networks})
         self.containers[c.id] = c
         return c.info()
+
+    def network_exists(self, name: str) -> bool:
+        self._check("network_exists")
+        return name in self.networks
+
+    def wait(self, name: str, timeout: float) -> int | None:
+        """A job container: `job_runs(command)` gives its (exit code or None for "still running", lines)."""
+        self._check("wait")
+        c = self._get(name)
+        code, lines = self.job_runs(list(c.options.get("command") or []))
+        c.log.extend((time.time(), line) for line in lines)
+        c.status = "running" if code is None else "exited"
+        return code
+
+    def follow_logs(self, name: str) -> Iterator[str]:
+        self._check("follow_logs")
+        c = self._get(name)
+        yield from self.job_runs(list(c.options.get("command") or []))[1]
+
+    def create_network(self, name: str, labels: Mapping[str, str]) -> None:
+        self._check("create_network")
+        if name in self.networks:
+            raise EngineError(f"network with name {name} already exists")
+        self.networks[name] = dict(labels)
 
     def _port_reason(self, address: str, port: int, me: str | None = None) -> str | None:
         for (ip, held_port), reason in self.held.items():
