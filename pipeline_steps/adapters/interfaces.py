@@ -152,8 +152,22 @@ class ContainerInfo:
         return self.status in ("running", "restarting")
 
 
+@dataclass(frozen=True)
+class Processes:
+    """`docker top` of a container: the column titles (`ps -ef`: UID PID PPID ... CMD) and the rows."""
+
+    titles: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
 class DockerHost(Protocol):
-    """One host's Docker engine, connected (it answered a ping). Containers are named or by ID."""
+    """One host's Docker engine, connected (it answered a ping). Containers are named or by ID.
+
+    Every Docker action of ps goes through here (SdkDockerHost; FakeDockerHost in memory). Missing
+    containers and images are NotFoundError (a lookup, `image()`/`container()`, answers None instead;
+    `remove()` of a missing one is no error); any other refusal is EngineError; a dead engine EngineGone.
+    Built on these: docker_host.ensure_image / prune_repo, slots.replace_slot / restore_slot.
+    """
 
     host: Host
 
@@ -175,6 +189,10 @@ class DockerHost(Protocol):
 
     # containers
     def container(self, name: str) -> ContainerInfo | None: ...
+    def list_containers(self, labels: Mapping[str, str], *,
+                        running_only: bool = False) -> list[ContainerInfo]:
+        """The containers carrying every one of `labels` (any state unless running_only)."""
+        ...
     def slot_containers(self, app: str) -> list[ContainerInfo]: ...
     def container_images(self) -> dict[str, str]: ...
     def create(self, name: str, image: str, *, labels: Mapping[str, str], environment: Mapping[str, str],
@@ -187,6 +205,7 @@ class DockerHost(Protocol):
     def logs(self, name: str, *, since: float | None = None, timestamps: bool = False,
              tail: int | None = None) -> str: ...
     def exec(self, name: str, cmd: list[str]) -> tuple[int, str]: ...
+    def top(self, name: str) -> Processes: ...
     def published_ports(self) -> list[tuple[str, str, str, int]]: ...
     def try_bind(self, image: str, address: str, port: int, name: str,
                  labels: Mapping[str, str] | None = None) -> str | None: ...

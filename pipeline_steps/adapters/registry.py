@@ -88,6 +88,14 @@ def credentials(registry: str, env: Mapping[str, str] | None = None,
     return None
 
 
+def env_auth(env: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """REGISTRY_USER / REGISTRY_PASSWORD as an engine auth_config (pulls, registry lookups), else None.
+
+    The password is registered as a secret (never printed)."""
+    creds = credentials("", env)
+    return creds.auth_config() if creds else None
+
+
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     """`Bearer realm="x",service="y"` -> ("bearer", {"realm": "x", "service": "y"})."""
     scheme, _, rest = header.strip().partition(" ")

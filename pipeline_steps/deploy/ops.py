@@ -195,62 +195,50 @@ class RealOps:
 
     def start_slot(self, slot: str, service: Service) -> list[str]:
         from pipeline_steps.adapters import slots
-        from pipeline_steps.adapters.docker_host import engine
-        from pipeline_steps.steps.deploy_env import _existing
+        from pipeline_steps.adapters.docker_host import opened
 
         name = slots.container_name(self.config.app, service.name, slot)
         started = []
         for host in self.config.hosts:
-            with engine(host) as client:
-                container = _existing(client, name)
+            with opened(host) as engine:
+                container = engine.container(name)
                 if container is None:
                     raise SlotMissing(host.name, name)
                 if container.status != "running":
-                    container.start()
+                    engine.start(container.id)
                     started.append(f"host {host.name}: started {name} (was {container.status})")
         return started
 
     def stop_slot(self, slot: str, services: Sequence[Service]) -> None:
         from pipeline_steps.adapters import slots
-        from pipeline_steps.adapters.docker_host import engine
+        from pipeline_steps.adapters.docker_host import opened
 
         for host in self.config.hosts:
-            with engine(host) as client:
+            with opened(host) as engine:
                 for service in services:
                     name = slots.container_name(self.config.app, service.name, slot)
-                    for c in client.containers.list(filters={"name": f"^{name}$"}, ignore_removed=True):
-                        c.stop(timeout=10)
+                    container = engine.container(name)
+                    if container is not None and container.running:
+                        engine.stop(container.id, timeout=10)
                         self.say(f"host {host.name}: stopped {name}")
 
     def prune(self, services: Sequence[Service]) -> None:
         """Keep the newest deploy.keep_images images per service on every host (for --to previous)."""
-        import docker.errors
-
-        from pipeline_steps.adapters.docker_host import engine, repo_images
+        from pipeline_steps.adapters.docker_host import opened, prune_repo
 
         keep = self.config.deploy.keep_images
         for host in self.config.hosts:
-            with engine(host) as client:
-                # the raw list: inspecting each container races with containers removed meanwhile
-                used = {c.get("ImageID") for c in client.api.containers(all=True)}
+            with opened(host) as engine:
                 for service in services:
-                    for image in repo_images(client, self.config.image_repo(service))[keep:]:
-                        if image.id in used:
-                            continue
-                        # untag, never remove by ID: a tag of the same image in another repository stays
-                        for tag in image.tags:
-                            try:
-                                client.images.remove(tag)
-                                self.say(f"host {host.name}: removed old image {tag}")
-                            except docker.errors.APIError:
-                                pass
+                    for tag in prune_repo(engine, self.config.image_repo(service), keep):
+                        self.say(f"host {host.name}: removed old image {tag}")
 
     def kept_builds(self, service: Service) -> list[str]:
         """The BUILD_IDs of the service's images kept on the first host, newest first."""
-        from pipeline_steps.adapters.docker_host import engine, repo_images
+        from pipeline_steps.adapters.docker_host import opened
 
-        with engine(self.config.hosts[0]) as client:
-            images = repo_images(client, self.config.image_repo(service))
+        with opened(self.config.hosts[0]) as engine:
+            images = engine.repo_images(self.config.image_repo(service))
         return [tag.rpartition(":")[2] for image in images for tag in image.tags]
 
     def check_image(self, build_id: str, services: Sequence[Service]) -> None:
@@ -259,33 +247,37 @@ class RealOps:
         A host whose engine does not answer is skipped with a warning: the rollback's traffic move needs
         no engine, and the redeploy after it reports the host itself.
         """
-        import docker.errors
-
-        from pipeline_steps.adapters.docker_host import engine
+        from pipeline_steps.adapters.docker_host import opened
+        from pipeline_steps.adapters.interfaces import EngineError, EngineGone
+        from pipeline_steps.adapters.registry import env_auth
         from pipeline_steps.errors import BadInput, Unreachable
-        from pipeline_steps.steps.deploy_env import _registry_auth
 
         for host in self.config.hosts:
             try:
-                with engine(host, timeout=20) as client:
+                with opened(host, timeout=20) as engine:
                     for service in services:
                         ref = self.config.image_ref(service, build_id)
                         try:
-                            client.images.get(ref)
-                            continue
-                        except docker.errors.ImageNotFound:
-                            pass
-                        except docker.errors.APIError as exc:
+                            if engine.image(ref) is not None:
+                                continue
+                        except EngineGone:
+                            raise
+                        except EngineError as exc:
                             raise BadInput(f"--to {build_id}: {ref} is not a usable image reference: "
                                            f"{_short(exc)}") from None
                         try:
-                            client.images.get_registry_data(ref, auth_config=_registry_auth())
-                        except docker.errors.APIError as exc:
+                            engine.remote_digest(ref, env_auth())
+                        except EngineGone:
+                            raise
+                        except EngineError as exc:
                             raise BadInput(f"--to {build_id}: image {ref} is not on host {host.name} and "
                                            f"cannot be pulled ({_short(exc)}); see ps history for the "
                                            "builds deployed") from None
             except Unreachable as exc:
                 self.warn(f"could not check image {build_id} on host {host.name}: {exc.message}")
+            except EngineGone as exc:
+                self.warn(f"could not check image {build_id} on host {host.name}: the Docker engine went "
+                          f"away ({_short(exc)})")
 
     def notify(self, status: str, **kw: Any) -> Notice:
         from pipeline_steps.steps.mattermost_notify import notify

@@ -16,6 +16,7 @@ from pipeline_steps.adapters.interfaces import (
     ImageInfo,
     KeptImage,
     NotFoundError,
+    Processes,
 )
 from pipeline_steps.config import Host
 
@@ -88,6 +89,7 @@ class FakeDockerHost:
         self.process_holder: dict[tuple[str, int], str] = {}
         self.bind_test_error: str | None = None
         self.exec_results: dict[tuple[str, ...], tuple[int, str]] = {}
+        self.processes: dict[str, list[tuple[str, str, str, str]]] = {}  # name -> (uid, pid, ppid, cmd)
         self.reachable = True
         self.gone: set[str] = set()
         self.pulls: list[tuple[str, Mapping[str, str] | None]] = []
@@ -120,6 +122,10 @@ class FakeDockerHost:
                           started_at=time.time() if status == "running" else None)
         self.containers[c.id] = c
         return c
+
+    def write_log(self, name: str, text: str) -> None:
+        """The container's process prints `text` now (a line of its logs)."""
+        self._get(name).log.append((time.time(), text))
 
     def named(self, name: str) -> FakeContainer | None:
         return next((c for c in self.containers.values() if c.name == name), None)
@@ -229,11 +235,18 @@ class FakeDockerHost:
         c = self.named(name) or self.containers.get(name)
         return c.info() if c else None
 
+    def list_containers(self, labels: Mapping[str, str], *,
+                        running_only: bool = False) -> list[ContainerInfo]:
+        self._check("list_containers")
+        return [c.info() for c in self.containers.values()
+                if all(c.labels.get(k) == v for k, v in labels.items())
+                and (c.status == "running" or not running_only)]
+
     def slot_containers(self, app: str) -> list[ContainerInfo]:
         from pipeline_steps.adapters.slots import LABEL_APP
 
         self._check("slot_containers")
-        return [c.info() for c in self.containers.values() if c.labels.get(LABEL_APP) == app]
+        return self.list_containers({LABEL_APP: app})
 
     def container_images(self) -> dict[str, str]:
         return {c.name: c.image for c in self.containers.values()}
@@ -312,6 +325,16 @@ class FakeDockerHost:
         if c.status != "running":
             raise EngineError(f"container {c.id[7:19]} is not running")
         return self.exec_results.get(tuple(cmd), (0, ""))
+
+    def top(self, name: str) -> Processes:
+        self._check("top")
+        c = self._get(name)
+        if c.status != "running":
+            raise EngineError(f"Container {c.id[7:19]} is not running")
+        rows = self.processes.get(c.name) or [("root", "1", "0", c.image)]
+        return Processes(("UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"),
+                         tuple((uid, pid, ppid, "0", "00:00", "?", "00:00:00", cmd)
+                               for uid, pid, ppid, cmd in rows))
 
     def published_ports(self) -> list[tuple[str, str, str, int]]:
         return [(c.name, c.image, ip, port) for c in self.containers.values() if c.status == "running"
