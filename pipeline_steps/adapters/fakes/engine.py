@@ -203,10 +203,12 @@ class FakeDockerHost:
         if self.registry is None:
             raise EngineError(f'Get "https://{repo.partition("/")[0]}/v2/": dial tcp: connection refused')
         users = self.registry.users
-        if users is not None and (auth is None or users.get(auth.get("username", "")) != auth.get("password")):
+        if users is not None and auth is None:
             raise EngineError(f"Head https://{self.registry.address}/v2/{repo.partition('/')[2]}/manifests/"
-                              f"{tag}: no basic auth credentials" if auth is None else
-                              f"Head https://{self.registry.address}/v2/: unauthorized: authentication "
+                              f"{tag}: no basic auth credentials")
+        if users is not None and auth is not None and \
+                users.get(auth.get("username", "")) != auth.get("password"):
+            raise EngineError(f"Head https://{self.registry.address}/v2/: unauthorized: authentication "
                               "required")
         entry = self.registry.manifests.get((repo.partition("/")[2], tag))
         if entry is None:
