@@ -12,10 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline_steps.config import Config, Service
 from pipeline_steps.context import CIContext
+
+if TYPE_CHECKING:
+    from pipeline_steps.adapters.interfaces import Prober
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,12 @@ class RealOps:
     """The operations on the real hosts and router of `config` (what `ps deploy` uses)."""
 
     def __init__(self, config: Config, ctx: CIContext | None, say: Callable[[str], None],
-                 warn: Callable[[str], None], deploy_type: str, services: Sequence[str] = ()) -> None:
+                 warn: Callable[[str], None], deploy_type: str, services: Sequence[str] = (), *,
+                 prober: Callable[[], Prober] | None = None) -> None:
+        """`prober` makes the health gate's Prober (default: the live one). The engines and the router
+        come from their factories (adapters.factory, adapters.nginx.router_for): tests install fakes."""
         self.config = config
+        self.prober = prober
         self.ctx = ctx
         self.say = say
         self.warn = warn
@@ -126,7 +133,8 @@ class RealOps:
         def on_try(record: TryRecord) -> None:
             self.say(f"  {service.name}/{slot} {try_line(record, policy.retries)}")
 
-        result = gate(service_targets(self.config, service.name, slot), policy, on_try=on_try)
+        result = gate(service_targets(self.config, service.name, slot), policy, on_try=on_try,
+                      prober=self.prober() if self.prober else None)
         return GateVerdict(result.healthy, result.tries, result.reason, result.elapsed)
 
     def check_once(self, slot: str, service: Service, logs_fallback: bool = True) -> Check:
@@ -137,7 +145,8 @@ class RealOps:
         policy = GatePolicy.from_spec(service.health, retries=1, successes=1, start_period=0.0)
         if not logs_fallback:  # serving means answering: a stopped container's matching logs carry nothing
             policy = replace(policy, logs_fallback=None)
-        record = check_once(service_targets(self.config, service.name, slot), policy)
+        record = check_once(service_targets(self.config, service.name, slot), policy,
+                            prober=self.prober() if self.prober else None)
         return Check(record.ok, record.reason or "")
 
     def set_weights(self, pct: float, names: Sequence[str]) -> None:
