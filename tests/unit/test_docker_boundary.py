@@ -1,6 +1,8 @@
 """The Docker SDK stays behind the DockerHost interface: no module outside pipeline_steps/adapters/ imports
 `docker` (at module level or inside a function), a raw client (docker_host.connect) or the SDK
-implementation (docker_sdk). Everything else goes through adapters.docker_host (open_host / opened) and
+implementation (docker_sdk); inside adapters/, only the Docker adapter (docker_sdk.py, docker_host.py)
+imports docker or makes a raw client (the prober and nginx's container runner use DockerHost too).
+Everything else goes through adapters.docker_host (open_host / opened) and
 the DockerHost methods, so the fakes (adapters.factory) stand in for every engine call."""
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ ADAPTERS = PACKAGE / "adapters"
 
 # Modules allowed to import docker although outside adapters/, each with its reason. Empty: keep it so.
 EXCEPTIONS: dict[str, str] = {}
+# Inside adapters/, the Docker adapter itself: SdkDockerHost and the connection/port-check helpers it uses.
+DOCKER_ADAPTER = {"pipeline_steps/adapters/docker_sdk.py", "pipeline_steps/adapters/docker_host.py"}
 
 
 def docker_imports(path: Path) -> list[str]:
@@ -62,3 +66,13 @@ def test_no_module_outside_the_adapters_imports_docker() -> None:
             offenders[rel] = found
     assert not offenders, f"the Docker SDK outside pipeline_steps/adapters (use DockerHost): {offenders}"
     assert all((PACKAGE.parent / rel).is_file() for rel in EXCEPTIONS), "a stale exception"
+
+
+def test_inside_the_adapters_only_the_docker_adapter_imports_docker() -> None:
+    offenders = {}
+    for path in sorted(ADAPTERS.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        found = docker_imports(path) + [f for f in raw_clients(path) if f.endswith(": connect")]
+        if found and rel not in DOCKER_ADAPTER:
+            offenders[rel] = found
+    assert not offenders, f"the Docker SDK outside the Docker adapter (use DockerHost): {offenders}"
