@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.adapters import docker_host
 from pipeline_steps.adapters.interfaces import (
+    AuthResolver,
     ContainerInfo,
     EngineError,
     EngineGone,
@@ -118,7 +119,7 @@ class SdkDockerHost:
             yield from self.client.api.push(repo, tag=tag, stream=True, decode=True,
                                             auth_config=dict(auth) if auth else None)
 
-    def auth_configs(self) -> Any:
+    def auth_configs(self) -> AuthResolver | None:
         return getattr(self.client.api, "_auth_configs", None)
 
     # ---------------------------------------------------------------- containers

@@ -152,6 +152,12 @@ class ContainerInfo:
         return self.status in ("running", "restarting")
 
 
+class AuthResolver(Protocol):
+    """The Docker config's credentials (`docker login`): the entry for a registry, or None."""
+
+    def resolve_authconfig(self, registry: str) -> Mapping[str, Any] | None: ...
+
+
 @dataclass(frozen=True)
 class Processes:
     """`docker top` of a container: the column titles (`ps -ef`: UID PID PPID ... CMD) and the rows."""
@@ -185,7 +191,7 @@ class DockerHost(Protocol):
     def build(self, *, path: str, dockerfile: str, tag: str, buildargs: Mapping[str, str],
               labels: Mapping[str, str]) -> Iterator[dict[str, Any]]: ...
     def push(self, repo: str, tag: str, auth: Mapping[str, str] | None) -> Iterator[dict[str, Any]]: ...
-    def auth_configs(self) -> Any: ...
+    def auth_configs(self) -> AuthResolver | None: ...
 
     # containers
     def container(self, name: str) -> ContainerInfo | None: ...

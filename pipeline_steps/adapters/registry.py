@@ -18,7 +18,7 @@ from pipeline_steps.secrets import register_secret
 if TYPE_CHECKING:
     import requests
 
-    from pipeline_steps.adapters.interfaces import DockerHost
+    from pipeline_steps.adapters.interfaces import AuthResolver, DockerHost
 
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ def split_ref(ref: str) -> tuple[str, str, str]:
 
 
 def credentials(registry: str, env: Mapping[str, str] | None = None,
-                docker_auths: Any = None) -> Credentials | None:
+                docker_auths: AuthResolver | None = None) -> Credentials | None:
     """REGISTRY_USER / REGISTRY_PASSWORD, else the Docker config's entry for `registry`, else None."""
     env = os.environ if env is None else env
     user, password = env.get("REGISTRY_USER"), env.get("REGISTRY_PASSWORD")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.adapters.interfaces import (
+    AuthResolver,
     ContainerInfo,
     EngineError,
     EngineGone,
@@ -265,7 +266,7 @@ class FakeDockerHost:
         yield {"status": "Pushed", "id": image.id[7:19]}
         yield {"aux": {"Tag": tag, "Digest": digest, "Size": 1}}
 
-    def auth_configs(self) -> Any:
+    def auth_configs(self) -> AuthResolver | None:
         return None
 
     # ---------------------------------------------------------------- containers
