@@ -8,7 +8,7 @@ Connection failures become Unreachable (exit 3) with one line naming the host (`
 
 `open_host()`/`opened()` give the DockerHost interface (adapters/interfaces.py; SDK implementation in
 adapters/docker_sdk.py, fakes in adapters/fakes/): every caller outside adapters/ uses it. `connect()`
-gives a raw SDK client to the adapters themselves (SdkDockerHost, the prober, nginx's container runner).
+gives the raw SDK client to SdkDockerHost alone (tests/unit/test_docker_boundary.py keeps it so).
 """
 
 from __future__ import annotations
