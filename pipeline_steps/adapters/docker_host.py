@@ -8,9 +8,9 @@ on the host. For ssh:// the key, user and port come from ~/.ssh/config (Identity
 the host key must already be in ~/.ssh/known_hosts: unknown host keys are refused, never asked about.
 Connection failures become Unreachable (exit 3) with one line naming the host (`unreachable()`).
 
-`open_host()` gives the DockerHost interface (adapters/interfaces.py; SDK implementation in
-adapters/docker_sdk.py, fakes in adapters/fakes/); `connect()`/`engine()` give a raw SDK client for the
-callers not moved yet.
+`open_host()`/`opened()` give the DockerHost interface (adapters/interfaces.py; SDK implementation in
+adapters/docker_sdk.py, fakes in adapters/fakes/): every caller outside adapters/ uses it. `connect()`
+gives the raw SDK client to SdkDockerHost alone (tests/unit/test_docker_boundary.py keeps it so).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
     from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo
 
-__all__ = ["BIND_HELD", "BindTestError", "KeptImage", "connect", "engine", "ensure_image", "image_digest",
-           "is_unreachable", "open_host", "prune_repo", "published_ports", "repo_images", "sdk_container",
+__all__ = ["BIND_HELD", "BindTestError", "KeptImage", "connect", "ensure_image", "image_digest",
+           "is_unreachable", "open_host", "opened", "prune_repo", "published_ports", "repo_images",
            "tls_config", "try_bind", "unreachable"]
 
 
@@ -150,13 +150,13 @@ def open_host(host: Host, timeout: float = 60.0) -> DockerHost:
 
 
 @contextmanager
-def engine(host: Host, timeout: float = 60.0) -> Iterator[docker.DockerClient]:
-    """`with engine(host) as client:`; the client is closed afterwards."""
-    client = connect(host, timeout)
+def opened(host: Host, timeout: float = 60.0) -> Iterator[DockerHost]:
+    """`with opened(host) as engine:` the DockerHost of `host` (open_host), closed afterwards."""
+    engine = open_host(host, timeout)
     try:
-        yield client
+        yield engine
     finally:
-        client.close()
+        engine.close()
 
 
 def repo_images(client: docker.DockerClient, repo: str) -> list[KeptImage]:
@@ -222,16 +222,6 @@ def prune_repo(engine: DockerHost, repo: str, keep: int) -> list[str]:
             except EngineError:
                 pass
     return removed
-
-
-def sdk_container(client: docker.DockerClient, name: str) -> Any:
-    """The raw SDK container `name`, or None (for callers not on DockerHost yet: DockerHost.container)."""
-    import docker.errors
-
-    try:
-        return client.containers.get(name)
-    except docker.errors.NotFound:
-        return None
 
 
 def is_unreachable(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""DockerHost over the Docker SDK: the only module (with docker_host.py) that calls the SDK for steps.
+"""DockerHost over the Docker SDK: with docker_host.py the only modules of ps that call the SDK for steps.
 
 Every call's SDK errors become the interface's: NotFoundError, EngineError (the engine's explanation),
 EngineGone (connection refused/reset or a timeout mid-call).
@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.adapters import docker_host
 from pipeline_steps.adapters.interfaces import (
+    AuthResolver,
     ContainerInfo,
     EngineError,
     EngineGone,
     ImageInfo,
     KeptImage,
     NotFoundError,
+    Processes,
     VolumeInfo,
 )
 from pipeline_steps.config import Host
@@ -118,7 +120,7 @@ class SdkDockerHost:
             yield from self.client.api.push(repo, tag=tag, stream=True, decode=True,
                                             auth_config=dict(auth) if auth else None)
 
-    def auth_configs(self) -> Any:
+    def auth_configs(self) -> AuthResolver | None:
         return getattr(self.client.api, "_auth_configs", None)
 
     # ---------------------------------------------------------------- containers
@@ -130,12 +132,17 @@ class SdkDockerHost:
         except NotFoundError:
             return None
 
+    def list_containers(self, labels: Mapping[str, str], *,
+                        running_only: bool = False) -> list[ContainerInfo]:
+        with _calls():
+            return [_container(c) for c in self.client.containers.list(
+                all=not running_only, ignore_removed=True,
+                filters={"label": [f"{k}={v}" for k, v in labels.items()]})]
+
     def slot_containers(self, app: str) -> list[ContainerInfo]:
         from pipeline_steps.adapters.slots import LABEL_APP
 
-        with _calls():
-            return [_container(c) for c in self.client.containers.list(
-                all=True, ignore_removed=True, filters={"label": f"{LABEL_APP}={app}"})]
+        return self.list_containers({LABEL_APP: app})
 
     def container_images(self) -> dict[str, str]:
         with _calls():
@@ -228,6 +235,12 @@ class SdkDockerHost:
         with _calls():
             code, output = self.client.containers.get(name).exec_run(cmd)
         return int(code or 0), bytes(output or b"").decode(errors="replace")
+
+    def top(self, name: str) -> Processes:
+        with _calls():
+            top = self.client.api.top(name, ps_args="-ef")
+        return Processes(tuple(str(t) for t in top.get("Titles") or ()),
+                         tuple(tuple(str(c) for c in row) for row in top.get("Processes") or ()))
 
     def published_ports(self) -> list[tuple[str, str, str, int]]:
         with _calls():

@@ -152,6 +152,20 @@ class ContainerInfo:
         return self.status in ("running", "restarting")
 
 
+class AuthResolver(Protocol):
+    """The Docker config's credentials (`docker login`): the entry for a registry, or None."""
+
+    def resolve_authconfig(self, registry: str) -> Mapping[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class Processes:
+    """`docker top` of a container: the column titles (`ps -ef`: UID PID PPID ... CMD) and the rows."""
+
+    titles: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
 @dataclass(frozen=True)
 class VolumeInfo:
     """A named volume as the engine reports it (labels are fixed at creation)."""
@@ -162,7 +176,13 @@ class VolumeInfo:
 
 
 class DockerHost(Protocol):
-    """One host's Docker engine, connected (it answered a ping). Containers are named or by ID."""
+    """One host's Docker engine, connected (it answered a ping). Containers are named or by ID.
+
+    Every Docker action of ps goes through here (SdkDockerHost; FakeDockerHost in memory). Missing
+    containers and images are NotFoundError (a lookup, `image()`/`container()`, answers None instead;
+    `remove()` of a missing one is no error); any other refusal is EngineError; a dead engine EngineGone.
+    Built on these: docker_host.ensure_image / prune_repo, slots.replace_slot / restore_slot.
+    """
 
     host: Host
 
@@ -180,10 +200,14 @@ class DockerHost(Protocol):
     def build(self, *, path: str, dockerfile: str, tag: str, buildargs: Mapping[str, str],
               labels: Mapping[str, str]) -> Iterator[dict[str, Any]]: ...
     def push(self, repo: str, tag: str, auth: Mapping[str, str] | None) -> Iterator[dict[str, Any]]: ...
-    def auth_configs(self) -> Any: ...
+    def auth_configs(self) -> AuthResolver | None: ...
 
     # containers
     def container(self, name: str) -> ContainerInfo | None: ...
+    def list_containers(self, labels: Mapping[str, str], *,
+                        running_only: bool = False) -> list[ContainerInfo]:
+        """The containers carrying every one of `labels` (any state unless running_only)."""
+        ...
     def slot_containers(self, app: str) -> list[ContainerInfo]: ...
     def container_images(self) -> dict[str, str]: ...
     def create(self, name: str, image: str, *, labels: Mapping[str, str], environment: Mapping[str, str],
@@ -203,6 +227,7 @@ class DockerHost(Protocol):
     def logs(self, name: str, *, since: float | None = None, timestamps: bool = False,
              tail: int | None = None) -> str: ...
     def exec(self, name: str, cmd: list[str]) -> tuple[int, str]: ...
+    def top(self, name: str) -> Processes: ...
     def published_ports(self) -> list[tuple[str, str, str, int]]: ...
     def try_bind(self, image: str, address: str, port: int, name: str,
                  labels: Mapping[str, str] | None = None) -> str | None: ...

@@ -1,6 +1,7 @@
 """The real Prober (adapters/interfaces.py): HTTP GET, TCP connect, Docker's container health and the
-logs fallback, with the HTTP session and Docker clients of one gate run. What the answers mean (status
-wanted, --expect, latency) is decided with the pure rules of pipeline_steps/health.py.
+logs fallback, with the HTTP session and the engines (DockerHost, adapters.docker_host.open_host) of one
+gate run. What the answers mean (status wanted, --expect, latency) is decided with the pure rules of
+pipeline_steps/health.py.
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ from pipeline_steps.health import (
 if TYPE_CHECKING:
     import requests
 
+    from pipeline_steps.adapters.interfaces import DockerHost
+
 __all__ = ["LiveProber"]
 
 
 class LiveProber:
-    """The real prober: holds the HTTP session and Docker clients of one gate run (closed by close())."""
+    """The real prober: holds the HTTP session and engines of one gate run (closed by close())."""
 
     def __init__(self) -> None:
         self._session: requests.Session | None = None
-        self._clients: dict[Host, Any] = {}
+        self._clients: dict[Host, DockerHost] = {}
 
     @property
     def session(self) -> requests.Session:
@@ -48,12 +51,12 @@ class LiveProber:
         """Import and set up HTTP now, so the first try's timing does not include it."""
         self.session  # noqa: B018
 
-    def docker(self, host: Host) -> Any:
-        """A connected client for `host` (Unreachable, exit 3, when its engine does not answer)."""
+    def docker(self, host: Host) -> DockerHost:
+        """The engine of `host` (Unreachable, exit 3, when it does not answer)."""
         if host not in self._clients:
             from pipeline_steps.adapters import docker_host
 
-            self._clients[host] = docker_host.connect(host, timeout=10)
+            self._clients[host] = docker_host.open_host(host, timeout=10)
         return self._clients[host]
 
     def close(self) -> None:
@@ -130,33 +133,26 @@ class LiveProber:
         return ProbeResult(label, True, status, ms, "", detail)
 
     def _inspect(self, host: Host, name: str) -> dict[str, Any] | None:
-        """`docker inspect` of a container (None when there is none; Unreachable for a dead engine)."""
-        import docker.errors
+        """`docker inspect` of a container (None when there is none; EngineError when the engine refused;
+        Unreachable for a dead engine)."""
+        from pipeline_steps.adapters.interfaces import EngineGone
 
-        from pipeline_steps.adapters import docker_host
-
-        client = self.docker(host)
         try:
-            return dict(client.api.inspect_container(name))
-        except docker.errors.NotFound:
-            return None
-        except docker.errors.APIError:
-            raise
-        except Exception as exc:
-            if docker_host.is_unreachable(exc):
-                raise unreachable(f"Docker engine of host {host.name} ({host.endpoint})",
-                                  "stopped answering") from None
-            raise
+            found = self.docker(host).container(name)
+        except EngineGone:
+            raise unreachable(f"Docker engine of host {host.name} ({host.endpoint})",
+                              "stopped answering") from None
+        return dict(found.attrs) if found is not None else None
 
     def _container(self, target: HealthTarget) -> ProbeResult:
-        import docker.errors
+        from pipeline_steps.adapters.interfaces import EngineError
 
         host = target.docker or Host(name="local")
         start = time.monotonic()
         try:
             info = self._inspect(host, target.address)
-        except docker.errors.APIError as exc:
-            return ProbeResult(target.label, False, "error", _ms(start), f"Docker: {exc.explanation or exc}")
+        except EngineError as exc:
+            return ProbeResult(target.label, False, "error", _ms(start), f"Docker: {exc}")
         if info is None:
             return ProbeResult(target.label, False, "missing", _ms(start), "no such container")
         state = info.get("State") or {}
@@ -179,12 +175,12 @@ class LiveProber:
 
     def _logs_proof(self, host: Host, container: str, pattern: str) -> str | None:
         """None when a complete log line of the container's current run matches, else why not."""
-        import docker.errors
+        from pipeline_steps.adapters.interfaces import EngineError, EngineGone
 
         try:
             info = self._inspect(host, container)
-        except docker.errors.APIError as exc:
-            return f"logs of {container}: Docker: {exc.explanation or exc}"
+        except EngineError as exc:
+            return f"logs of {container}: Docker: {exc}"
         if info is None:
             return f"logs of {container}: no such container"
         state = info.get("State") or {}
@@ -196,12 +192,13 @@ class LiveProber:
         if since is None:
             return f"logs of {container}: start time {state.get('StartedAt')!r} unreadable"
         try:  # by id: a container re-created under the same name since the inspect has other logs
-            raw = self.docker(host).api.logs(info.get("Id") or container, stdout=True, stderr=True,
-                                             timestamps=True, since=max(1, since // 1_000_000_000),
-                                             tail=LOG_TAIL)
-        except docker.errors.DockerException as exc:
+            text = self.docker(host).logs(str(info.get("Id") or container), timestamps=True,
+                                          since=max(1, since // 1_000_000_000), tail=LOG_TAIL)
+        except EngineGone:
+            raise unreachable(f"Docker engine of host {host.name} ({host.endpoint})",
+                              "stopped answering") from None
+        except EngineError as exc:
             return f"logs of {container}: unreadable ({type(exc).__name__})"
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         if logs_match(text, since, pattern):
             return None
         return f"logs of {container}: no line matching {pattern!r} since it started"

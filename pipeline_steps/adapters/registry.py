@@ -18,7 +18,7 @@ from pipeline_steps.secrets import register_secret
 if TYPE_CHECKING:
     import requests
 
-    from pipeline_steps.adapters.interfaces import DockerHost
+    from pipeline_steps.adapters.interfaces import AuthResolver, DockerHost
 
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ def split_ref(ref: str) -> tuple[str, str, str]:
 
 
 def credentials(registry: str, env: Mapping[str, str] | None = None,
-                docker_auths: Any = None) -> Credentials | None:
+                docker_auths: AuthResolver | None = None) -> Credentials | None:
     """REGISTRY_USER / REGISTRY_PASSWORD, else the Docker config's entry for `registry`, else None."""
     env = os.environ if env is None else env
     user, password = env.get("REGISTRY_USER"), env.get("REGISTRY_PASSWORD")
@@ -86,6 +86,14 @@ def credentials(registry: str, env: Mapping[str, str] | None = None,
         register_secret(password)
         return Credentials(str(user), str(password), "docker config")
     return None
+
+
+def env_auth(env: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """REGISTRY_USER / REGISTRY_PASSWORD as an engine auth_config (pulls, registry lookups), else None.
+
+    The password is registered as a secret (never printed)."""
+    creds = credentials("", env)
+    return creds.auth_config() if creds else None
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:

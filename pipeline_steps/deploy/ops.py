@@ -19,6 +19,7 @@ from pipeline_steps.config.run_spec import Hook
 from pipeline_steps.context import CIContext
 
 if TYPE_CHECKING:
+    from pipeline_steps.adapters.interfaces import Prober
     from pipeline_steps.deploy.lock.engine import EngineLock
 
 
@@ -120,8 +121,12 @@ class RealOps:
     """The operations on the real hosts and router of `config` (what `ps deploy` uses)."""
 
     def __init__(self, config: Config, ctx: CIContext | None, say: Callable[[str], None],
-                 warn: Callable[[str], None], deploy_type: str, services: Sequence[str] = ()) -> None:
+                 warn: Callable[[str], None], deploy_type: str, services: Sequence[str] = (), *,
+                 prober: Callable[[], Prober] | None = None) -> None:
+        """`prober` makes the health gate's Prober (default: the live one). The engines and the router
+        come from their factories (adapters.factory, adapters.nginx.router_for): tests install fakes."""
         self.config = config
+        self.prober = prober
         self.ctx = ctx
         self.say = say
         self.warn = warn
@@ -143,7 +148,8 @@ class RealOps:
         def on_try(record: TryRecord) -> None:
             self.say(f"  {service.name}/{slot} {try_line(record, policy.retries)}")
 
-        result = gate(service_targets(self.config, service.name, slot), policy, on_try=on_try)
+        result = gate(service_targets(self.config, service.name, slot), policy, on_try=on_try,
+                      prober=self.prober() if self.prober else None)
         return GateVerdict(result.healthy, result.tries, result.reason, result.elapsed)
 
     def check_once(self, slot: str, service: Service, logs_fallback: bool = True) -> Check:
@@ -154,7 +160,8 @@ class RealOps:
         policy = GatePolicy.from_spec(service.health, retries=1, successes=1, start_period=0.0)
         if not logs_fallback:  # serving means answering: a stopped container's matching logs carry nothing
             policy = replace(policy, logs_fallback=None)
-        record = check_once(service_targets(self.config, service.name, slot), policy)
+        record = check_once(service_targets(self.config, service.name, slot), policy,
+                            prober=self.prober() if self.prober else None)
         return Check(record.ok, record.reason or "")
 
     def set_weights(self, pct: float, names: Sequence[str]) -> None:
@@ -212,62 +219,50 @@ class RealOps:
 
     def start_slot(self, slot: str, service: Service) -> list[str]:
         from pipeline_steps.adapters import slots
-        from pipeline_steps.adapters.docker_host import engine
-        from pipeline_steps.steps.deploy_env import _existing
+        from pipeline_steps.adapters.docker_host import opened
 
         name = slots.container_name(self.config.app, service.name, slot)
         started = []
         for host in self.config.hosts:
-            with engine(host) as client:
-                container = _existing(client, name)
+            with opened(host) as engine:
+                container = engine.container(name)
                 if container is None:
                     raise SlotMissing(host.name, name)
                 if container.status != "running":
-                    container.start()
+                    engine.start(container.id)
                     started.append(f"host {host.name}: started {name} (was {container.status})")
         return started
 
     def stop_slot(self, slot: str, services: Sequence[Service]) -> None:
         from pipeline_steps.adapters import slots
-        from pipeline_steps.adapters.docker_host import engine
+        from pipeline_steps.adapters.docker_host import opened
 
         for host in self.config.hosts:
-            with engine(host) as client:
+            with opened(host) as engine:
                 for service in services:
                     name = slots.container_name(self.config.app, service.name, slot)
-                    for c in client.containers.list(filters={"name": f"^{name}$"}, ignore_removed=True):
-                        c.stop(timeout=10)
+                    container = engine.container(name)
+                    if container is not None and container.running:
+                        engine.stop(container.id, timeout=10)
                         self.say(f"host {host.name}: stopped {name}")
 
     def prune(self, services: Sequence[Service]) -> None:
         """Keep the newest deploy.keep_images images per service on every host (for --to previous)."""
-        import docker.errors
-
-        from pipeline_steps.adapters.docker_host import engine, repo_images
+        from pipeline_steps.adapters.docker_host import opened, prune_repo
 
         keep = self.config.deploy.keep_images
         for host in self.config.hosts:
-            with engine(host) as client:
-                # the raw list: inspecting each container races with containers removed meanwhile
-                used = {c.get("ImageID") for c in client.api.containers(all=True)}
+            with opened(host) as engine:
                 for service in services:
-                    for image in repo_images(client, self.config.image_repo(service))[keep:]:
-                        if image.id in used:
-                            continue
-                        # untag, never remove by ID: a tag of the same image in another repository stays
-                        for tag in image.tags:
-                            try:
-                                client.images.remove(tag)
-                                self.say(f"host {host.name}: removed old image {tag}")
-                            except docker.errors.APIError:
-                                pass
+                    for tag in prune_repo(engine, self.config.image_repo(service), keep):
+                        self.say(f"host {host.name}: removed old image {tag}")
 
     def kept_builds(self, service: Service) -> list[str]:
         """The BUILD_IDs of the service's images kept on the first host, newest first."""
-        from pipeline_steps.adapters.docker_host import engine, repo_images
+        from pipeline_steps.adapters.docker_host import opened
 
-        with engine(self.config.hosts[0]) as client:
-            images = repo_images(client, self.config.image_repo(service))
+        with opened(self.config.hosts[0]) as engine:
+            images = engine.repo_images(self.config.image_repo(service))
         return [tag.rpartition(":")[2] for image in images for tag in image.tags]
 
     def check_image(self, build_id: str, services: Sequence[Service]) -> None:
@@ -276,33 +271,37 @@ class RealOps:
         A host whose engine does not answer is skipped with a warning: the rollback's traffic move needs
         no engine, and the redeploy after it reports the host itself.
         """
-        import docker.errors
-
-        from pipeline_steps.adapters.docker_host import engine
+        from pipeline_steps.adapters.docker_host import opened
+        from pipeline_steps.adapters.interfaces import EngineError, EngineGone
+        from pipeline_steps.adapters.registry import env_auth
         from pipeline_steps.errors import BadInput, Unreachable
-        from pipeline_steps.steps.deploy_env import _registry_auth
 
         for host in self.config.hosts:
             try:
-                with engine(host, timeout=20) as client:
+                with opened(host, timeout=20) as engine:
                     for service in services:
                         ref = self.config.image_ref(service, build_id)
                         try:
-                            client.images.get(ref)
-                            continue
-                        except docker.errors.ImageNotFound:
-                            pass
-                        except docker.errors.APIError as exc:
+                            if engine.image(ref) is not None:
+                                continue
+                        except EngineGone:
+                            raise
+                        except EngineError as exc:
                             raise BadInput(f"--to {build_id}: {ref} is not a usable image reference: "
                                            f"{_short(exc)}") from None
                         try:
-                            client.images.get_registry_data(ref, auth_config=_registry_auth())
-                        except docker.errors.APIError as exc:
+                            engine.remote_digest(ref, env_auth())
+                        except EngineGone:
+                            raise
+                        except EngineError as exc:
                             raise BadInput(f"--to {build_id}: image {ref} is not on host {host.name} and "
                                            f"cannot be pulled ({_short(exc)}); see ps history for the "
                                            "builds deployed") from None
             except Unreachable as exc:
                 self.warn(f"could not check image {build_id} on host {host.name}: {exc.message}")
+            except EngineGone as exc:
+                self.warn(f"could not check image {build_id} on host {host.name}: the Docker engine went "
+                          f"away ({_short(exc)})")
 
     def wait_required(self, services: Sequence[Service]) -> list[str]:
         from pipeline_steps.operations.requires import wait_required

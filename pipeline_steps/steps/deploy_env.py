@@ -21,14 +21,12 @@ import click
 from pipeline_steps.adapters import slots as slot_names
 from pipeline_steps.adapters.docker_host import ensure_image as _ensure
 from pipeline_steps.adapters.docker_host import image_digest, open_host
-from pipeline_steps.adapters.docker_host import sdk_container as _existing  # noqa: F401  (deploy/rollout)
 from pipeline_steps.adapters.interfaces import ContainerInfo, DockerHost, EngineError, ImageInfo
 from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_NAMES, Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
 from pipeline_steps.inputs import BUILD_ID
 from pipeline_steps.output import Output
-from pipeline_steps.secrets import register_secret
 from pipeline_steps.steps.slot_spec import (  # noqa: F401  (re-exported: tests and other steps import them)
     LOG_MAX_FILE,
     LOG_MAX_SIZE,
@@ -82,18 +80,11 @@ class DeployEnvResult:
 # ---------------------------------------------------------------- images
 
 
-def _registry_auth() -> dict[str, str] | None:
-    user = os.environ.get("REGISTRY_USER")
-    password = os.environ.get("REGISTRY_PASSWORD")
-    if not user or not password:
-        return None
-    register_secret(password)
-    return {"username": user, "password": password}
-
-
 def ensure_image(engine: DockerHost, ref: str) -> ImageInfo:
     """The image `ref` on this host, pulled from the registry (REGISTRY_USER/_PASSWORD) when missing."""
-    return _ensure(engine, ref, _registry_auth())
+    from pipeline_steps.adapters.registry import env_auth
+
+    return _ensure(engine, ref, env_auth())
 
 
 # ---------------------------------------------------------------- preflight

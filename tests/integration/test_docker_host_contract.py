@@ -1,22 +1,28 @@
 """The DockerHost contract: the same assertions against FakeDockerHost and the real engine (SdkDockerHost).
 
 What a fast-tier test assumes of the fake holds for the engine: names, labels, port bindings, states,
-conflicts, the bind test, and the safe replace with its restore.
+conflicts, the bind test, and the safe replace with its restore; images (tag, untag, prune, build, bad
+references), listing by labels, logs since a time, exec, top and the errors of each.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline_steps.adapters import slots
+from pipeline_steps.adapters.docker_host import prune_repo
 from pipeline_steps.adapters.docker_sdk import SdkDockerHost
 from pipeline_steps.adapters.fakes import FakeDockerHost
-from pipeline_steps.adapters.interfaces import DockerHost, EngineError
+from pipeline_steps.adapters.interfaces import DockerHost, EngineError, NotFoundError
+from pipeline_steps.adapters.nginx.procs import parse_top
 from pipeline_steps.config import Host
-from testbed.ports import free_ports, unique
+from testbed.ports import address, free_ports, unique
+from testbed.wait import until
 
 RUN = {"restart_policy": {"Name": "no"}, "log_config": {"Type": "json-file", "Config": {}}}
 
@@ -28,6 +34,25 @@ class Side:
         self.engine = engine
         self.image = image
         self.app = unique("ct")
+        self.repo = f"pipeline-steps/{self.app}"  # the images this test tags (untagged afterwards)
+
+    def say(self, name: str, text: str) -> None:
+        """The container's main process prints `text` (a line of its logs)."""
+        if isinstance(self.engine, FakeDockerHost):
+            self.engine.write_log(name, text)
+        else:
+            code, out = self.engine.exec(name, ["sh", "-c", f"echo {text} > /proc/1/fd/1"])
+            assert code == 0, out
+
+    def script_exec(self, cmd: list[str], code: int, output: str) -> None:
+        """What the fake answers to `cmd` (the real engine runs it)."""
+        if isinstance(self.engine, FakeDockerHost):
+            self.engine.exec_results[tuple(cmd)] = (code, output)
+
+    def fail_build(self, tag: str, error: str) -> None:
+        """The fake's build of `tag` stops with `error` (the real one runs the failing Dockerfile)."""
+        if isinstance(self.engine, FakeDockerHost):
+            self.engine.fail_build[tag] = error
 
     def create(self, name: str, port: int, **labels: str) -> Any:
         return self.engine.create(name, self.image, labels={slots.LABEL_APP: self.app, **labels},
@@ -52,6 +77,13 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
     finally:
         for c in real.slot_containers(made.app):
             real.remove(c.id)
+        for other in ("", "-other"):
+            for kept in real.repo_images(made.repo + other):
+                for tag in kept.tags:
+                    try:
+                        real.untag(tag)
+                    except EngineError:
+                        pass
         real.close()
 
 
@@ -140,3 +172,158 @@ def test_the_safe_replace_swaps_and_drops_the_previous_container(side: Side) -> 
     assert new.status == "running" and new.id != previous.id
     assert slots.drop_previous(side.engine, swap) is None
     assert [c.id for c in side.engine.slot_containers(side.app)] == [new.id]
+
+
+# ---------------------------------------------------------------- images
+
+
+def _built(side: Side, tmp_path: Path, tag: str, dockerfile: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Build `dockerfile` (FROM the side's image) as `tag`: the stream's chunks and the image ID it named."""
+    (tmp_path / "Dockerfile").write_text(f"FROM {side.image}\n{dockerfile}\n")
+    chunks = list(side.engine.build(path=str(tmp_path), dockerfile="Dockerfile", tag=tag,
+                                    buildargs={}, labels={"ps.test": side.app}))
+    ids = [c["aux"]["ID"] for c in chunks if isinstance(c.get("aux"), dict) and "ID" in c["aux"]]
+    return chunks, (ids[-1] if ids else None)
+
+
+def test_tag_and_untag_name_one_image_and_missing_ones_are_not_found(side: Side) -> None:
+    image = side.engine.image(side.image)
+    assert image is not None
+    side.engine.tag(image.id, side.repo, "1")
+    side.engine.tag(image.id, side.repo, "2")
+    tagged = side.engine.image(f"{side.repo}:1")
+    assert tagged is not None and tagged.id == image.id and f"{side.repo}:2" in tagged.tags
+    kept = side.engine.repo_images(side.repo)
+    assert [(k.id, sorted(k.tags)) for k in kept] == [(image.id, [f"{side.repo}:1", f"{side.repo}:2"])]
+    side.engine.untag(f"{side.repo}:1")
+    assert side.engine.image(f"{side.repo}:1") is None
+    assert side.engine.image(f"{side.repo}:2") is not None and side.engine.image(side.image) is not None
+    with pytest.raises(NotFoundError):
+        side.engine.untag(f"{side.repo}:1")
+    with pytest.raises(NotFoundError):
+        side.engine.tag("sha256:" + "0" * 64, side.repo, "3")
+
+
+def test_a_malformed_reference_is_an_engine_error_not_a_missing_image(side: Side) -> None:
+    with pytest.raises(EngineError, match="invalid reference format"):
+        side.engine.image(f"{side.repo}/Upper Case:x")
+    assert side.engine.image(f"{side.repo}:NotThere") is None
+
+
+def test_a_build_streams_its_image_id_and_labels_and_a_failing_one_names_its_error(side: Side,
+                                                                                   tmp_path: Path) -> None:
+    chunks, image_id = _built(side, tmp_path, f"{side.repo}:built", "LABEL ps.step=one")
+    built = side.engine.image(f"{side.repo}:built")
+    assert image_id is not None and built is not None and built.id == image_id
+    assert built.labels["ps.test"] == side.app
+    assert not [c for c in chunks if "error" in c]
+    side.fail_build(f"{side.repo}:broken", "The command '/bin/sh -c exit 3' returned a non-zero code: 3")
+    chunks, _ = _built(side, tmp_path, f"{side.repo}:broken", "RUN exit 3")
+    errors = [str(c["error"]) for c in chunks if "error" in c]
+    assert errors and "non-zero code: 3" in errors[-1]
+    assert side.engine.image(f"{side.repo}:broken") is None
+
+
+def test_prune_untags_the_old_unused_images_of_a_repo_and_keeps_the_used_and_other_repos(
+        side: Side, tmp_path: Path) -> None:
+    used = side.engine.image(side.image)
+    assert used is not None
+    side.engine.tag(used.id, side.repo, "used")
+    _, old_id = _built(side, tmp_path, f"{side.repo}:old", f"LABEL ps.old={side.app}")
+    assert old_id is not None
+    side.engine.tag(old_id, side.repo + "-other", "old")  # the same image in another repository
+    side.engine.create(f"{side.app}-user", f"{side.repo}:used", labels={slots.LABEL_APP: side.app},
+                       environment={}, ports={}, **RUN)
+    assert used.id in side.engine.images_in_use() and old_id not in side.engine.images_in_use()
+    assert prune_repo(side.engine, side.repo, keep=0) == [f"{side.repo}:old"]
+    assert side.engine.image(f"{side.repo}:used") is not None  # a container uses it
+    assert side.engine.image(f"{side.repo}:old") is None
+    left = side.engine.image(f"{side.repo}-other:old")
+    assert left is not None and left.id == old_id  # untagged, not removed by ID
+
+
+def test_the_last_tag_of_an_image_a_stopped_container_uses_is_not_untagged(side: Side,
+                                                                           tmp_path: Path) -> None:
+    _, only = _built(side, tmp_path, f"{side.repo}:only", f"LABEL ps.only={side.app}")
+    assert only is not None
+    made = side.engine.create(f"{side.app}-only", f"{side.repo}:only", labels={slots.LABEL_APP: side.app},
+                              environment={}, ports={}, **RUN)
+    with pytest.raises(EngineError, match="must force"):
+        side.engine.untag(f"{side.repo}:only")
+    side.engine.remove(made.id)
+    side.engine.untag(f"{side.repo}:only")
+    assert side.engine.image(only) is None
+
+
+# ---------------------------------------------------------------- containers: list, logs, exec, top
+
+
+def _running(side: Side, slot: str) -> Any:
+    (port,) = free_ports(1)
+    made = side.engine.create(f"{side.app}-web-{slot}", side.image,
+                              labels={slots.LABEL_APP: side.app, slots.LABEL_SLOT: slot},
+                              environment={"APP_STATUS": "healthy"}, ports={"80/tcp": (address(), port)},
+                              **RUN)
+    return side.engine.start(made.id)
+
+
+def test_containers_are_listed_by_every_label_given_and_by_state(side: Side) -> None:
+    canary = _running(side, "canary")
+    stable = _running(side, "stable")
+    side.engine.stop(stable.id, timeout=0)
+    app = {slots.LABEL_APP: side.app}
+    assert {c.id for c in side.engine.list_containers(app)} == {canary.id, stable.id}
+    assert [c.id for c in side.engine.list_containers({**app, slots.LABEL_SLOT: "stable"})] == [stable.id]
+    assert [c.id for c in side.engine.list_containers(app, running_only=True)] == [canary.id]
+    assert side.engine.list_containers({slots.LABEL_APP: side.app + "-none"}) == []
+
+
+def test_logs_since_a_time_hold_only_the_lines_written_after_it(side: Side) -> None:
+    c = _running(side, "canary")
+    side.say(c.name, f"first-{side.app}")
+    assert until(lambda: f"first-{side.app}" in side.engine.logs(c.id), 20)
+    mark = time.time()
+    side.say(c.name, f"second-{side.app}")
+    assert until(lambda: f"second-{side.app}" in side.engine.logs(c.id, since=mark), 20)
+    later = side.engine.logs(c.id, since=mark)
+    assert f"first-{side.app}" not in later
+    last = side.engine.logs(c.id, timestamps=True, tail=1).strip()
+    assert last.endswith(f"second-{side.app}") and last[:4].isdigit() and last[10] == "T"
+    with pytest.raises(NotFoundError):
+        side.engine.logs(f"{side.app}-none")
+
+
+def test_exec_runs_in_a_running_container_only(side: Side) -> None:
+    c = _running(side, "canary")
+    side.script_exec(["echo", "hi"], 0, "hi\n")
+    side.script_exec(["sh", "-c", "exit 3"], 3, "")
+    assert side.engine.exec(c.id, ["echo", "hi"]) == (0, "hi\n")
+    assert side.engine.exec(c.id, ["sh", "-c", "exit 3"]) == (3, "")
+    side.engine.stop(c.id, timeout=0)
+    with pytest.raises(EngineError, match="is not running"):
+        side.engine.exec(c.id, ["echo", "hi"])
+    with pytest.raises(NotFoundError):
+        side.engine.exec(f"{side.app}-none", ["echo", "hi"])
+
+
+def test_top_lists_the_processes_of_a_running_container_only(side: Side) -> None:
+    c = _running(side, "canary")
+    top = side.engine.top(c.id)
+    assert {"PID", "PPID", "CMD"} <= set(top.titles) and top.rows
+    procs = parse_top({"Titles": list(top.titles), "Processes": [list(r) for r in top.rows]})
+    assert procs and all(p.pid > 0 for p in procs)
+    side.engine.stop(c.id, timeout=0)
+    with pytest.raises(EngineError, match="is not running"):
+        side.engine.top(c.id)
+    with pytest.raises(NotFoundError):
+        side.engine.top(f"{side.app}-none")
+
+
+def test_a_missing_container_is_not_found_for_every_call_but_remove(side: Side) -> None:
+    name = f"{side.app}-none"
+    assert side.engine.container(name) is None
+    for call in (lambda: side.engine.start(name), lambda: side.engine.stop(name),
+                 lambda: side.engine.rename(name, name + "-x")):
+        with pytest.raises(NotFoundError):
+            call()
+    side.engine.remove(name)

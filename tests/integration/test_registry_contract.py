@@ -4,14 +4,14 @@ of the bed (RegistryClient, pushing through the real engine)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from pipeline_steps.adapters.docker_sdk import SdkDockerHost
 from pipeline_steps.adapters.fakes import FakeDockerHost, FakeRegistry
-from pipeline_steps.adapters.interfaces import DockerHost, Registry
+from pipeline_steps.adapters.interfaces import DockerHost, EngineError, Registry
 from pipeline_steps.adapters.registry import Credentials, RegistryAuthError, RegistryClient
 from pipeline_steps.config import Host
 from testbed.ports import unique
@@ -24,6 +24,7 @@ class Side:
     wrong: Registry  # the same registry with a wrong password
     repo: str  # <address>/<app>/web
     name: str  # <app>/web
+    auth: dict[str, str] = field(default_factory=dict)  # the right user and password (an auth_config)
 
 
 @pytest.fixture(params=["fake", "real"])
@@ -37,7 +38,8 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
         wrong.users, wrong.manifests = reg.users, reg.manifests
         engine = FakeDockerHost(Host("local"), reg)
         engine.add_image(f"{address}/{app}/web:b1")
-        yield Side(engine, reg, wrong, f"{address}/{app}/web", f"{app}/web")
+        yield Side(engine, reg, wrong, f"{address}/{app}/web", f"{app}/web", {"username": "ci",
+                                                                               "password": "right"})
         return
     bed: Any = request.getfixturevalue("registry")
     base = request.getfixturevalue("engine")
@@ -50,7 +52,7 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
     try:
         right = RegistryClient(bed.address, Credentials(bed.user, bed.password), attempts=2, backoff=0.1)
         wrong = RegistryClient(bed.address, Credentials(bed.user, "wrong"))
-        yield Side(real, right, wrong, repo, f"{app}/web")
+        yield Side(real, right, wrong, repo, f"{app}/web", {"username": bed.user, "password": bed.password})
     finally:
         real.untag(f"{repo}:b1")
         real.close()
@@ -70,3 +72,21 @@ def test_a_pushed_tag_has_the_digest_the_push_reported(side: Side) -> None:
 def test_wrong_credentials_are_refused_naming_the_user(side: Side) -> None:
     with pytest.raises(RegistryAuthError, match="refused the credentials of user"):
         side.wrong.digest(side.name, "b1")
+
+
+def test_the_engine_pulls_and_looks_up_a_pushed_tag_with_the_auth_given_only(side: Side) -> None:
+    digest = side.registry.push(side.engine, side.repo, "b1")
+    ref = f"{side.repo}:b1"
+    assert side.engine.remote_digest(ref, side.auth) == digest
+    for auth in (None, {**side.auth, "password": "wrong"}):
+        with pytest.raises(EngineError):
+            side.engine.remote_digest(ref, auth)
+    side.engine.untag(ref)
+    assert side.engine.image(ref) is None
+    with pytest.raises(EngineError):
+        side.engine.pull(ref, {**side.auth, "password": "wrong"})
+    assert side.engine.image(ref) is None
+    pulled = side.engine.pull(ref, side.auth)
+    assert f"{side.repo}@{digest}" in pulled.repo_digests and side.engine.image(ref) == pulled
+    with pytest.raises(EngineError, match="not found|unknown"):
+        side.engine.pull(f"{side.repo}:none", side.auth)

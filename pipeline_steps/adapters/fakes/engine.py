@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.adapters.interfaces import (
+    AuthResolver,
     ContainerInfo,
     EngineError,
     EngineGone,
     ImageInfo,
     KeptImage,
     NotFoundError,
+    Processes,
     VolumeInfo,
 )
 from pipeline_steps.config import Host
@@ -75,6 +77,24 @@ class FakeContainer:
         return ContainerInfo(self.id, self.name, self.status, dict(self.labels), attrs)
 
 
+_REPO_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-/:")
+_TAG_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _bad_reference(ref: str) -> str | None:
+    """The engine's complaint about a malformed image reference (None: well formed or an image ID)."""
+    if ref.startswith("sha256:"):
+        return None
+    repo, colon, tag = ref.rpartition(":")
+    if not colon or "/" in tag:
+        repo, tag = ref, "latest"
+    if repo and not set(repo) <= _REPO_CHARS:
+        return "invalid reference format: repository name must be lowercase"
+    if not repo or not tag or not set(tag) <= _TAG_CHARS:
+        return "invalid reference format"
+    return None
+
+
 def _overlaps(a: str, b: str) -> bool:
     return a == b or "0.0.0.0" in (a, b) or "::" in (a, b)
 
@@ -95,6 +115,8 @@ class FakeDockerHost:
         self.process_holder: dict[tuple[str, int], str] = {}
         self.bind_test_error: str | None = None
         self.exec_results: dict[tuple[str, ...], tuple[int, str]] = {}
+        self.fail_build: dict[str, str] = {}  # tag -> the error its build stops with
+        self.processes: dict[str, list[tuple[str, str, str, str]]] = {}  # name -> (uid, pid, ppid, cmd)
         self.reachable = True
         self.gone: set[str] = set()
         self.pulls: list[tuple[str, Mapping[str, str] | None]] = []
@@ -129,6 +151,10 @@ class FakeDockerHost:
         self.containers[c.id] = c
         return c
 
+    def write_log(self, name: str, text: str) -> None:
+        """The container's process prints `text` now (a line of its logs)."""
+        self._get(name).log.append((time.time(), text))
+
     def named(self, name: str) -> FakeContainer | None:
         return next((c for c in self.containers.values() if c.name == name), None)
 
@@ -158,6 +184,9 @@ class FakeDockerHost:
 
     def image(self, ref: str) -> ImageInfo | None:
         self._check("image")
+        bad = _bad_reference(ref)
+        if bad:
+            raise EngineError(f"no such image: {ref}: {bad}")
         found = self._find_image(ref)
         if found is None:
             return None
@@ -167,23 +196,33 @@ class FakeDockerHost:
     def pull(self, ref: str, auth: Mapping[str, str] | None) -> ImageInfo:
         self._check("pull")
         self.pulls.append((ref, auth))
-        repo, _, tag = ref.rpartition(":")
-        name = repo.partition("/")[2]
-        entry = self.registry.manifests.get((name, tag)) if self.registry else None
-        if entry is None:
-            raise EngineError(f"manifest for {ref} not found: manifest unknown")
-        digest, image_id = entry
+        digest, image_id = self._manifest(ref, auth)
         self.add_image(ref, image_id, digest=digest)
         found = self.image(ref)
         assert found is not None
         return found
 
     def remote_digest(self, ref: str, auth: Mapping[str, str] | None) -> str:
+        self._check("remote_digest")
+        return self._manifest(ref, auth)[0]
+
+    def _manifest(self, ref: str, auth: Mapping[str, str] | None) -> tuple[str, str]:
+        """(digest, image id) of `ref` in the linked registry, which checks `auth` as a real one does."""
         repo, _, tag = ref.rpartition(":")
-        entry = self.registry.manifests.get((repo.partition("/")[2], tag)) if self.registry else None
+        if self.registry is None:
+            raise EngineError(f'Get "https://{repo.partition("/")[0]}/v2/": dial tcp: connection refused')
+        users = self.registry.users
+        if users is not None and auth is None:
+            raise EngineError(f"Head https://{self.registry.address}/v2/{repo.partition('/')[2]}/manifests/"
+                              f"{tag}: no basic auth credentials")
+        if users is not None and auth is not None and \
+                users.get(auth.get("username", "")) != auth.get("password"):
+            raise EngineError(f"Head https://{self.registry.address}/v2/: unauthorized: authentication "
+                              "required")
+        entry = self.registry.manifests.get((repo.partition("/")[2], tag))
         if entry is None:
-            raise EngineError(f"manifest for {ref} not found")
-        return entry[0]
+            raise EngineError(f"manifest for {ref} not found: manifest unknown")
+        return entry
 
     def repo_images(self, repo: str) -> list[KeptImage]:
         found = [KeptImage(i.id, tuple(sorted(t for t in i.tags if t.startswith(repo + ":"))), i.created)
@@ -199,6 +238,11 @@ class FakeDockerHost:
         image = self._find_image(ref)
         if image is None:
             raise NotFoundError(f"No such image: {ref}")
+        if image.tags == {ref}:
+            user = next((c for c in self.containers.values() if c.image_id == image.id), None)
+            if user is not None:
+                raise EngineError(f'conflict: unable to remove repository reference "{ref}" (must force) - '
+                                  f"container {user.id[7:19]} is using its referenced image {image.id[7:19]}")
         image.tags.discard(ref)
         if not image.tags:
             del self.images[image.id]
@@ -210,6 +254,9 @@ class FakeDockerHost:
               labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
         self._check("build")
         yield {"stream": f"Step 1/1 : FROM scratch ({dockerfile})\n"}
+        if tag in self.fail_build:
+            yield {"error": self.fail_build[tag], "errorDetail": {"message": self.fail_build[tag]}}
+            return
         image = self.add_image(tag, labels=labels)
         yield {"aux": {"ID": image.id}}
 
@@ -227,7 +274,7 @@ class FakeDockerHost:
         yield {"status": "Pushed", "id": image.id[7:19]}
         yield {"aux": {"Tag": tag, "Digest": digest, "Size": 1}}
 
-    def auth_configs(self) -> Any:
+    def auth_configs(self) -> AuthResolver | None:
         return None
 
     # ---------------------------------------------------------------- containers
@@ -237,11 +284,18 @@ class FakeDockerHost:
         c = self.named(name) or self.containers.get(name)
         return c.info() if c else None
 
+    def list_containers(self, labels: Mapping[str, str], *,
+                        running_only: bool = False) -> list[ContainerInfo]:
+        self._check("list_containers")
+        return [c.info() for c in self.containers.values()
+                if all(c.labels.get(k) == v for k, v in labels.items())
+                and (c.status == "running" or not running_only)]
+
     def slot_containers(self, app: str) -> list[ContainerInfo]:
         from pipeline_steps.adapters.slots import LABEL_APP
 
         self._check("slot_containers")
-        return [c.info() for c in self.containers.values() if c.labels.get(LABEL_APP) == app]
+        return self.list_containers({LABEL_APP: app})
 
     def container_images(self) -> dict[str, str]:
         return {c.name: c.image for c in self.containers.values()}
@@ -349,6 +403,16 @@ class FakeDockerHost:
         if c.status != "running":
             raise EngineError(f"container {c.id[7:19]} is not running")
         return self.exec_results.get(tuple(cmd), (0, ""))
+
+    def top(self, name: str) -> Processes:
+        self._check("top")
+        c = self._get(name)
+        if c.status != "running":
+            raise EngineError(f"Container {c.id[7:19]} is not running")
+        rows = self.processes.get(c.name) or [("root", "1", "0", c.image)]
+        return Processes(("UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"),
+                         tuple((uid, pid, ppid, "0", "00:00", "?", "00:00:00", cmd)
+                               for uid, pid, ppid, cmd in rows))
 
     def published_ports(self) -> list[tuple[str, str, str, int]]:
         return [(c.name, c.image, ip, port) for c in self.containers.values() if c.status == "running"

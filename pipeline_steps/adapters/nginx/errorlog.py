@@ -1,12 +1,15 @@
-"""Where nginx says why a reload failed: its error log file here, or the container's logs (Docker API)."""
+"""Where nginx says why a reload failed: its error log file here, or the container's logs (DockerHost)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline_steps.timestamps import log_lines_after, parse_log_timestamp
+
+if TYPE_CHECKING:
+    from pipeline_steps.adapters.interfaces import DockerHost
 
 __all__ = ["ContainerLog", "FileLog", "LogWatch", "log_lines_after", "parse_log_timestamp", "reload_failure"]
 
@@ -45,19 +48,20 @@ class FileLog(LogWatch):
 
 
 class ContainerLog(LogWatch):
-    """The container's stderr/stdout through the Docker API, cut at the engine's own timestamps."""
+    """The container's stderr/stdout through DockerHost.logs, cut at the engine's own timestamps."""
 
-    def __init__(self, container: Any) -> None:
+    def __init__(self, engine: DockerHost, container: str) -> None:
+        self.engine = engine
         self.container = container
 
     def _lines(self, **kw: Any) -> list[str]:
-        import docker.errors
+        from pipeline_steps.adapters.interfaces import EngineError
 
         try:
-            raw = self.container.logs(stdout=True, stderr=True, timestamps=True, **kw)
-        except docker.errors.DockerException:
+            text = self.engine.logs(self.container, timestamps=True, **kw)
+        except EngineError:
             return []  # a logging driver that cannot be read back: the worker check still decides
-        return bytes(raw).decode(errors="replace").splitlines()
+        return text.splitlines()
 
     def mark(self) -> object:
         lines = self._lines(tail=1)

@@ -1,11 +1,13 @@
-"""Where nginx runs: HostRunner (subprocess, pid file, /proc) or ContainerRunner (Docker exec/top/logs)."""
+"""Where nginx runs: HostRunner (subprocess, pid file, /proc) or ContainerRunner (DockerHost: exec, top,
+logs)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline_steps.adapters.nginx.errorlog import ContainerLog, FileLog, LogWatch
 from pipeline_steps.adapters.nginx.procs import nginx_tree, parse_top, shutting_down
@@ -14,8 +16,9 @@ from pipeline_steps.config import Host, NginxRouter
 from pipeline_steps.errors import Unreachable, unreachable
 
 if TYPE_CHECKING:
-    import docker
+    from pipeline_steps.adapters.interfaces import ContainerInfo, DockerHost
 
+T = TypeVar("T")
 DEFAULT_PID = "/run/nginx.pid"
 
 
@@ -135,7 +138,7 @@ class HostRunner(NginxRunner):
 
 
 class ContainerRunner(NginxRunner):
-    """nginx in a container of the local Docker engine: `exec`, `top` and `logs` through the SDK."""
+    """nginx in a container of the local Docker engine: `exec`, `top` and `logs` through DockerHost."""
 
     poll_interval = 0.02
 
@@ -143,30 +146,35 @@ class ContainerRunner(NginxRunner):
         super().__init__(router)
         self.name = router.container or ""
         self.host = host or Host(name="local")
-        self._client: docker.DockerClient | None = None
-        self._container: Any = None
+        self._client: DockerHost | None = None
+        self._container: ContainerInfo | None = None
 
     def where(self) -> str:
         return f"nginx in container {self.name}"
 
-    def container(self) -> Any:
+    def engine(self) -> DockerHost:
+        """The host's engine (opened on first use; Unreachable when it does not answer)."""
+        if self._client is None:
+            from pipeline_steps.adapters.docker_host import open_host
+
+            self._client = open_host(self.host, timeout=30)
+        return self._client
+
+    def container(self) -> ContainerInfo:
         """The running container (connects on first use); Unreachable when missing or stopped."""
         if self._container is not None:
             return self._container
-        import docker.errors
+        from pipeline_steps.adapters.interfaces import EngineError
 
-        from pipeline_steps.adapters.docker_host import connect
-
-        if self._client is None:
-            self._client = connect(self.host, timeout=30)
+        engine = self.engine()
         try:
-            found = self._client.containers.get(self.name)
-        except docker.errors.NotFound:
-            raise Unreachable(f"nginx container {self.name} not found on the Docker engine "
-                              f"({self.host.endpoint}) (router.container)") from None
-        except docker.errors.DockerException as exc:
+            found = engine.container(self.name)
+        except EngineError as exc:
             raise Unreachable(f"nginx container {self.name}: {_first_line(exc)}") from None
-        if found.status != "running":
+        if found is None:
+            raise Unreachable(f"nginx container {self.name} not found on the Docker engine "
+                              f"({self.host.endpoint}) (router.container)")
+        if not found.running:
             raise Unreachable(f"nginx container {self.name} is not running (status {found.status})")
         self._container = found
         return found
@@ -174,58 +182,49 @@ class ContainerRunner(NginxRunner):
     def ready(self) -> None:
         self.container()
 
-    def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
-        import docker.errors
-
-        from pipeline_steps.adapters.docker_host import is_unreachable
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        from pipeline_steps.adapters.interfaces import EngineError, EngineGone, NotFoundError
 
         try:
             return fn(*args, **kw)
-        except docker.errors.NotFound:
+        except NotFoundError:
             raise Unreachable(f"nginx container {self.name} is gone ({what})") from None
-        except docker.errors.DockerException as exc:
+        except EngineGone:
+            raise unreachable(f"Docker engine ({self.host.endpoint})", f"went away during {what}") from None
+        except EngineError as exc:
             raise Unreachable(f"nginx container {self.name}: {what} failed: {_first_line(exc)}") from None
-        except Exception as exc:
-            if is_unreachable(exc):
-                raise unreachable(f"Docker engine ({self.host.endpoint})",
-                                  f"went away during {what}") from None
-            raise
 
     def run(self, *args: str) -> tuple[int, str]:
         container = self.container()
         cmd = nginx_command(self.router, *args)
-        done = self._call(f"exec {' '.join(cmd[:1] + list(args))}", container.exec_run, cmd, demux=True)
-        out, err = done.output if isinstance(done.output, tuple) else (done.output, None)
-        text = b"".join(part for part in (err, out) if part).decode(errors="replace")
-        if done.exit_code in (126, 127) and ("executable file not found" in text
-                                             or "no such file or directory" in text.lower()):
+        code, text = self._call(f"exec {' '.join(cmd[:1] + list(args))}", self.engine().exec, container.id,
+                                cmd)
+        if code in (126, 127) and ("executable file not found" in text
+                                   or "no such file or directory" in text.lower()):
             raise Unreachable(f"nginx binary not found in container {self.name}: {self.router.binary} "
                               f"(router.nginx.binary): {_first_line(text)}")
-        return int(done.exit_code if done.exit_code is not None else 1), text
+        return code, text
 
     def processes(self) -> tuple[int | None, dict[int, bool]]:
-        import docker.errors
+        from pipeline_steps.adapters.interfaces import EngineError
 
         container = self.container()
         try:
-            top = self._call("top", container.top)
+            top = self._call("top", self.engine().top, container.id)
         except Unreachable as failure:
             try:
-                container.reload()
-                running = container.status == "running"
-            except docker.errors.NotFound:
-                running = False
-            except Exception:
+                now = self.engine().container(container.id)
+            except EngineError:
                 raise failure from None
-            if not running:
+            if now is None or not now.running:
                 return None, {}  # the container (and so its nginx master) stopped
             raise
-        return nginx_tree(parse_top(top))
+        return nginx_tree(parse_top({"Titles": list(top.titles), "Processes": [list(r) for r in top.rows]}))
 
     def log(self) -> LogWatch:
         if self.router.error_log:
             return FileLog(Path(self.router.error_log))
-        return ContainerLog(self.container())
+        return ContainerLog(self.engine(), self.container().id)
 
     def close(self) -> None:
         if self._client is not None:
