@@ -18,6 +18,7 @@ from pipeline_steps.config.objects import (
     DEFAULT_TIMEZONE,
     SLOT_NAMES,
     SLOT_PAIRS,
+    AnalysisPolicy,
     BlueGreenPolicy,
     CanaryPolicy,
     CanaryStep,
@@ -30,9 +31,9 @@ from pipeline_steps.config.objects import (
     Service,
 )
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_TIMEZONE", "SLOT_NAMES", "SLOT_PAIRS", "BlueGreenPolicy",
-           "CanaryPolicy", "CanaryStep", "Config", "DeployPolicy", "HealthSpec", "Host", "MattermostNotify",
-           "NginxRouter", "Service", "load_config", "parse_config"]
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_TIMEZONE", "SLOT_NAMES", "SLOT_PAIRS", "AnalysisPolicy",
+           "BlueGreenPolicy", "CanaryPolicy", "CanaryStep", "Config", "DeployPolicy", "HealthSpec", "Host",
+           "MattermostNotify", "NginxRouter", "Service", "load_config", "parse_config"]
 
 
 def parse_config(raw: Any, source: str = DEFAULT_CONFIG, base_dir: Path | None = None) -> Config:

@@ -97,6 +97,7 @@ class DeployOps(Protocol):
     def now(self) -> float: ...
     def pause(self, seconds: float, probe: Probe | None) -> None: ...
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe: ...
+    def access_logs(self, services: Sequence[Service]) -> list[Any]: ...
 
 
 class RealOps:
@@ -308,6 +309,14 @@ class RealOps:
 
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe:
         return _Background(work)
+
+    def access_logs(self, services: Sequence[Service]) -> list[Any]:
+        """canary.analysis: the router's ps_json access log, read from its current end."""
+        from pipeline_steps.analysis import AccessLogTail
+
+        if self.config.router is None:
+            return []
+        return [AccessLogTail(self.config.router.access_log_path())]
 
 
 class _Said:

@@ -52,11 +52,14 @@ def router_init(config: Config, services: Sequence[str] | None = None, *, force:
     todo = [s for s in chosen if force or s.upstream not in existing]
     for service in todo:
         file.put(default_upstream(config, service))
+    from pipeline_steps.analysis.include import put_judgement_log
+
+    logs = put_judgement_log(config, file)  # canary.analysis (issue 14)
     result = RouterInit(include=router.include, written=False, nginx_running=False, reloaded=False,
                         tested=False, dry_run=dry_run, backup=None, note="",
                         services={s.name: describe(default_upstream(config, s), s, config) or ""
                                   for s in todo})
-    if not todo:
+    if not todo and not logs:
         result.note = "already there"
         return result
     if dry_run:
