@@ -281,8 +281,8 @@ class Run:
                     what = "the probe" if probe and not probe.is_done() else during
                     raise StepFailed(f"{service.name}/{slot} turned unhealthy during {what}: "
                                      f"{record.reason}", rollback=True)
+            final = ops.now() >= end and (probe is None or probe.read)
             if judging is not None:
-                final = ops.now() >= end and (probe is None or probe.read)
                 action = judging.look(final=final, extended=extended)
                 if observe and final:
                     self._judged(judging.record("observed", action.reason, extended))
@@ -301,9 +301,10 @@ class Run:
                                     f"{self.config.canary.analysis.extend:g}s")
                     end += grow
                     extended += grow
+                    final = False
                 elif not observe and action.action == "pass" and final:
                     self._judged(judging.record("pass", action.reason, extended))
-            if ops.now() >= end and (probe is None or probe.read):
+            if final:  # the end of the hold, decided before the last look (which takes time)
                 self.say(f"held {ops.now() - started:.1f}s, {slot} healthy in {count} checks"
                          + (" while the live split was measured" if probe else ""))
                 return

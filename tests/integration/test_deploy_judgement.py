@@ -19,13 +19,14 @@ from testbed.ports import address, unique
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 APP = unique("judged")
 REGISTRY = "ps-test.local"
-OLD, BAD, GOOD = "aaaa00000001", "bbbb0000bad5", "cccc00000003"
+OLD, BAD, GOOD, SLOW = "aaaa00000001", "bbbb0000bad5", "cccc00000003", "dddd0000s100"
 
 
 @pytest.fixture(scope="module")
 def builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The stable build, a canary whose every 20th request answers 500, and an equal canary."""
-    for build_id, env in ((OLD, ""), (BAD, "ENV FAIL_EVERY=20\n"), (GOOD, "")):
+    """The stable build, a canary whose every 20th request answers 500, an equal canary, and one that
+    answers 100 ms later."""
+    for build_id, env in ((OLD, ""), (BAD, "ENV FAIL_EVERY=20\n"), (GOOD, ""), (SLOW, "ENV SLOW_MS=100\n")):
         ctx = images.copy_sample_app(tmp_path_factory.mktemp("ctx"))
         with open(ctx / "Dockerfile", "a") as fh:
             fh.write("\n" + env)
@@ -115,3 +116,35 @@ def test_a_canary_with_5_percent_errors_is_rolled_back_and_an_equal_one_promoted
     assert web["canary"]["requests"] >= 50 and "judged at 20 % (pass)" in out["message"]
     assert promote.returncode == 0, promote.stderr + promote.stdout
     assert report.sent > 500 and report.failed == 0, report.errors[:5]
+
+
+def test_a_slower_canary_inconclusive_then_failed_on_latency_steps_back_gradually(
+        bed: Any, docker_ps: Any) -> None:
+    """At 50 req/s, 10 % for 8 s is too little traffic (inconclusive, passed by policy); at 40 % the
+    canary's +100 ms fails the latency test, and the gradual rollback steps 40 -> 10 -> 0 %, checked at
+    each. Nothing fails for the load client: a slow canary still answers."""
+    raw = bed.raw
+    raw["canary"].update({"steps": [10, 40], "pause": "8s", "rollback": "gradual"})
+    raw["canary"]["analysis"].update({"min_requests": 80, "inconclusive": "pass"})
+    bed.save()
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", OLD).returncode == 0
+    with LoadGenerator(bed.url("web"), rate=50, max_seconds=90, max_requests=4500, timeout=10) as load:
+        slow = _deploy(docker_ps, "--type", "canary-auto", "--build-id", SLOW)
+    report = load.report()
+    print(f"load during the slow canary: {report.summary()}")
+    assert slow.returncode == 1, slow.stderr + slow.stdout
+    out = _result(slow)
+    print(f"slow canary: {out['message']}")
+    assert out["result"] == "rolled-back"
+    first, failed, *down = out["judgements"]
+    assert first["action"] == "pass" and "inconclusive" in first["judgements"][0]["decision"]
+    assert "pass by policy" in first["reason"]
+    assert failed["action"] == "rollback" and failed["weight"] == 40
+    latency = failed["judgements"][0]["latency"]
+    assert latency["decision"] == "fail" and latency["difference"] > 50, latency
+    assert failed["judgements"][0]["canary"]["p50_ms"] >= 100
+    assert [j["step"] for j in down] == ["rollback 10 %"]
+    assert "rolled back to stable 100 % gradually (10 % -> 0 %)" in out["message"]
+    assert [d for d in out["decisions"] if "rolling back web gradually: 40 % -> 10 % -> 0 %" in d]
+    assert out["weights"] == {"web": 0}
+    assert report.sent > 300 and report.failed == 0, report.errors[:5]
