@@ -184,3 +184,25 @@ def test_judgement_off_reads_no_log(tmp_path: Path) -> None:
     fake = live_world(make_config(tmp_path))
     assert deploy(fake, "canary-auto")[0].ok
     assert ("access-log",) not in fake.calls
+
+
+def test_the_judgement_plot_is_well_formed_and_escaped(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from pipeline_steps.deploy.report import RunReport
+
+    report = RunReport(app="shop", deploy_type="canary-auto")
+    side = {"requests": 100, "errors": 5, "error_rate": 0.05, "p50_ms": 20.0, "p95_ms": 30.0, "p99_ms": 40.0}
+    for look in range(3):
+        report.judgement("1/3", 10, {"upstream": "<web>", "decision": "fail" if look == 2 else "pass",
+                                     "reason": "canary 5xx 5.0 % & more", "canary": side,
+                                     "stable": {**side, "errors": 0, "error_rate": 0.0}})
+    page = report.html()
+    assert "&lt;web&gt;, step 1/3 (canary 10 %): fail" in page and "<web>" not in page
+    svg = page[page.index('<svg xmlns="http://www.w3.org/2000/svg" class="judgement"'):]
+    svg = svg[:svg.index("</svg>") + len("</svg>")]
+    root = ET.fromstring(svg)
+    lines = root.findall("{http://www.w3.org/2000/svg}polyline")
+    assert sorted((p.get("class"), p.get("data-metric")) for p in lines) == [
+        ("canary", "error rate %"), ("canary", "p99 ms"), ("stable", "error rate %"), ("stable", "p99 ms")]
+    assert all(len((p.get("points") or "").split()) == 3 for p in lines)  # a point per look
