@@ -149,3 +149,36 @@ def test_a_slower_canary_inconclusive_then_failed_on_latency_steps_back_graduall
     assert [d for d in out["decisions"] if "rolling back web gradually: 40 % -> 10 % -> 0 %" in d]
     assert out["weights"] == {"web": 0}
     assert report.sent > 300 and report.failed == 0, report.errors[:5]
+
+
+def test_nginx_accepts_the_judged_include_with_the_template_server(tmp_path: Path) -> None:
+    """`nginx -t` with the include ps writes (analysis on) and pipeline_steps/templates/nginx-server.conf."""
+    import shutil
+
+    from pipeline_steps.analysis.include import put_judgement_log
+    from pipeline_steps.config import parse_config
+    from pipeline_steps.upstreams import initial_file
+
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    include = tmp_path / "conf.d" / "ps-upstreams.conf"
+    include.parent.mkdir()
+    (tmp_path / "logs").mkdir()
+    config = parse_config({"app": "shop", "registry": "r.example:5000",
+                           "services": {"backend": {"slots": {"stable": 18001, "canary": 18002}}},
+                           "router": {"include": str(include)}, "canary": {"analysis": {"enabled": True}}})
+    file = initial_file(config, include)
+    assert put_judgement_log(config, file)
+    include.write_text(file.render())
+    template = Path(__file__).resolve().parents[2] / "pipeline_steps" / "templates" / "nginx-server.conf"
+    server = template.read_text().replace("listen 80;", f"listen {address()}:18999;")
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "".join(f"    {k}_temp_path {tmp_path / k};\n" for k in kinds)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"error_log {tmp_path / 'logs' / 'error.log'};\npid {tmp_path / 'logs' / 'nginx.pid'};\n"
+                    f"events {{}}\nhttp {{\n{temp}    include {include};\n{server}}}\n")
+    done = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "test is successful" in done.stderr
+    assert "log_format ps_json escape=json" in include.read_text()
