@@ -4,6 +4,7 @@
 #      FAIL_AFTER (health fails after N app requests), SLOW_MS, HEALTH_DATABASE, HEALTH_REDIS,
 #      LISTEN_AFTER (seconds the process boots before it binds its port, like a JVM starting up).
 #      STARTING_STATUS=200 (answer 200 {"status":"starting"} instead of 503 before HEALTHY_AFTER).
+#      FAIL_EVERY=N (every Nth app request answers 500; /health is not affected).
 : > /tmp/requests
 echo "sample-app starting: slot=${PS_SLOT:-none} build=${BUILD_ID:-unknown} port=${PORT:-80}" >&2
 [ -n "${LISTEN_AFTER:-}" ] && sleep "$LISTEN_AFTER"

@@ -37,6 +37,10 @@ case "$path" in
     ;;
   *)
     echo x >> /tmp/requests
+    if [ -n "${FAIL_EVERY:-}" ] && [ $(( $(wc -l < /tmp/requests) % FAIL_EVERY )) -eq 0 ]; then
+      respond 500 "Internal Server Error" application/json "{\"error\":\"every ${FAIL_EVERY}th request fails\"}"
+      exit 0
+    fi
     respond 200 OK application/json "{\"app\":\"sample-app\",\"slot\":\"${PS_SLOT:-none}\",\"build_id\":\"${BUILD_ID:-unknown}\",\"path\":\"$path\"}"
     ;;
 esac

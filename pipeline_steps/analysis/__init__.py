@@ -1,5 +1,5 @@
 """Canary judgement from nginx's own access log (issue 14): the log format and reader, the statistics,
-the decision. Not wired into `ps deploy` yet; see README "Canary judgement (preview)".
+the decision; `canary.analysis` in ps.yaml turns it on in canary-auto's holds (deploy/judging.py).
 
 A hold uses it like this::
 

@@ -158,14 +158,16 @@ class StepAnalysis:
 
     def __init__(self, logs: Sequence[str | os.PathLike[str]], slots: SlotMap, policy: AnalysisPolicy,
                  looks: int, *, upstreams: Iterable[str] | None = None, holds: int = 1,
-                 from_start: bool = False) -> None:
+                 from_start: bool = False, sources: Sequence[Any] | None = None) -> None:
         self.policy = policy
         self.looks = looks
         self.alpha = policy.alpha / max(1, holds)
         self.upstreams = list(upstreams) if upstreams is not None else list(slots.upstreams)
         self.window = Window(slots)
         self.tests = dict.fromkeys(self.upstreams, 0)
-        self.tails = [AccessLogTail(p, from_start=from_start) for p in logs]
+        # `sources`: readers with read() -> list[LogRecord] and close() (a deploy's DeployOps gives them)
+        self.tails = list(sources) if sources is not None else [AccessLogTail(p, from_start=from_start)
+                                                                for p in logs]
 
     def read(self) -> int:
         """Read every log's new lines into the window; the number attributed to a slot."""

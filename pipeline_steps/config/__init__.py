@@ -18,6 +18,7 @@ from pipeline_steps.config.objects import (
     DEFAULT_TIMEZONE,
     SLOT_NAMES,
     SLOT_PAIRS,
+    AnalysisPolicy,
     BlueGreenPolicy,
     CanaryPolicy,
     CanaryStep,
@@ -33,9 +34,9 @@ from pipeline_steps.config.objects import (
     StickyKey,
 )
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_TIMEZONE", "SLOT_NAMES", "SLOT_PAIRS", "BlueGreenPolicy",
-           "CanaryPolicy", "CanaryStep", "Config", "DeployPolicy", "HealthSpec", "Host", "HostTls",
-           "MattermostNotify", "NginxRouter", "Segment", "Service", "StickyKey", "load_config",
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_TIMEZONE", "SLOT_NAMES", "SLOT_PAIRS", "AnalysisPolicy",
+           "BlueGreenPolicy", "CanaryPolicy", "CanaryStep", "Config", "DeployPolicy", "HealthSpec", "Host",
+           "HostTls", "MattermostNotify", "NginxRouter", "Segment", "Service", "StickyKey", "load_config",
            "parse_config"]
 
 

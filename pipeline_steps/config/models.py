@@ -14,7 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from pipeline_steps.config.objects import (
+    CORRECTIONS,
+    INCONCLUSIVE,
+    ROLLBACKS,
     SLOT_PAIRS,
+    AnalysisPolicy,
     BlueGreenPolicy,
     CanaryPolicy,
     CanaryStep,
@@ -63,6 +67,7 @@ Problem = tuple[Loc, str]
 _HEALTH = HealthSpec()
 _CANARY = CanaryPolicy()
 _NOTIFY = MattermostNotify()
+_ANALYSIS = AnalysisPolicy()
 
 
 class HealthFile(FileModel):
@@ -150,6 +155,11 @@ class RouterFile(FileModel):
     url: Url | None = Field(default=None, description="nginx's front door, for probes.")
     backups: Annotated[int, Bounds(1, 1000)] = NginxRouter.backups
     keepalive: Annotated[int, Bounds(0, 10000)] = NginxRouter.keepalive
+    access_log: FilePath | None = Field(
+        default=None, description="The JSON access log nginx writes for the canary judgement (ps adds "
+                                  "log_format ps_json and access_log to the include when canary.analysis is "
+                                  "on); default ps-access.json next to the include. ps reads it at this "
+                                  "path, so with router.container mount it at the same path.")
 
 
 class CanaryStepFile(FileModel):
@@ -203,6 +213,31 @@ class SegmentFile(FileModel):
                                             description="canary: always reach the canary; stable: never.")
 
 
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class AnalysisFile(FileModel):
+    """canary.analysis: judge the canary against stable from nginx's own access log in every hold."""
+
+    enabled: bool = Field(default=_ANALYSIS.enabled, description="Judge canary-auto's holds.")
+    max_error_rate_increase: Fraction = Field(
+        default=_ANALYSIS.max_error_rate_increase,
+        description="Canary error rate minus stable's that fails, as a fraction (0.02 = 2 points).")
+    max_p99_increase: Duration = Field(default=_ANALYSIS.max_p99_increase,
+                                       description="Canary p99 minus stable's that fails.")
+    confidence: Annotated[float, Field(ge=0.5, lt=1.0, allow_inf_nan=False)] = Field(
+        default=_ANALYSIS.confidence, description="Per hold, all looks and both metrics together.")
+    min_requests: Annotated[int, Bounds(1, 10_000_000)] = Field(
+        default=_ANALYSIS.min_requests, description="On each side before a test; fewer: inconclusive.")
+    count_4xx: bool = Field(default=_ANALYSIS.count_4xx, description="4xx count as errors too.")
+    inconclusive: Literal[INCONCLUSIVE] = Field(  # type: ignore[valid-type]
+        default=_ANALYSIS.inconclusive, description="Still inconclusive after `extend`: pass or fail.")
+    extend: Duration = Field(default=_ANALYSIS.extend,
+                             description="How long an inconclusive hold may be extended.")
+    correction: Literal[CORRECTIONS] = Field(  # type: ignore[valid-type]
+        default=_ANALYSIS.correction, description="How alpha is spread over a hold's looks.")
+
+
 class CanaryFile(FileModel):
     """canary-auto: weights step by step, holds, and the nginx weight scale."""
 
@@ -230,6 +265,10 @@ class CanaryFile(FileModel):
         default_factory=list, description="Header or cookie values that always (to: canary) or never "
                                           "(to: stable) reach the canary, whatever the weight; first "
                                           "match wins.")
+    analysis: AnalysisFile = AnalysisFile()
+    rollback: Literal[ROLLBACKS] = Field(  # type: ignore[valid-type]
+        default=_CANARY.rollback, description="A failed judgement: immediate (one reload back to stable) "
+                                              "or gradual (back through the steps, checked at each).")
 
 
 class MattermostFile(FileModel):
@@ -432,7 +471,8 @@ class _Build:
         return NginxRouter(
             include=include, binary=r.nginx.binary, prefix=nginx_path("prefix"), conf=nginx_path("conf"),
             error_log=self.path(error_log, ("router", "nginx", "error_log")) if error_log else None,
-            pid=nginx_path("pid"), container=r.container, url=r.url, backups=r.backups, keepalive=r.keepalive)
+            pid=nginx_path("pid"), container=r.container, url=r.url, backups=r.backups, keepalive=r.keepalive,
+            access_log=self.path(r.access_log, ("router", "access_log")) if r.access_log else None)
 
     def canary(self, c: CanaryFile) -> CanaryPolicy:
         steps = tuple(CanaryStep(s.weight, s.pause, s.checks) for s in c.steps)
@@ -451,9 +491,14 @@ class _Build:
         if c.sticky:
             kind, _, name = c.sticky.partition(" ")
             sticky = StickyKey(kind=kind, name=name or None)
+        a = c.analysis
+        analysis = AnalysisPolicy(
+            enabled=a.enabled, max_error_rate_increase=a.max_error_rate_increase,
+            max_p99_increase=a.max_p99_increase, confidence=a.confidence, min_requests=a.min_requests,
+            count_4xx=a.count_4xx, inconclusive=a.inconclusive, extend=a.extend, correction=a.correction)
         return CanaryPolicy(steps=steps or _CANARY.steps, pause=c.pause, check_interval=c.check_interval,
                             tolerance=c.tolerance, scale=c.scale, min_weight=c.min_weight, probe=c.probe,
-                            sticky=sticky, segments=tuple(segments))
+                            sticky=sticky, segments=tuple(segments), analysis=analysis, rollback=c.rollback)
 
     def shared_ports_and_upstreams(self, services: dict[str, Service], hosts: tuple[Host, ...]) -> None:
         seen_ports: dict[tuple[str, int], str] = {}

@@ -79,6 +79,8 @@ class FakeOps:
     registry: set[str] = field(default_factory=set)  # builds a host could pull
     faults: dict[str, str] = field(default_factory=dict)  # "verify" | "probe" | "set_weights" -> problem
     probe_seconds: float = 2.0
+    traffic: float = 0.0  # requests per virtual second through nginx, per service (the access log)
+    behaviour: dict[str, tuple[float, float]] = field(default_factory=dict)  # build -> (error share, s)
     clock: float = 1000.0
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
@@ -302,6 +304,58 @@ class FakeOps:
     def engine_lock(self) -> EngineLock | None:
         """The engine lock a test gave (`lock_engine`, e.g. over a FakeDockerHost); none by default."""
         return self.lock_engine
+
+
+    def access_logs(self, services: Sequence[Service]) -> list[FakeAccessLog]:
+        self.calls.append(("access-log",))
+        return [FakeAccessLog(self, list(services))]
+
+
+class FakeAccessLog:
+    """The router's ps_json log in the fake world: `ops.traffic` requests per virtual second for each
+    service since it was opened, split by the live weights, each answered by its slot's build as
+    `ops.behaviour[build]` says (error share, latency in seconds; default no error, 20 ms, jittered)."""
+
+    def __init__(self, ops: FakeOps, services: list[Service]) -> None:
+        import random
+
+        self.ops = ops
+        self.services = services
+        self.mark = ops.clock
+        self.carry = 0.0
+        self.rng = random.Random(14)
+
+    def read(self) -> list[Any]:
+        from pipeline_steps.analysis import LogRecord
+        from pipeline_steps.upstreams import slot_address
+
+        ops = self.ops
+        due = ops.traffic * (ops.clock - self.mark) + self.carry
+        self.mark = ops.clock
+        count = int(due)
+        self.carry = due - count
+        out = []
+        for service in self.services:
+            scale = ops.config.canary.scale
+            floor = 100.0 * ops.config.canary.min_weight / scale
+            share = min(100.0 - floor, max(floor, ops.weights.get(service.name, 0.0))) / 100.0
+            for _ in range(count):
+                slot = "canary" if self.rng.random() < share else "stable"
+                found = ops.slot(service.name, slot)
+                if found is None or found.state != "running":
+                    status, latency = 502, 0.001
+                else:
+                    errors, seconds = ops.behaviour.get(found.build, (0.0, 0.020))
+                    status = 500 if self.rng.random() < errors else 200
+                    latency = seconds * self.rng.uniform(0.8, 1.2)
+                address = slot_address(ops.config.hosts[0], service.slots[slot])
+                out.append(LogRecord(time=ops.clock, status=status, upstream=service.upstream,
+                                     address=address, addresses=(address,), request_time=latency,
+                                     upstream_time=latency))
+        return out
+
+    def close(self) -> None:
+        pass
 
 
 def _conforms(fake: FakeOps) -> DeployOps:

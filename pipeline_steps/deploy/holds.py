@@ -29,17 +29,53 @@ class Hold(Step):
     checks: int | None
     canary: float
     during: str = "the hold"
+    step: str | None = None  # canary-auto: "2/3", the step judged when canary.analysis is on
     name = "hold"
+
+    def judged(self, run: Run) -> bool:
+        return bool(self.step) and run.config.canary.analysis.enabled and self.during == "the hold"
 
     def describe(self, run: Run) -> str:
         if self.during == "the probe":
             return f"{every(run)} while the probe runs (failure: rollback to stable)"
+        if self.judged(run):
+            return (f"hold {self.pause:g}s {every(run)} and judging canary against stable from the access "
+                    f"log at each check ({judging_terms(run)}; unhealthy: rollback to stable at once; "
+                    f"judgement failed: {back_from(run, self.canary)}, notify, exit 1)")
         return f"hold {self.pause:g}s {every(run)} (failure: rollback to stable, notify, exit 1)"
 
     def run(self, run: Run) -> None:
         if self.during == "the probe" and not run.probing(self.services):
             return
-        run.hold(self.services, self.pause, self.checks, canary=self.canary, during=self.during)
+        run.hold(self.services, self.pause, self.checks, canary=self.canary, during=self.during,
+                 judge=self.step if self.judged(run) else None)
+
+
+def judging_terms(run: Run) -> str:
+    a = run.config.canary.analysis
+    return (f"fail: {'4xx+5xx' if a.count_4xx else '5xx'} +{a.max_error_rate_increase * 100:g} pp or p99 "
+            f"+{a.max_p99_increase * 1000:g} ms at {a.confidence * 100:g} % confidence; fewer than "
+            f"{a.min_requests} requests a side: extend up to {a.extend:g}s, then {a.inconclusive}")
+
+
+def rollback_weights(run: Run, weight: float) -> list[float]:
+    """canary.rollback gradual: the weights a failed judgement at `weight` steps back through, to 0."""
+    below = sorted({float(s.weight) for s in run.config.canary.steps if s.weight < weight}, reverse=True)
+    return [w for w in below if w > 0] + [0.0]
+
+
+def back_from(run: Run, weight: float) -> str:
+    """What a failed judgement at `weight` does, as the plan says it."""
+    if run.config.canary.rollback != "gradual":
+        return "rollback to stable in one reload"
+    steps = " -> ".join(f"{w:g} %" for w in rollback_weights(run, weight))
+    return (f"gradual rollback {weight:g} % -> {steps}, each verified, health-checked and judged for "
+            f"{gradual_hold(run):g}s (unhealthy: stable at once)")
+
+
+def gradual_hold(run: Run) -> float:
+    """How long each step of a gradual rollback is held: three check intervals."""
+    return 3 * run.config.canary.check_interval
 
 
 def keep_of(run: Run) -> float | None:

@@ -115,6 +115,7 @@ class DeployOps(Protocol):
     def pause(self, seconds: float, probe: Probe | None) -> None: ...
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe: ...
     def engine_lock(self) -> EngineLock | None: ...
+    def access_logs(self, services: Sequence[Service]) -> list[Any]: ...
 
 
 class RealOps:
@@ -354,6 +355,14 @@ class RealOps:
         from pipeline_steps.deploy.lock.engine import EngineLock
 
         return EngineLock.for_config(self.config)
+
+    def access_logs(self, services: Sequence[Service]) -> list[Any]:
+        """canary.analysis: the router's ps_json access log, read from its current end."""
+        from pipeline_steps.analysis import AccessLogTail
+
+        if self.config.router is None:
+            return []
+        return [AccessLogTail(self.config.router.access_log_path())]
 
 
 class _Said:

@@ -11,7 +11,7 @@ share: the request, the operations, the outcome and report, and the moves severa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline_steps.config import Config, Service
@@ -53,6 +53,7 @@ class DeployOutcome:
     duration: float = 0.0
     report: list[str] = field(default_factory=list)
     rollback_seconds: float | None = None
+    judgements: list[dict[str, Any]] = field(default_factory=list)  # canary.analysis: one per judged hold
     exit_code: int = 0
 
     @property
@@ -251,22 +252,47 @@ class Run:
         return [p for svc in verdicts for p in svc.get("problems", [])]
 
     def hold(self, services: Sequence[Service], pause: float, checks: int | None, *, slot: str = "canary",
-             canary: float | None = None, active: str | None = None, during: str = "the hold") -> None:
+             canary: float | None = None, active: str | None = None, during: str = "the hold",
+             judge: str | None = None, observe: bool = False) -> None:
         """Keep the traffic for `pause` seconds, checking `slot`'s health every check interval.
 
         With canary.probe > 0 the live split is measured meanwhile: the checks keep their cadence, the
         hold lasts until both the pause and the probe are over, and the first unhealthy check ends the
         step at once (StepFailed, rollback) whatever the probe is doing.
+
+        With `judge` (the step's label, canary.analysis on) the canary is judged against stable after
+        every check from the access log written since the hold began: a failed judgement ends the hold
+        (JudgementFailed), an inconclusive one at the end extends it up to canary.analysis.extend, then
+        the policy decides. `observe`: judged and recorded, never deciding (a gradual rollback's step).
         """
-        ops = self.ops
         interval = self.config.canary.check_interval
         if checks and pause > 0:
             interval = pause / checks
+        judging = self._judging(services, pause, interval, canary, judge) if judge else None
+        try:
+            self._hold(services, pause, interval, slot, canary, active, during, judging, observe)
+        finally:
+            if judging is not None:
+                judging.close()
+
+    def _judging(self, services: Sequence[Service], pause: float, interval: float, canary: float | None,
+                 step: str) -> Any:
+        from pipeline_steps.deploy.judging import HoldJudge
+
+        holds = max(1, len(self.config.canary.steps))  # the deploy's alpha is shared by its holds
+        return HoldJudge(self.config, services, self.ops.access_logs(services), pause=pause,
+                         interval=interval, weight=canary or 0.0, step=step, holds=holds, report=self.report,
+                         clock=self.ops.now)
+
+    def _hold(self, services: Sequence[Service], pause: float, interval: float, slot: str,
+              canary: float | None, active: str | None, during: str, judging: Any, observe: bool) -> None:
+        ops = self.ops
         probe = ops.start_probe(lambda: self.measure(services, canary=canary, active=active)) \
             if self.probing(services) else None
         started = ops.now()
         end = started + pause
         count = 0
+        extended = 0.0
         while True:
             for service in services:
                 record = ops.check_once(slot, service)
@@ -277,7 +303,30 @@ class Run:
                     what = "the probe" if probe and not probe.is_done() else during
                     raise StepFailed(f"{service.name}/{slot} turned unhealthy during {what}: "
                                      f"{record.reason}", rollback=True)
-            if ops.now() >= end and (probe is None or probe.read):
+            final = ops.now() >= end and (probe is None or probe.read)
+            if judging is not None:
+                action = judging.look(final=final, extended=extended)
+                if observe and final:
+                    self._judged(judging.record("observed", action.reason, extended))
+                elif not observe and action.action == "rollback":
+                    self.failed_at = ops.now()
+                    self._judged(judging.record("rollback", action.reason, extended))
+                    from pipeline_steps.deploy.judging import JudgementFailed
+
+                    raise JudgementFailed(f"judgement at canary {canary or 0:g} %: {action.reason}",
+                                          canary or 0.0)
+                elif not observe and action.action == "extend":
+                    grow = min(interval, self.config.canary.analysis.extend - extended)
+                    if not extended:
+                        self.decide(f"judgement inconclusive at canary {canary or 0:g} %: {action.reason}; "
+                                    f"extending the hold up to "
+                                    f"{self.config.canary.analysis.extend:g}s")
+                    end += grow
+                    extended += grow
+                    final = False
+                elif not observe and action.action == "pass" and final:
+                    self._judged(judging.record("pass", action.reason, extended))
+            if final:  # the end of the hold, decided before the last look (which takes time)
                 self.say(f"held {ops.now() - started:.1f}s, {slot} healthy in {count} checks"
                          + (" while the live split was measured" if probe else ""))
                 return
@@ -289,6 +338,11 @@ class Run:
                 if now >= next_check or (now >= end and (probe is None or probe.read)):
                     break  # the next check (the last one when the hold is over)
                 ops.pause(min(next_check, end) - now if end > now else next_check - now, probe)
+
+    def _judged(self, held: Any) -> None:
+        """A judged hold's end: its numbers printed as a decision, kept in the outcome."""
+        self.outcome.judgements.append(asdict(held))
+        self.decide(f"judgement {held.line()}")
 
     def _probe_verdict(self, result: Callable[[], list[dict[str, Any]]], canary: float | None,
                        active: str | None) -> None:
@@ -334,6 +388,44 @@ class Run:
         self.verify(services, canary=0)
         since = "after the failed check" if after_check else "after the rollback began"
         self.say(f"traffic back on stable {self.outcome.rollback_seconds:.3f}s {since}")
+
+    def rollback_gradually(self, services: Sequence[Service], reason: str, weight: float) -> str:
+        """canary.rollback gradual, after a failed judgement: back through the lower steps' weights to
+        0 %, each verified and held a few checks (canary health, stable health, the judgement observed);
+        a failed check or change sends the rest to stable at once. What was done."""
+        from pipeline_steps.deploy.holds import gradual_hold, rollback_weights
+
+        started = self.failed_at or self.ops.now()
+        weights = rollback_weights(self, weight)
+        names = ", ".join(s.name for s in services)
+        self.report.rollback(f"gradual rollback: {reason}")
+        self.decide(f"{reason}: rolling back {names} gradually: {weight:g} % -> "
+                    + " -> ".join(f"{w:g} %" for w in weights))
+        judged = self.config.canary.analysis.enabled
+        for pct in weights:
+            self.stage = f"gradual rollback {pct:g} %"
+            try:
+                self.set_weights(pct, services)
+                self.verify(services, canary=pct)
+                if pct <= 0:
+                    break
+                self.hold(services, gradual_hold(self), None, canary=pct, during=f"the rollback at {pct:g} %",
+                          judge=f"rollback {pct:g} %" if judged else None, observe=True)
+                for service in services:
+                    record = self.ops.check_once("stable", service)
+                    self.report.health(service.name, record.ok, f"stable check: {record.reason or 'ok'}")
+                    if not record.ok:
+                        raise StepFailed(f"{service.name}/stable turned unhealthy during the rollback at "
+                                         f"{pct:g} %: {record.reason}")
+            except (StepFailed, PsError) as exc:
+                self.failed_at = self.ops.now()
+                self.rollback_to_stable(services, f"{exc.message}: the rest of the rollback at once")
+                return (f"rolled back to stable 100 % (the gradual rollback went at once at {pct:g} %: "
+                        f"{exc.message})")
+        self.outcome.rollback_seconds = round(self.ops.now() - started, 3)
+        self.say(f"traffic back on stable {self.outcome.rollback_seconds:.3f}s after the failed judgement, "
+                 f"through {len(weights)} steps")
+        return "rolled back to stable 100 % gradually (" + " -> ".join(f"{w:g} %" for w in weights) + ")"
 
     def switch_back(self, reason: str) -> str:
         """blue-green: traffic back to the kept color in one reload, verified; what was done."""

@@ -62,6 +62,7 @@ class RunReport:
     clock: Callable[[], float] = time.monotonic
     events: list[ReportEvent] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    judgements: list[dict[str, Any]] = field(default_factory=list)  # canary.analysis: every look
     result: str | None = None
     message: str = ""
     started: str = ""
@@ -110,6 +111,10 @@ class RunReport:
     def notify(self, message: str, ok: bool = True, at: float | None = None) -> ReportEvent:
         return self.add("notify", message, ok=ok, at=at)
 
+    def judgement(self, step: str, weight: float, judgement: dict[str, Any]) -> None:
+        """One look of a judged hold (a Judgement as a dict): a point of the step's judgement plot."""
+        self.judgements.append({"t": round(self.elapsed(), 3), "step": step, "weight": weight, **judgement})
+
     def finish(self, result: str, message: str = "") -> None:
         """Mark the run as ended (result: ok, failed, rolled-back, ...)."""
         from pipeline_steps.deploy.lock import now_iso
@@ -145,6 +150,8 @@ class RunReport:
         }
         if self.extra:
             data["extra"] = self.extra
+        if self.judgements:
+            data["judgements"] = self.judgements
         masked: dict[str, Any] = mask_obj(data)
         return masked
 
@@ -202,11 +209,26 @@ class RunReport:
             f"<h1>{e(title)}</h1>\n<dl>\n"
             + "".join(f"<dt>{k}</dt><dd>{v}</dd>\n" for k, v in summary)
             + "</dl>\n<h2>Timeline</h2>\n"
-            + self.svg() + "\n<h2>Events</h2>\n<table>\n"
+            + self.svg() + "\n" + self.judgement_html() + "<h2>Events</h2>\n<table>\n"
             "<tr><th>time</th><th>kind</th><th>service / weights</th><th>status</th><th>message</th></tr>\n"
             + "\n".join(rows) + "\n</table>\n</body>\n</html>\n"
         )
         return mask(page)
+
+    def judgement_html(self) -> str:
+        """One plot per judged step and upstream: error rate and p99, canary against stable, per look."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for look in self.judgements:
+            groups.setdefault((str(look["step"]), str(look.get("upstream", ""))), []).append(look)
+        if not groups:
+            return ""
+        parts = ["<h2>Judgement</h2>\n"]
+        for (step, upstream), looks in groups.items():
+            last = looks[-1]
+            parts.append(f"<h3>{esc(upstream)}, step {esc(step)} (canary {_pct(float(last['weight']))} %): "
+                         f"{esc(last['decision'])}</h3>\n<p>{esc(last['reason'])}</p>\n")
+            parts.append(mask(_judgement_svg(step, upstream, looks)) + "\n")
+        return "".join(parts)
 
     def write(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Write the JSON record to `path` and the HTML page beside it (same stem, .html)."""
@@ -375,6 +397,49 @@ class _Timeline:
         out.append(f'<line x1="{x}" y1="{y}" x2="{x + 18}" y2="{y}" stroke="{FAIL_COLOR}" stroke-width="2"/>'
                    f'<text x="{x + 24}" y="{y + 4}">rollback</text>')
         return out
+
+
+CANARY_COLOR, STABLE_COLOR = "#ff7f0e", "#1f77b4"
+
+
+def _judgement_svg(step: str, upstream: str, looks: list[dict[str, Any]], width: int = 900) -> str:
+    """Two panels side by side: error rate (%) and p99 (ms) at each look, canary and stable."""
+    panel_w, panel_h, left, top = (width - 3 * 60) // 2, 160, 60, 24
+    t0 = looks[0]["t"]
+    span = max(0.001, looks[-1]["t"] - t0)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="judgement" width="{width}" '
+             f'height="{top + panel_h + 40}" font-family="sans-serif" font-size="11" role="img" '
+             f'aria-label="judgement {esc(upstream)} step {esc(step)}">',
+             f"<title>{esc(upstream)} step {esc(step)}: error rate and p99, canary against stable</title>",
+             '<rect x="0" y="0" width="100%" height="100%" fill="#ffffff"/>']
+    panels = (("error rate %", lambda side: None if side.get("error_rate") is None
+               else 100.0 * float(side["error_rate"])), ("p99 ms", lambda side: side.get("p99_ms")))
+    for i, (label, value) in enumerate(panels):
+        x0 = left + i * (panel_w + 60)
+        series = {name: [(lk["t"] - t0, value(lk[name])) for lk in looks if value(lk[name]) is not None]
+                  for name in ("canary", "stable")}
+        high = max([v for pts in series.values() for _, v in pts] + [0.001]) * 1.1
+        parts.append(f'<rect x="{x0}" y="{top}" width="{panel_w}" height="{panel_h}" fill="none" '
+                     'stroke="#bdbdbd"/>')
+        parts.append(f'<text x="{x0}" y="{top - 8}">{esc(label)}</text>')
+        parts.append(f'<text x="{x0 - 4}" y="{top + 4}" text-anchor="end">{high:.3g}</text>')
+        parts.append(f'<text x="{x0 - 4}" y="{top + panel_h}" text-anchor="end">0</text>')
+        parts.append(f'<text x="{x0 + panel_w}" y="{top + panel_h + 14}" text-anchor="end">'
+                     f"{span:.1f}s</text>")
+        for name, color in (("canary", CANARY_COLOR), ("stable", STABLE_COLOR)):
+            pts = " ".join(f"{round(x0 + panel_w * t / span, 2)},{round(top + panel_h * (1 - v / high), 2)}"
+                           for t, v in series[name])
+            if pts:
+                parts.append(f'<polyline class="{name}" data-metric="{esc(label)}" points="{pts}" '
+                             f'fill="none" stroke="{color}" stroke-width="2">'
+                             f"<title>{name} {esc(label)}</title></polyline>")
+    y = top + panel_h + 32
+    parts.append(f'<text x="{left}" y="{y}" fill="{CANARY_COLOR}">canary</text>'
+                 f'<text x="{left + 60}" y="{y}" fill="{STABLE_COLOR}">stable</text>'
+                 f'<text x="{left + 120}" y="{y}" fill="#616161">one point per look; x: seconds into the '
+                 "hold</text>")
+    parts.append("</svg>")
+    return "\n".join(parts)
 
 
 _CSS = """

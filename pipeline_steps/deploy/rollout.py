@@ -114,6 +114,12 @@ class Rollout:
                 execute(plan, state, between)
                 if plan.message is not None:
                     state.outcome.message = plan.message(state)
+                if state.outcome.judgements:
+                    last = state.outcome.judgements[-1]
+                    state.outcome.message += (
+                        "; judged at " + ", ".join(f"{j['weight']:g} % ({j['action']})"
+                                                   for j in state.outcome.judgements)
+                        + f", last: {last['reason']}")
                 state.outcome.result = "success"
             except (StepFailed, PsError) as exc:
                 self._finish_failure(plan, exc)
@@ -169,8 +175,13 @@ class Rollout:
         back: str | None = None
         try:
             if wants_rollback and plan.recover == "stable":
-                self.state.rollback_to_stable(self.services("canary"), message)
-                back = "rolled back to stable 100 %"
+                from pipeline_steps.deploy.judging import JudgementFailed
+
+                if isinstance(exc, JudgementFailed) and self.config.canary.rollback == "gradual":
+                    back = self.state.rollback_gradually(self.services("canary"), message, exc.weight)
+                else:
+                    self.state.rollback_to_stable(self.services("canary"), message)
+                    back = "rolled back to stable 100 %"
             elif wants_rollback and plan.recover == "color" and self.state.kept_color:
                 back = self.state.switch_back(message)
         except (StepFailed, PsError) as again:
@@ -193,11 +204,13 @@ class Rollout:
         outcome = self.outcome
         self.report.finish(outcome.result, outcome.message)
         history = HistoryLog(self.config.state_dir, timezone=self.config.timezone)
+        judged: dict[str, Any] = {"judgements": outcome.judgements} if outcome.judgements else {}
         history.record(app=self.config.app, type=self.request.type, result=outcome.result,
                        build_ids=outcome.build_ids, weights=dict(outcome.weights),
                        who=self.ctx.who if self.ctx else None,
                        pipeline_url=self.ctx.pipeline_url if self.ctx else None,
-                       message=outcome.message, duration=outcome.duration)
+                       message=outcome.message, duration=outcome.duration,
+                       **judged)
         if self.request.report:
             json_path, html_path = self.report.write(self.request.report)
             outcome.report = [str(json_path), str(html_path)]

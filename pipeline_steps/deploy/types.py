@@ -136,7 +136,7 @@ def canary_auto(run: Run) -> Plan:
         steps += [Weights(step.weight, services, f"canary {step.weight:g} %",
                           stage=f"canary {step.weight:g} %", step=(number, len(chosen), pause)),
                   Verify(services, "verify", canary=step.weight, rollback=True, measure=False),
-                  Hold(services, pause, step.checks, step.weight)]
+                  Hold(services, pause, step.checks, step.weight, step=f"{number}/{len(chosen)}")]
     last = chosen[-1].weight
     steps += hooks(run, "post_deploy", services)
     return Plan("canary-auto", steps, recover="stable",

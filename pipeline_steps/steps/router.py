@@ -55,15 +55,17 @@ def router_init(config: Config, services: Sequence[str] | None = None, *, force:
     for service in todo:
         file.put(default_upstream(config, service))
     from pipeline_steps import sticky
+    from pipeline_steps.analysis.include import put_judgement_log
 
     split_changed = sticky.apply(config, file)  # issue 13: the sticky split's blocks
+    logs = put_judgement_log(config, file)  # canary.analysis (issue 14)
     result = RouterInit(include=router.include, written=False, nginx_running=False, reloaded=False,
                         tested=False, dry_run=dry_run, backup=None, note="",
                         services={s.name: describe(default_upstream(config, s), s, config) or ""
                                   for s in todo},
                         locations={s.name: sticky.location_lines(config, s) for s in chosen
                                    if sticky.enabled(config.canary) and s.pair("canary")})
-    if not todo and not split_changed:
+    if not todo and not split_changed and not logs:
         result.note = "already there"
         return result
     if dry_run:

@@ -97,6 +97,9 @@ def change_upstreams(config: Config, services: Sequence[Service], build: Callabl
     control = router_for(router)
     live = load_live(config)
     file = live if live is not None else initial_file(config, router.include)
+    from pipeline_steps.analysis.include import put_judgement_log
+
+    put_judgement_log(config, file)  # canary.analysis: log_format ps_json + access_log (issue 14)
     existing = file.upstreams()
     for service in config.services.values():
         if service.upstream not in existing and service.is_http:

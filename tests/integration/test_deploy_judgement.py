@@ -1,0 +1,184 @@
+"""canary-auto with canary.analysis on, end to end: the bed's Docker engine, real nginx with the include ps
+writes (log_format ps_json + access_log at http level), the sample app, a bounded load through nginx."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from testbed import images
+from testbed.load import LoadGenerator
+from testbed.ports import address, unique
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+APP = unique("judged")
+REGISTRY = "ps-test.local"
+OLD, BAD, GOOD, SLOW = "aaaa00000001", "bbbb0000bad5", "cccc00000003", "dddd0000s100"
+
+
+@pytest.fixture(scope="module")
+def builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The stable build, a canary whose every 20th request answers 500, an equal canary, and one that
+    answers 100 ms later."""
+    for build_id, env in ((OLD, ""), (BAD, "ENV FAIL_EVERY=20\n"), (GOOD, ""), (SLOW, "ENV SLOW_MS=100\n")):
+        ctx = images.copy_sample_app(tmp_path_factory.mktemp("ctx"))
+        with open(ctx / "Dockerfile", "a") as fh:
+            fh.write("\n" + env)
+        docker_client.images.build(path=str(ctx), tag=f"{REGISTRY}/{APP}/web:{build_id}", rm=True,
+                                   buildargs={"BUILD_ID": build_id, "BASE_IMAGE": base_image})
+    yield
+    images.remove_images(docker_client, repo_prefix=f"{REGISTRY}/{APP}/")
+
+
+@pytest.fixture
+def bed(traffic_bed: Callable[..., Any], engine: Any, docker_client: Any, builds: None) -> Iterator[Any]:
+    made = traffic_bed({"web": "canary"}, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
+                                                          "address": address()}])
+    raw = made.raw
+    raw["registry"] = REGISTRY
+    raw["services"]["web"]["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s",
+                                        "retries": 40}
+    raw["services"]["web"]["url"] = made.url("web")
+    raw["canary"] = {"steps": [20], "pause": "20s", "check_interval": "1s", "probe": 0,
+                     "analysis": {"enabled": True, "max_error_rate_increase": 0.02,
+                                  "max_p99_increase": "100ms", "min_requests": 50, "extend": "0s"}}
+    made.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # the user's nginx.conf logs at http level, so the include's http-level access_log applies
+    # (the bed's `access_log off;` would switch off every http-level log, ps's included)
+    conf = Path(made.nginx.conf)
+    conf.write_text(conf.read_text().replace("    access_log off;\n", ""))
+    made.nginx.reload()
+    yield made
+    for c in docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
+        c.remove(force=True)
+
+
+def _deploy(ps: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return ps("--json", "deploy", *args, "--no-notify", timeout=240)
+
+
+def _result(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_a_canary_with_5_percent_errors_is_rolled_back_and_an_equal_one_promoted(
+        bed: Any, docker_ps: Any, tmp_path: Path) -> None:
+    first = _deploy(docker_ps, "--type", "stable", "--build-id", OLD)
+    assert first.returncode == 0, first.stderr
+    include = bed.include_text()
+    assert "log_format ps_json escape=json" in include and "ps_json;" in include
+    nginx_t = subprocess.run(bed.nginx.command("-t"), capture_output=True, text=True, check=False)
+    assert nginx_t.returncode == 0, nginx_t.stderr
+    log = Path(bed.nginx.include).parent / "ps-access.json"
+
+    # 1. every 20th request of the canary answers 500: the judgement rolls it back, with its numbers
+    with LoadGenerator(bed.url("web"), rate=100, max_seconds=60, max_requests=6000, timeout=10,
+                       ok_status=range(200, 600)) as load:
+        bad = _deploy(docker_ps, "--type", "canary-auto", "--build-id", BAD, "--report",
+                      str(tmp_path / "bad.json"))
+    print(f"load during the bad canary: {load.report().summary()} {load.report().errors[:3]}")
+    assert bad.returncode == 1, bad.stderr + bad.stdout
+    out = _result(bad)
+    print(f"bad canary: {out['message']} (rollback {out['rollback_seconds']}s)")
+    assert out["result"] == "rolled-back", out["message"]
+    assert out["message"].startswith("judgement at canary 20 %: web: canary 5xx "), out["message"]
+    assert "pp > 2 pp" in out["message"] and "rolled back to stable 100 %" in out["message"]
+    held = out["judgements"][-1]
+    web = held["judgements"][0]
+    assert held["action"] == "rollback" and web["errors"]["decision"] == "fail"
+    assert 0.02 <= web["canary"]["error_rate"] <= 0.09 and web["stable"]["errors"] == 0
+    assert web["errors"]["p_value"] < web["errors"]["alpha"]
+    assert web["canary"]["requests"] >= 50 and web["stable"]["requests"] >= 50
+    assert log.exists() and log.stat().st_size > 0  # nginx wrote the lines ps judged
+    history = _result(docker_ps("--json", "history"))["entries"][-1]
+    assert history["result"] == "rolled-back"
+    assert history["extra"]["judgements"][-1]["judgements"][0]["errors"]["decision"] == "fail"
+    assert (tmp_path / "bad.html").read_text().count('class="judgement"') == 1
+
+    # 2. an equal canary passes the judgement and is promoted; the load sees no failed request
+    with LoadGenerator(bed.url("web"), rate=100, max_seconds=90, max_requests=9000, timeout=10) as load:
+        good = _deploy(docker_ps, "--type", "canary-auto", "--build-id", GOOD)
+        promote = _deploy(docker_ps, "--type", "promote-canary")
+    report = load.report()
+    print(f"load during the equal canary and its promotion: {report.summary()}")
+    assert good.returncode == 0, good.stderr + good.stdout
+    out = _result(good)
+    print(f"equal canary: {out['message']}")
+    assert [j["action"] for j in out["judgements"]] == ["pass"]
+    web = out["judgements"][0]["judgements"][0]
+    assert web["decision"] == "pass" and web["canary"]["errors"] == 0
+    assert web["canary"]["requests"] >= 50 and "judged at 20 % (pass)" in out["message"]
+    assert promote.returncode == 0, promote.stderr + promote.stdout
+    assert report.sent > 500 and report.failed == 0, report.errors[:5]
+
+
+def test_a_slower_canary_inconclusive_then_failed_on_latency_steps_back_gradually(
+        bed: Any, docker_ps: Any) -> None:
+    """At 50 req/s, 10 % for 8 s is too little traffic (inconclusive, passed by policy); at 40 % the
+    canary's +100 ms fails the latency test, and the gradual rollback steps 40 -> 10 -> 0 %, checked at
+    each. Nothing fails for the load client: a slow canary still answers."""
+    raw = bed.raw
+    raw["canary"].update({"steps": [10, 40], "pause": "8s", "rollback": "gradual"})
+    # p99 +50 ms fails (the default): a 100 ms slower canary clears it even when stable's p99 is noisy
+    raw["canary"]["analysis"].update({"min_requests": 80, "inconclusive": "pass", "max_p99_increase": "50ms"})
+    bed.save()
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", OLD).returncode == 0
+    with LoadGenerator(bed.url("web"), rate=50, max_seconds=90, max_requests=4500, timeout=10) as load:
+        slow = _deploy(docker_ps, "--type", "canary-auto", "--build-id", SLOW)
+    report = load.report()
+    print(f"load during the slow canary: {report.summary()}")
+    assert slow.returncode == 1, slow.stderr + slow.stdout
+    out = _result(slow)
+    print(f"slow canary: {out['message']}")
+    assert out["result"] == "rolled-back"
+    first, failed, *down = out["judgements"]
+    assert first["action"] == "pass" and "inconclusive" in first["judgements"][0]["decision"]
+    assert "pass by policy" in first["reason"]
+    assert failed["action"] == "rollback" and failed["weight"] == 40
+    latency = failed["judgements"][0]["latency"]
+    assert latency["decision"] == "fail" and latency["difference"] > 50, latency
+    assert failed["judgements"][0]["canary"]["p50_ms"] >= 100
+    assert [j["step"] for j in down] == ["rollback 10 %"]
+    assert "rolled back to stable 100 % gradually (10 % -> 0 %)" in out["message"]
+    assert [d for d in out["decisions"] if "rolling back web gradually: 40 % -> 10 % -> 0 %" in d]
+    assert out["weights"] == {"web": 0}
+    assert report.sent > 300 and report.failed == 0, report.errors[:5]
+
+
+def test_nginx_accepts_the_judged_include_with_the_template_server(tmp_path: Path) -> None:
+    """`nginx -t` with the include ps writes (analysis on) and pipeline_steps/templates/nginx-server.conf."""
+    import shutil
+
+    from pipeline_steps.analysis.include import put_judgement_log
+    from pipeline_steps.config import parse_config
+    from pipeline_steps.upstreams import initial_file
+
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    include = tmp_path / "conf.d" / "ps-upstreams.conf"
+    include.parent.mkdir()
+    (tmp_path / "logs").mkdir()
+    config = parse_config({"app": "shop", "registry": "r.example:5000",
+                           "services": {"backend": {"slots": {"stable": 18001, "canary": 18002}}},
+                           "router": {"include": str(include)}, "canary": {"analysis": {"enabled": True}}})
+    file = initial_file(config, include)
+    assert put_judgement_log(config, file)
+    include.write_text(file.render())
+    template = Path(__file__).resolve().parents[2] / "pipeline_steps" / "templates" / "nginx-server.conf"
+    server = template.read_text().replace("listen 80;", f"listen {address()}:18999;")
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "".join(f"    {k}_temp_path {tmp_path / k};\n" for k in kinds)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"error_log {tmp_path / 'logs' / 'error.log'};\npid {tmp_path / 'logs' / 'nginx.pid'};\n"
+                    f"events {{}}\nhttp {{\n{temp}    include {include};\n{server}}}\n")
+    done = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "test is successful" in done.stderr
+    assert "log_format ps_json escape=json" in include.read_text()
