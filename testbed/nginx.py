@@ -89,9 +89,12 @@ class Nginx:
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-def start_nginx(servers: str, upstreams: str = "", *, port: int | None = None) -> Nginx:
+def start_nginx(servers: str, upstreams: str = "", *, port: int | None = None,
+                access_log: bool = False) -> Nginx:
     """Start nginx with one worker; `servers` is the server block text (use {port} for the front port),
-    `upstreams` the initial content of the include file ps owns (`upstreams.conf`)."""
+    `upstreams` the initial content of the include file ps owns (`upstreams.conf`). `access_log`: leave
+    nginx's http-level logging on, so the include's `access_log` (canary.analysis) applies; off by
+    default to spare the disk under load."""
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (apt-get install nginx)")
     prefix = Path(tempfile.mkdtemp(prefix="ps-bed-nginx-"))
@@ -110,8 +113,8 @@ def start_nginx(servers: str, upstreams: str = "", *, port: int | None = None) -
         f"pid {prefix / 'logs' / 'nginx.pid'};\n"
         "events { worker_connections 1024; }\n"
         "http {\n"
-        "    access_log off;\n"
-        f"{temp}\n"
+        + ("" if access_log else "    access_log off;\n")  # on: the include's ps_json log applies
+        + f"{temp}\n"
         f"    include {include};\n"
         + servers.replace("{port}", str(port)).replace("{address}", address())
         .replace("{proxy_defaults}", PROXY_DEFAULTS)
