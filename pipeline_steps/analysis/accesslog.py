@@ -200,12 +200,21 @@ class SlotMap:
     upstreams: Mapping[str, Mapping[str, str]]
 
     def locate(self, record: LogRecord) -> tuple[str, str] | None:
-        """(upstream, slot) of the server that answered, None for a foreign upstream or server."""
-        servers = self.upstreams.get(record.upstream)
+        """(upstream, slot) of the server that answered, None for a foreign upstream or server.
+
+        With the sticky split nginx proxies to `<up>__stable` / `<up>__canary` (pipeline_steps/sticky.py):
+        those requests are the service's upstream's too."""
+        name = self.upstream_of(record.upstream)
+        servers = self.upstreams.get(name)
         if servers is None:
             return None
         slot = servers.get(record.address)
-        return (record.upstream, slot) if slot is not None else None
+        return (name, slot) if slot is not None else None
+
+    def upstream_of(self, proxied: str) -> str:
+        """The judged upstream a request went through (`shop_web__canary` -> `shop_web`)."""
+        base, sep, slot = proxied.rpartition("__")
+        return base if sep and slot in ("stable", "canary") and base in self.upstreams else proxied
 
     @classmethod
     def from_config(cls, config: Any, services: Iterable[str] | None = None) -> SlotMap:
@@ -251,7 +260,7 @@ class Window:
         for record in records:
             where = self.slots.locate(record)
             if where is None:
-                if record.upstream in self.slots.upstreams:
+                if self.slots.upstream_of(record.upstream) in self.slots.upstreams:
                     self.unattributed += 1
                 else:
                     self.foreign += 1

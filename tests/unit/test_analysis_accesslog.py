@@ -181,6 +181,19 @@ def test_window_sorts_lines_into_slots_by_the_last_address(tmp_path: Path) -> No
     assert len(window.side("nothing", "canary")) == 0
 
 
+def test_the_sticky_splits_per_slot_upstreams_count_as_the_services(tmp_path: Path) -> None:
+    """With canary.sticky nginx proxies to shop_web__canary / shop_web__stable ($proxy_host)."""
+    window = Window(SlotMap({"shop_web": {STABLE: "stable", CANARY: "canary"}}))
+    records = [parse_line(text) for text in (
+        line(200, STABLE, upstream="shop_web__stable"), line(500, CANARY, upstream="shop_web__canary"),
+        line(200, CANARY, upstream="shop_web__stable"),  # stable's backup answered: the canary did
+        line(200, STABLE, upstream="other__canary"),
+        line(200, "127.0.0.1:9999", upstream="shop_web__canary"))]
+    assert window.add(r for r in records if r is not None) == 3
+    assert window.side("shop_web", "canary").statuses == [500, 200]
+    assert (window.foreign, window.unattributed) == (1, 1)
+
+
 def test_slot_map_from_config_and_from_the_live_include(tmp_path: Path) -> None:
     config = parse_config({
         "app": "shop", "registry": "127.0.0.1:5000",
