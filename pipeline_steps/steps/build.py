@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pipeline_steps.command import load, pass_output, report, service_option
+from pipeline_steps.cli.command import load, pass_output, report, service_option
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import BUILD_ID, TAG
 from pipeline_steps.config import Config, Service
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
-from pipeline_steps.inputs import BUILD_ID, TAG
-from pipeline_steps.output import Output
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo

@@ -23,11 +23,11 @@ from pipeline_steps.adapters.docker_host import ensure_image as _ensure
 from pipeline_steps.adapters.docker_host import image_digest, open_host
 from pipeline_steps.adapters.docker_host import sdk_container as _existing  # noqa: F401  (deploy/rollout)
 from pipeline_steps.adapters.interfaces import ContainerInfo, DockerHost, EngineError, ImageInfo
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import BUILD_ID
 from pipeline_steps.config import SLOT_NAMES, Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
-from pipeline_steps.inputs import BUILD_ID
-from pipeline_steps.output import Output
 from pipeline_steps.secrets import register_secret
 from pipeline_steps.steps.slot_spec import (  # noqa: F401  (re-exported: tests and other steps import them)
     LOG_MAX_FILE,

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 
 import click
 
-from pipeline_steps.command import pass_output, report
+from pipeline_steps.cli.command import pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.errors import BadInput
-from pipeline_steps.output import Output
 from pipeline_steps.secrets import register_secret
 
 STATES = ("pending", "running", "success", "failed", "canceled")

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline_steps.adapters.prober import LiveProber
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import DURATION
 from pipeline_steps.config import HealthSpec, Host
-from pipeline_steps.durations import DURATION, format_duration
+from pipeline_steps.durations import format_duration
 from pipeline_steps.errors import BadInput, CheckFailed
 from pipeline_steps.health import (
     _TOLERANCE,
@@ -47,7 +49,6 @@ from pipeline_steps.health import (
     summarise,
     try_line,
 )
-from pipeline_steps.output import Output
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import Prober as ProberInterface

@@ -18,13 +18,13 @@ from typing import Any
 import click
 
 from pipeline_steps.adapters import mattermost
-from pipeline_steps.command import pass_output, report
+from pipeline_steps.cli.command import pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import DURATION, HTTP_URL, PERCENT
 from pipeline_steps.config import DEFAULT_TIMEZONE, Config, MattermostNotify, load_config
 from pipeline_steps.context import CIContext
-from pipeline_steps.durations import DURATION, format_duration
+from pipeline_steps.durations import format_duration
 from pipeline_steps.errors import BadInput, CheckFailed
-from pipeline_steps.inputs import HTTP_URL, PERCENT
-from pipeline_steps.output import Output
 from pipeline_steps.secrets import mask_url
 
 STATUSES = ("started", "success", "failure", "rolled-back")

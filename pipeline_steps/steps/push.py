@@ -21,12 +21,11 @@ from pipeline_steps.adapters.registry import (
     credentials,
     split_ref,
 )
-from pipeline_steps.command import load, pass_output, report, service_option
+from pipeline_steps.cli.command import load, pass_output, report, service_option
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import BUILD_ID, DURATION, TAG
 from pipeline_steps.config import Config, Service
-from pipeline_steps.durations import DURATION
 from pipeline_steps.errors import BadInput, CheckFailed, unreachable
-from pipeline_steps.inputs import BUILD_ID, TAG
-from pipeline_steps.output import Output
 from pipeline_steps.steps.build import check_tag, resolve_identity
 
 __all__ = ["classify_push_error", "push"]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.config import Config
 from pipeline_steps.errors import BadInput
-from pipeline_steps.output import Output
 from pipeline_steps.steps.traffic import describe, load_live, require_router
 from pipeline_steps.upstreams import UpstreamFile, default_upstream
 

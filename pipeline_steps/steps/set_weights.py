@@ -7,11 +7,11 @@ from dataclasses import asdict
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import PERCENT
 from pipeline_steps.config import Config, Service
 from pipeline_steps.errors import BadInput
-from pipeline_steps.inputs import PERCENT
-from pipeline_steps.output import Output
 from pipeline_steps.steps.traffic import (
     TrafficChange,
     change_upstreams,

@@ -11,11 +11,11 @@ import click
 
 from pipeline_steps.adapters import slots as slot_names
 from pipeline_steps.adapters.docker_host import open_host
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.config import Config
 from pipeline_steps.durations import format_duration
 from pipeline_steps.errors import CheckFailed, Unreachable
-from pipeline_steps.output import Output
 
 
 @dataclass

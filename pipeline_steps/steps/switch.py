@@ -7,10 +7,10 @@ from dataclasses import asdict
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.config import SLOT_PAIRS, Config, Service
 from pipeline_steps.errors import BadInput
-from pipeline_steps.output import Output
 from pipeline_steps.steps.traffic import (
     TrafficChange,
     change_upstreams,

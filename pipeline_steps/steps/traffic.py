@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.config import Config, NginxRouter, Service
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
-from pipeline_steps.output import Output
 from pipeline_steps.upstreams import (
     Upstream,
     UpstreamFile,

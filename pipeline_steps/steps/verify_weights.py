@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline_steps.adapters.traffic_probe import PROBE_TIMEOUT, Answer, ProbeRun, send_probe
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import PERCENT
 from pipeline_steps.config import SLOT_PAIRS, Config, Service
 from pipeline_steps.errors import BadInput, CheckFailed
-from pipeline_steps.inputs import PERCENT
-from pipeline_steps.output import Output
 from pipeline_steps.steps.traffic import load_live, missing_include, require_router
 from pipeline_steps.upstreams import Upstream, active_color, locate, slots_in
 from pipeline_steps.weights import Weights, binomial_interval, check_percent, share

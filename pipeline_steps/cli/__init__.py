@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import click
 
 from pipeline_steps import __version__
+from pipeline_steps.cli.output import Output
 from pipeline_steps.errors import EXIT_USAGE, PsError
-from pipeline_steps.output import Output
 from pipeline_steps.secrets import mask, register_environment
 
 # name -> (where the command lives, its one-line summary for `ps --help`). Modules are imported only
