@@ -19,9 +19,9 @@ from pipeline_steps.secrets import mask, register_environment
 # when their command runs, so `ps --help` never loads docker, gitlab, requests or crossplane.
 # tests/unit/test_cli.py keeps each summary equal to the first line of the command's docstring.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "config": ("pipeline_steps.steps.config_cmd:group",
+    "config": ("pipeline_steps.cli.config:group",
                "Check ps.yaml and show the effective configuration."),
-    "context": ("pipeline_steps.steps.context_cmd:command",
+    "context": ("pipeline_steps.cli.context:command",
                 "Show the CI context: commit, BUILD_ID, branch, author and links."),
     "build": ("pipeline_steps.steps.build:command",
               "Build service images tagged <registry>/<app>/<service>:<BUILD_ID>."),
@@ -45,16 +45,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "if not."),
     "traffic": ("pipeline_steps.steps.traffic:group", "How nginx splits traffic between the slots."),
     "router": ("pipeline_steps.steps.router:group", "Write the first nginx include (router init)."),
-    "deploy": ("pipeline_steps.steps.deploy:command",
+    "deploy": ("pipeline_steps.cli.deploy:command",
                "Run a deployment type: stable, canary-manual, canary-auto, promote-canary, rollback, "
                "blue-green."),
-    "pipeline": ("pipeline_steps.steps.pipeline:group",  # issue 15 (ci helper)
+    "pipeline": ("pipeline_steps.cli.pipeline:group",  # issue 15 (ci helper)
                  "A CI pipeline's stages as one deploy: lease the lock, record, notify once."),
-    "lock": ("pipeline_steps.steps.lock:group",
+    "lock": ("pipeline_steps.cli.lock:group",
              "The deploy lock: one deployment per app at a time on this host."),
-    "history": ("pipeline_steps.steps.history:command",
+    "history": ("pipeline_steps.cli.history:command",
                 "Show the recorded deployment actions (time, type, BUILD_IDs, weights, result, who)."),
-    "webhook": ("pipeline_steps.steps.webhook:group",
+    "webhook": ("pipeline_steps.cli.webhook:group",
                 "Receive GitLab push events and start a canary-auto deploy."),
     "gitlab-status": ("pipeline_steps.steps.gitlab_status:command",
                       "Set a GitLab commit status (GITLAB_URL, GITLAB_TOKEN from the environment)."),
