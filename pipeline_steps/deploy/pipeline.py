@@ -255,7 +255,7 @@ def _notified_weight(kind: str, result: EndResult) -> int | None:
 
 
 def _notify(config: Config, status: str, *, out: Reporter, **kw: Any) -> bool:
-    from pipeline_steps.steps.mattermost_notify import notify
+    from pipeline_steps.operations.mattermost_notify import notify
 
     sent = notify(config, context(), status=status, **kw)
     if not sent.delivered and "no webhook URL" not in sent.reason:

@@ -142,7 +142,7 @@ class Run:
         self.say(f"-> {line}")
 
     def services(self, kind: str) -> list[Service]:
-        from pipeline_steps.steps.traffic import pair_services
+        from pipeline_steps.operations.traffic import pair_services
 
         return pair_services(self.config, kind, list(self.request.services) or None)
 

@@ -14,7 +14,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from pipeline_steps.config import Host
-from pipeline_steps.steps.health_gate import GatePolicy, HealthTarget, check_once, gate
+from pipeline_steps.operations.health_gate import GatePolicy, HealthTarget, check_once, gate
 from testbed.engine import Engine
 from testbed.ports import address, free_port, unique
 from testbed.wait import stall, until
@@ -553,7 +553,8 @@ def test_unhealthy_answer_stays_unhealthy_whatever_the_logs(docker_ps: Any, run_
 
 
 @pytest.mark.docker
-def test_no_answer_and_a_line_after_start_is_healthy(engine: Engine, docker_client: Any, base_image: str) -> None:
+def test_no_answer_and_a_line_after_start_is_healthy(engine: Engine, docker_client: Any,
+                                                     base_image: str) -> None:
     worker = _run_worker(docker_client, base_image, "echo worker ready; exec sleep 600")
     try:
         _wait_log(worker, "worker ready")
@@ -571,7 +572,8 @@ def test_no_answer_and_a_line_after_start_is_healthy(engine: Engine, docker_clie
 
 
 @pytest.mark.docker
-def test_line_of_an_earlier_run_does_not_count_after_a_restart(engine: Engine, docker_client: Any, base_image: str) -> None:
+def test_line_of_an_earlier_run_does_not_count_after_a_restart(engine: Engine, docker_client: Any,
+                                                               base_image: str) -> None:
     """The first run logs `worker ready` at once; after a restart the line comes only 6 s in."""
     port = free_port()
     script = "[ -e /tmp/ran ] && sleep 6; touch /tmp/ran; echo worker ready; exec sleep 600"
@@ -597,7 +599,8 @@ def test_line_of_an_earlier_run_does_not_count_after_a_restart(engine: Engine, d
 
 
 @pytest.mark.docker
-def test_worker_ready_at_4s_does_not_pass_at_1_2s(engine: Engine, docker_client: Any, base_image: str) -> None:
+def test_worker_ready_at_4s_does_not_pass_at_1_2s(engine: Engine, docker_client: Any,
+                                                  base_image: str) -> None:
     worker = _run_worker(docker_client, base_image, "sleep 4; echo worker ready; exec sleep 600")
     target = HealthTarget.url(f"http://{ADDR}:{free_port()}/health", logs_container=worker.name,
                               docker=Host(name="local", docker=engine.base_url))
