@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from pipeline_steps.config import load_config, parse_config  # noqa: E402
-from pipeline_steps.steps.verify_weights import verify_weights  # noqa: E402
+from pipeline_steps.operations.verify_weights import verify_weights  # noqa: E402
 from pipeline_steps.upstreams import initial_file  # noqa: E402
 from testbed import images  # noqa: E402
 from testbed.bench import write_result  # noqa: E402
@@ -118,7 +118,7 @@ def main() -> None:
         set_ms = _median_ms(lambda i: ps("set-weights", "--canary", "10" if i % 2 else "40"))
         switch_ms = _median_ms(lambda i: ps("switch", "--to", "green" if i % 2 else "blue"))
         config = load_config(cfg_path)
-        from pipeline_steps.steps.set_weights import set_weights
+        from pipeline_steps.operations.set_weights import set_weights
 
         inproc_ms = _median_ms(lambda i: set_weights(config, 10 if i % 2 else 40))
         split: dict[str, float] = {}

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import click
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?", re.ASCII)
@@ -47,21 +44,3 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:.1f}s".replace(".0s", "s")
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
-
-
-class Duration(click.ParamType):
-    """click parameter type for durations."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds > OPTION_MAX:
-            self.fail(f"not a duration: {value!r} (at most a year: 365 days)", param, ctx)
-        return seconds
-
-
-DURATION = Duration()

@@ -30,8 +30,8 @@ engine's own clock), never a line of an earlier run or of another container of t
 A container without a HEALTHCHECK counts as healthy while it is running; a container that is not running
 fails.
 
-The prober that talks to HTTP, TCP and Docker is adapters/prober.py; the loop and the command are
-steps/health_gate.py.
+The prober that talks to HTTP, TCP and Docker is adapters/prober.py; the loop is
+operations/health_gate.py, the command cli/health_gate.py.
 """
 
 from __future__ import annotations

@@ -340,6 +340,14 @@ def carries_traffic(upstream: Upstream | None, service: Service, host: Host, slo
 # ---------------------------------------------------------------- other http-level directives (additive)
 
 
+def last_upstream(value: str) -> str:
+    """The server that gave the answer: the last address of `$upstream_addr`.
+
+    nginx lists every server it tried, `a, b` after a retry and `a : b` after an internal redirect.
+    """
+    return value.split(",")[-1].split(" : ")[-1].strip()
+
+
 def put_directive(file: UpstreamFile, directive: Directive) -> None:
     """Replace the top-level directive with the same name and first argument (e.g. `log_format ps_json`),
     or put it first, before the upstreams. Upstream blocks are not touched."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_steps.analysis.stats import Samples
-from pipeline_steps.steps.verify_weights import last_upstream
+from pipeline_steps.upstreams import last_upstream
 
 FORMAT_NAME = "ps_json"
 # key -> nginx variable; all values are JSON strings (escape=json), parsed by parse_line.

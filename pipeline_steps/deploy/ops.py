@@ -1,9 +1,9 @@
 """The operations a deploy plan calls, behind one facade: `DeployOps`.
 
-`RealOps` calls today's step functions (deploy-env, health-gate, set-weights, switch, verify-weights,
-status, traffic, mattermost-notify) and the engine; `pipeline_steps.deploy.fake.FakeOps` is an
+`RealOps` calls the operations (pipeline_steps/operations/: deploy-env, health-gate, set-weights, switch,
+verify-weights, status, traffic, mattermost-notify) and the engine; `pipeline_steps.deploy.fake.FakeOps` is an
 in-memory world with the same methods, so every deployment type runs in the fast test tier. The plans
-(deploy/types.py) never import a step module: everything they change or read goes through here.
+(deploy/types.py) never import an operation module: everything they change or read goes through here.
 """
 
 from __future__ import annotations
@@ -135,14 +135,20 @@ class RealOps:
         self.names = tuple(services)
 
     def deploy_slot(self, slot: str, services: Sequence[Service], build_id: str, force: bool) -> bool:
-        from pipeline_steps.steps.deploy_env import deploy_slot
+        from pipeline_steps.operations.deploy_env import deploy_slot
 
         result = deploy_slot(self.config, slot, list(services), build_id, force=force, ctx=self.ctx,
                              say=self.say)
         return bool(result.changed)
 
     def gate(self, slot: str, service: Service) -> GateVerdict:
-        from pipeline_steps.steps.health_gate import GatePolicy, TryRecord, gate, service_targets, try_line
+        from pipeline_steps.operations.health_gate import (
+            GatePolicy,
+            TryRecord,
+            gate,
+            service_targets,
+            try_line,
+        )
 
         policy = GatePolicy.from_spec(service.health)
 
@@ -156,7 +162,7 @@ class RealOps:
     def check_once(self, slot: str, service: Service, logs_fallback: bool = True) -> Check:
         from dataclasses import replace
 
-        from pipeline_steps.steps.health_gate import GatePolicy, check_once, service_targets
+        from pipeline_steps.operations.health_gate import GatePolicy, check_once, service_targets
 
         policy = GatePolicy.from_spec(service.health, retries=1, successes=1, start_period=0.0)
         if not logs_fallback:  # serving means answering: a stopped container's matching logs carry nothing
@@ -166,46 +172,48 @@ class RealOps:
         return Check(record.ok, record.reason or "")
 
     def set_weights(self, pct: float, names: Sequence[str]) -> None:
-        from pipeline_steps.steps.set_weights import set_weights
-        from pipeline_steps.steps.traffic import say_change
+        from pipeline_steps.operations.set_weights import set_weights
+        from pipeline_steps.operations.traffic import change_lines
 
-        say_change(_Said(self.say, self.warn), set_weights(self.config, pct, list(names)))  # type: ignore[arg-type]
+        for line in change_lines(set_weights(self.config, pct, list(names))):
+            self.say(line)
 
     def switch(self, color: str, names: Sequence[str]) -> None:
-        from pipeline_steps.steps.switch import switch
-        from pipeline_steps.steps.traffic import say_change
+        from pipeline_steps.operations.switch import switch
+        from pipeline_steps.operations.traffic import change_lines
 
-        say_change(_Said(self.say, self.warn), switch(self.config, color, list(names)))  # type: ignore[arg-type]
+        for line in change_lines(switch(self.config, color, list(names))):
+            self.say(line)
 
     def verify(self, names: Sequence[str], canary: float | None, active: str | None) -> list[str]:
-        from pipeline_steps.steps.verify_weights import verify_weights
+        from pipeline_steps.operations.verify_weights import verify_weights
 
         result = verify_weights(self.config, expect_canary=canary, expect_active=active, services=list(names))
         return [p for s in result.services for p in s.get("problems", [])]
 
     def measure(self, service: Service, canary: float | None, active: str | None) -> list[dict[str, Any]]:
-        from pipeline_steps.steps.verify_weights import verify_weights
+        from pipeline_steps.operations.verify_weights import verify_weights
 
         return list(verify_weights(self.config, expect_canary=canary, expect_active=active,
                                    services=[service.name], probe=self.config.canary.probe,
                                    url=service.url).services)
 
     def canary_percent(self, names: Sequence[str]) -> dict[str, float]:
-        from pipeline_steps.steps.traffic import traffic_status
+        from pipeline_steps.operations.traffic import traffic_status
 
         wanted = set(names)
         return {s.service: float(s.split.get("canary", 0.0)) for s in traffic_status(self.config).services
                 if s.service in wanted}
 
     def active_colors(self, names: Sequence[str]) -> dict[str, str | None]:
-        from pipeline_steps.steps.traffic import traffic_status
+        from pipeline_steps.operations.traffic import traffic_status
 
         status = {s.service: s for s in traffic_status(self.config).services}
         return {n: (status[n].active if n in status else None) for n in names}
 
     def live_active(self, service: Service) -> str | None:
         """The active color from the live include file only (no engine call: rollback's first move)."""
-        from pipeline_steps.steps.traffic import load_live
+        from pipeline_steps.operations.traffic import load_live
         from pipeline_steps.upstreams import active_color
 
         live = load_live(self.config)
@@ -213,7 +221,7 @@ class RealOps:
         return active_color(upstream, service, self.config.hosts) if upstream else None
 
     def slots(self) -> list[SlotInfo]:
-        from pipeline_steps.steps.status import slot_status
+        from pipeline_steps.operations.status import slot_status
 
         return [SlotInfo(s.service, s.slot, s.host, s.state, s.container, s.build_id)
                 for s in slot_status(self.config).slots]
@@ -329,7 +337,7 @@ class RealOps:
         return JobVerdict(result.ok, result.summary, tuple(result.tail))
 
     def notify(self, status: str, **kw: Any) -> Notice:
-        from pipeline_steps.steps.mattermost_notify import notify
+        from pipeline_steps.operations.mattermost_notify import notify
 
         kw.setdefault("log_url", self.ctx.job_url if self.ctx else None)
         result = notify(self.config, self.ctx, status=status, deploy_type=self.deploy_type,
@@ -363,14 +371,6 @@ class RealOps:
         if self.config.router is None:
             return []
         return [AccessLogTail(self.config.router.access_log_path())]
-
-
-class _Said:
-    """The two Output methods say_change uses, bound to callbacks."""
-
-    def __init__(self, say: Callable[[str], None], warn: Callable[[str], None]) -> None:
-        self.say = say
-        self.warn = warn
 
 
 class _Background:

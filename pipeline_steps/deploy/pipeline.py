@@ -25,7 +25,7 @@ from pipeline_steps.deploy.history import HistoryEntry, HistoryLog
 from pipeline_steps.deploy.lock import DEFAULT_LEASE_TTL, DeployLock, Lease
 from pipeline_steps.deploy.plan import DEPLOY_TYPES
 from pipeline_steps.errors import BadInput, PsError
-from pipeline_steps.output import Output
+from pipeline_steps.progress import Reporter
 
 STEP_TYPES = ("deploy-env", "set-weights", "switch")
 LEASED_WAIT = 120.0  # a step of the leased pipeline waits this long for another of its steps
@@ -90,7 +90,7 @@ class BeginResult:
     notified: bool
 
 
-def begin(config: Config, out: Output, *, deploy_type: str, ttl: float = DEFAULT_LEASE_TTL,
+def begin(config: Config, out: Reporter, *, deploy_type: str, ttl: float = DEFAULT_LEASE_TTL,
           wait: float = 0.0, log_url: str | None = None, services: Sequence[str] = (),
           notify: bool = True) -> BeginResult:
     """Lease the deploy lock to this pipeline; the first call of a pipeline notifies `started`."""
@@ -148,7 +148,7 @@ def pipeline_entries(config: Config, pipeline_url: str | None, since: float | No
     return found
 
 
-def end(config: Config, out: Output, *, status: str, deploy_type: str | None = None,
+def end(config: Config, out: Reporter, *, status: str, deploy_type: str | None = None,
         log_url: str | None = None, message: str | None = None, report: str | None = None,
         notify: bool = True) -> EndResult:
     """Finish the pipeline as `ps deploy` finishes its type, notify the outcome once, end the lease."""
@@ -229,7 +229,7 @@ def _own_record(lock: DeployLock) -> Lease | None:
         else None
 
 
-def _rollout(config: Config, kind: str, ctx: CIContext | None, out: Output) -> Any:
+def _rollout(config: Config, kind: str, ctx: CIContext | None, out: Reporter) -> Any:
     """A Rollout of the type: its end-of-type moves (prune, rollback), not re-implemented here."""
     if config.router is None:
         return None
@@ -255,8 +255,8 @@ def _notified_weight(kind: str, result: EndResult) -> int | None:
     return None
 
 
-def _notify(config: Config, status: str, *, out: Output, **kw: Any) -> bool:
-    from pipeline_steps.steps.mattermost_notify import notify
+def _notify(config: Config, status: str, *, out: Reporter, **kw: Any) -> bool:
+    from pipeline_steps.operations.mattermost_notify import notify
 
     sent = notify(config, context(), status=status, **kw)
     if not sent.delivered and "no webhook URL" not in sent.reason:

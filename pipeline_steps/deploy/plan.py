@@ -148,7 +148,7 @@ class Run:
 
     def services(self, kind: str) -> list[Service]:
         """The HTTP services of the request with a `kind` pair ([] when it names only workers)."""
-        from pipeline_steps.steps.traffic import pair_services
+        from pipeline_steps.operations.traffic import pair_services
 
         named = [n for n in self.request.services if self.config.service(n).is_http]
         if self.request.services and not named:

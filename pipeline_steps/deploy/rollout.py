@@ -31,7 +31,7 @@ from pipeline_steps.deploy.plan import (
 )
 from pipeline_steps.deploy.report import RunReport
 from pipeline_steps.errors import BadInput, PsError
-from pipeline_steps.output import Output
+from pipeline_steps.progress import Reporter
 
 __all__ = ["DEPLOY_TYPES", "DeployOutcome", "DeployRequest", "Rollout", "StepFailed"]
 
@@ -39,7 +39,7 @@ __all__ = ["DEPLOY_TYPES", "DeployOutcome", "DeployRequest", "Rollout", "StepFai
 class Rollout:
     """Runs one deployment type's plan against `ops` (default: the config's real hosts and router)."""
 
-    def __init__(self, config: Config, request: DeployRequest, ctx: CIContext | None, out: Output,
+    def __init__(self, config: Config, request: DeployRequest, ctx: CIContext | None, out: Reporter,
                  ops: DeployOps | None = None) -> None:
         if request.type not in DEPLOY_TYPES:
             raise BadInput(f"unknown deploy type {request.type!r} (one of: {', '.join(DEPLOY_TYPES)})")

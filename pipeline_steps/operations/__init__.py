@@ -1,3 +1,5 @@
-"""Operations: one module per step; each function does its work and returns a result object.
+"""Operations: one module per step; each function does the work and returns a result object.
 
-Operations never print: the CLI prints what they return."""
+They never print and never import click: the CLI (pipeline_steps/cli/) prints their results, and a
+long operation reports progress only through the observer it is handed (pipeline_steps/progress.py).
+"""

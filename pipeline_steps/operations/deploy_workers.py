@@ -26,7 +26,7 @@ from pipeline_steps.waiting import poll_until
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import ContainerInfo
-    from pipeline_steps.steps.slot_spec import RunSettings
+    from pipeline_steps.operations.slot_spec import RunSettings
 
     Todo = list[tuple["ReplicaChange", RunSettings, ContainerInfo | None]]
 
@@ -71,7 +71,7 @@ def deploy_workers(config: Config, services: Sequence[Service], build_id: str, *
                    on_change: Callable[[ReplicaChange], None] | None = None,
                    poll: float = 0.25) -> WorkersResult:
     """Every replica of each worker on every host runs `build_id`; see the module doc."""
-    from pipeline_steps.steps.slot_spec import changed_settings, slot_environment, wanted_settings
+    from pipeline_steps.operations.slot_spec import changed_settings, slot_environment, wanted_settings
 
     result = WorkersResult(build_id, dry_run)
     report = on_change or (lambda change: None)

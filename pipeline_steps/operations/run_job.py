@@ -63,7 +63,7 @@ def run_job(config: Config, service: Service, build_id: str, command: Sequence[s
 
     Every output line goes to `on_output` as it comes. The container is removed in every case.
     """
-    from pipeline_steps.steps.slot_spec import slot_environment
+    from pipeline_steps.operations.slot_spec import slot_environment
 
     if not command:
         raise BadInput("no command to run (give it after --)")

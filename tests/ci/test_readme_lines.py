@@ -171,7 +171,7 @@ def argument_lists(text: str) -> list[list[str]]:
 
 def sample(param: click.Parameter) -> str:
     """A valid value for a placeholder of `param`."""
-    from pipeline_steps.inputs import HttpUrl, ImageTag, Percent
+    from pipeline_steps.cli.types import HttpUrl, ImageTag, Percent
 
     kind = param.type
     if isinstance(kind, click.Choice):

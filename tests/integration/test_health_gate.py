@@ -14,7 +14,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from pipeline_steps.config import Host
-from pipeline_steps.steps.health_gate import GatePolicy, HealthTarget, check_once, gate
+from pipeline_steps.operations.health_gate import GatePolicy, HealthTarget, check_once, gate
 from testbed.engine import Engine
 from testbed.ports import address, free_port, unique
 from testbed.wait import stall, until

@@ -9,7 +9,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from pipeline_steps.steps.mattermost_notify import STATUSES
+from pipeline_steps.operations.mattermost_notify import STATUSES
 from testbed.ports import address, free_port
 from testbed.wait import stall
 

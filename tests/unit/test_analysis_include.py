@@ -57,8 +57,8 @@ def test_an_explicit_path_and_off_removes_them(tmp_path: Path) -> None:
 
 
 def test_set_weights_and_router_init_write_them(tmp_path: Path, fake: FakeRouter) -> None:
-    from pipeline_steps.steps.router import router_init
-    from pipeline_steps.steps.set_weights import set_weights
+    from pipeline_steps.operations.router import router_init
+    from pipeline_steps.operations.set_weights import set_weights
 
     off = config(tmp_path, enabled=False)
     router_init(off)

@@ -25,8 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pipeline_steps.cli import COMMANDS, cli, main
-from pipeline_steps.durations import Duration
-from pipeline_steps.inputs import HttpUrl, ImageTag, Percent
+from pipeline_steps.cli.types import Duration, HttpUrl, ImageTag, Percent
 
 DEADLINE_S = 10.0
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))  # FUZZ_SCALE=10 for a longer hunt (3000 and 2500 examples)

@@ -14,7 +14,7 @@ from pipeline_steps.adapters import slots as s
 from pipeline_steps.adapters.fakes import FakeAdapters, FakeDockerHost, FakeRegistry
 from pipeline_steps.config import Config, Host, parse_config
 from pipeline_steps.errors import CheckFailed, Unreachable
-from pipeline_steps.steps.deploy_env import deploy_slot
+from pipeline_steps.operations.deploy_env import deploy_slot
 
 REPO = "127.0.0.1:5999/shop/web"
 B1, B2 = "b1", "b2"

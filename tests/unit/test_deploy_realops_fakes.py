@@ -26,9 +26,9 @@ from pipeline_steps.config import Config, Host, load_config
 from pipeline_steps.deploy.ops import RealOps
 from pipeline_steps.deploy.rollout import DeployOutcome, DeployRequest, Rollout
 from pipeline_steps.health import GatePolicy, HealthTarget, ProbeResult
-from pipeline_steps.steps.deploy_env import deploy_slot
-from pipeline_steps.steps.set_weights import set_weights
-from pipeline_steps.steps.traffic import traffic_status
+from pipeline_steps.operations.deploy_env import deploy_slot
+from pipeline_steps.operations.set_weights import set_weights
+from pipeline_steps.operations.traffic import traffic_status
 
 REPO = "127.0.0.1:5999/shop/web"
 OLD, NEW = "aaaa00000001", "bbbb00000002"

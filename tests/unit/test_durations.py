@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline_steps.durations import DURATION, format_duration, parse_duration
+from pipeline_steps.cli.types import DURATION
+from pipeline_steps.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

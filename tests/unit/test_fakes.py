@@ -20,8 +20,8 @@ from pipeline_steps.config import HealthSpec, NginxRouter
 from pipeline_steps.errors import Unreachable
 from pipeline_steps.files import atomic_write
 from pipeline_steps.health import GatePolicy, HealthTarget
+from pipeline_steps.operations.health_gate import check_once, gate
 from pipeline_steps.secrets import is_secret_env_name, is_secret_name
-from pipeline_steps.steps.health_gate import check_once, gate
 from pipeline_steps.timestamps import parse_log_timestamp, parse_state_time
 from pipeline_steps.waiting import poll_until
 
@@ -86,9 +86,9 @@ def test_router_for_is_the_one_factory(tmp_path: Path) -> None:
 
 def test_set_weights_goes_through_the_router(tmp_path: Path) -> None:
     from pipeline_steps.config import parse_config
-    from pipeline_steps.steps.set_weights import set_weights
-    from pipeline_steps.steps.switch import switch
-    from pipeline_steps.steps.traffic import traffic_status
+    from pipeline_steps.operations.set_weights import set_weights
+    from pipeline_steps.operations.switch import switch
+    from pipeline_steps.operations.traffic import traffic_status
 
     config = parse_config({
         "app": "shop", "registry": "127.0.0.1:5000",

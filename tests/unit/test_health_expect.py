@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline_steps.errors import BadInput
-from pipeline_steps.steps.health_gate import check_expectations, json_text, lookup, parse_expectation
+from pipeline_steps.operations.health_gate import check_expectations, json_text, lookup, parse_expectation
 
 segment = st.text(st.characters(blacklist_characters=".=", blacklist_categories=("Cs",)), min_size=1,
                   max_size=8)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline_steps.config import HealthSpec, Host, parse_config
 from pipeline_steps.errors import BadInput
-from pipeline_steps.steps.health_gate import (
+from pipeline_steps.operations.health_gate import (
     FAST_RETRY,
     FAST_RETRY_CAP,
     LOG_EARLY_NS,

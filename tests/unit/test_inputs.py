@@ -9,16 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline_steps.cli.types import BUILD_ID, HTTP_URL, PERCENT, ROLLBACK_TARGET
 from pipeline_steps.errors import BadInput
-from pipeline_steps.inputs import (
-    BUILD_ID,
-    HTTP_URL,
-    PERCENT,
-    ROLLBACK_TARGET,
-    check_build_id,
-    is_tag,
-    parse_percent,
-)
+from pipeline_steps.inputs import check_build_id, is_tag, parse_percent
 
 DOCKER_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # Docker's reference grammar, written its way
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pipeline_steps.adapters.mattermost import MAX_TEXT
 from pipeline_steps.context import CIContext
 from pipeline_steps.errors import BadInput
-from pipeline_steps.steps.mattermost_notify import (
+from pipeline_steps.operations.mattermost_notify import (
     COLORS,
     STATUSES,
     build_payload,
@@ -142,7 +142,7 @@ def test_rolled_back_names_the_step_that_failed_not_the_final_split() -> None:
 ])
 def test_the_log_link_comes_from_the_ci_context(env: dict[str, str], ctx: CIContext | None,
                                                 want: str | None) -> None:
-    from pipeline_steps.steps.mattermost_notify import notify
+    from pipeline_steps.operations.mattermost_notify import notify
 
     result = notify(None, ctx, status="rolled-back", dry_run=True, env=env, now=NOW)
     fields = {f["title"]: f["value"] for f in result.payload["attachments"][0]["fields"]}

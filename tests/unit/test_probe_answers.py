@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pipeline_steps.config import parse_config
 from pipeline_steps.errors import BadInput
-from pipeline_steps.steps.verify_weights import (
+from pipeline_steps.operations.verify_weights import (
     Answer,
     ProbeRun,
     classify,

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline_steps.adapters import slots
 from pipeline_steps.config import parse_config
-from pipeline_steps.steps.deploy_env import RunSettings, changed_settings, wanted_settings
+from pipeline_steps.operations.deploy_env import RunSettings, changed_settings, wanted_settings
 
 
 def _wanted(tmp_path: Path, port: int = 18082) -> RunSettings:

@@ -17,7 +17,7 @@ from pipeline_steps.adapters.run_options import create_options, networks
 from pipeline_steps.config import parse_config
 from pipeline_steps.config.run_spec import RunSpec
 from pipeline_steps.errors import EXIT_USAGE, ConfigError
-from pipeline_steps.steps.slot_spec import changed_settings, wanted_settings
+from pipeline_steps.operations.slot_spec import changed_settings, wanted_settings
 
 BASE: dict[str, Any] = {"app": "shop", "registry": "127.0.0.1:5000",
                         "services": {"web": {"context": "app", "slots": {"stable": 18081, "canary": 18082}}}}

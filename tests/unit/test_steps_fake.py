@@ -11,15 +11,15 @@ from pipeline_steps.adapters import factory
 from pipeline_steps.adapters import slots as s
 from pipeline_steps.adapters.fakes import FakeAdapters, FakeDockerHost, FakeNotifier, FakeRegistry
 from pipeline_steps.adapters.interfaces import Delivery
+from pipeline_steps.cli.output import Output
 from pipeline_steps.config import Config, Host, parse_config
 from pipeline_steps.errors import CheckFailed, Unreachable
-from pipeline_steps.output import Output
-from pipeline_steps.steps.build import BuildIdentity, build
-from pipeline_steps.steps.deploy_env import deploy_slot
-from pipeline_steps.steps.mattermost_notify import notify
-from pipeline_steps.steps.push import push
-from pipeline_steps.steps.status import slot_status
-from pipeline_steps.steps.traffic import _build_ids
+from pipeline_steps.operations.build import BuildIdentity, build
+from pipeline_steps.operations.deploy_env import deploy_slot
+from pipeline_steps.operations.mattermost_notify import notify
+from pipeline_steps.operations.push import push
+from pipeline_steps.operations.status import slot_status
+from pipeline_steps.operations.traffic import _build_ids
 
 REPO = "127.0.0.1:5999/shop/web"
 

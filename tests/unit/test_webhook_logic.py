@@ -186,7 +186,7 @@ def test_json_depth_limit() -> None:
 
 
 def test_short_tokens_are_refused() -> None:
-    from pipeline_steps.steps.webhook import read_token
+    from pipeline_steps.cli.webhook import read_token
 
     with pytest.raises(BadInput, match="at least 16"):
         read_token("T", {"T": "x" * 15})

@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -81,10 +80,6 @@ def kernel_holders(path: Path) -> set[int] | None:
     return pids
 
 
-def _stderr_warning(line: str) -> None:
-    sys.stderr.write(f"warning: {line}\n")
-
-
 class DeployLock(LeaseMixin):
     """`with DeployLock(state_dir, app).acquire(wait=60):` - one deployment of `app` at a time.
 
@@ -104,7 +99,8 @@ class DeployLock(LeaseMixin):
         self._pipeline_url = pipeline_url
         self._user = user
         self.engine = engine
-        self.warn = warn or _stderr_warning
+        self.warnings: list[str] = []  # what was said through `warn` (kept when no one listens)
+        self.warn = warn or self.warnings.append
         self.lock_path = self.state_dir / LOCK_FILE
         self.record_path = self.state_dir / RECORD_FILE
         self._fd: int | None = None

@@ -11,10 +11,10 @@ from types import FrameType
 
 import click
 
-from pipeline_steps.command import pass_output, report
-from pipeline_steps.durations import DURATION
+from pipeline_steps.cli.command import pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import DURATION
 from pipeline_steps.errors import BadInput
-from pipeline_steps.output import Output
 from pipeline_steps.secrets import register_secret
 from pipeline_steps.webhook import actions
 from pipeline_steps.webhook.store import RETRIABLE_BY_HAND, DeliveryStore, default_db_path

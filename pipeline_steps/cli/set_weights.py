@@ -1,41 +1,18 @@
-"""`ps set-weights --canary PCT`: the stable/canary split of nginx upstreams (one safe reload)."""
+"""`ps set-weights --canary PCT` (the work: operations/set_weights.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
-from pipeline_steps.config import Config, Service
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.traffic import say_change
+from pipeline_steps.cli.types import PERCENT
 from pipeline_steps.errors import BadInput
-from pipeline_steps.inputs import PERCENT
-from pipeline_steps.output import Output
-from pipeline_steps.steps.traffic import (
-    TrafficChange,
-    change_upstreams,
-    pair_services,
-    require_router,
-    say_change,
-)
-from pipeline_steps.upstreams import Upstream, canary_upstream
-from pipeline_steps.weights import Weights, check_percent
-
-
-def set_weights(config: Config, canary_pct: float, services: Sequence[str] | None = None, *,
-                dry_run: bool = False) -> TrafficChange:
-    """Give the canary slot `canary_pct` % of each chosen service's traffic. Never touches Docker."""
-    check_percent(canary_pct)
-    router = require_router(config)
-    chosen = pair_services(config, "canary", services)
-    weights = Weights.from_percent(canary_pct, config.canary.scale, config.canary.min_weight)
-
-    def build(service: Service) -> Upstream:
-        return canary_upstream(service, config.hosts, weights, router.keepalive)
-
-    return change_upstreams(config, chosen, build, action="set-weights", target=f"{canary_pct:g}%",
-                            dry_run=dry_run)
+from pipeline_steps.operations.set_weights import set_weights
+from pipeline_steps.weights import check_percent
 
 
 @click.command("set-weights")

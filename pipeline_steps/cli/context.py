@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pipeline_steps.command import pass_output, report
+from pipeline_steps.cli.command import pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.context import CIContext, detect
-from pipeline_steps.output import Output
 
 FIELDS = ("provider", "sha", "build_id", "branch", "author", "title", "pipeline_url", "job_url",
           "source_url", "dirty")

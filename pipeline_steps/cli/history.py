@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.config import Config
 from pipeline_steps.deploy.history import HistoryEntry, HistoryLog, HistoryRead
-from pipeline_steps.output import Output
 
 
 def read_history(config: Config, limit: int | None = 20, type: str | None = None) -> HistoryRead:

@@ -1,16 +1,12 @@
-"""Traffic through nginx: the shared apply path of set-weights/switch, and `ps traffic status`."""
+"""Traffic through nginx: the apply path of set-weights and switch, and the split of `ps traffic status`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-import click
-
-from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import Config, NginxRouter, Service
-from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
-from pipeline_steps.output import Output
+from pipeline_steps.errors import BadInput, Unreachable
 from pipeline_steps.upstreams import (
     Upstream,
     UpstreamFile,
@@ -135,23 +131,26 @@ def pair_services(config: Config, kind: str, names: Sequence[str] | None) -> lis
     return chosen
 
 
-def say_change(out: Output, change: TrafficChange) -> None:
+def change_lines(change: TrafficChange) -> list[str]:
+    """The human lines of a set-weights or switch outcome: per service before -> after, then what was done."""
+    lines: list[str] = []
     for s in change.services:
         if s.before == s.after and not change.created:
-            out.say(f"{s.service}: already {s.after} (upstream {s.upstream})")
+            lines.append(f"{s.service}: already {s.after} (upstream {s.upstream})")
         else:
-            out.say(f"{s.service}: {s.before or 'new'} -> {s.after} (upstream {s.upstream})")
+            lines.append(f"{s.service}: {s.before or 'new'} -> {s.after} (upstream {s.upstream})")
     if change.dry_run and change.created:
-        out.say(f"dry run: would create {change.include} (nothing written)")
+        lines.append(f"dry run: would create {change.include} (nothing written)")
     elif change.dry_run and change.changed:
-        out.say(f"dry run: would change {change.include} and reload nginx (nothing written)")
+        lines.append(f"dry run: would change {change.include} and reload nginx (nothing written)")
     elif change.dry_run:
-        out.say(f"dry run: {change.include} already says so, nothing to change")
+        lines.append(f"dry run: {change.include} already says so, nothing to change")
     elif not change.changed:
-        out.say(f"no change: {change.include} already says so, nginx not reloaded")
+        lines.append(f"no change: {change.include} already says so, nginx not reloaded")
     else:
-        out.say(f"nginx reloaded with {change.include} ({change.seconds * 1000:.0f} ms; "
-                f"backup {change.backup or 'none, first write'})")
+        lines.append(f"nginx reloaded with {change.include} ({change.seconds * 1000:.0f} ms; "
+                     f"backup {change.backup or 'none, first write'})")
+    return lines
 
 
 # ---------------------------------------------------------------- traffic status
@@ -249,32 +248,3 @@ def traffic_status(config: Config) -> TrafficStatus:
             active=active_color(upstream, service, config.hosts) if kind == "blue-green" else None,
             backup=backups, servers=servers, mode=mode.mode, keys_percent=mode.keys_percent))
     return status
-
-
-@click.group("traffic")
-def group() -> None:
-    """How nginx splits traffic between the slots."""
-
-
-@group.command("status")
-@pass_output
-def status_command(out: Output) -> None:
-    """Per service: the current split, active color, backup, and the BUILD_ID behind each server."""
-    config = load(out)
-    result = traffic_status(config)
-    if not result.exists:
-        raise CheckFailed(missing_include(require_router(config)), result=asdict(result))
-    for svc in result.services:
-        split = ", ".join(f"{slot} {pct:g} %" for slot, pct in sorted(svc.split.items()))
-        extra = f"; active {svc.active}" if svc.active else ""
-        extra += f"; backup {', '.join(svc.backup)}" if svc.backup else ""
-        extra += f"; {svc.mode}" if svc.kind == "canary" else ""
-        extra += f" ({svc.keys_percent:g} % of keys on the canary)" if svc.keys_percent is not None else ""
-        out.say(f"{svc.service} (upstream {svc.upstream}): {split}{extra}")
-        for s in svc.servers:
-            flags = " backup" if s.backup else (" down" if s.down else "")
-            out.say(f"  {s.address:<22} {s.host or '?'}/{s.slot or '?':<7} weight={s.weight}{flags} "
-                    f"build {s.build_id or '-'}")
-    for w in result.warnings:
-        out.warn(w)
-    report(out, "traffic-status", asdict(result))

@@ -1,4 +1,4 @@
-"""`ps mattermost-notify`: tell the team what a deploy is doing, at a glance.
+"""Mattermost notifications: tell the team what a deploy is doing, at a glance (`ps mattermost-notify`).
 
 The webhook URL comes from the environment (MATTERMOST_WEBHOOK_URL, or notify.mattermost.webhook_env);
 it is a secret and never printed. Chat never fails a deploy: a failed notification is a warning and exit 0,
@@ -7,24 +7,17 @@ unless --fail-on-error (then exit 1; no URL configured exits 2).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import click
-
 from pipeline_steps.adapters import mattermost
-from pipeline_steps.command import pass_output, report
-from pipeline_steps.config import DEFAULT_TIMEZONE, Config, MattermostNotify, load_config
+from pipeline_steps.config import DEFAULT_TIMEZONE, Config, MattermostNotify
 from pipeline_steps.context import CIContext
-from pipeline_steps.durations import DURATION, format_duration
+from pipeline_steps.durations import format_duration
 from pipeline_steps.errors import BadInput, CheckFailed
-from pipeline_steps.inputs import HTTP_URL, PERCENT
-from pipeline_steps.output import Output
 from pipeline_steps.secrets import mask_url
 
 STATUSES = ("started", "success", "failure", "rolled-back")
@@ -229,63 +222,3 @@ def ci_log_url(ctx: CIContext | None, environ: Mapping[str, str]) -> str | None:
         if url and url.strip().startswith(("https://", "http://")):
             return url.strip()
     return None
-
-
-def _optional_config(path: str) -> Config | None:
-    """ps.yaml when it exists (a broken one is still an error), else None."""
-    return load_config(path) if Path(path).is_file() else None
-
-
-def _context() -> CIContext | None:
-    from pipeline_steps import context
-
-    try:
-        return context.detect()
-    except BadInput:
-        return None
-
-
-@click.command("mattermost-notify")
-@click.option("--status", required=True, type=click.Choice(STATUSES), help="What happened.")
-@click.option("--deploy-type", metavar="TYPE", help="canary, blue-green, rolling, ...")
-@click.option("--weight", type=PERCENT, metavar="PCT",
-              help="Share of traffic on the new slot.")
-@click.option("--message", metavar="TEXT", help="Free text for the team.")
-@click.option("--rollback-info", metavar="TEXT", help="What was rolled back, and to what.")
-@click.option("--log-url", type=HTTP_URL, metavar="URL",
-              help="Where the log of the run is [the CI job: CI_JOB_URL or BUILD_URL].")
-@click.option("--failed-at", metavar="TEXT",
-              help="failure/rolled-back: the step that failed (shown instead of the split).")
-@click.option("--services", metavar="A,B", help="The services deployed (comma separated).")
-@click.option("--duration", type=DURATION, help="How long the deploy took.")
-@click.option("--app", metavar="NAME", help="App name when there is no ps.yaml [app].")
-@click.option("--fail-on-error", is_flag=True, help="Exit 1 when not delivered (exit 2 without a URL).")
-@click.option("--timeout", type=DURATION, help="Per request [notify.mattermost.timeout, 5s].")
-@click.option("--attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Requests at most (connection errors, timeouts and 5xx are retried).")
-@click.option("--backoff", type=DURATION, default="0.5s", show_default=True,
-              help="First wait between attempts (doubles each time).")
-@click.option("--dry-run", "local_dry_run", is_flag=True, help="Print the payload, send nothing.")
-@pass_output
-def command(out: Output, status: str, deploy_type: str | None, weight: int | None, message: str | None,
-            rollback_info: str | None, log_url: str | None, failed_at: str | None, services: str | None,
-            duration: float | None,
-            app: str | None, fail_on_error: bool, timeout: float | None, attempts: int, backoff: float,
-            local_dry_run: bool) -> None:
-    """Post a deploy notification to Mattermost (a failure warns and exits 0 unless --fail-on-error)."""
-    config = _optional_config(out.config_path)
-    dry_run = out.dry_run or local_dry_run
-    service_list = [s.strip() for s in services.split(",") if s.strip()] if services else None
-    result = notify(config, _context(), status=status, deploy_type=deploy_type, weight=weight,
-                    message=message, rollback_info=rollback_info, log_url=log_url, duration=duration,
-                    services=service_list, fail_on_error=fail_on_error, dry_run=dry_run, app=app,
-                    timeout=timeout, attempts=attempts, backoff=backoff, failed_at=failed_at)
-    if result.dry_run:
-        out.say(f"dry run: would post to {result.webhook}:")
-        out.say(json.dumps(result.payload, indent=2, ensure_ascii=False))
-    elif result.delivered:
-        out.say(f"notified {result.webhook}: {status}"
-                + (f" ({result.attempts} attempts)" if result.attempts > 1 else ""))
-    else:
-        out.warn(f"notification not delivered ({result.reason}); continuing")
-    report(out, "mattermost-notify", asdict(result))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from pipeline_steps.command import load, pass_output
+from pipeline_steps.cli.command import load, pass_output
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import BUILD_ID, DURATION, PERCENT, ROLLBACK_TARGET
 from pipeline_steps.deploy.rollout import DEPLOY_TYPES, DeployRequest, Rollout
-from pipeline_steps.durations import DURATION
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
-from pipeline_steps.inputs import BUILD_ID, PERCENT, ROLLBACK_TARGET
-from pipeline_steps.output import Output
 
 
 @click.command("deploy")

@@ -7,22 +7,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import click
-
 from pipeline_steps.adapters.traffic_probe import PROBE_TIMEOUT, Answer, ProbeRun, send_probe
-from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import SLOT_PAIRS, Config, Service
 from pipeline_steps.errors import BadInput, CheckFailed
-from pipeline_steps.inputs import PERCENT
-from pipeline_steps.output import Output
-from pipeline_steps.steps.traffic import load_live, missing_include, require_router
-from pipeline_steps.upstreams import Upstream, active_color, locate, slots_in
+from pipeline_steps.operations.traffic import load_live, missing_include, require_router
+from pipeline_steps.upstreams import Upstream, active_color, last_upstream, locate, slots_in
 from pipeline_steps.weights import Weights, binomial_interval, check_percent, share
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import TrafficSender
 
-__all__ = ["PROBE_TIMEOUT", "Answer", "ProbeRun", "classify", "command", "describe_invalid", "last_upstream",
+__all__ = ["PROBE_TIMEOUT", "Answer", "ProbeRun", "classify", "describe_invalid", "last_upstream",
            "measure", "probe_url", "send_probe", "verify_weights"]
 
 CONFIDENCE = 0.99
@@ -136,14 +131,6 @@ INVALID_TEXT = {
 }
 
 
-def last_upstream(value: str) -> str:
-    """The server that gave the answer: the last address of `$upstream_addr`.
-
-    nginx lists every server it tried, `a, b` after a retry and `a : b` after an internal redirect.
-    """
-    return value.split(",")[-1].split(" : ")[-1].strip()
-
-
 def classify(answer: Answer, servers: dict[str, str], builds: dict[str, set[str]]) -> tuple[str | None, str]:
     """(slot, "") for an answer that counts, else (None, reason).
 
@@ -216,7 +203,7 @@ def upstream_servers(config: Config, service: Service, upstream: Upstream) -> di
 
 def slot_builds(config: Config, service: Service, warnings: list[str]) -> dict[str, set[str]]:
     """BUILD_ID -> slots of `service` from the slot containers' labels (for answers without X-Upstream)."""
-    from pipeline_steps.steps.traffic import _build_ids
+    from pipeline_steps.operations.traffic import _build_ids
 
     out: dict[str, set[str]] = {}
     for (_host, name, slot), build in _build_ids(config, warnings).items():
@@ -352,50 +339,3 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
         verdicts.append(verdict)
     return VerifyResult(ok=all(v.ok for v in verdicts), tolerance=tolerance, include=router.include,
                         services=[{**asdict(v), "ok": v.ok} for v in verdicts])
-
-
-@click.command("verify-weights")
-@click.option("--expect-canary", type=PERCENT, metavar="PCT", help="Expected canary share in percent.")
-@click.option("--expect-active", metavar="COLOR", help="Expected active color (blue or green).")
-@click.option("--tolerance", type=click.IntRange(min=0), metavar="UNITS",
-              help="Allowed difference in weight units (default canary.tolerance, 2).")
-@click.option("--probe", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="Also send N requests through nginx and check where they went.")
-@click.option("--url", metavar="URL",
-              help="Where to probe (default services.<s>.url; router.url when there is one service).")
-@click.option("--service", "-s", "service_names", multiple=True, metavar="NAME", help="Only this service.")
-@pass_output
-def command(out: Output, expect_canary: float | None, expect_active: str | None, tolerance: int | None,
-            probe: int, url: str | None, service_names: tuple[str, ...]) -> None:
-    """Prove the live nginx weights (and measured split) match the expectation; exit 1 if not."""
-    config = load(out)
-    result = verify_weights(config, expect_canary=expect_canary, expect_active=expect_active,
-                            tolerance=tolerance, probe=probe, url=url, services=list(service_names) or None)
-    for v in result.services:
-        conf = v["configured"]
-        if v["kind"] == "canary" and "canary_share" in conf:
-            line = f"{v['service']}: configured canary {100 * conf['canary_share']:.1f} %"
-            if "canary_percent" in v["expected"]:
-                line += f", expected {v['expected']['canary_percent']:g} %"
-        else:
-            line = (f"{v['service']}: active {conf.get('active') or '?'}, "
-                    f"expected {v['expected'].get('active')}")
-        if v["measured"] and v["measured"].get("by") == "keys":  # issue 13: a sticky split, by keys
-            m = v["measured"]
-            line += (f", measured canary {100 * m['share']:.1f} % of {m['valid']} keys by {m['key']} "
-                     f"(expected {100 * m['expected_share']:g} %; 99 % interval "
-                     f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %; "
-                     f"{m['keys_on_both_slots']} keys on both slots)")
-        elif v["measured"]:
-            m = v["measured"]
-            line += (f", measured {m['slot']} {100 * m['share']:.1f} % of {m['valid']} valid answers "
-                     f"(of {m['requests']} requests to {m['url']}; 99 % interval "
-                     f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %)")
-        out.say(line + (" ok" if v["ok"] else " MISMATCH"))
-        for problem in v["problems"]:
-            out.say(f"  {problem}")
-    data = asdict(result)
-    if not result.ok:
-        first = next(p for v in result.services for p in v["problems"])
-        raise CheckFailed(first, result=data)
-    report(out, "verify-weights", data)

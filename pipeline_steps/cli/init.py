@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from pipeline_steps.command import pass_output, report
+from pipeline_steps.cli.command import pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.errors import BadInput
-from pipeline_steps.output import Output
 
 
 @click.command("init")

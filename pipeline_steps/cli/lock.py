@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import DURATION
 from pipeline_steps.config import Config
 from pipeline_steps.deploy.lock import DeployLock, LockStatus, ReleaseResult
-from pipeline_steps.durations import DURATION
-from pipeline_steps.output import Output
 
 
 def _lock_of(config: Config) -> DeployLock:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.config import Config
-from pipeline_steps.output import Output
 from pipeline_steps.secrets import mask
 
 

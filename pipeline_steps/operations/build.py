@@ -10,18 +10,14 @@ import os
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
-from pipeline_steps.command import load, pass_output, report, service_option
 from pipeline_steps.config import Config, Service
 from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
-from pipeline_steps.inputs import BUILD_ID, TAG
-from pipeline_steps.output import Output
+from pipeline_steps.progress import Progress
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo
@@ -148,7 +144,7 @@ def _tag_extra(engine: DockerHost, image: ImageInfo, repo: str, tags: Sequence[s
 
 
 def _stream_build(engine: DockerHost, service: Service, ref: str, build_args: dict[str, str],
-                  labels: dict[str, str], out: Output) -> str:
+                  labels: dict[str, str], out: Progress) -> str:
     """Run one build, streaming its log; the image id, or CheckFailed naming the failing instruction."""
     from pipeline_steps.adapters.interfaces import EngineError, EngineGone
 
@@ -191,10 +187,12 @@ def _stream_build(engine: DockerHost, service: Service, ref: str, build_args: di
     return image_id
 
 
-def build(config: Config, services: Sequence[Service], ident: BuildIdentity, out: Output, *,
+def build(config: Config, services: Sequence[Service], ident: BuildIdentity, out: Progress, *,
           extra_tags: Sequence[str] = (), build_args: Mapping[str, str] | None = None,
-          force: bool = False, dotenv_out: Path | None = None) -> BuildResult:
-    """Build (or find already built) the images of `services`; dry-run only says what it would do."""
+          force: bool = False, dotenv_out: Path | None = None, dry_run: bool = False) -> BuildResult:
+    """Build (or find already built) the images of `services`; dry-run only says what it would do.
+
+    Progress lines and the build log go to `out` (the CLI prints them)."""
     from pipeline_steps.adapters.docker_host import open_host
 
     for tag in extra_tags:
@@ -208,7 +206,7 @@ def build(config: Config, services: Sequence[Service], ident: BuildIdentity, out
         if not dockerfile.is_file():
             raise BadInput(f"services.{service.name}.dockerfile: file not found: {dockerfile}")
     images: list[ServiceImage] = []
-    if out.dry_run:
+    if dry_run:
         shown = ", ".join(args)
         for service in services:
             ref = config.image_ref(service, ident.build_id)
@@ -255,24 +253,3 @@ def build(config: Config, services: Sequence[Service], ident: BuildIdentity, out
         written = str(dotenv_out)
         out.say(f"wrote {dotenv_out}")
     return BuildResult(ident.build_id, ident.revision, images, written)
-
-
-@click.command("build")
-@service_option
-@click.option("--build-id", type=BUILD_ID, metavar="ID", help="Use this BUILD_ID, not the commit's.")
-@click.option("--tag", "tags", multiple=True, type=TAG, metavar="TAG", help="Extra tag (repeatable).")
-@click.option("--build-arg", "build_args", multiple=True, metavar="K=V",
-              help="Build argument, e.g. BASE_IMAGE=...; a bare K reads $K (repeatable).")
-@click.option("--force", is_flag=True, help="Rebuild even if the image is already there.")
-@click.option("--dotenv-out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
-              help="Write BUILD_ID= and IMAGE_<SERVICE>= lines to FILE.")
-@pass_output
-def command(out: Output, service: str | None, build_id: str | None, tags: tuple[str, ...],
-            build_args: tuple[str, ...], force: bool, dotenv_out: Path | None) -> None:
-    """Build service images tagged <registry>/<app>/<service>:<BUILD_ID>."""
-    config = load(out)
-    services = config.select(service)
-    ident = resolve_identity(build_id)
-    result = build(config, services, ident, out, extra_tags=tags, build_args=parse_build_args(build_args),
-                   force=force, dotenv_out=dotenv_out)
-    report(out, "build", asdict(result))

@@ -6,11 +6,10 @@ from dataclasses import asdict
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
-from pipeline_steps.durations import Duration
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import BUILD_ID, Duration
 from pipeline_steps.errors import BadInput, PsError
-from pipeline_steps.inputs import BUILD_ID
-from pipeline_steps.output import Output
 
 
 class JobExit(PsError):

@@ -6,11 +6,11 @@ from dataclasses import asdict
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.types import DURATION
 from pipeline_steps.deploy.lock import DEFAULT_LEASE_TTL, DeployLock
 from pipeline_steps.deploy.pipeline import DEPLOY_TYPES, begin, end
-from pipeline_steps.durations import DURATION
-from pipeline_steps.output import Output
 
 
 @click.group("pipeline")

@@ -8,9 +8,7 @@ serves with the local image's digest is not pushed again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-
-import click
+from dataclasses import dataclass, field
 
 from pipeline_steps.adapters.interfaces import DockerHost, ImageInfo
 from pipeline_steps.adapters.registry import (
@@ -21,13 +19,10 @@ from pipeline_steps.adapters.registry import (
     credentials,
     split_ref,
 )
-from pipeline_steps.command import load, pass_output, report, service_option
 from pipeline_steps.config import Config, Service
-from pipeline_steps.durations import DURATION
 from pipeline_steps.errors import BadInput, CheckFailed, unreachable
-from pipeline_steps.inputs import BUILD_ID, TAG
-from pipeline_steps.output import Output
-from pipeline_steps.steps.build import check_tag, resolve_identity
+from pipeline_steps.operations.build import check_tag
+from pipeline_steps.progress import Progress
 
 __all__ = ["classify_push_error", "push"]
 
@@ -69,10 +64,12 @@ def _repo_digests(image: ImageInfo, repo: str) -> set[str]:
     return digests
 
 
-def push(config: Config, services: Sequence[Service], build_id: str, out: Output, *,
+def push(config: Config, services: Sequence[Service], build_id: str, out: Progress, *,
          extra_tags: Sequence[str] = (), attempts: int = 4, backoff: float = 2.0,
-         timeout: float = 10.0) -> PushResult:
-    """Push `<registry>/<app>/<service>:<build_id>` (and extra tags) of each service, once."""
+         timeout: float = 10.0, dry_run: bool = False) -> PushResult:
+    """Push `<registry>/<app>/<service>:<build_id>` (and extra tags) of each service, once.
+
+    Progress lines (retries, -v detail) go to `out` (the CLI prints them)."""
     from pipeline_steps.adapters import factory
     from pipeline_steps.adapters.docker_host import open_host
 
@@ -80,7 +77,7 @@ def push(config: Config, services: Sequence[Service], build_id: str, out: Output
         check_tag(tag, "--tag")
     plan = [(svc, config.image_repo(svc), tag) for svc in services for tag in (build_id, *extra_tags)]
     registry_host = split_ref(config.image_ref(services[0], build_id))[0] if services else config.registry
-    if out.dry_run:
+    if dry_run:
         for svc, repo, tag in plan:
             out.say(f"would push {repo}:{tag} ({svc.name}) to {registry_host}")
         return PushResult(build_id, registry_host, None,
@@ -125,26 +122,3 @@ def push(config: Config, services: Sequence[Service], build_id: str, out: Output
         return result
     finally:
         engine.close()
-
-
-@click.command("push")
-@service_option
-@click.option("--build-id", type=BUILD_ID, metavar="ID", help="Push this BUILD_ID (default: the commit's).")
-@click.option("--tag", "tags", multiple=True, type=TAG, metavar="TAG",
-              help="Also tag this build TAG and push it, e.g. latest (repeatable).")
-@click.option("--attempts", type=click.IntRange(1, 20), default=4, show_default=True,
-              help="Tries per registry call when it fails transiently.")
-@click.option("--backoff", type=DURATION, default="2s", show_default=True,
-              help="First wait between tries; doubles each time (at most 30s).")
-@click.option("--timeout", type=DURATION, default="10s", show_default=True,
-              help="Per request to the registry's API.")
-@pass_output
-def command(out: Output, service: str | None, build_id: str | None, tags: tuple[str, ...], attempts: int,
-            backoff: float, timeout: float) -> None:
-    """Push the built images to the registry (REGISTRY_USER / REGISTRY_PASSWORD or docker login)."""
-    config = load(out)
-    services = config.select(service)
-    ident = resolve_identity(build_id)
-    result = push(config, services, ident.build_id, out, extra_tags=tags, attempts=attempts,
-                  backoff=backoff, timeout=timeout)
-    report(out, "push", asdict(result))

@@ -1,40 +1,16 @@
-"""`ps switch --to blue|green`: the active color carries the traffic, the other stays as backup."""
+"""`ps switch --to blue|green` (the work: operations/switch.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 
 import click
 
-from pipeline_steps.command import load, pass_output, report
-from pipeline_steps.config import SLOT_PAIRS, Config, Service
+from pipeline_steps.cli.command import load, pass_output, report
+from pipeline_steps.cli.output import Output
+from pipeline_steps.cli.traffic import say_change
 from pipeline_steps.errors import BadInput
-from pipeline_steps.output import Output
-from pipeline_steps.steps.traffic import (
-    TrafficChange,
-    change_upstreams,
-    pair_services,
-    require_router,
-    say_change,
-)
-from pipeline_steps.upstreams import Upstream, blue_green_upstream
-
-COLORS = SLOT_PAIRS["blue-green"]
-
-
-def switch(config: Config, color: str, services: Sequence[str] | None = None, *,
-           dry_run: bool = False) -> TrafficChange:
-    """Make `color` active for the chosen blue/green services (the other color becomes backup)."""
-    if color not in COLORS:
-        raise BadInput(f"unknown color {color!r} (use blue or green)")
-    router = require_router(config)
-    chosen = pair_services(config, "blue-green", services)
-
-    def build(service: Service) -> Upstream:
-        return blue_green_upstream(service, config.hosts, color, router.keepalive)
-
-    return change_upstreams(config, chosen, build, action="switch", target=color, dry_run=dry_run)
+from pipeline_steps.operations.switch import COLORS, switch
 
 
 @click.command("switch")

@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 import click
 
+from pipeline_steps.cli.output import Output
 from pipeline_steps.config import Config, load_config
-from pipeline_steps.output import Output
 
 F = TypeVar("F", bound=Callable[..., Any])
 

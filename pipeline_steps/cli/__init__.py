@@ -11,56 +11,56 @@ from collections.abc import Sequence
 import click
 
 from pipeline_steps import __version__
+from pipeline_steps.cli.output import Output
 from pipeline_steps.errors import EXIT_USAGE, PsError
-from pipeline_steps.output import Output
 from pipeline_steps.secrets import mask, register_environment
 
 # name -> (where the command lives, its one-line summary for `ps --help`). Modules are imported only
 # when their command runs, so `ps --help` never loads docker, gitlab, requests or crossplane.
 # tests/unit/test_cli.py keeps each summary equal to the first line of the command's docstring.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "config": ("pipeline_steps.steps.config_cmd:group",
+    "config": ("pipeline_steps.cli.config:group",
                "Check ps.yaml and show the effective configuration."),
-    "init": ("pipeline_steps.steps.init_cmd:command",
+    "init": ("pipeline_steps.cli.init:command",
              "Write a ps.yaml from a docker-compose.yml and name what it could not carry over."),
-    "context": ("pipeline_steps.steps.context_cmd:command",
+    "context": ("pipeline_steps.cli.context:command",
                 "Show the CI context: commit, BUILD_ID, branch, author and links."),
-    "build": ("pipeline_steps.steps.build:command",
+    "build": ("pipeline_steps.cli.build:command",
               "Build service images tagged <registry>/<app>/<service>:<BUILD_ID>."),
-    "push": ("pipeline_steps.steps.push:command",
+    "push": ("pipeline_steps.cli.push:command",
              "Push the built images to the registry (REGISTRY_USER / REGISTRY_PASSWORD or docker login)."),
-    "health-gate": ("pipeline_steps.steps.health_gate:command",
+    "health-gate": ("pipeline_steps.cli.health_gate:command",
                     "Wait until every target is healthy (exit 0), or give up with the last reason (exit 1)."),
-    "mattermost-notify": ("pipeline_steps.steps.mattermost_notify:command",
+    "mattermost-notify": ("pipeline_steps.cli.mattermost_notify:command",
                           "Post a deploy notification to Mattermost (a failure warns and exits 0 unless "
                           "--fail-on-error)."),
-    "deploy-env": ("pipeline_steps.steps.deploy_env:command",
+    "deploy-env": ("pipeline_steps.cli.deploy_env:command",
                    "Run the service image in SLOT on every configured host."),
-    "status": ("pipeline_steps.steps.status:command",
+    "status": ("pipeline_steps.cli.status:command",
                "Show every slot on every host; exit 1 when hosts run different BUILD_IDs for a slot."),
-    "set-weights": ("pipeline_steps.steps.set_weights:command",
+    "set-weights": ("pipeline_steps.cli.set_weights:command",
                     "Set the stable/canary weights in the nginx upstreams and reload nginx safely."),
-    "switch": ("pipeline_steps.steps.switch:command",
+    "switch": ("pipeline_steps.cli.switch:command",
                "Send the traffic to COLOR; the other color stays as nginx backup."),
-    "verify-weights": ("pipeline_steps.steps.verify_weights:command",
+    "verify-weights": ("pipeline_steps.cli.verify_weights:command",
                        "Prove the live nginx weights (and measured split) match the expectation; exit 1 "
                        "if not."),
-    "traffic": ("pipeline_steps.steps.traffic:group", "How nginx splits traffic between the slots."),
-    "router": ("pipeline_steps.steps.router:group", "Write the first nginx include (router init)."),
-    "deploy": ("pipeline_steps.steps.deploy:command",
+    "traffic": ("pipeline_steps.cli.traffic:group", "How nginx splits traffic between the slots."),
+    "router": ("pipeline_steps.cli.router:group", "Write the first nginx include (router init)."),
+    "deploy": ("pipeline_steps.cli.deploy:command",
                "Run a deployment type: stable, canary-manual, canary-auto, promote-canary, rollback, "
                "blue-green."),
-    "pipeline": ("pipeline_steps.steps.pipeline:group",  # issue 15 (ci helper)
+    "pipeline": ("pipeline_steps.cli.pipeline:group",  # issue 15 (ci helper)
                  "A CI pipeline's stages as one deploy: lease the lock, record, notify once."),
-    "lock": ("pipeline_steps.steps.lock:group",
+    "lock": ("pipeline_steps.cli.lock:group",
              "The deploy lock: one deployment per app at a time, across CI agents."),
-    "run": ("pipeline_steps.steps.run_cmd:command",
+    "run": ("pipeline_steps.cli.run:command",
             "Run a one-off job in a new container of a service's image."),
-    "history": ("pipeline_steps.steps.history:command",
+    "history": ("pipeline_steps.cli.history:command",
                 "Show the recorded deployment actions (time, type, BUILD_IDs, weights, result, who)."),
-    "webhook": ("pipeline_steps.steps.webhook:group",
+    "webhook": ("pipeline_steps.cli.webhook:group",
                 "Receive GitLab push events and start a canary-auto deploy."),
-    "gitlab-status": ("pipeline_steps.steps.gitlab_status:command",
+    "gitlab-status": ("pipeline_steps.cli.gitlab_status:command",
                       "Set a GitLab commit status (GITLAB_URL, GITLAB_TOKEN from the environment)."),
 }
 

@@ -1,64 +1,26 @@
-"""`ps gitlab-status`: set the commit status in GitLab (for projects whose pipeline runs on Jenkins)."""
+"""`ps gitlab-status`: token, URL, project and commit from the environment (the call: operations)."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import click
 
-from pipeline_steps.command import pass_output, report
+from pipeline_steps.cli.command import pass_output, report
+from pipeline_steps.cli.output import Output
 from pipeline_steps.errors import BadInput
-from pipeline_steps.output import Output
+from pipeline_steps.operations.gitlab_status import (
+    STATES,
+    TOKEN_ENV,
+    gitlab_url_from,
+    project_from,
+    set_status,
+)
 from pipeline_steps.secrets import register_secret
 
-STATES = ("pending", "running", "success", "failed", "canceled")
-TOKEN_ENV = "GITLAB_TOKEN"
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
-
-
-@dataclass(frozen=True)
-class GitLabStatusResult:
-    """The status set (or that was already set: `changed` False) on a commit."""
-
-    project: str
-    sha: str
-    state: str
-    name: str
-    target_url: str | None
-    description: str | None
-    ref: str | None
-    changed: bool
-    dry_run: bool = False
-
-
-def gitlab_url_from(env: Mapping[str, str]) -> str | None:
-    """GITLAB_URL, else GitLab CI's CI_SERVER_URL."""
-    return env.get("GITLAB_URL") or env.get("CI_SERVER_URL") or None
-
-
-def project_from(env: Mapping[str, str]) -> str | None:
-    """GITLAB_PROJECT, else GitLab CI's CI_PROJECT_ID."""
-    return env.get("GITLAB_PROJECT") or env.get("CI_PROJECT_ID") or None
-
-
-def set_status(url: str, token: str, project: str, sha: str, state: str, *, name: str = "ps",
-               description: str | None = None, target_url: str | None = None, ref: str | None = None,
-               dry_run: bool = False) -> GitLabStatusResult:
-    """Set the commit status through python-gitlab; errors carry exit codes 1 (refused) or 3 (unreachable)."""
-    from pipeline_steps.adapters import gitlab
-
-    if state not in STATES:
-        raise BadInput(f"unknown state {state!r} (use {', '.join(STATES)})")
-    if dry_run:
-        return GitLabStatusResult(project, sha, state, name, target_url, description, ref, changed=False,
-                                  dry_run=True)
-    made = gitlab.set_commit_status(url, token, project, sha, state, name=name, description=description,
-                                    target_url=target_url, ref=ref)
-    return GitLabStatusResult(project, sha, made.state, name, made.target_url, description, ref,
-                              changed=made.changed)
 
 
 @click.command("gitlab-status")

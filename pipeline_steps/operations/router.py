@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
-from pipeline_steps.command import load, pass_output, report
 from pipeline_steps.config import Config
 from pipeline_steps.errors import BadInput
-from pipeline_steps.output import Output
-from pipeline_steps.steps.traffic import describe, load_live, require_router
+from pipeline_steps.operations.traffic import describe, load_live, require_router
 from pipeline_steps.upstreams import UpstreamFile, default_upstream
 
 
@@ -75,39 +71,3 @@ def router_init(config: Config, services: Sequence[str] | None = None, *, force:
     result.written, result.nginx_running, result.reloaded = done.written, done.running, done.reloaded
     result.tested, result.backup, result.note = done.tested, done.backup, done.note
     return result
-
-
-@click.group("router")
-def group() -> None:
-    """Write the first nginx include (router init)."""
-
-
-@group.command("init")
-@click.option("--service", "-s", "service_names", multiple=True, metavar="NAME",
-              help="Only this service (repeatable; default: every service in ps.yaml).")
-@click.option("--all", "all_services", is_flag=True, help="Every service in ps.yaml (the default).")
-@click.option("--force", is_flag=True, help="Rewrite the chosen upstreams even when the file exists.")
-@pass_output
-def init_command(out: Output, service_names: tuple[str, ...], all_services: bool, force: bool) -> None:
-    """Write router.include for the services of ps.yaml (stable 100 % / blue active); nginx may be down."""
-    if service_names and all_services:
-        raise BadInput("give --service NAME or --all, not both")
-    config = load(out)
-    result = router_init(config, list(service_names) or None, force=force, dry_run=out.dry_run)
-    if result.note == "already there":
-        out.say(f"{result.include} already there with these upstreams, left alone (--force rewrites them)")
-    else:
-        for name, state in result.services.items():
-            out.say(f"{name}: {state}")
-        if result.dry_run:
-            out.say(f"dry run: {result.note} {result.include} (nothing written)")
-        elif not result.written:
-            out.say(f"{result.include} already says so, nothing changed")
-        elif result.nginx_running:
-            out.say(f"wrote {result.include}, nginx tested and reloaded")
-        else:
-            tested = "nginx -t passed" if result.tested else result.note
-            out.say(f"wrote {result.include} (nginx not running; {tested}): nginx can start with it")
-    for name, lines in result.locations.items():  # issue 13: what the site's location needs
-        out.say(f"{name}: sticky split / segments: the location needs " + " ".join(lines))
-    report(out, "router-init", asdict(result))
