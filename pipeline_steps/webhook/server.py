@@ -8,11 +8,8 @@ HTTP is served by waitress (threaded, pure Python): listen backlog 1024, a conne
 deadline (channel_timeout) and a whole-request deadline: a request whose headers and body are not all in
 within `request_deadline` seconds is cut, however slowly its bytes trickle in.
 
-The worker runs one delivery at a time. Each attempt is recorded (`running`) before the action is called;
-a failed attempt is retried with exponential backoff (tenacity) up to `attempts`, then the delivery is
-`dead`. Before any repeat, and for a delivery found `running` at start (the receiver died mid-call), the
-action's `resume()` asks the far side whether it already has the delivery key (Jenkins queue and builds,
-GitLab pipelines, the local deploy's process group): only when it has not is the action run again.
+The worker runs one delivery at a time, its attempts and retries as attempts.py says. Request checks are
+in validate.py, the fitted waitress server in httpd.py, the durable group commit in store.py.
 """
 
 from __future__ import annotations
@@ -26,11 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-
-from pipeline_steps.errors import BadInput, PsError
 from pipeline_steps.secrets import mask
-from pipeline_steps.webhook.actions import Action, FinalFailure
+from pipeline_steps.webhook.actions import Action
+from pipeline_steps.webhook.attempts import run_delivery
 from pipeline_steps.webhook.httpd import StartResponse, json_answer, make_server
 from pipeline_steps.webhook.store import (
     DEAD,
@@ -79,21 +74,13 @@ class ReceiverSettings:
     attempts: int = 5                 # attempts per delivery before it is `dead`
     retry_wait: float = 1.0           # backoff: retry_wait * 2^n seconds, at most retry_max_wait
     retry_max_wait: float = 60.0
-    # deliveries being recorded at once: each thread holds one while its group commit is fsync'd, so this
-    # bounds how many share one fsync (100 arriving at once: 4 commits with 32 threads, 13 with 8)
-    threads: int = 32
+    # deliveries being recorded at once (each thread holds one while its group commit is fsync'd); more
+    # threads share an fsync better under a slow disk but raised the RSS plateau (+13..18 % with 32)
+    threads: int = 8
     backlog: int = 1024
     connection_limit: int = 256
     idle_timeout: float = 30.0        # an idle keep-alive connection is closed after this
     request_deadline: float = 10.0    # headers + body must be in within this
-
-
-class _Stopped(Exception):
-    """The receiver stops: leave the delivery waiting (resumed at the next start)."""
-
-
-class _Superseded(Exception):
-    """A newer push of the same branch waits: this one is not retried."""
 
 
 class WebhookServer:
@@ -231,80 +218,8 @@ class WebhookServer:
             ran += 1
         return ran
 
-    def _sleep_or_give_way(self, current: Delivery) -> Callable[[float], None]:
-        def sleep(seconds: float) -> None:
-            deadline = time.monotonic() + seconds
-            while True:
-                if self._stop.is_set():
-                    raise _Stopped
-                if self.settings.coalesce and self.store.has_newer(current):
-                    raise _Superseded
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._stop.wait(min(0.2, left))
-        return sleep
-
     def _run(self, delivery: Delivery, resumed: bool) -> None:
-        """Attempts with backoff until done, failed (said no), dead (retries used up) or superseded."""
-        key = delivery.key
-        resume = getattr(self.action, "resume", None)
-        calls = {"n": 0}
-        current = delivery
-
-        def attempt() -> str:
-            nonlocal current
-            calls["n"] += 1
-            # a repeat: of an attempt made in this run, of one left in flight (resumed) or of one that
-            # failed before a restart (claimed again with attempts > 1): ask the far side first
-            if resumed or calls["n"] > 1 or current.attempts > 1:
-                if callable(resume):
-                    try:
-                        found = resume(current)
-                    except FinalFailure:
-                        raise  # it had run to its end meanwhile, and said no
-                    except PsError as exc:  # cannot ask (no read access, far side down): act again, with
-                        found = None        # the same PS_DELIVERY for the far side to recognise
-                        self.log(f"delivery {key}: could not check the far side ({mask(exc.message)}); "
-                                 "acting again with the same delivery key")
-                    if found:
-                        return str(found)
-            if resumed or calls["n"] > 1:  # (a claim already counted its own attempt)
-                current = self.store.begin_attempt(key)
-            self.log(f"delivery {key}: {self.action.name} for {current.branch} {(current.sha or '')[:12]} "
-                     f"(attempt {current.attempts})")
-            return self.action(current)
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            wait = state.next_action.sleep if state.next_action else 0.0
-            why = mask(_reason(exc))
-            self.store.finish(key, RETRY, f"attempt {current.attempts} failed: {why}; next in {wait:.1f}s")
-            self.log(f"delivery {key}: attempt {current.attempts} failed: {why}; retry in {wait:.1f}s")
-
-        budget = self.settings.attempts - delivery.attempts + (0 if resumed else 1)
-        retrying = Retrying(
-            stop=stop_after_attempt(max(1, budget)),
-            wait=wait_exponential(multiplier=self.settings.retry_wait, max=self.settings.retry_max_wait),
-            retry=retry_if_exception(lambda e: not isinstance(e, FinalFailure | BadInput | _Stopped
-                                                              | _Superseded)),
-            sleep=self._sleep_or_give_way(delivery), before_sleep=before_sleep, reraise=True)
-        try:
-            outcome, status = retrying(attempt), DONE
-        except _Stopped:
-            return  # left `retry`: the next start takes it up again
-        except _Superseded:
-            outcome, status = "superseded by a newer push of the same branch (not retried)", SUPERSEDED
-        except FinalFailure as exc:
-            outcome, status = exc.message, FAILED
-        except PsError as exc:
-            outcome, status = f"{exc.message} (gave up after {current.attempts} attempt(s))", DEAD
-        except Exception as exc:  # the worker must survive any single action
-            outcome = f"internal error: {_reason(exc)} (gave up after {current.attempts} attempt(s))"
-            status = DEAD
-        outcome = mask(outcome)
-        self.store.finish(key, status, outcome)
-        self.log(f"delivery {key}: {status}: {outcome}")
+        run_delivery(self.store, self.action, self.settings, delivery, resumed, self._stop, self.log)
 
     def _work(self) -> None:
         try:
@@ -401,12 +316,6 @@ class WebhookServer:
         if self._worker is not None:
             self._worker.join(timeout=wait)
             self._worker = None
-
-
-def _reason(exc: BaseException | None) -> str:
-    if isinstance(exc, PsError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}" if exc else "unknown"
 
 
 __all__ = ["DEAD", "DONE", "FAILED", "IGNORED", "PENDING", "RETRY", "RUNNING", "SUPERSEDED", "MAX_BODY",
