@@ -8,36 +8,25 @@ HTTP is served by waitress (threaded, pure Python): listen backlog 1024, a conne
 deadline (channel_timeout) and a whole-request deadline: a request whose headers and body are not all in
 within `request_deadline` seconds is cut, however slowly its bytes trickle in.
 
-The worker runs one delivery at a time. Each attempt is recorded (`running`) before the action is called;
-a failed attempt is retried with exponential backoff (tenacity) up to `attempts`, then the delivery is
-`dead`. Before any repeat, and for a delivery found `running` at start (the receiver died mid-call), the
-action's `resume()` asks the far side whether it already has the delivery key (Jenkins queue and builds,
-GitLab pipelines, the local deploy's process group): only when it has not is the action run again.
+The worker runs one delivery at a time, its attempts and retries as attempts.py says. Request checks are
+in validate.py, the fitted waitress server in httpd.py, the durable group commit in store.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
-import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
-from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
-
-from pipeline_steps.errors import BadInput, PsError
 from pipeline_steps.secrets import mask
-from pipeline_steps.webhook.actions import Action, FinalFailure
+from pipeline_steps.webhook.actions import Action
+from pipeline_steps.webhook.attempts import run_delivery
+from pipeline_steps.webhook.httpd import StartResponse, json_answer, make_server
 from pipeline_steps.webhook.store import (
     DEAD,
     DONE,
@@ -49,21 +38,28 @@ from pipeline_steps.webhook.store import (
     SUPERSEDED,
     Delivery,
     DeliveryStore,
-    PushEvent,
+)
+from pipeline_steps.webhook.validate import (
+    MAX_BODY,
+    MAX_DEPTH,
+    MIN_TOKEN_LENGTH,
+    ZERO_SHA,
+    Classified,
+    classify,
+    commit_ids,
+    delivery_ids,
+    delivery_key,
+    identify,
+    nesting_within,
+    parse_body,
+    token_matches,
 )
 
-MAX_BODY = 1024 * 1024
-MAX_DEPTH = 400
-MAX_KEY = 128           # longer Idempotency-Keys / UUIDs are hashed (sha256), never cut
-MIN_TOKEN_LENGTH = 16
-ZERO_SHA = "0" * 40
 # A thread back from SQLite or a socket waits for the GIL up to this long while another thread (waitress'
 # event loop) computes: 5 ms by default, paid several times per delivery. The serving process uses less.
 SWITCH_INTERVAL = 0.0005
 SETTLE_QUIET, SETTLE_MAX = 0.02, 0.5  # the worker acts once no delivery was recorded for SETTLE_QUIET s
-WRITE_WHEN_RUNNING = 64 * 1024  # an answer being written is sent once its task ends, unless it is larger
 Log = Callable[[str], None]
-StartResponse = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -78,230 +74,13 @@ class ReceiverSettings:
     attempts: int = 5                 # attempts per delivery before it is `dead`
     retry_wait: float = 1.0           # backoff: retry_wait * 2^n seconds, at most retry_max_wait
     retry_max_wait: float = 60.0
+    # deliveries being recorded at once (each thread holds one while its group commit is fsync'd); more
+    # threads share an fsync better under a slow disk but raised the RSS plateau (+13..18 % with 32)
     threads: int = 8
     backlog: int = 1024
     connection_limit: int = 256
     idle_timeout: float = 30.0        # an idle keep-alive connection is closed after this
     request_deadline: float = 10.0    # headers + body must be in within this
-
-
-@dataclass(frozen=True)
-class Classified(PushEvent):
-    """A parsed delivery: what it is and, when we will not act on it, why."""
-
-    ignored: str | None  # the reason, or None when this delivery starts the action
-
-
-def token_matches(given: str | None, expected: str) -> bool:
-    """Constant-time comparison of the X-Gitlab-Token header with the configured secret."""
-    return hmac.compare_digest((given or "").encode("utf-8"), expected.encode("utf-8"))
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _header_id(value: str) -> str:
-    """A header value as an id: itself when short and printable, else `sha256:<hex>` of it (never cut)."""
-    if len(value) <= MAX_KEY and value.isprintable():
-        return value
-    return "sha256:" + _sha256(value.encode("utf-8", "surrogateescape"))
-
-
-def _headers(headers: Mapping[str, str]) -> tuple[str, str]:
-    lowered = {k.lower(): v for k, v in headers.items()}
-    return (lowered.get("idempotency-key") or "").strip(), (lowered.get("x-gitlab-event-uuid") or "").strip()
-
-
-def delivery_key(headers: Mapping[str, str], body: bytes) -> str:
-    """Idempotency-Key, else X-Gitlab-Event-UUID, else a hash of the body (a replay is the same body)."""
-    for value in _headers(headers):
-        if value:
-            return _header_id(value)
-    return "sha256:" + _sha256(body)
-
-
-def delivery_ids(headers: Mapping[str, str], body: bytes) -> list[str]:
-    """Every id a delivery is known by: a repeat matching any one of them is the same delivery."""
-    idem, uuid = _headers(headers)
-    ids = [f"body:{_sha256(body)}"]
-    if idem:
-        ids.append(f"idem:{_header_id(idem)}")
-    if uuid:
-        ids.append(f"uuid:{_header_id(uuid)}")
-    return ids
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) and str(value) else None
-
-
-def classify(payload: Mapping[str, Any], branches: tuple[str, ...]) -> Classified:
-    """Decide whether a GitLab payload starts the action: a push to one of `branches`, or a merge request
-    merged into one of them (its merge commit is the commit to deploy)."""
-    kind = str(payload.get("object_kind") or payload.get("event_name") or "unknown")
-    raw_attrs = payload.get("object_attributes")
-    attrs: dict[str, Any] = raw_attrs if isinstance(raw_attrs, dict) else {}
-    ref = payload.get("ref") if isinstance(payload.get("ref"), str) else None
-    sha = _text(payload.get("checkout_sha")) or _text(payload.get("after"))
-    if kind == "merge_request" and attrs.get("action") == "merge":
-        target = _text(attrs.get("target_branch"))
-        ref = f"refs/heads/{target}" if target else None
-        raw_last = attrs.get("last_commit")
-        last: dict[str, Any] = raw_last if isinstance(raw_last, dict) else {}
-        # merge commit; squash commit of a fast-forward squash; the head itself of a fast-forward merge
-        sha = (_text(attrs.get("merge_commit_sha")) or _text(attrs.get("squash_commit_sha"))
-               or _text(last.get("id")))
-    branch = ref.removeprefix("refs/heads/") if ref and ref.startswith("refs/heads/") else None
-    project_raw = payload.get("project")
-    project = None
-    if isinstance(project_raw, dict):
-        project = str(project_raw.get("path_with_namespace") or project_raw.get("id") or "") or None
-    if project is None and payload.get("project_id") is not None:
-        project = str(payload.get("project_id"))
-    user_raw = payload.get("user")
-    user = payload.get("user_username") or payload.get("user_name") or (
-        user_raw.get("username") if isinstance(user_raw, dict) else None)
-    user = str(user) if user else None
-
-    def result(reason: str | None) -> Classified:
-        return Classified(kind, ref, branch, sha, project, user, reason)
-
-    if kind == "merge_request":
-        if attrs.get("action") != "merge":
-            return result(f"event {kind!r} ({attrs.get('action') or 'no action'}) is not a push or a merge")
-        if branch is None or branch not in branches:
-            return result(f"merge into {branch!r} does not deploy (only {', '.join(branches)})")
-        if not sha:
-            return result("merge event without a merge commit")
-        return result(None)
-    if kind != "push":
-        return result(f"event {kind!r} is not a push")
-    if branch is None:
-        return result(f"ref {ref!r} is not a branch")
-    if branch not in branches:
-        return result(f"branch {branch!r} does not deploy (only {', '.join(branches)})")
-    if not sha or sha == ZERO_SHA:
-        return result(f"branch {branch!r} was deleted")
-    return result(None)
-
-
-def commit_ids(info: Classified) -> tuple[list[str], list[str]]:
-    """(ids recorded, ids looked up) that make a merge event and its merge commit's push one trigger."""
-    if info.ignored or not info.branch or not info.sha:
-        return [], []
-    mine, other = ("merge", "push") if info.event == "merge_request" else ("push", "merge")
-    return [f"{mine}:{info.branch}:{info.sha}"], [f"{other}:{info.branch}:{info.sha}"]
-
-
-def nesting_within(value: Any, limit: int) -> bool:
-    """Whether JSON arrays/objects nest at most `limit` deep (iterative: no recursion on hostile input)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        children: Iterable[Any] = item.values() if isinstance(item, dict) else item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return True
-
-
-def parse_body(body: bytes, max_depth: int) -> tuple[dict[str, Any] | None, str | None]:
-    """(payload, None) or (None, the reason it is refused)."""
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        return None, f"JSON nested deeper than {max_depth} levels"
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None, "body is not JSON"
-    if not isinstance(payload, dict):
-        return None, "body is not a JSON object"
-    if not nesting_within(payload, max_depth):
-        return None, f"JSON nested deeper than {max_depth} levels"
-    return payload, None
-
-
-# ---------------------------------------------------------------- waitress with a whole-request deadline
-
-
-class _Channel(HTTPChannel):
-    """Remembers when the request now being received began (its first byte)."""
-
-    request_began: float | None = None
-
-    def received(self, data: bytes) -> bool:
-        if self.request is None and data and self.request_began is None:
-            self.request_began = time.monotonic()
-        done = bool(super().received(data))
-        if self.request is None:
-            self.request_began = None
-        return done
-
-    def writable(self) -> bool:
-        """Not while a task is still writing an answer of less than WRITE_WHEN_RUNNING bytes.
-
-        waitress polls a channel for POLLOUT as soon as its task has written anything, and its
-        handle_write skips sending while the task holds the buffer: the event loop spins, holding the GIL
-        the task needs to end. The task pulls the loop's trigger when it ends; the answer goes out then.
-        (A task blocks for the loop only above outbuf_high_watermark, far above this.)
-        """
-        if (self.requests and self.total_outbufs_len < WRITE_WHEN_RUNNING
-                and not (self.will_close or self.close_when_flushed)):
-            return False
-        return bool(super().writable())
-
-
-class _Server(TcpWSGIServer):
-    channel_class = _Channel
-    request_deadline = 10.0
-
-    def handle_accept(self) -> None:
-        """Every connection waiting to be accepted, up to the connection limit (waitress takes one per
-        turn of its event loop, and each turn visits every open connection)."""
-        while len(self._map) < self.adj.connection_limit:
-            before = len(self._map)
-            super().handle_accept()
-            if len(self._map) == before:  # nothing left to accept (or a bogus socket, logged)
-                return
-
-    def maintenance(self, now: float) -> None:
-        """Idle channels are closed (waitress); so are those whose request is late, trickling or not."""
-        super().maintenance(now)
-        cutoff = time.monotonic() - self.request_deadline
-        for channel in list(self.active_channels.values()):
-            began = getattr(channel, "request_began", None)
-            if began is not None and began < cutoff:
-                channel.will_close = True
-
-
-class _Dispatcher(ThreadedTaskDispatcher):
-    """Health checks go to the head of the queue: /healthz stays fast while deliveries pile up."""
-
-    def add_task(self, task: Any) -> None:
-        requests = getattr(task, "requests", None)
-        if not requests or getattr(requests[0], "path", "") != "/healthz":
-            super().add_task(task)
-            return
-        with self.lock:
-            self.queue.appendleft(task)
-            self.queue_cv.notify()
-
-
-class _Stopped(Exception):
-    """The receiver stops: leave the delivery waiting (resumed at the next start)."""
-
-
-class _Superseded(Exception):
-    """A newer push of the same branch waits: this one is not retried."""
-
-
-def _json(start_response: StartResponse, status: int, body: dict[str, Any]) -> list[bytes]:
-    data = json.dumps(body).encode()
-    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-               405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
-    start_response(f"{status} {reasons.get(status, 'Status')}",
-                   [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
 
 
 class WebhookServer:
@@ -319,18 +98,13 @@ class WebhookServer:
         bind = getattr(action, "bind", None)
         if callable(bind):
             bind(store)
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" under bursts
-        adj = Adjustments(host=host, port=port, threads=settings.threads, backlog=settings.backlog,
-                          connection_limit=settings.connection_limit, channel_timeout=settings.idle_timeout,
-                          cleanup_interval=1, max_request_body_size=settings.max_body + 1,
-                          max_request_header_size=64 * 1024, ident="ps-webhook", expose_tracebacks=False,
-                          asyncore_use_poll=True, asyncore_loop_timeout=1,  # whole seconds (an int)
-                          clear_untrusted_proxy_headers=False)
+        self._token = settings.token.encode("utf-8")
         self._map: dict[int, Any] = {}
-        dispatcher = _Dispatcher()
-        dispatcher.set_thread_count(settings.threads)
-        self._httpd = _Server(self.wsgi, map=self._map, adj=adj, dispatcher=dispatcher)
-        self._httpd.request_deadline = settings.request_deadline
+        self._httpd = make_server(self.wsgi, host, port, threads=settings.threads, backlog=settings.backlog,
+                                  connection_limit=settings.connection_limit,
+                                  idle_timeout=settings.idle_timeout,
+                                  request_deadline=settings.request_deadline, max_body=settings.max_body,
+                                  channels=self._map)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -355,36 +129,36 @@ class WebhookServer:
         except Exception as exc:
             self.log(f"internal error answering {environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}: "
                      f"{type(exc).__name__}: {mask(str(exc))[:200]}")
-            return _json(start_response, 500, {"status": "internal error"})
+            return json_answer(start_response, 500, {"status": "internal error"})
 
     def _authorized(self, environ: Mapping[str, Any]) -> bool:
         given = environ.get("HTTP_X_GITLAB_TOKEN")
         bearer = str(environ.get("HTTP_AUTHORIZATION") or "")
         if not given and bearer.lower().startswith("bearer "):
             given = bearer[7:].strip()
-        return token_matches(given, self.settings.token)
+        return hmac.compare_digest((given or "").encode("utf-8"), self._token)
 
     def _route(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/"
         if method in ("GET", "HEAD"):
             if path == "/healthz":
-                return _json(start_response, 200, {"status": "ok", "pending": self.store.count(PENDING),
+                return json_answer(start_response, 200, {"status": "ok", "pending": self.store.count(PENDING),
                                                    "action": self.action.name})
             if path == "/deliveries":
                 if not self._authorized(environ):
-                    return _json(start_response, 401, {"status": "unauthorized"})
+                    return json_answer(start_response, 401, {"status": "unauthorized"})
                 try:
                     limit = int(parse_qs(environ.get("QUERY_STRING", "")).get("limit", ["100"])[0])
                 except ValueError:
-                    return _json(start_response, 400, {"status": "bad request",
+                    return json_answer(start_response, 400, {"status": "bad request",
                                                        "error": "limit must be a whole number"})
                 rows = self.store.recent(max(1, min(limit, 1000)))
-                return _json(start_response, 200, {"deliveries": [d.as_dict() for d in rows]})
-            return _json(start_response, 404, {"status": "not found"})
+                return json_answer(start_response, 200, {"deliveries": [d.as_dict() for d in rows]})
+            return json_answer(start_response, 404, {"status": "not found"})
         if method != "POST":
-            return _json(start_response, 405, {"status": "method not allowed"})
+            return json_answer(start_response, 405, {"status": "method not allowed"})
         if not self._authorized(environ):
-            return _json(start_response, 401, {"status": "unauthorized"})
+            return json_answer(start_response, 401, {"status": "unauthorized"})
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -392,26 +166,31 @@ class WebhookServer:
         body = environ["wsgi.input"].read(length) if length > 0 else b""
         payload, error = parse_body(body, self.settings.max_depth)
         if payload is None:
-            return _json(start_response, 400, {"status": "bad request", "error": error})
-        headers = {"Idempotency-Key": environ.get("HTTP_IDEMPOTENCY_KEY", ""),
-                   "X-Gitlab-Event-UUID": environ.get("HTTP_X_GITLAB_EVENT_UUID", "")}
-        status, answer = self.receive(headers, body, payload)
-        return _json(start_response, status, answer)
+            return json_answer(start_response, 400, {"status": "bad request", "error": error})
+        status, answer = self._receive(environ.get("HTTP_IDEMPOTENCY_KEY", "").strip(),
+                                       environ.get("HTTP_X_GITLAB_EVENT_UUID", "").strip(), body, payload)
+        return json_answer(start_response, status, answer)
 
     # ------------------------------------------------------------ receiving
 
     def receive(self, headers: Mapping[str, str], body: bytes,
                 payload: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """Record one authenticated delivery; the answer (status, JSON) for GitLab."""
-        key = delivery_key(headers, body)
+        lowered = {k.lower(): v for k, v in headers.items()}
+        return self._receive((lowered.get("idempotency-key") or "").strip(),
+                             (lowered.get("x-gitlab-event-uuid") or "").strip(), body, payload)
+
+    def _receive(self, idem: str, uuid: str, body: bytes,
+                 payload: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        key, ids = identify(idem, uuid, body)
         info = classify(payload, self.settings.branches)
         now = time.time()
-        delivery = Delivery(**info.push_fields(), key=key, received_at=now,
-                            status=IGNORED if info.ignored else PENDING, outcome=info.ignored,
-                            updated_at=now)
+        delivery = Delivery(info.event, info.ref, info.branch, info.sha, info.project, info.user, key=key,
+                            received_at=now, status=IGNORED if info.ignored else PENDING,
+                            outcome=info.ignored, updated_at=now)
         recorded, looked_up = commit_ids(info)
         try:
-            found = self.store.record(delivery, delivery_ids(headers, body), recorded, looked_up)
+            found = self.store.record(delivery, ids, recorded, looked_up)
         except Exception as exc:  # disk full, locked database: GitLab must retry later
             self.log(f"delivery {key} NOT recorded: {type(exc).__name__}: {exc}")
             return 503, {"status": "not recorded", "delivery": key}
@@ -439,80 +218,8 @@ class WebhookServer:
             ran += 1
         return ran
 
-    def _sleep_or_give_way(self, current: Delivery) -> Callable[[float], None]:
-        def sleep(seconds: float) -> None:
-            deadline = time.monotonic() + seconds
-            while True:
-                if self._stop.is_set():
-                    raise _Stopped
-                if self.settings.coalesce and self.store.has_newer(current):
-                    raise _Superseded
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._stop.wait(min(0.2, left))
-        return sleep
-
     def _run(self, delivery: Delivery, resumed: bool) -> None:
-        """Attempts with backoff until done, failed (said no), dead (retries used up) or superseded."""
-        key = delivery.key
-        resume = getattr(self.action, "resume", None)
-        calls = {"n": 0}
-        current = delivery
-
-        def attempt() -> str:
-            nonlocal current
-            calls["n"] += 1
-            # a repeat: of an attempt made in this run, of one left in flight (resumed) or of one that
-            # failed before a restart (claimed again with attempts > 1): ask the far side first
-            if resumed or calls["n"] > 1 or current.attempts > 1:
-                if callable(resume):
-                    try:
-                        found = resume(current)
-                    except FinalFailure:
-                        raise  # it had run to its end meanwhile, and said no
-                    except PsError as exc:  # cannot ask (no read access, far side down): act again, with
-                        found = None        # the same PS_DELIVERY for the far side to recognise
-                        self.log(f"delivery {key}: could not check the far side ({mask(exc.message)}); "
-                                 "acting again with the same delivery key")
-                    if found:
-                        return str(found)
-            if resumed or calls["n"] > 1:  # (a claim already counted its own attempt)
-                current = self.store.begin_attempt(key)
-            self.log(f"delivery {key}: {self.action.name} for {current.branch} {(current.sha or '')[:12]} "
-                     f"(attempt {current.attempts})")
-            return self.action(current)
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            wait = state.next_action.sleep if state.next_action else 0.0
-            why = mask(_reason(exc))
-            self.store.finish(key, RETRY, f"attempt {current.attempts} failed: {why}; next in {wait:.1f}s")
-            self.log(f"delivery {key}: attempt {current.attempts} failed: {why}; retry in {wait:.1f}s")
-
-        budget = self.settings.attempts - delivery.attempts + (0 if resumed else 1)
-        retrying = Retrying(
-            stop=stop_after_attempt(max(1, budget)),
-            wait=wait_exponential(multiplier=self.settings.retry_wait, max=self.settings.retry_max_wait),
-            retry=retry_if_exception(lambda e: not isinstance(e, FinalFailure | BadInput | _Stopped
-                                                              | _Superseded)),
-            sleep=self._sleep_or_give_way(delivery), before_sleep=before_sleep, reraise=True)
-        try:
-            outcome, status = retrying(attempt), DONE
-        except _Stopped:
-            return  # left `retry`: the next start takes it up again
-        except _Superseded:
-            outcome, status = "superseded by a newer push of the same branch (not retried)", SUPERSEDED
-        except FinalFailure as exc:
-            outcome, status = exc.message, FAILED
-        except PsError as exc:
-            outcome, status = f"{exc.message} (gave up after {current.attempts} attempt(s))", DEAD
-        except Exception as exc:  # the worker must survive any single action
-            outcome = f"internal error: {_reason(exc)} (gave up after {current.attempts} attempt(s))"
-            status = DEAD
-        outcome = mask(outcome)
-        self.store.finish(key, status, outcome)
-        self.log(f"delivery {key}: {status}: {outcome}")
+        run_delivery(self.store, self.action, self.settings, delivery, resumed, self._stop, self.log)
 
     def _work(self) -> None:
         try:
@@ -611,12 +318,7 @@ class WebhookServer:
             self._worker = None
 
 
-def _reason(exc: BaseException | None) -> str:
-    if isinstance(exc, PsError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}" if exc else "unknown"
-
-
 __all__ = ["DEAD", "DONE", "FAILED", "IGNORED", "PENDING", "RETRY", "RUNNING", "SUPERSEDED", "MAX_BODY",
-           "MAX_DEPTH", "MIN_TOKEN_LENGTH", "ReceiverSettings", "WebhookServer", "classify", "delivery_ids",
-           "delivery_key", "token_matches"]
+           "MAX_DEPTH", "MIN_TOKEN_LENGTH", "ZERO_SHA", "Classified", "ReceiverSettings", "WebhookServer",
+           "classify", "commit_ids", "delivery_ids", "delivery_key", "nesting_within", "parse_body",
+           "token_matches"]

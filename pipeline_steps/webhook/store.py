@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,7 @@ class _Pending:
     found: str | None = None
     error: BaseException | None = None
     done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 @contextmanager
@@ -137,8 +138,9 @@ class DeliveryStore:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
+        self._queued = threading.Lock()  # guards _queue and _committing (a commit under way)
         self._queue: list[_Pending] = []
+        self._committing = False
         self.group_commits = 0  # transactions `record` made (deliveries per fsync = records / this)
         with _private_umask():
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
@@ -180,30 +182,51 @@ class DeliveryStore:
         Returns None when recorded, else the key of the delivery it duplicates (its ids are added to it).
 
         Group commit: callers arriving while another commit is being fsync'd are written together in the
-        next transaction (one fsync for all of them); each call returns once its own row is durable. A
-        batch holds at most one call per thread (each waits for its own).
+        next transaction (one fsync for all of them); each call returns as soon as its own transaction is
+        durable (woken by its committer, not queued behind the next commit). A batch holds at most one call
+        per thread (each waits for its own).
         """
         request = _Pending(delivery, [delivery.key, *ids], list(cross_ids), list(cross_lookup))
-        with self._queue_lock:
+        with self._queued:
             self._queue.append(request)
-        with self._lock:
-            if not request.done:
-                with self._queue_lock:
+            lead = not self._committing
+            self._committing = True
+        if not lead:
+            request.wake.wait()  # set once our transaction is durable, or when we are to commit next
+        while not request.done:
+            self._commit_queued()
+        if request.error is not None:
+            raise request.error
+        return request.found
+
+    def _commit_queued(self) -> None:
+        """One transaction for every `record` call queued by the time the writer connection is ours;
+        then each of them is woken, and the oldest call queued meanwhile commits the next batch."""
+        batch: list[_Pending] = []
+        try:
+            with self._lock:
+                with self._queued:
                     batch, self._queue = self._queue, []
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._record_batch(batch)
                     self._db.execute("COMMIT")
-                    self.group_commits += 1
-                except BaseException as exc:
+                except BaseException:
                     self._db.execute("ROLLBACK")
-                    for item in batch:
-                        item.error = exc
-                for item in batch:
-                    item.done = True
-        if request.error is not None:
-            raise request.error
-        return request.found
+                    raise
+                self.group_commits += 1
+        except BaseException as exc:  # every caller of the batch gets it (a disk full: each answers 503)
+            for item in batch:
+                item.error = exc
+        finally:
+            for item in batch:
+                item.done = True
+                item.wake.set()
+            with self._queued:
+                if self._queue:
+                    self._queue[0].wake.set()
+                else:
+                    self._committing = False
 
     def _record_batch(self, batch: list[_Pending]) -> None:
         """Four statements however many deliveries the batch holds (each SQLite call hands the GIL over
