@@ -22,7 +22,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: setup lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15 -n 4 --dist loadgroup
 
 demo: setup
 	$(PY) -m demo
