@@ -42,33 +42,40 @@ def pytest_configure(config: pytest.Config) -> None:
         address()
 
 
-# Under pytest-xdist (`make test` runs `-n N --dist loadgroup`) the tests below run one after another on
-# one worker: they measure time (a rollback within check_interval + one reload, a request deadline, a
-# latency decision) or drive load with 0 failed requests, and must not run beside each other's load.
-# A module named alone also keeps its module fixtures on one worker (test_image builds the ps image once).
+# `make test` runs the suite in two parts: every test not marked `serial` in pytest-xdist workers
+# (`-n 4 --dist loadgroup -m "not serial"`), then the `serial` ones in one process, alone, as before xdist:
+# they measure time (a rollback within check_interval + one reload + 1 s, a request deadline, a latency
+# decision) or drive load with 0 failed requests, and the other workers' load would break their margins.
+SERIAL = (
+    "tests/integration/test_core_promise.py::",
+    "tests/integration/test_load.py::",
+    "tests/integration/test_keepalive_load.py::",
+    "tests/integration/test_analysis_nginx.py::",
+    "tests/integration/test_deploy_types.py::test_canary_auto_rolls_back_a_canary_that_turns_unhealthy",
+    "tests/integration/test_deploy_types.py::test_rollback_moves_traffic_even_with_the_docker_engine_down",
+    "tests/integration/test_deploy_types.py::test_canary_unhealthy_while_the_probe_runs_is_rolled_back",
+    "tests/integration/test_deploy_types.py::test_blue_green_watch_switches_back_when_the_new_color_fails",
+    "tests/integration/test_webhook.py::test_accepted_push_is_recorded_answered_fast_and_acted_on_once",
+    "tests/integration/test_webhook.py::test_a_trickled_body_or_header_is_cut_at_the_request_deadline",
+    "tests/integration/test_webhook.py::test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s",
+    "tests/integration/test_health_gate.py::test_worker_ready_at_4s_does_not_pass_at_1_2s",
+)
+# Tests of one group run one after another on one worker: the CI files' runs (each a JVM or node plus
+# ps, several at once would starve the machine) and test_image (its module fixture builds the ps image).
 XDIST_GROUPS = {
-    "timing": (
-        "tests/integration/test_core_promise.py::",
-        "tests/integration/test_load.py::",
-        "tests/integration/test_keepalive_load.py::",
-        "tests/integration/test_analysis_nginx.py::",
-        "tests/integration/test_deploy_types.py::test_canary_auto_rolls_back_a_canary_that_turns_unhealthy",
-        "tests/integration/test_deploy_types.py::test_rollback_moves_traffic_even_with_the_docker_engine_down",
-        "tests/integration/test_deploy_types.py::test_canary_unhealthy_while_the_probe_runs_is_rolled_back",
-        "tests/integration/test_deploy_types.py::test_blue_green_watch_switches_back_when_the_new_color_fails",
-        "tests/integration/test_webhook.py::test_accepted_push_is_recorded_answered_fast_and_acted_on_once",
-        "tests/integration/test_webhook.py::test_a_trickled_body_or_header_is_cut_at_the_request_deadline",
-        "tests/integration/test_webhook.py::test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s",
-        "tests/integration/test_health_gate.py::test_worker_ready_at_4s_does_not_pass_at_1_2s",
-    ),
+    "jenkins": ("tests/ci/test_jenkinsfile.py::",),
+    "gitlab": ("tests/ci/test_gitlab_ci.py::",),
     "image": ("tests/integration/test_image.py::",),
 }
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests of XDIST_GROUPS with their xdist_group (the groups mean nothing without xdist)."""
+    """Mark the SERIAL tests `serial`, and those of XDIST_GROUPS with their xdist_group (no effect
+    without xdist)."""
     for item in items:
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
         group = xdist_group_of(item.nodeid)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
