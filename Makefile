@@ -21,8 +21,11 @@ lint: setup
 	$(VENV)/bin/ruff check pipeline_steps tests testbed bench demo
 	$(VENV)/bin/mypy
 
+# the suite in 4 pytest-xdist workers, then the tests marked serial (timing, load) alone; fails if either part does
 test: setup lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15 -n 4 --dist loadgroup -m "not serial"; \
+	  parallel=$$?; $(VENV)/bin/pytest -q -p no:cacheprovider --durations=15 -m serial; \
+	  serial=$$?; [ $$parallel -eq 0 ] && [ $$serial -eq 0 ]
 
 demo: setup
 	$(PY) -m demo

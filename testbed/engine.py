@@ -1,12 +1,24 @@
-"""A Docker engine to test against: the one that answers, or a dockerd we start and stop ourselves."""
+"""A Docker engine to test against: the one that answers, or a dockerd we start and stop ourselves.
+
+`run_engine()` is the pytest session's: when no engine answers, one dockerd serves every process of the
+run (the xdist workers): the first that needs it starts it under the run's lock and writes a marker
+(base_url, pid, root) in the run's directory; the others reuse it; the run's top process stops it once,
+at its end (`stop_run_engine()`), workers being done by then. The run is named by PS_TEST_RUN, which
+`begin_run()` sets in the top process and its workers inherit.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +63,10 @@ class Engine:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Unmount and remove the data of a stopped dockerd we started (its root)."""
         if self.root is not None:
             # dockerd leaves mounts behind (overlays under data, the default netns under exec)
             for mounted in ("data", "exec/netns/default", "exec"):
@@ -88,14 +104,145 @@ def start_dockerd(root: Path, *, bridge: str | None = None, bip: str | None = No
     raise RuntimeError("dockerd did not answer in time")
 
 
-def ensure_engine() -> Engine:
-    """The engine that answers (DOCKER_HOST or the default socket), else one we start."""
-    candidates = [os.environ.get("DOCKER_HOST") or "", "unix:///var/run/docker.sock"]
-    for url in candidates:
+@contextmanager
+def private_bridge() -> Iterator[str]:
+    """A Linux bridge of its own for a dockerd we start (psbr<random>, up, on a free 10.x.y.1/24), deleted
+    at the end. The subnet is picked and taken under a lock, so parallel workers never pick the same."""
+    import random
+
+    bridge = f"psbr{uuid.uuid4().hex[:8]}"
+    with file_lock(Path(tempfile.gettempdir()) / "ps-bed-locks" / "subnets.lock"):
+        routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
+        free = [c for c in (f"10.{random.randint(200, 250)}.{random.randint(0, 255)}" for _ in range(100))
+                if f"{c}." not in routes]
+        if not free:
+            raise RuntimeError("no free private /24 for a bridge")
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True, capture_output=True)
+        try:
+            subprocess.run(["ip", "addr", "add", f"{free[0]}.1/24", "dev", bridge], check=True,
+                           capture_output=True)
+            subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True)
+        except BaseException:
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+            raise
+    try:
+        yield bridge
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+
+
+def _answering() -> Engine | None:
+    for url in (os.environ.get("DOCKER_HOST") or "", "unix:///var/run/docker.sock"):
         if url and _answers(url):
             return Engine(base_url=url)
+    return None
+
+
+def ensure_engine() -> Engine:
+    """The engine that answers (DOCKER_HOST or the default socket), else one we start (and stop)."""
+    found = _answering()
+    if found is not None:
+        return found
     root = Path(tempfile.mkdtemp(prefix="ps-bed-dockerd-"))
     return start_dockerd(root)
+
+
+# ---------------------------------------------------------------- one engine per test run (xdist)
+
+
+RUN_ENV = "PS_TEST_RUN"  # "<pid of the run's top process>-<random>"
+_started: dict[str, Engine] = {}  # engines this process started for its run, by run id
+
+
+def begin_run() -> str:
+    """Name this test run unless a parent process (the xdist controller) already did; returns its id."""
+    if not os.environ.get(RUN_ENV):
+        os.environ[RUN_ENV] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return os.environ[RUN_ENV]
+
+
+def is_run_top() -> bool:
+    """Whether this process named the run (and so stops what the run started, at its end)."""
+    return os.environ.get(RUN_ENV, "").split("-")[0] == str(os.getpid())
+
+
+def run_dir() -> Path:
+    """The run's shared directory (its lock and the marker of the engine it started)."""
+    path = Path(tempfile.gettempdir()) / f"ps-bed-run-{begin_run()}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive fcntl lock on `path` (created) for the block: one process of all at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_engine(start: Callable[[Path], Engine] | None = None, *, look: bool = True) -> Engine:
+    """The engine that answers, else the run's own dockerd, started by the first process that asks
+    (`start(root)`, default start_dockerd; `look=False` skips looking for an answering engine).
+
+    The Engine returned never stops a shared dockerd itself (stop_run_engine does, in the top process)."""
+    found = _answering() if look else None
+    if found is not None:
+        return found
+    here = run_dir()
+    with file_lock(here / "engine.lock"):
+        marker = here / "engine.json"
+        if marker.exists():
+            url = json.loads(marker.read_text())["base_url"]
+            if _answers(url):
+                return Engine(base_url=url)
+        started = (start or start_dockerd)(here / "dockerd")
+        assert started.process is not None
+        marker.write_text(json.dumps({"base_url": started.base_url, "pid": started.process.pid,
+                                      "root": str(started.root)}))
+        _started[begin_run()] = started
+        return Engine(base_url=started.base_url)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def stop_run_engine() -> None:
+    """In the run's top process: stop the dockerd the run started (if any) and remove its directory."""
+    if not is_run_top():
+        return
+    here = Path(tempfile.gettempdir()) / f"ps-bed-run-{os.environ[RUN_ENV]}"
+    marker = here / "engine.json"
+    own = _started.pop(os.environ[RUN_ENV], None)
+    if own is not None:
+        own.stop()
+    elif marker.exists():  # started by a worker that has exited: stop it by its pid
+        info = json.loads(marker.read_text())
+        pid = int(info["pid"])
+        with _suppress():
+            os.kill(pid, signal.SIGTERM)
+        if not until(lambda: _gone(pid), 30, 0.2):
+            with _suppress():
+                os.kill(pid, signal.SIGKILL)
+        Engine(base_url=info["base_url"], process=None, root=Path(info["root"])).cleanup()
+    shutil.rmtree(here, ignore_errors=True)
+
+
+@contextmanager
+def _suppress() -> Iterator[None]:
+    try:
+        yield
+    except ProcessLookupError:
+        pass
 
 
 # ---------------------------------------------------------------- helpers for tests on any engine

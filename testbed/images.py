@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +59,38 @@ def base_rootfs_tar() -> bytes:
     return buf.getvalue()
 
 
+def once_lock(name: str) -> AbstractContextManager[None]:
+    """A lock (fcntl, a file under the temp dir) for making image `name`: xdist workers and parallel
+    runs that need the same image wait for the first to make it, then reuse it. Keyed by the name only
+    (the SDK shows every unix socket as the same base_url): makers for two engines merely take turns."""
+    from testbed.engine import file_lock
+
+    key = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return file_lock(Path(tempfile.gettempdir()) / "ps-bed-locks" / f"{key}.lock")
+
+
 def import_once(client: Any, name: str, make: Callable[[], bytes | Path],
                 changes: Sequence[str] = ()) -> str:
     """`docker import` the root file system `make()` returns (tar bytes or a tar file) unless `name`
-    is already there; return the image name."""
+    is already there; return the image name. One maker at a time per engine and name (once_lock)."""
     import docker.errors
 
-    try:
-        client.images.get(name)
+    def present() -> bool:
+        try:
+            client.images.get(name)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    if present():
         return name
-    except docker.errors.ImageNotFound:
-        pass
+    with once_lock(name):
+        if present():  # made by another process while this one waited
+            return name
+        return _import(client, name, make, changes)
+
+
+def _import(client: Any, name: str, make: Callable[[], bytes | Path], changes: Sequence[str]) -> str:
     repo, _, tag = name.partition(":")
     tar = make()
     target = {"repository": repo, "tag": tag or "latest", "changes": list(changes)}

@@ -6,6 +6,8 @@ registry, sshd, webhook receivers, HTTP stubs, load targets) and `second_address
 Docker host. The first call claims the pair by binding CLAIM_PORT on both (another run that drew the
 same pair fails that bind and draws again) and exports it in PS_TEST_ADDRESS / PS_TEST_ADDRESS2, so the
 run's subprocesses (ps itself, its nginx, `docker run -p`) use the same pair without claiming again.
+With pytest-xdist each worker is a run of its own: `forget_inherited()` drops a pair its controller
+drew (PS_TEST_ADDRESS_PID names the claimer), so every worker claims its own pair.
 
 Ports: `free_port()` hands out ports of the run's address from a counter shared by the run's processes
 (a locked file), below the kernel's ephemeral range, each checked free by a bind. A port is never handed
@@ -27,6 +29,7 @@ from pathlib import Path
 
 ENV = "PS_TEST_ADDRESS"
 ENV2 = "PS_TEST_ADDRESS2"
+ENV_PID = "PS_TEST_ADDRESS_PID"  # the pid of the process that drew the pair (unset: given by the user)
 CLAIM_PORT = 61999  # above the default ephemeral range (32768-60999) and the counter's range
 FIRST_PORT, LAST_PORT = 20000, 32000  # the counter's range (below the ephemeral range)
 
@@ -76,7 +79,19 @@ def address() -> str:
     """This run's loopback address (claimed and exported on first use)."""
     if not os.environ.get(ENV):
         os.environ[ENV], os.environ[ENV2] = _draw()
+        os.environ[ENV_PID] = str(os.getpid())
     return os.environ[ENV]
+
+
+def forget_inherited() -> None:
+    """Drop a pair another process drew (an xdist controller's), so this process claims its own.
+
+    A pair given by the user (no PS_TEST_ADDRESS_PID) is kept: then the processes share it, and
+    their ports stay distinct through the address's shared counter."""
+    drawer = os.environ.get(ENV_PID)
+    if drawer and drawer != str(os.getpid()):
+        for name in (ENV, ENV2, ENV_PID):
+            os.environ.pop(name, None)
 
 
 def second_address() -> str:

@@ -1,12 +1,15 @@
 """Test bed fixtures: real Docker engine, registry and nginx, all on this run's own loopback address.
 
-The session claims a pair of addresses in 127.0.0.0/8 at import (testbed.ports.address(); exported in
-PS_TEST_ADDRESS / PS_TEST_ADDRESS2 for the run's subprocesses), so parallel runs never share a port.
+The session claims a pair of addresses in 127.0.0.0/8 at configure time (testbed.ports.address();
+exported in PS_TEST_ADDRESS / PS_TEST_ADDRESS2 for the run's subprocesses), so parallel runs never share a
+port. Under pytest-xdist every worker claims its own pair and the controller none; the workers share one
+Docker engine (testbed.engine.run_engine), stopped once by the top process at the end.
 Everything started here has unique names and ports of that address, and is cleaned up.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,13 +24,102 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from testbed import images  # noqa: E402
-from testbed.engine import Engine, ensure_engine  # noqa: E402
+from testbed.engine import Engine, begin_run, run_engine, stop_run_engine  # noqa: E402
 from testbed.nginx import Nginx, start_nginx  # noqa: E402
-from testbed.ports import ENV, ENV2, address, free_port, unique, wait_port  # noqa: E402
+from testbed.ports import ENV, ENV2, address, forget_inherited, free_port, unique, wait_port  # noqa: E402
 from testbed.registry import Registry, start_registry  # noqa: E402
 
 SAMPLE_BUILD_ID = "5a3e1e000001"
-ADDRESS = address()  # claimed now: every fixture and subprocess of the session uses it
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    forget_inherited()  # a pair the controller drew is not this worker's: it claims its own
+begin_run()  # the top process names the run; xdist workers inherit the name (one engine for all)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Claim the run's address now (every fixture and subprocess of the session uses it), except in an
+    xdist controller: it runs no test, and its workers claim their own."""
+    if not (getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")):
+        address()
+
+
+# `make test` runs the suite in two parts: every test not marked `serial` in pytest-xdist workers
+# (`-n 4 --dist loadgroup -m "not serial"`), then the `serial` ones in one process, alone, as before xdist:
+# they measure time (a rollback within check_interval + one reload + 1 s, a request deadline, a latency
+# decision) or drive load with 0 failed requests, and the other workers' load would break their margins.
+SERIAL = (
+    "tests/integration/test_core_promise.py::",
+    "tests/integration/test_load.py::",
+    "tests/integration/test_keepalive_load.py::",
+    "tests/integration/test_analysis_nginx.py::",
+    "tests/integration/test_deploy_types.py::test_canary_auto_rolls_back_a_canary_that_turns_unhealthy",
+    # deploys under load that must fail 0 requests (two suites at once starved them: timeouts)
+    "tests/integration/test_deploy_types.py::test_canary_auto_promote_rollback_drop_no_request",
+    "tests/integration/test_deploy_types.py::test_blue_green_switches_without_dropping_requests",
+    "tests/integration/test_deploy_types.py::test_killed_canary_auto_leaves_nginx_valid_and_rollback_works",
+    "tests/integration/test_deploy_types.py::test_rollback_to_previous_redeploys_the_earlier_stable_build",
+    "tests/integration/test_deploy_types.py::test_stable_deploy_without_a_serving_canary_goes_through_it",
+    "tests/integration/test_deploy_types.py::test_rollback_to_a_stopped_color_restarts_and_gates_it",
+    "tests/integration/test_set_weights.py::test_a_restarted_slot_drops_nothing_and_is_not_kept_out",
+    "tests/integration/test_deploy_types.py::test_rollback_moves_traffic_even_with_the_docker_engine_down",
+    "tests/integration/test_deploy_types.py::test_canary_unhealthy_while_the_probe_runs_is_rolled_back",
+    "tests/integration/test_deploy_types.py::test_blue_green_watch_switches_back_when_the_new_color_fails",
+    "tests/integration/test_webhook.py::test_accepted_push_is_recorded_answered_fast_and_acted_on_once",
+    "tests/integration/test_webhook.py::test_a_trickled_body_or_header_is_cut_at_the_request_deadline",
+    "tests/integration/test_webhook.py::test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s",
+    "tests/integration/test_health_gate.py::test_worker_ready_at_4s_does_not_pass_at_1_2s",
+    # their first try must come within a delay (1.5 s app start, Docker's 2 s first check, a registry
+    # up after 2.5 s): under the workers' load ps may start later than that
+    "tests/integration/test_health_gate.py::test_sample_app_healthy_after_a_delay",
+    "tests/integration/test_health_gate.py::test_container_docker_healthcheck",
+    "tests/integration/test_push.py::test_transient_failures_are_retried_until_the_registry_answers",
+    # CodeNarc walks the checkout, which the workers write in meanwhile (and its JVM starves beside them)
+    "tests/ci/test_jenkinsfile.py::test_npm_groovy_lint_passes",
+)
+# Tests of one group run one after another on one worker: the CI files' runs (each a JVM or node plus
+# ps, several at once would starve the machine) and test_image (its module fixture builds the ps image).
+XDIST_GROUPS = {
+    "jenkins": ("tests/ci/test_jenkinsfile.py::",),
+    "gitlab": ("tests/ci/test_gitlab_ci.py::",),
+    "image": ("tests/integration/test_image.py::",),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the SERIAL tests `serial`, and those of XDIST_GROUPS with their xdist_group (no effect
+    without xdist)."""
+    for item in items:
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
+        group = xdist_group_of(item.nodeid)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def xdist_group_of(nodeid: str) -> str | None:
+    """The XDIST_GROUPS group of a test id, if any."""
+    return next((group for group, prefixes in XDIST_GROUPS.items() if nodeid.startswith(prefixes)), None)
+
+
+if importlib.util.find_spec("xdist") is not None:
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+        """`--dist loadgroup` grouped by XDIST_GROUPS in the controller: xdist 3.8 tags the group onto
+        item._nodeid, which pytest 9 no longer reads, so its own loadgroup would not group at all."""
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class Grouped(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return xdist_group_of(nodeid) or nodeid
+
+        return Grouped(config, log)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """At the very end, in the run's top process: stop the dockerd the run started (if any)."""
+    stop_run_engine()
 
 
 # ---------------------------------------------------------------- running ps
@@ -83,9 +175,8 @@ def ps(workdir: Path) -> PsRun:
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
-    eng = ensure_engine()
-    yield eng
-    eng.stop()
+    """The engine that answers, else the run's own dockerd (shared by xdist workers; stopped at the end)."""
+    yield run_engine()
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +223,7 @@ def run_sample(docker_client: Any, sample_image: str) -> Iterator[Callable[..., 
         container = docker_client.containers.run(
             image or sample_image, detach=True, name=name or unique("pst-app-"),
             environment={k: str(v) for k, v in env.items()},
-            ports={"80/tcp": (ADDRESS, host_port)}, labels={"pipeline-steps.test": "1"})
+            ports={"80/tcp": (address(), host_port)}, labels={"pipeline-steps.test": "1"})
         started.append(container)
         if wait:
             wait_port(host_port, timeout=15)
@@ -149,7 +240,7 @@ def run_sample(docker_client: Any, sample_image: str) -> Iterator[Callable[..., 
 @pytest.fixture(scope="session")
 def httpserver_listen_address() -> tuple[str, int]:
     """pytest-httpserver's `httpserver` listens on the run's address (on a port the kernel picks)."""
-    return ADDRESS, 0
+    return address(), 0
 
 
 # ---------------------------------------------------------------- registry and nginx

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import random
-import subprocess
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +11,11 @@ from typing import Any
 import pytest
 
 from testbed import images
-from testbed.engine import Engine, start_dockerd
+from testbed.engine import Engine, private_bridge, start_dockerd
 from testbed.nginx import Nginx, SiteBed, server_block, site_plan
 from testbed.ports import address, free_port, second_address, unique
 from testbed.sshd import SshServer, start_sshd
 from testbed.tls_engine import TlsEngine, start_tls_dockerd
-
-SECOND_ADDRESS = second_address()  # the run's second loopback address (testbed.ports)
 
 
 @dataclass
@@ -38,26 +33,16 @@ class SecondHost:
         return self.engine.base_url
 
 
-def _free_subnet() -> str:
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-    for _ in range(100):
-        candidate = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
-        if f"{candidate}." not in routes:
-            return candidate
-    raise RuntimeError("no free private /24 for the second bridge")
-
-
 @pytest.fixture(scope="session")
 def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
     """A second Docker host (its own dockerd and bridge) holding the sample image."""
-    bridge = f"psbr{uuid.uuid4().hex[:8]}"
-    subnet = _free_subnet()
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True, capture_output=True)
+    with private_bridge() as bridge:
+        yield from _second_host(docker_client, sample_image, bridge)
+
+
+def _second_host(docker_client: Any, sample_image: str, bridge: str) -> Iterator[SecondHost]:
     engine: Engine | None = None
     try:
-        subprocess.run(["ip", "addr", "add", f"{subnet}.1/24", "dev", bridge], check=True,
-                       capture_output=True)
-        subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True)
         root = Path(tempfile.mkdtemp(prefix="ps-bed-dockerd2-"))
         tcp_url = f"tcp://{address()}:{free_port()}"
         engine = start_dockerd(root, bridge=bridge,
@@ -69,7 +54,7 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
             client.images.load(data)
         finally:
             client.close()
-        yield SecondHost(engine=engine, address=SECOND_ADDRESS, bridge=bridge, tcp_url=tcp_url)
+        yield SecondHost(engine=engine, address=second_address(), bridge=bridge, tcp_url=tcp_url)
     finally:
         if engine is not None:
             try:
@@ -80,7 +65,6 @@ def second_host(docker_client: Any, sample_image: str) -> Iterator[SecondHost]:
             except Exception:
                 pass
             engine.stop()
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="session")

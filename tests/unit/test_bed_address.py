@@ -71,3 +71,18 @@ def test_wait_port_and_until() -> None:
     started = time.monotonic()
     pause_until(started + 0.05)
     assert time.monotonic() - started >= 0.05
+
+
+def test_an_xdist_worker_forgets_the_pair_its_controller_drew_but_keeps_a_given_one() -> None:
+    script = ("import os; from testbed.ports import address, forget_inherited; forget_inherited(); "
+              "print(address(), os.environ['PS_TEST_ADDRESS_PID'] if 'PS_TEST_ADDRESS_PID' in os.environ "
+              "else '-')")
+    ports.address()
+    base = {**os.environ, "PYTHONPATH": str(REPO), ports.ENV_PID: str(os.getpid())}  # as drawn here
+    drawn = subprocess.run([sys.executable, "-c", script], env=base, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert drawn[0] != ports.address() and drawn[1] != str(os.getpid())  # the child drew its own
+    given = {k: v for k, v in base.items() if k != ports.ENV_PID}
+    kept = subprocess.run([sys.executable, "-c", script], env=given, capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert kept == [ports.address(), "-"]  # PS_TEST_ADDRESS given by hand: shared, not redrawn
