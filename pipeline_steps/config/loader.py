@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from pipeline_steps.config.models import Loc, Problem, PsFile, build
+from pipeline_steps.config.building import build
+from pipeline_steps.config.models import Loc, Problem, PsFile
 from pipeline_steps.config.objects import DEFAULT_CONFIG, Config
 from pipeline_steps.config.types import Say
 from pipeline_steps.errors import ConfigError

@@ -4,6 +4,8 @@
 verify-weights, status, traffic, mattermost-notify) and the engine; `pipeline_steps.deploy.fake.FakeOps` is an
 in-memory world with the same methods, so every deployment type runs in the fast test tier. The plans
 (deploy/types.py) never import an operation module: everything they change or read goes through here.
+
+About 400 lines: one facade, each DeployOps method with its RealOps body beside it.
 """
 
 from __future__ import annotations

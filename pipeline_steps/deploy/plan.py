@@ -6,6 +6,9 @@ the kept color). `--dry-run` prints `Plan.lines()`; running calls `execute()`, w
 same list, so the two cannot drift, and a kill point is between two steps. `Run` holds what the steps
 share: the request, the operations, the outcome and report, and the moves several steps make
 (gate, verify, hold, rollback to stable) printed the same way wherever they are used.
+
+About 460 lines: `Run` keeps the moves several steps make (gate, verify, hold with its judged looks,
+rollback in one reload or gradually) in one class, so each is written once.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pipeline_steps.config import Service
 from pipeline_steps.deploy.holds import Hold, KeptColor, StartKept, StopOld, SwitchBack, ToStable, Watch
 from pipeline_steps.deploy.plan import Plan, Run, Step
+from pipeline_steps.deploy.stack_steps import hooks, requires, workers
 from pipeline_steps.deploy.steps import (
     CanaryBuilds,
     CanaryRuns,
@@ -27,10 +28,7 @@ from pipeline_steps.deploy.steps import (
     Switch,
     Verify,
     Weights,
-    hooks,
     names,
-    requires,
-    workers,
 )
 from pipeline_steps.errors import BadInput
 
