@@ -15,18 +15,7 @@ from pipeline_steps.deploy.lock.engine import EngineLock, volume_name
 from pipeline_steps.deploy.plan import Step
 from pipeline_steps.deploy.rollout import DeployRequest, Rollout
 from pipeline_steps.errors import CheckFailed
-
-OLD, NEW = "aaaa00000001", "bbbb00000002"
-
-
-class Said:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def say(self, line: str) -> None:
-        self.lines.append(line)
-
-    warn = say
+from tests.unit.test_deploy_types_fast import NEW, OLD, Said
 
 
 @pytest.fixture

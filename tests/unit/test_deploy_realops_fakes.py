@@ -29,21 +29,9 @@ from pipeline_steps.health import GatePolicy, HealthTarget, ProbeResult
 from pipeline_steps.operations.deploy_env import deploy_slot
 from pipeline_steps.operations.set_weights import set_weights
 from pipeline_steps.operations.traffic import traffic_status
+from tests.unit.test_deploy_types_fast import NEW, OLD, Said
 
 REPO = "127.0.0.1:5999/shop/web"
-OLD, NEW = "aaaa00000001", "bbbb00000002"
-
-
-class Said:
-    """The Output methods a Rollout uses, collected."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def say(self, line: str) -> None:
-        self.lines.append(line)
-
-    warn = say
 
 
 @dataclass
