@@ -296,7 +296,7 @@ def service_targets(config: Config, service: str, slot: str) -> list[HealthTarge
     port = svc.slots[slot]
     container = f"{config.app}-{svc.name}-{slot}"
     return [HealthTarget("http", f"http://{_url_host(host.address)}:{port}{svc.health.path}", docker=host,
-                         logs_container=container) for host in config.hosts]
+                         logs_container=container) for host in config.hosts_of(svc)]
 
 
 def _url_host(address: str) -> str:

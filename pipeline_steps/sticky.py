@@ -191,7 +191,7 @@ def blocks(config: Config, service: Service, percent: float) -> list[Directive]:
                         [*((v, target) for v in seg.values), ("default", nxt)]))
     if policy.sticky is None and not policy.segments:
         return []
-    out.extend(u.to_directive() for u in slot_upstreams(service, list(config.hosts), keepalive))
+    out.extend(u.to_directive() for u in slot_upstreams(service, list(config.hosts_of(service)), keepalive))
     return out
 
 
@@ -222,8 +222,8 @@ def apply(config: Config, file: UpstreamFile) -> bool:
         if "__" in service.upstream:
             raise BadInput(f"service {service.name}: upstream {service.upstream!r} contains '__', which "
                            "ps keeps for the sticky split's names; set services.<s>.upstream")
-        w = slot_weights(main, service, config.hosts)
-        hosts = max(1, len(config.hosts))
+        w = slot_weights(main, service, config.hosts_of(service))
+        hosts = max(1, len(config.hosts_of(service)))
         minimum = config.canary.min_weight * hosts
         percent = split_percent(w.get("stable", 0), w.get("canary", 0), minimum, minimum)
         at = next(i for i, d in enumerate(file.directives)

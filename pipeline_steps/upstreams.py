@@ -273,8 +273,8 @@ def default_upstream(config: Config, service: Service) -> Upstream:
     keepalive = config.router.keepalive if config.router else 32
     if service.pair("canary"):
         weights = Weights.from_percent(0, config.canary.scale, config.canary.min_weight)
-        return canary_upstream(service, config.hosts, weights, keepalive)
-    return blue_green_upstream(service, config.hosts, "blue", keepalive)
+        return canary_upstream(service, config.hosts_of(service), weights, keepalive)
+    return blue_green_upstream(service, config.hosts_of(service), "blue", keepalive)
 
 
 def initial_file(config: Config, path: str | os.PathLike[str]) -> UpstreamFile:

@@ -223,7 +223,7 @@ class SlotMap:
 
         names = list(services) if services is not None else list(config.services)
         return cls({config.services[n].upstream: {slot_address(h, port): slot
-                                                  for h in config.hosts
+                                                  for h in config.hosts_of(config.services[n])
                                                   for slot, port in config.services[n].slots.items()}
                     for n in names})
 
@@ -239,7 +239,7 @@ class SlotMap:
             upstream = include.get(service.upstream)
             servers = out.setdefault(service.upstream, {})
             for server in upstream.servers if upstream is not None else []:
-                where = locate(service, config.hosts, server)
+                where = locate(service, config.hosts_of(service), server)
                 if where is not None:
                     servers[server.address] = where[1]
         return cls(out)

@@ -39,7 +39,7 @@ def command(out: Output, service_name: str, cmd: tuple[str, ...], host_name: str
 
     config = load(out)
     service = config.service(service_name)
-    host = job_host(config, host_name)
+    host = job_host(config, host_name, service)
     if build_id is None:
         from pipeline_steps.context import detect
 

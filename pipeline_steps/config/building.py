@@ -103,7 +103,8 @@ class _Build:
             upstream=s.upstream or f"{app}_{name}".replace("-", "_").replace(".", "_"), url=s.url,
             run=s.run_spec(lambda p: self.path(p, (*loc, "volumes"))), kind=s.kind, replicas=s.replicas,
             parallel=min(s.parallel, s.replicas), ready=s.ready,
-            requires=tuple(Require(r.name, False, r.tcp, r.url) for r in s.requires))
+            requires=tuple(Require(r.name, False, r.tcp, r.url) for r in s.requires),
+            hosts=tuple(s.hosts or ()))
 
     def hosts(self, items: list[HostFile]) -> tuple[Host, ...]:
         hosts: list[Host] = []
@@ -114,6 +115,14 @@ class _Build:
             tls = self.tls(h, ("hosts", i, "tls")) if h.tls is not None else None
             hosts.append(Host(name=name, docker=h.docker, address=h.address, tls=tls))
         return tuple(hosts)
+
+    def service_hosts(self, services: dict[str, Service], hosts: tuple[Host, ...]) -> None:
+        known = [h.name for h in hosts]
+        for svc in services.values():
+            for i, name in enumerate(svc.hosts):
+                if name not in known:
+                    self.problem(("services", svc.name, "hosts", i),
+                                 f"unknown host {name!r} (configured: {', '.join(known)})")
 
     def tls(self, h: HostFile, loc: Loc) -> HostTls:
         """The host's TLS files as absolute paths, each an existing readable file; the key private."""
@@ -277,6 +286,7 @@ def build(file: PsFile, source: str, base: Path,
     b = _Build(base, broken)
     services = {name: b.service(file.app, name, s) for name, s in file.services.items()}
     hosts = b.hosts(file.hosts)
+    b.service_hosts(services, hosts)
     b.shared_ports_and_upstreams(services, hosts)
     services = b.requires(services)
     n = file.notify.mattermost

@@ -89,6 +89,7 @@ class Service:
     parallel: int = 1  # worker: replicas replaced at once
     ready: str | None = None  # worker: the log line (regex) that says a replica is ready
     requires: tuple[Require, ...] = ()  # ready before this service deploys
+    hosts: tuple[str, ...] = ()  # the hosts it runs on, by name (empty: every host)
 
     @property
     def is_worker(self) -> bool:
@@ -285,6 +286,12 @@ class Config:
             known = ", ".join(sorted(self.services)) or "none"
             raise BadInput(f"unknown service {name!r} (configured: {known})")
         return self.services[name]
+
+    def hosts_of(self, service: Service) -> tuple[Host, ...]:
+        """The hosts `service` runs on (`hosts:` in ps.yaml; every host by default), in config order."""
+        if not service.hosts:
+            return self.hosts
+        return tuple(h for h in self.hosts if h.name in service.hosts)
 
     def select(self, name: str | None) -> list[Service]:
         """One service by name, or all of them for None."""

@@ -203,6 +203,8 @@ class RunFields(FileModel):
                                                      "<app>-<service>-<n>.")
     parallel: Annotated[int, Bounds(1, 100)] = Field(default=1, description="worker: replicas replaced "
                                                      "at once.")
+    hosts: Annotated[list[Line], Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="The hosts it runs on, by name (default: every host).")
     requires: Annotated[_Requires, Field(max_length=64)] = Field(
         default_factory=list, description="Services or containers that must be ready before it deploys.")
     ready: Regex | None = Field(default=None, description="worker: a log line (regular expression) that "

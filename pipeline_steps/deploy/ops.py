@@ -220,7 +220,7 @@ class RealOps:
 
         live = load_live(self.config)
         upstream = (live.upstreams() if live is not None else {}).get(service.upstream)
-        return active_color(upstream, service, self.config.hosts) if upstream else None
+        return active_color(upstream, service, self.config.hosts_of(service)) if upstream else None
 
     def slots(self) -> list[SlotInfo]:
         from pipeline_steps.operations.status import slot_status
@@ -234,7 +234,7 @@ class RealOps:
 
         name = slots.container_name(self.config.app, service.name, slot)
         started = []
-        for host in self.config.hosts:
+        for host in self.config.hosts_of(service):
             with opened(host) as engine:
                 container = engine.container(name)
                 if container is None:
@@ -250,7 +250,7 @@ class RealOps:
 
         for host in self.config.hosts:
             with opened(host) as engine:
-                for service in services:
+                for service in (s for s in services if host in self.config.hosts_of(s)):
                     name = slots.container_name(self.config.app, service.name, slot)
                     container = engine.container(name)
                     if container is not None and container.running:
@@ -264,7 +264,7 @@ class RealOps:
         keep = self.config.deploy.keep_images
         for host in self.config.hosts:
             with opened(host) as engine:
-                for service in services:
+                for service in (s for s in services if host in self.config.hosts_of(s)):
                     for tag in prune_repo(engine, self.config.image_repo(service), keep):
                         self.say(f"host {host.name}: removed old image {tag}")
 
@@ -272,7 +272,7 @@ class RealOps:
         """The BUILD_IDs of the service's images kept on the first host, newest first."""
         from pipeline_steps.adapters.docker_host import opened
 
-        with opened(self.config.hosts[0]) as engine:
+        with opened(self.config.hosts_of(service)[0]) as engine:
             images = engine.repo_images(self.config.image_repo(service))
         return [tag.rpartition(":")[2] for image in images for tag in image.tags]
 
@@ -290,7 +290,7 @@ class RealOps:
         for host in self.config.hosts:
             try:
                 with opened(host, timeout=20) as engine:
-                    for service in services:
+                    for service in (s for s in services if host in self.config.hosts_of(s)):
                         ref = self.config.image_ref(service, build_id)
                         try:
                             if engine.image(ref) is not None:
@@ -334,7 +334,8 @@ class RealOps:
         from pipeline_steps.operations.run_job import job_host, run_job
 
         result = run_job(self.config, self.config.service(hook.service), build_id, hook.command,
-                         host=job_host(self.config, hook.host), timeout=hook.timeout,
+                         host=job_host(self.config, hook.host, self.config.service(hook.service)),
+                         timeout=hook.timeout,
                          on_output=lambda line: self.say(f"  | {line}"))
         return JobVerdict(result.ok, result.summary, tuple(result.tail))
 

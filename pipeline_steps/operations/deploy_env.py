@@ -153,13 +153,13 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
         plans: list[_Plan] = []
         for service in chosen:
             ref = config.image_ref(service, build_id)
-            images = {h.name: ensure_image(clients[h.name], ref) for h in config.hosts}
+            images = {h.name: ensure_image(clients[h.name], ref) for h in config.hosts_of(service)}
             ids = {img.id for img in images.values()}
             if len(ids) > 1:
                 per_host = ", ".join(f"{h}: {img.id[:19]}" for h, img in images.items())
                 raise CheckFailed(f"image {ref} differs between hosts ({per_host}); push once and pull "
                                   "the same digest everywhere")
-            for host in config.hosts:
+            for host in config.hosts_of(service):
                 plans.append(_plan(config, host, clients[host.name], service, slot, ref, build_id,
                                    images[host.name], envs[service.name], upstreams, force))
         todo = [p for p in plans if p.change.action != "unchanged"]

@@ -79,7 +79,7 @@ def deploy_workers(config: Config, services: Sequence[Service], build_id: str, *
     for service in services:
         if not service.is_worker:
             raise BadInput(f"service {service.name} is not a worker (kind: {service.kind})")
-        for host in config.hosts:
+        for host in config.hosts_of(service):
             engine = open_host(host)
             try:
                 ref = config.image_ref(service, build_id)

@@ -97,7 +97,7 @@ def wait_required(config: Config, services: Sequence[Service], *,
     for host in config.hosts:
         engine = open_host(host)
         try:
-            for service in services:
+            for service in (s for s in services if host in config.hosts_of(s)):
                 for r in service.requires:
                     _wait_one(config, engine, host, service, r, said, poll)
                     done.append(f"{service.name}: {r.name} ready on host {host.name}")

@@ -45,12 +45,16 @@ class JobResult:
                 f"{how} after {self.elapsed:.1f}s")
 
 
-def job_host(config: Config, name: str | None) -> Host:
-    """The named host, or the first one."""
+def job_host(config: Config, name: str | None, service: Service | None = None) -> Host:
+    """The named host, or the first one `service` runs on (its `hosts:`; every host by default)."""
+    allowed = config.hosts_of(service) if service is not None else config.hosts
     if name is None:
-        return config.hosts[0]
+        return allowed[0]
     for host in config.hosts:
         if host.name == name:
+            if host not in allowed and service is not None:
+                raise BadInput(f"service {service.name} runs only on {', '.join(h.name for h in allowed)} "
+                               f"(its hosts:), not on {name}")
             return host
     raise BadInput(f"unknown host {name!r} (configured: {', '.join(h.name for h in config.hosts)})")
 
@@ -67,7 +71,7 @@ def run_job(config: Config, service: Service, build_id: str, command: Sequence[s
 
     if not command:
         raise BadInput("no command to run (give it after --)")
-    host = host or config.hosts[0]
+    host = host or config.hosts_of(service)[0]
     env = slot_environment(config, service, "job", environ)
     engine = open_host(host)
     name = f"{config.app}-{service.name}-job-{secrets.token_hex(4)}"

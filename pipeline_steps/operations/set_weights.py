@@ -24,7 +24,7 @@ def set_weights(config: Config, canary_pct: float, services: Sequence[str] | Non
     weights = Weights.from_percent(canary_pct, config.canary.scale, config.canary.min_weight)
 
     def build(service: Service) -> Upstream:
-        return canary_upstream(service, config.hosts, weights, router.keepalive)
+        return canary_upstream(service, config.hosts_of(service), weights, router.keepalive)
 
     return change_upstreams(config, chosen, build, action="set-weights", target=f"{canary_pct:g}%",
                             dry_run=dry_run)

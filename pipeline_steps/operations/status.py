@@ -66,7 +66,7 @@ def slot_status(config: Config) -> StatusResult:
             others = engine.container_images()
         finally:
             engine.close()
-        for service in config.services.values():
+        for service in (s for s in config.services.values() if host in config.hosts_of(s)):
             for slot, port in service.members().items():
                 name = slot_names.container_name(config.app, service.name, slot)
                 c = found.get(name)
@@ -86,17 +86,20 @@ def slot_status(config: Config) -> StatusResult:
                     build_id=(c.labels or {}).get(slot_names.LABEL_BUILD_ID),
                     uptime_seconds=_started(c.attrs) if running else None,
                     image=(c.attrs.get("Config") or {}).get("Image")))
-    if len(config.hosts) > 1:
-        reachable = len(config.hosts) - len(result.unreachable)
-        for service in config.services.values():
-            for slot in service.members():
-                states = [s for s in result.slots if s.service == service.name and s.slot == slot]
-                deployed = {s.host: s.build_id for s in states if s.state not in ("missing", "foreign")}
-                if not deployed:
-                    continue
-                builds = set(deployed.values())
-                if len(builds) > 1 or len(deployed) < reachable:
-                    per_host = ", ".join(f"{s.host}={s.build_id or '-'}" for s in states)
-                    result.mismatches.append(f"{service.name} {slot}: BUILD_ID differs between hosts "
-                                             f"({per_host})")
+    for service in config.services.values():
+        hosts = config.hosts_of(service)
+        if len(hosts) < 2:
+            continue
+        reachable = len(hosts) - sum(1 for line in result.unreachable
+                                     if any(f"host {h.name} " in line for h in hosts))
+        for slot in service.members():
+            states = [s for s in result.slots if s.service == service.name and s.slot == slot]
+            deployed = {s.host: s.build_id for s in states if s.state not in ("missing", "foreign")}
+            if not deployed:
+                continue
+            builds = set(deployed.values())
+            if len(builds) > 1 or len(deployed) < reachable:
+                per_host = ", ".join(f"{s.host}={s.build_id or '-'}" for s in states)
+                result.mismatches.append(f"{service.name} {slot}: BUILD_ID differs between hosts "
+                                         f"({per_host})")
     return result

@@ -26,6 +26,6 @@ def switch(config: Config, color: str, services: Sequence[str] | None = None, *,
     chosen = pair_services(config, "blue-green", services)
 
     def build(service: Service) -> Upstream:
-        return blue_green_upstream(service, config.hosts, color, router.keepalive)
+        return blue_green_upstream(service, config.hosts_of(service), color, router.keepalive)
 
     return change_upstreams(config, chosen, build, action="switch", target=color, dry_run=dry_run)

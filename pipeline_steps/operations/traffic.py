@@ -55,13 +55,13 @@ def describe(upstream: Upstream | None, service: Service, config: Config) -> str
     if upstream is None:
         return None
     if service.pair("canary"):
-        w = slot_weights(upstream, service, config.hosts)
+        w = slot_weights(upstream, service, config.hosts_of(service))
         total = sum(w.values())
         pct = 100.0 * w.get("canary", 0) / total if total else 0.0
-        hosts = max(1, len(config.hosts))
+        hosts = max(1, len(config.hosts_of(service)))
         return (f"stable {w.get('stable', 0) // hosts} : canary {w.get('canary', 0) // hosts} "
                 f"({pct:.1f} %)")
-    active = active_color(upstream, service, config.hosts)
+    active = active_color(upstream, service, config.hosts_of(service))
     if active is None:
         return "no clear active color"
     other = "green" if active == "blue" else "blue"
@@ -228,12 +228,12 @@ def traffic_status(config: Config) -> TrafficStatus:
         if upstream is None:
             status.warnings.append(f"{service.name}: upstream {service.upstream} is not in the include file")
             continue
-        weights = slot_weights(upstream, service, config.hosts)
+        weights = slot_weights(upstream, service, config.hosts_of(service))
         total = sum(weights.values())
         split = {slot: round(100.0 * w / total, 2) for slot, w in weights.items()} if total else {}
         servers: list[ServerStatus] = []
         for line in upstream.servers:
-            where = locate(service, config.hosts, line)
+            where = locate(service, config.hosts_of(service), line)
             host, slot = (where[0].name, where[1]) if where else (None, None)
             servers.append(ServerStatus(host, slot, line.address, line.effective_weight, line.backup,
                                         line.down, builds.get((host or "", service.name, slot or ""))))
@@ -245,6 +245,7 @@ def traffic_status(config: Config) -> TrafficStatus:
                                    "does not have yet (the next ps set-weights writes it)")
         status.services.append(ServiceStatus(
             service=service.name, upstream=service.upstream, kind=kind, split=split,
-            active=active_color(upstream, service, config.hosts) if kind == "blue-green" else None,
+            active=active_color(upstream, service, config.hosts_of(service)) if kind == "blue-green"
+            else None,
             backup=backups, servers=servers, mode=mode.mode, keys_percent=mode.keys_percent))
     return status

@@ -71,7 +71,7 @@ def _choose(config: Config, names: Sequence[str] | None, expect_canary: float | 
 
 def _check_canary(config: Config, service: Service, upstream: Upstream, expect: float | None,
                   tolerance: int) -> ServiceVerdict:
-    per_slot = slots_in(upstream, service, config.hosts)
+    per_slot = slots_in(upstream, service, config.hosts_of(service))
     configured: dict[str, list[int]] = {s: [ln.effective_weight for ln in per_slot.get(s, [])
                                             if not ln.backup and not ln.down] for s in ("stable", "canary")}
     totals = {s: sum(v) for s, v in configured.items()}
@@ -80,9 +80,9 @@ def _check_canary(config: Config, service: Service, upstream: Upstream, expect: 
                              configured={"weights": configured,
                                          "canary_share": totals["canary"] / total if total else 0.0})
     for slot in ("stable", "canary"):
-        if len(configured[slot]) != len(config.hosts):
+        if len(configured[slot]) != len(config.hosts_of(service)):
             verdict.problems.append(f"{service.name}: {len(configured[slot])} live {slot} server line(s) "
-                                    f"for {len(config.hosts)} host(s)")
+                                    f"for {len(config.hosts_of(service))} host(s)")
     if expect is not None:
         target = Weights.from_percent(expect, config.canary.scale, config.canary.min_weight)
         verdict.expected = {"canary_percent": expect, "weights": {"stable": target.stable,
@@ -105,8 +105,8 @@ def _check_canary(config: Config, service: Service, upstream: Upstream, expect: 
 
 def _check_blue_green(config: Config, service: Service, upstream: Upstream,
                       expect: str | None) -> ServiceVerdict:
-    active = active_color(upstream, service, config.hosts)
-    per_slot = slots_in(upstream, service, config.hosts)
+    active = active_color(upstream, service, config.hosts_of(service))
+    per_slot = slots_in(upstream, service, config.hosts_of(service))
     verdict = ServiceVerdict(service.name, service.upstream, "blue-green",
                              expected={"active": expect or active},
                              configured={"active": active,
@@ -181,7 +181,7 @@ def upstream_servers(config: Config, service: Service, upstream: Upstream) -> di
 
     found: dict[str, str] = {}
     for line in upstream.servers:
-        where = locate(service, config.hosts, line)
+        where = locate(service, config.hosts_of(service), line)
         if where is None:
             continue
         found[line.address] = where[1]

@@ -74,7 +74,7 @@ class FakeContainer:
                            "RestartPolicy": dict(self.restart_policy) or {"Name": "no"},
                            "LogConfig": {"Type": self.log_config.get("Type", "json-file"),
                                          "Config": dict(self.log_config.get("Config") or {})}},
-            "State": {"Status": self.status, "StartedAt": started},
+            "State": {"Status": self.status, "Running": self.status == "running", "StartedAt": started},
             "NetworkSettings": {"Networks": {net: {"Aliases": list(aliases)}
                                              for net, aliases in self.networks.items()}},
         }

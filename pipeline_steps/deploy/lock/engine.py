@@ -84,6 +84,7 @@ class EngineLock:
         self.timeout = timeout
         self.took_over: EngineHolder | None = None  # the stale holder replaced by the last acquire
         self._docker = docker
+        self._given = docker is not None  # a host handed in (tests, a caller's own) is never closed here
         self._calls = threading.Lock()  # the heartbeat thread shares the client
 
     @classmethod
@@ -113,7 +114,7 @@ class EngineLock:
     def close(self) -> None:
         """Close the engine client (it is opened again when needed)."""
         with self._calls:
-            if self._docker is not None:
+            if self._docker is not None and not self._given:
                 self._docker.close()
                 self._docker = None
 
