@@ -267,3 +267,43 @@ def test_tls_against_a_plain_port_is_unreachable(project: Any, ps: Any, workdir:
         _one_line(done, 3, "Docker engine of host two", stub.url, "no TLS answer on that port")
     finally:
         stub.close()
+
+
+def test_a_job_pinned_to_one_of_two_hosts_runs_only_there(bed: Callable[..., Bed], docker_client: Any,
+                                                          docker_ps: Any, workdir: Path) -> None:
+    """Issue 11: an ETL job with `hosts: [two]` never runs on host one (it must not run twice)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from testbed.wait import until
+
+    b = bed(tls=RIGHT)
+    raw = yaml.safe_load((workdir / "ps.yaml").read_text())
+    raw["services"]["etl"] = {"context": ".", "kind": "job", "hosts": ["two"]}
+    (workdir / "ps.yaml").write_text(yaml.safe_dump(raw))
+    etl_repo = b.repo.rsplit("/", 1)[0] + "/etl"
+    for client in (docker_client, b.two):
+        client.images.get(f"{b.repo}:{BUILD}").tag(etl_repo, BUILD)
+    jobs = {"label": [f"pipeline-steps.app={b.app}", "pipeline-steps.job=1"]}
+    args = ["--json", "run", "etl", "--build-id", BUILD, "--", "sh", "-c", "echo etl ran; sleep 3"]
+    run = subprocess.Popen([sys.executable, "-m", "pipeline_steps", *args], cwd=workdir, env=docker_ps.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = until(lambda: b.two.containers.list(filters=jobs), timeout=30)
+        assert seen, "the job never appeared on host two"
+        assert docker_client.containers.list(all=True, filters=jobs) == []  # never on host one
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["host"] == "two" and record["exit_code"] == 0 and "etl ran" in record["tail"]
+    assert b.two.containers.list(all=True, filters=jobs) == []  # removed afterwards
+    refused = docker_ps("run", "etl", "--build-id", BUILD, "--host", "one", "--", "true")
+    assert refused.returncode == 2 and "ps: service etl runs only on two (its hosts:), not on one" in \
+        refused.stderr
+    for client in (docker_client, b.two):
+        client.images.remove(f"{etl_repo}:{BUILD}")
