@@ -1,6 +1,7 @@
-"""`ps init --from-compose` end to end on the real engine and nginx: the ps.yaml made from a compose file
-(two HTTP services, a worker that requires an image-only redis, the compose project's network) deploys
-its HTTP services and its worker with `ps deploy --type stable`, under load, 0 failed requests."""
+"""`ps init --from-compose` end to end on the real engine and nginx: the ps.yaml made from a 20-service
+compose file (infra, two HTTP services, workers that require image-only kafka and redis, jobs, the compose
+project's network) deploys its HTTP services and its workers with `ps deploy --type stable`, under load,
+0 failed requests."""
 
 from __future__ import annotations
 
@@ -33,38 +34,64 @@ def compose_stack(docker_client: Any, base_image: str) -> Iterator[str]:
         base_image, ["nc", "-ll", "-p", "6379", "-e", "/bin/echo", "PONG"], detach=True,
         name=f"{project}-redis-1", network=network.name, labels={"pipeline-steps.test": "1"},
         networking_config={network.name: docker_client.api.create_endpoint_config(aliases=["redis"])})
+    kafka = docker_client.containers.run(
+        base_image, ["sh", "-c", "sleep 2; touch /tmp/up; exec nc -ll -p 9092 -e /bin/echo kafka"],
+        detach=True,
+        name=f"{project}-kafka-1", network=network.name, labels={"pipeline-steps.test": "1"},
+        healthcheck={"test": ["CMD", "sh", "-c", "[ -e /tmp/up ]"], "interval": 250_000_000, "retries": 100})
     yield project
     for c in docker_client.containers.list(all=True, filters={"network": network.name}):
-        if c.id != redis.id:
+        if c.id not in (redis.id, kafka.id):
             network.disconnect(c, force=True)
     redis.remove(force=True)
+    kafka.remove(force=True)
     network.remove()
+
+
+WORKERS = ("orders-consumer", "payments-consumer", "audit-consumer", "cache-worker", "mailer", "indexer")
+
+
+def twenty_services(project: str, ports: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """A 20-service stack: 8 image-only infra services, 2 HTTP apps, 6 workers (three consumer groups
+    with 2 replicas each), 4 one-off jobs. The shared mappings come out as YAML anchors and aliases, and
+    KAFKA is interpolated with its default."""
+    env = {"REDIS_URL": "redis://redis:6379", "KAFKA": "${KAFKA:-kafka:9092}"}
+    app: dict[str, Any] = {"build": "./app", "restart": "unless-stopped", "environment": env}
+    services: dict[str, Any] = {name: {"image": f"{name}:latest"} for name in (
+        "postgres", "redis", "kafka", "zookeeper", "elasticsearch", "minio", "mailhog", "prometheus")}
+    services["web"] = {**app, "ports": [f"{ports['web']['stable']}:80"], "depends_on": ["redis"]}
+    services["api"] = {**app, "ports": [f"127.0.0.1:{ports['api']['stable']}:80/tcp"],
+                       "environment": {**app["environment"], "API_TOKEN": None, "WORKERS": 2}}
+    for name in WORKERS:
+        services[name] = {**app, "deploy": {"replicas": 2 if name.endswith("-consumer") else 1,
+                                            "resources": {"limits": {"memory": "64M"}}},
+                          **({"depends_on": {"kafka": {"condition": "service_healthy"}}}
+                             if name.endswith("-consumer") else {})}
+    for name in ("db-init", "seeder", "etl", "reindex"):
+        services[name] = {**app, "restart": "no", "command": ["sh", "-c", f"echo {name}"]}
+    assert len(services) == 20
+    return {"name": project, "services": services}
 
 
 def test_a_ps_yaml_made_from_compose_deploys_its_http_services_and_workers(
         deploy_bed: Callable[..., TrafficBed], app_builds: Callable[..., str], docker_ps: Any,
         docker_client: Any, compose_stack: str, workdir: Path) -> None:
     bed = deploy_bed({"web": "canary", "api": "canary"})
-    for service in ("web", "api", "consumer"):
+    for service in ("web", "api", *WORKERS):
         app_builds(B1, service)
         app_builds(B2, service)
-    ports = bed.ports
-    compose = {"name": compose_stack, "services": {
-        "web": {"build": "./app", "ports": [f"{ports['web']['stable']}:80"],
-                "environment": {"GREETING": "hello", "REDIS_URL": "redis://redis:6379"}},
-        "api": {"build": {"context": "./app"}, "ports": [f"127.0.0.1:{ports['api']['stable']}:80/tcp"],
-                "environment": ["API_TOKEN", "WORKERS=2"]},
-        "consumer": {"build": "./app", "depends_on": {"redis": {"condition": "service_started"}},
-                     "deploy": {"replicas": 2, "resources": {"limits": {"memory": "64M"}}}},
-        "redis": {"image": "redis:7"}}}
+    compose = twenty_services(compose_stack, bed.ports)
     (workdir / "docker-compose.yml").write_text(yaml.safe_dump(compose))
     made = docker_ps("init", "--from-compose", "docker-compose.yml", "--app", APP, "--output", "made.yaml")
     assert made.returncode == 0, made.stderr
     generated = yaml.safe_load((workdir / "made.yaml").read_text())
-    assert {n: s["kind"] for n, s in generated["services"].items()} == {
-        "web": "http", "api": "http", "consumer": "worker"}
+    kinds = {n: s["kind"] for n, s in generated["services"].items()}
+    assert kinds == {"web": "http", "api": "http", **{w: "worker" for w in WORKERS},
+                     **{j: "job" for j in ("db-init", "seeder", "etl", "reindex")}}
     assert generated["services"]["api"]["env_from"] == ["API_TOKEN"]
-    assert generated["services"]["consumer"]["requires"] == [f"{compose_stack}-redis-1"]
+    assert generated["services"]["web"]["env"] == {"REDIS_URL": "redis://redis:6379", "KAFKA": "kafka:9092"}
+    assert generated["services"]["web"]["requires"] == [f"{compose_stack}-redis-1"]
+    assert generated["services"]["orders-consumer"]["requires"] == [f"{compose_stack}-kafka-1"]
     # the site's own parts (registry, engine, the bed's nginx), the services as init wrote them
     raw = {**bed.raw, "services": {name: {**svc, "health": bed.raw["services"].get(name, {}).get(
         "health", {"retries": 40, "interval": "200ms"}), **({"url": bed.url(name)} if name in bed.raw[
@@ -81,10 +108,10 @@ def test_a_ps_yaml_made_from_compose_deploys_its_http_services_and_workers(
     assert "compose-secret-token-never-printed" not in done.stdout + done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["build_ids"] == {"web/canary": B2, "web/stable": B2, "api/canary": B2, "api/stable": B2,
-                                "consumer/worker": B2}
+                                **{f"{w}/worker": B2 for w in WORKERS}}
     assert result.sent > 20 and result.failed == 0, result.errors[:5]
-    for n in (1, 2):
-        replica = docker_client.containers.get(f"{APP}-consumer-{n}")
+    for name, n in [(w, n) for w in WORKERS for n in ((1, 2) if w.endswith("-consumer") else (1,))]:
+        replica = docker_client.containers.get(f"{APP}-{name}-{n}")
         assert replica.status == "running" and replica.labels["pipeline-steps.build-id"] == B2
         assert replica.attrs["HostConfig"]["Memory"] == 64 * 1024 ** 2
         assert f"{compose_stack}_default" in replica.attrs["NetworkSettings"]["Networks"]
