@@ -50,19 +50,13 @@ class ComposeProject:
 
 
 def _dotenv(path: Path) -> dict[str, str]:
-    found: dict[str, str] = {}
+    """The variables of a compose project's `.env` (none when there is no such file), read by
+    python-dotenv without interpolation: compose interpolates the file's values itself."""
     if not path.is_file():
-        return found
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        found[key.strip()] = value
-    return found
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v or "" for k, v in dotenv_values(path, interpolate=False, encoding="utf-8").items()}
 
 
 def interpolate(value: Any, env: dict[str, str], where: str, warnings: list[str]) -> Any:

@@ -105,3 +105,28 @@ def test_interpolation_as_compose_does() -> None:
 def test_missing_file_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="compose file not found"):
         from_compose(str(tmp_path / "nope.yml"))
+
+
+def test_dotenv_is_read_as_compose_reads_it(tmp_path: Path) -> None:
+    """Quotes, `export`, comments, escapes in double quotes and a value with `=`; no interpolation
+    inside .env itself (compose interpolates the compose file, with these values)."""
+    (tmp_path / ".env").write_text(
+        "# a comment\n"
+        "export PLAIN=one\n"
+        "SINGLE='two # not a comment'\n"
+        'DOUBLE="line1\\nline2"\n'
+        "WITH_EQ=a=b=c\n"
+        "EMPTY=\n"
+        "REF=${PLAIN}\n"
+        "SPACED = padded  # trailing comment\n", encoding="utf-8")
+    (tmp_path / "docker-compose.yml").write_text(
+        "services:\n  web:\n    image: busybox\n    environment:\n"
+        "      A: $PLAIN\n      B: $SINGLE\n      C: $DOUBLE\n      D: $WITH_EQ\n      E: x${EMPTY}x\n"
+        "      F: $SPACED\n", encoding="utf-8")
+    env = load_compose(tmp_path / "docker-compose.yml", environ={}).services["web"]["environment"]
+    assert env == {"A": "one", "B": "two # not a comment", "C": "line1\nline2", "D": "a=b=c", "E": "xx",
+                   "F": "padded"}
+    from pipeline_steps.compose import _dotenv
+
+    assert _dotenv(tmp_path / ".env")["REF"] == "${PLAIN}"
+    assert _dotenv(tmp_path / "missing") == {}
