@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 
-from pipeline_steps.adapters.traffic_probe import PROBE_TIMEOUT, Answer
-from pipeline_steps.errors import unreachable
+from pipeline_steps.adapters.traffic_probe import PROBE_TIMEOUT, Answer, Budget
 
 
 @dataclass(frozen=True)
@@ -71,32 +69,21 @@ def probe_keys(url: str, n: int, kind: str, name: str | None, *, repeat: int = 2
     chosen = keys if keys is not None else new_keys(kind, n)
     label = "client ip" if kind == "ip" else f"{kind} {name}"
     run = KeyedRun(url=url, wanted=len(chosen), key=label)
-    ends = time.monotonic() + (deadline if deadline is not None else max(30.0, len(chosen) * repeat * 0.25))
+    total = deadline if deadline is not None else max(30.0, len(chosen) * repeat * 0.25)
+    budget = Budget(total, timeout, stop)
     with requests.Session() as session:
         for key in chosen:
-            if stop is not None and stop.is_set():
+            if budget.stopped():
                 run.stopped = True
                 break
             answers: list[Answer] = []
             for _ in range(repeat):
-                left = ends - time.monotonic()
-                if left <= 0:
+                first = not run.keys and not answers
+                answer = budget.get(session, url, key_headers(kind, name, key), first=first)
+                if answer is None:
                     run.timed_out = True
                     break
-                try:
-                    got = session.get(url, timeout=min(timeout, max(left, 0.05)), allow_redirects=False,
-                                      headers=key_headers(kind, name, key))
-                except requests.RequestException as exc:
-                    if time.monotonic() >= ends:
-                        run.timed_out = True
-                        break
-                    if not run.keys and not answers:
-                        raise unreachable(f"nginx at {url}", exc) from None
-                    answers.append(Answer(None, error=type(exc).__name__))
-                    continue
-                answers.append(Answer(got.status_code, got.headers.get("X-Upstream"),
-                                      got.headers.get("X-Build-Id")))
-                got.close()
+                answers.append(answer)
             if run.timed_out:
                 break
             run.keys.append(KeyAnswers(key, tuple(answers)))
