@@ -7,6 +7,11 @@ running)
 loopback address (testbed.ports.address()): a Docker engine (started when none answers), Debian's
 docker-registry with htpasswd auth, nginx under a temporary prefix, and a local endpoint standing in for
 Mattermost. The report stays in .demo/report/.
+
+DEMO_HOSTS=2 runs the same pipeline on two Docker hosts (a second dockerd with its own bridge), each with
+its own nginx router listing only its own host's slots, behind a front balancer (a third nginx, round
+robin, standing for the cloud load balancer): every traffic change is written, tested and reloaded on
+both routers, and the load and the probes go through the front (issue 12).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,19 +34,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from testbed import images  # noqa: E402
-from testbed.engine import ensure_engine  # noqa: E402
+from testbed.engine import ensure_engine, private_bridge, start_dockerd  # noqa: E402
 from testbed.load import LoadGenerator  # noqa: E402
 from testbed.nginx import start_nginx  # noqa: E402
-from testbed.ports import address, free_ports  # noqa: E402
+from testbed.ports import address, free_port, free_ports, second_address  # noqa: E402
 from testbed.registry import start_registry  # noqa: E402
 
 APP = "demo-shop"
 SERVICES = ("web", "api")
 DEMO = REPO / ".demo"
 STICKY = "cookie ps_uid"  # canary.sticky (issue 13): the demo's users stay on one build for the rollout
+HOSTS = int(os.environ.get("DEMO_HOSTS") or "1")
 
 
-def first_site(slots: dict[str, dict[str, int]]) -> tuple[str, str]:
+def first_site(slots: dict[str, dict[str, int]], host_address: str | None = None) -> tuple[str, str]:
     """(server block, ps's first include): each location proxies through the sticky split's variable and
     pins new users with the cookie (the lines `ps router init` prints); the include is what `ps router
     init` writes: stable 100 % and the sticky split's blocks."""
@@ -48,7 +56,7 @@ def first_site(slots: dict[str, dict[str, int]]) -> tuple[str, str]:
     from pipeline_steps.upstreams import initial_file
 
     config = parse_config({"app": APP, "registry": "127.0.0.1:5000", "canary": {"sticky": STICKY},
-                           "hosts": [{"name": "local", "address": address()}],
+                           "hosts": [{"name": "local", "address": host_address or address()}],
                            "services": {s: {"context": ".", "slots": slots[s]} for s in SERVICES},
                            "router": {"include": "ps-upstreams.conf"}})
     locations = "".join(
@@ -108,11 +116,21 @@ def main() -> int:
     started.append(chat.shutdown)
     ports = free_ports(4)
     slots = {"web": {"stable": ports[0], "canary": ports[1]}, "api": {"stable": ports[2], "canary": ports[3]}}
-    nginx = start_nginx(*first_site(slots), access_log=True)  # the judgement reads nginx's own log
-    started.append(nginx.stop)
-    print(f"engine {engine.base_url}; registry {registry.address}; nginx {nginx.url}")
+    hosts = [{"name": "host1", "docker": engine.base_url, "address": address()}]
+    if HOSTS == 2:
+        hosts.append({"name": "host2", "docker": second_engine(started), "address": second_address()})
+    elif HOSTS != 1:
+        raise SystemExit("demo: DEMO_HOSTS is 1 or 2")
+    routers = []
+    for host in hosts:  # each server's own nginx, listing only its own host's slots
+        router = start_nginx(*first_site(slots, host["address"]), access_log=True)  # judged from its log
+        started.append(router.stop)
+        routers.append(router)
+    front = routers[0] if HOSTS == 1 else start_front(routers, started)
+    print(f"engine {engine.base_url}; registry {registry.address}; routers "
+          f"{', '.join(r.url for r in routers)}; front {front.url}")
     try:
-        return pipeline(work, engine.base_url, base, registry, nginx, slots, chat.server_address[1])
+        return pipeline(work, hosts, base, registry, routers, front, slots, chat.server_address[1])
     finally:
         banner("cleaning up (containers, nginx, registry, and dockerd if the demo started it)")
         for c in client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
@@ -123,19 +141,60 @@ def main() -> int:
             stop()
 
 
-def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
-             slots: dict[str, dict[str, int]], chat_port: int) -> int:
+def second_engine(started: list[Any]) -> str:
+    """A second dockerd with its own bridge, reached over tcp:// on loopback (the second server)."""
+    stack = ExitStack()
+    started.append(stack.close)
+    bridge = stack.enter_context(private_bridge())
+    tcp_url = f"tcp://{address()}:{free_port()}"
+    engine = start_dockerd(Path(tempfile.mkdtemp(prefix="ps-demo-dockerd2-")), bridge=bridge,
+                           extra_args=["--iptables=false", "--ip-masq=false", "-H", tcp_url])
+    stack.callback(engine.stop)
+
+    def remove_all() -> None:
+        client = engine.client()
+        for c in client.containers.list(all=True):
+            c.remove(force=True)
+        client.close()
+
+    stack.callback(remove_all)
+    return tcp_url
+
+
+def start_front(routers: list[Any], started: list[Any]) -> Any:
+    """The front balancer standing for the cloud load balancer: a third nginx, round robin over the
+    routers (each request to the next router, as an ALB spreads them)."""
+    servers = "".join(f"        server {r.url.removeprefix('http://')} max_fails=0;\n" for r in routers)
+    front = start_nginx("    upstream demo_front {\n" + servers + "        keepalive 16;\n    }\n"
+                        "    server {\n        listen " + address() + ":{port};\n"
+                        "        location / {\n            proxy_pass http://demo_front;\n"
+                        "            proxy_http_version 1.1;\n"
+                        "            proxy_set_header Connection \"\";\n"
+                        "            proxy_set_header Host $host;\n"
+                        "            proxy_next_upstream off;\n        }\n    }\n")
+    started.append(front.stop)
+    return front
+
+
+def pipeline(work: Path, hosts: list[dict[str, str]], base: str, registry: Any, routers: list[Any],
+             front: Any, slots: dict[str, dict[str, int]], chat_port: int) -> int:
     images.copy_sample_app(work / "app")
+    router_sections = [
+        {"name": f"router{i + 1}", "include": str(r.include), "url": r.url, "hosts": [hosts[i]["name"]],
+         "nginx": {"prefix": str(r.prefix), "conf": str(r.conf), "error_log": str(r.error_log)}}
+        for i, r in enumerate(routers)]
+    traffic: dict[str, Any] = ({"router": {k: v for k, v in router_sections[0].items()
+                                           if k not in ("name", "hosts")}}
+                               if len(routers) == 1 else
+                               {"routers": router_sections, "routers_url": front.url})
     config = {
         "app": APP, "registry": registry.address, "timezone": "Asia/Seoul",
-        "hosts": [{"name": "local", "docker": docker_url, "address": address()}],
-        "services": {s: {"context": "app", "port": 80, "slots": slots[s], "url": f"{nginx.url}/{s}/",
+        "hosts": hosts,
+        "services": {s: {"context": "app", "port": 80, "slots": slots[s], "url": f"{front.url}/{s}/",
                          "env": {"GREETING": "hello"},
                          "health": {"path": "/health", "expect": {"status": "healthy"}, "interval": "250ms",
                                     "timeout": "5s", "retries": 30}} for s in SERVICES},
-        "router": {"include": str(nginx.include), "url": nginx.url,
-                   "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),
-                             "error_log": str(nginx.error_log)}},
+        **traffic,
         "canary": {"steps": [10, 40, 70], "pause": "3s", "check_interval": "500ms", "probe": 400,
                    "sticky": STICKY,
                    # judged from nginx's access log at each step (issue 14); the demo's 3 s holds see few
@@ -150,7 +209,7 @@ def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
     git(work, "init", "-q", "-b", "develop")
     git(work, "add", "-A")
     git(work, "commit", "-qm", "sample app v1")
-    env = {**os.environ, "DOCKER_HOST": docker_url, "REGISTRY_USER": registry.user,
+    env = {**os.environ, "DOCKER_HOST": hosts[0]["docker"], "REGISTRY_USER": registry.user,
            "REGISTRY_PASSWORD": registry.password,
            "MATTERMOST_WEBHOOK_URL": f"http://{address()}:{chat_port}/hooks/demo-secret-hook",
            "PYTHONPATH": str(REPO)}
@@ -180,11 +239,11 @@ def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
     git(work, "commit", "-qm", "v2: a new feature")
     ps("build", "--build-arg", build_arg)
     ps("push")
-    with LoadGenerator(f"{nginx.url}/web/", rate=100, max_seconds=120, timeout=10) as load:
+    with LoadGenerator(f"{front.url}/web/", rate=100, max_seconds=120, timeout=10) as load:
         ps("deploy", "--type", "canary-auto", "--report", str(report_dir / "canary-auto.json"))
         banner("deploy --type promote-canary (still under load)")
         ps("deploy", "--type", "promote-canary")
-    print(f"load through nginx during canary-auto and promote: {load.report().summary()}")
+    print(f"load through the front during canary-auto and promote: {load.report().summary()}")
     ps("status")
 
     banner("v3 has a bug: its health fails after 120 requests; canary-auto must roll it back by itself")
@@ -194,10 +253,10 @@ def pipeline(work: Path, docker_url: str, base: str, registry: Any, nginx: Any,
     git(work, "commit", "-qm", "v3: a subtle bug")
     ps("build", "--build-arg", build_arg)
     ps("push")
-    with LoadGenerator(f"{nginx.url}/web/", rate=50, max_seconds=120, timeout=10) as load:
+    with LoadGenerator(f"{front.url}/web/", rate=50, max_seconds=120, timeout=10) as load:
         ps("deploy", "--type", "canary-auto", "--report", str(report_dir / "canary-rollback.json"), expect=1)
-    print(f"load through nginx during the failed canary: {load.report().summary()}")
-    ps("verify-weights", "--expect-canary", "0", "--probe", "300", "--url", f"{nginx.url}/web/",
+    print(f"load through the front during the failed canary: {load.report().summary()}")
+    ps("verify-weights", "--expect-canary", "0", "--probe", "300", "--url", f"{front.url}/web/",
        "--service", "web")
     ps("traffic", "status")
     ps("history", "--limit", "10")
