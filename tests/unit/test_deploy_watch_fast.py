@@ -65,7 +65,8 @@ def test_a_canary_logging_errors_with_green_health_is_rolled_back(tmp_path: Path
     watch = held["judgements"][0]
     assert held["action"] == "rollback" and watch["kind"] == "watch" and watch["decision"] == "fail"
     assert watch["new"]["error_lines"] > 5 and watch["old"]["error_lines"] == 0
-    assert any(line.startswith("-> judgement canary 10 % (1/2): rollback: web: watch:") for line in said.lines)
+    assert any(line.startswith("-> judgement canary 10 % (1/2): rollback: web: watch:")
+               for line in said.lines)
     # the numbers in the notification, the history and the report
     assert statuses(fake) == ["started", "rolled-back"] and "error lines" in fake.sent[-1][1]["message"]
     entry = HistoryLog(fake.config.state_dir).read().entries[-1]
@@ -143,7 +144,7 @@ def test_promote_watch_puts_the_previous_stable_build_back(tmp_path: Path) -> No
     assert fake.weights["web"] == 0.0 and not fake.violations
     assert statuses(fake) == ["started", "rolled-back"]
     assert outcome.judgements[-1]["step"] == "stable watch" and outcome.judgements[-1]["action"] == "rollback"
-    assert f"web/stable before the change: CPU 5 %, memory 10 %, 0 error lines/min" in said.text
+    assert "web/stable before the change: CPU 5 %, memory 10 %, 0 error lines/min" in said.text
 
 
 def test_a_healthy_promote_watch_passes(tmp_path: Path) -> None:
