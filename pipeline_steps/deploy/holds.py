@@ -15,6 +15,7 @@ from typing import Any
 from pipeline_steps.config import Service
 from pipeline_steps.deploy.ops import SlotMissing
 from pipeline_steps.deploy.plan import Run, Step, StepFailed
+from pipeline_steps.deploy.steps import other_color
 from pipeline_steps.errors import PsError
 
 
@@ -101,6 +102,11 @@ def gradual_hold(run: Run) -> float:
 def keep_of(run: Run) -> float | None:
     """blue-green --keep (default deploy.blue_green_keep): None keeps the old color running."""
     return run.request.keep if run.request.keep is not None else run.config.deploy.blue_green_keep
+
+
+def stops_old(run: Run) -> bool:
+    """blue-green: the old color is stopped after the watch (there is one, and a keep period is set)."""
+    return bool(run.active) and keep_of(run) is not None
 
 
 def watch_span(run: Run, active: bool = True) -> float:
@@ -206,8 +212,7 @@ class Watch(Step):
                 if done is None:
                     raise StepFailed(f"{exc.message}; no previous stable build to go back to") from None
                 raise RolledBack(exc.message, done) from None
-        elif self.kind != "promote" and (run.probing(self.services) or (run.active and keep_of(run)
-                                                                         is not None)):
+        elif self.kind != "promote" and (run.probing(self.services) or stops_old(run)):
             run.hold(self.services, 0.0, None, slot=target, active=target,
                      during="the probe" if run.probing(self.services) else "the watch")
 
@@ -283,7 +288,7 @@ class StopOld(Step):
 
     def run(self, run: Run) -> None:
         active = run.active
-        if active and keep_of(run) is not None:
+        if active and stops_old(run):
             span = watch_span(run)
             if span > 0:
                 run.decide(f"stopping the old color {active}: {run.target} stayed healthy for {span:g}s")
@@ -329,7 +334,7 @@ class KeptColor(Step):
         if active is None:
             run.say(f"{name}: no active color in nginx, nothing to switch back")
             return
-        previous = "green" if active == "blue" else "blue"
+        previous = other_color(active)
         run.colors[name] = previous
         run.stage = f"switch back to {previous}"
         why = run.not_serving(previous, [self.service]).get(name)
@@ -337,6 +342,12 @@ class KeptColor(Step):
             run.restart.add(name)
             run.decide(f"{name}: {previous} {why}: starting it and gating it before traffic "
                        f"moves (traffic stays on {active} until then)")
+
+
+def kept_color(run: Run, service: Service) -> tuple[str, str | None]:
+    """rollback, blue-green: the service's name and the color KeptColor chose to go back to (None:
+    nothing to switch back, the decision StartKept and SwitchBack both start from)."""
+    return service.name, run.colors.get(service.name)
 
 
 @dataclass
@@ -348,11 +359,10 @@ class StartKept(Step):
         return f"{self.service.name}: start the kept color if it is not running, and gate it"
 
     def run(self, run: Run) -> None:
-        name = self.service.name
-        if name not in run.restart:
+        name, color = kept_color(run, self.service)
+        if not color or name not in run.restart:
             return
-        color = run.colors[name]
-        active = "green" if color == "blue" else "blue"
+        active = other_color(color)
         try:
             for line in run.ops.start_slot(color, self.service):
                 run.say(line)
@@ -372,8 +382,7 @@ class SwitchBack(Step):
         return f"{self.service.name}: switch to the kept color in one reload, verify"
 
     def run(self, run: Run) -> None:
-        name = self.service.name
-        color = run.colors.get(name)
+        name, color = kept_color(run, self.service)
         if not color:
             return
         run.decide(f"{name}: switching back to {color} ("
