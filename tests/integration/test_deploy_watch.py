@@ -112,3 +112,73 @@ def test_a_canary_over_its_memory_share_is_caught(bed: Any, docker_ps: Any) -> N
     assert watch["new"]["memory_percent"] > 50 and watch["old"]["memory_percent"] < 20
     assert watch["new"]["memory_bytes"] >= 40 << 20
     assert out["weights"] == {"web": 0}
+
+
+def _labels(docker_client: Any, container: str) -> dict[str, str]:
+    return dict(docker_client.containers.get(container).labels)
+
+
+def test_a_promoted_build_logging_errors_is_watched_and_the_previous_build_put_back(
+        bed: Any, docker_ps: Any, docker_client: Any) -> None:
+    """canary-manual puts the noisy build in the canary at 1 %; promote-canary makes it stable; the watch
+    after the promotion sees its error lines against the previous stable's (none) and redeploys the
+    previous stable build through the canary slot, with 0 failed requests."""
+    from pipeline_steps.adapters.slots import LABEL_BUILD_ID
+
+    bed.raw["watch"].update({"duration": "20s", "interval": "2s"})
+    bed.save()
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", OLD).returncode == 0
+    manual = _deploy(docker_ps, "--type", "canary-manual", "--weight", "1", "--build-id", NOISY)
+    assert manual.returncode == 0, manual.stderr + manual.stdout
+    plan = docker_ps("--dry-run", "deploy", "--type", "promote-canary")
+    assert "watch stable 20s" in plan.stdout, plan.stdout
+    with LoadGenerator(bed.url("web"), rate=50, max_seconds=120, max_requests=6000, timeout=10) as load:
+        promote = _deploy(docker_ps, "--type", "promote-canary")
+    report = load.report()
+    print(f"load during the watched promotion: {report.summary()}")
+    assert promote.returncode == 1, promote.stderr + promote.stdout
+    out = _result(promote)
+    print(f"watched promotion: {out['message']}")
+    assert out["result"] == "rolled-back", out["message"]
+    assert out["message"].startswith("watch of stable: web: watch: stable "), out["message"]
+    assert "vs before (stable) 0 (0.0/min)" in out["message"]
+    assert f"rolled back to the previous stable build (web {OLD}, through the canary slot)" in out["message"]
+    for slot in ("stable", "canary"):
+        assert _labels(docker_client, f"{APP}-web-{slot}")[LABEL_BUILD_ID] == OLD
+    assert out["judgements"][-1]["step"] == "stable watch"
+    assert report.sent > 300 and report.failed == 0, report.errors[:5]
+
+
+@pytest.fixture
+def bg_bed(traffic_bed: Callable[..., Any], engine: Any, docker_client: Any, builds: None) -> Iterator[Any]:
+    made = traffic_bed({"web": "blue-green"}, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
+                                                              "address": address()}])
+    raw = made.raw
+    raw["registry"] = REGISTRY
+    raw["services"]["web"]["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s",
+                                        "retries": 40}
+    raw["services"]["web"]["url"] = made.url("web")
+    raw["canary"] = {"check_interval": "1s", "probe": 0}
+    raw["watch"] = {"error_pattern": "ERROR|Exception", "max_error_lines_increase": 5, "duration": "20s",
+                    "interval": "2s"}
+    made.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    yield made
+    for c in docker_client.containers.list(all=True, filters={"label": f"pipeline-steps.app={APP}"}):
+        c.remove(force=True)
+
+
+def test_blue_green_watch_switches_back_from_a_color_logging_errors(bg_bed: Any, docker_ps: Any) -> None:
+    first = _deploy(docker_ps, "--type", "blue-green", "--build-id", OLD)
+    assert first.returncode == 0, first.stderr + first.stdout
+    before = _result(first)["active"]["web"]
+    with LoadGenerator(bg_bed.url("web"), rate=50, max_seconds=90, max_requests=4500, timeout=10) as load:
+        noisy = _deploy(docker_ps, "--type", "blue-green", "--build-id", NOISY)
+    report = load.report()
+    print(f"load during the noisy color: {report.summary()}")
+    assert noisy.returncode == 1, noisy.stderr + noisy.stdout
+    out = _result(noisy)
+    print(f"noisy color: {out['message']}")
+    assert out["result"] == "rolled-back", out["message"]
+    assert " error lines (" in out["message"] and f"vs before ({before}) 0" in out["message"]
+    assert f"switched back to {before}" in out["message"] and out["active"] == {"web": before}
+    assert report.sent > 200 and report.failed == 0, report.errors[:5]
