@@ -57,12 +57,12 @@ class Hold(Step):
             what = []
             if run.config.canary.analysis.enabled:
                 what.append(f"judging canary against stable from the access log at each check "
-                            f"({judging_terms(run)})")
+                            f"({judging_terms(run)}")
             if run.config.watch.enabled:
                 what.append(f"watching the canary's containers against stable's at each check "
-                            f"({run.config.watch.terms()})")
-            return (f"hold {self.pause:g}s {every(run)} and {' and '.join(what)}; unhealthy: rollback to "
-                    f"stable at once; judgement failed: {back_from(run, self.canary)}, notify, exit 1")
+                            f"({run.config.watch.terms()}")
+            return (f"hold {self.pause:g}s {every(run)} and {'; and '.join(what)}; unhealthy: rollback to "
+                    f"stable at once; judgement failed: {back_from(run, self.canary)}, notify, exit 1)")
         return f"hold {self.pause:g}s {every(run)} (failure: rollback to stable, notify, exit 1)"
 
     def run(self, run: Run) -> None:
