@@ -36,7 +36,8 @@ def test_only_lines_after_the_mark_and_the_start_count_once(tmp_path: Path) -> N
     c.options["mem_limit"] = 64 << 20
     engine.usage["shop-web-canary"] = (10.0, 48 << 20)
     now = time.time()
-    c.log += [(now - 120, "ERROR from an hour ago"), (now - 5, "ERROR before the mark"),
+    c.started_at = now - 60  # started a minute ago: a line before that is a previous run's
+    c.log += [(now - 120, "ERROR of the previous run"), (now - 5, "ERROR before the mark"),
               (now - 0.5, "GET / 200"), (now - 0.4, "ERROR one"), (now - 0.3, "java.lang.Exception two")]
     with factory.installed(FakeAdapters({"a": engine}, FakeRegistry(), FakeNotifier())):
         first = sampler.figures(web, "canary", since=now - 1)
@@ -46,6 +47,8 @@ def test_only_lines_after_the_mark_and_the_start_count_once(tmp_path: Path) -> N
         assert again[0].error_lines == 2  # read incrementally: nothing counted twice
         engine.write_log("shop-web-canary", "ERROR three")
         assert sampler.figures(web, "canary", since=now - 1)[0].error_lines == 3
+        # a mark before the start: the start bounds it (the previous run's line never counts)
+        assert sampler.figures(web, "canary", since=now - 3600)[0].error_lines == 4
         # a stopped container is not watched (its health check says why)
         c.status = "exited"
         assert sampler.figures(web, "canary", since=now - 1) == []
