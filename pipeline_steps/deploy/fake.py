@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline_steps.config import Config, Service
 from pipeline_steps.config.run_spec import Hook
 from pipeline_steps.deploy.ops import Check, DeployOps, GateVerdict, JobVerdict, Notice, SlotInfo, SlotMissing
-from pipeline_steps.errors import BadInput, CheckFailed
+from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
 
 if TYPE_CHECKING:
     from pipeline_steps.analysis.watch import SlotFigures
@@ -319,6 +319,8 @@ class FakeOps:
         from pipeline_steps.analysis.watch import SlotFigures
 
         self.calls.append(("watch", slot, service.name))
+        if "watch" in self.faults:
+            raise Unreachable(self.faults["watch"])
         found = self.slot(service.name, slot)
         if found is None or found.state != "running":
             return []

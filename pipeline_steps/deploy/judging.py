@@ -140,12 +140,22 @@ class WatchCheck:
 
     def look(self) -> list[dict[str, Any]]:
         """One look at every service: its verdict as a dict (`decision` pass | fail, `reason`, figures)."""
+        from pipeline_steps.adapters.interfaces import EngineError
+        from pipeline_steps.errors import PsError
+
         found = []
         for service in self.services:
-            new = Side.of(self.new, self.ops.watch_figures(self.new, service, self.since))
-            old = Side.of(self.old, self.ops.watch_figures(self.old, service, self.since)) if self.old \
-                else self.baseline.get(service.name)
-            verdict = judge_watch(self.policy, service.name, new, old).as_dict()
+            try:
+                new = Side.of(self.new, self.ops.watch_figures(self.new, service, self.since))
+                old = Side.of(self.old, self.ops.watch_figures(self.old, service, self.since)) if self.old \
+                    else self.baseline.get(service.name)
+                verdict = judge_watch(self.policy, service.name, new, old).as_dict()
+            except (PsError, EngineError) as exc:  # unwatched is not healthy: the watch fails
+                why = exc.message if isinstance(exc, PsError) else str(exc)
+                verdict = {"kind": "watch", "upstream": service.name, "service": service.name,
+                           "decision": "fail", "reason": f"watch: cannot read the containers' figures: "
+                                                         f"{' '.join(why.split())[:200]}: fail",
+                           "new": None, "old": None}
             found.append(verdict)
             if self.report is not None:
                 self.report.extra.setdefault("watch", []).append(

@@ -222,3 +222,13 @@ def test_judge_watch_names_every_failed_check() -> None:
     verdict = judge_watch(policy, "web", unlimited, None)
     assert verdict.decision == "pass" and "(no memory limit: not checked)" in verdict.reason
     assert "CPU n/a" in verdict.reason
+
+
+def test_an_engine_that_does_not_answer_the_watch_rolls_back(tmp_path: Path) -> None:
+    """Unwatched is not healthy: figures that cannot be read fail the watch (traffic back to stable)."""
+    fake = watched_world(tmp_path)
+    fake.faults["watch"] = "Docker engine of host local is unreachable"
+    outcome, _, _ = deploy(fake, "canary-auto", services=("web",))
+    assert outcome.result == "rolled-back", outcome.message
+    assert "watch: cannot read the containers' figures: Docker engine of host local" in outcome.message
+    assert fake.weights["web"] == 0.0
