@@ -91,6 +91,7 @@ def test_a_canary_logging_errors_with_green_health_is_rolled_back_by_the_watch(
     assert watch["new"]["error_lines"] > 5 and watch["old"]["error_lines"] == 0
     assert watch["new"]["error_lines_per_minute"] - watch["old"]["error_lines_per_minute"] > 5
     assert watch["new"]["memory_percent"] is not None and watch["new"]["memory_percent"] < 50
+    assert watch["new"]["cpu_percent"] is not None  # two one-shot samples of docker stats by then
     assert out["weights"] == {"web": 0}
     history = _result(docker_ps("--json", "history"))["entries"][-1]
     assert history["extra"]["judgements"][-1]["judgements"][0]["kind"] == "watch"
