@@ -232,3 +232,25 @@ def test_an_engine_that_does_not_answer_the_watch_rolls_back(tmp_path: Path) -> 
     assert outcome.result == "rolled-back", outcome.message
     assert "watch: cannot read the containers' figures: Docker engine of host local" in outcome.message
     assert fake.weights["web"] == 0.0
+
+
+def test_the_watch_beside_the_access_log_judgement(tmp_path: Path) -> None:
+    """Both on: each look judges the access log and runs the watch; either failing rolls back, a pass
+    carries both lines."""
+    from tests.unit.test_deploy_judgement_fast import ANALYSIS
+
+    config = make_config(tmp_path, canary={"steps": [10, 40], "pause": "30s", "check_interval": "1s",
+                                           "probe": 0, "analysis": ANALYSIS}, watch=WATCH)
+    fake = live_world(config)
+    fake.traffic = 100.0
+    outcome, _, _ = deploy(fake, "canary-auto", services=("web",))
+    assert outcome.ok, outcome.message
+    kinds = [j.get("kind", "access log") for j in outcome.judgements[0]["judgements"]]
+    assert kinds == ["access log", "watch"]
+    assert "web: canary 5xx" in outcome.judgements[0]["reason"] and "web: watch: canary CPU" in \
+        outcome.judgements[0]["reason"]
+    fake = live_world(config)
+    fake.traffic = 100.0
+    fake.usage[NEW] = (10.0, 90.0)  # the access log sees nothing wrong; the memory does
+    outcome, _, _ = deploy(fake, "canary-auto", services=("web",))
+    assert outcome.result == "rolled-back" and "canary memory 90.0 %" in outcome.message
