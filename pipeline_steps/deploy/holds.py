@@ -90,7 +90,8 @@ def back_from(run: Run, weight: float) -> str:
     if run.config.canary.rollback != "gradual":
         return "rollback to stable in one reload"
     steps = " -> ".join(f"{w:g} %" for w in rollback_weights(run, weight))
-    return (f"gradual rollback {weight:g} % -> {steps}, each verified, health-checked and judged for "
+    judged = " and judged" if run.config.canary.analysis.enabled else ""
+    return (f"gradual rollback {weight:g} % -> {steps}, each verified, health-checked{judged} for "
             f"{gradual_hold(run):g}s (unhealthy: stable at once)")
 
 
