@@ -5,6 +5,7 @@ hooks naming unknown services or hosts); split from models.py to keep both reada
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pipeline_steps.config.models import (
     _CANARY,
@@ -33,6 +34,7 @@ from pipeline_steps.config.objects import (
     Segment,
     Service,
     StickyKey,
+    WatchPolicy,
 )
 from pipeline_steps.config.run_models import HooksFile
 from pipeline_steps.config.run_spec import Hooks, Require
@@ -298,7 +300,15 @@ def build(file: PsFile, source: str, base: Path,
                                 icon_url=n.icon_url, timeout=n.timeout),
         deploy=DeployPolicy(keep_images=d.keep_images, blue_green_keep=d.blue_green_keep,
                             lock_wait=d.lock_wait),
-        blue_green=BlueGreenPolicy(watch=file.blue_green.watch), hooks=b.hooks(file.hooks, services, hosts),
+        blue_green=BlueGreenPolicy(watch=file.blue_green.watch), watch=watch_policy(file.watch),
+        hooks=b.hooks(file.hooks, services, hosts),
         state_dir=b.state_dir(file.state_dir, file.app), source=source)
     return config, b.problems
 
+
+
+def watch_policy(w: Any) -> WatchPolicy:
+    """The `watch:` section (config/canary_models.WatchFile) as its frozen object."""
+    return WatchPolicy(cpu_max_percent=w.cpu_max_percent, memory_max_percent=w.memory_max_percent,
+                       error_pattern=w.error_pattern, max_error_lines_increase=w.max_error_lines_increase,
+                       duration=w.duration, interval=w.interval)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field
 
-from pipeline_steps.config.canary_models import AnalysisFile, SegmentFile, StickyText
+from pipeline_steps.config.canary_models import AnalysisFile, SegmentFile, StickyText, WatchFile
 from pipeline_steps.config.objects import (
     ROLLBACKS,
     SLOT_PAIRS,
@@ -267,6 +267,7 @@ class PsFile(FileModel):
     notify: NotifyFile = NotifyFile()
     deploy: DeployFile = DeployFile()
     blue_green: BlueGreenFile = BlueGreenFile()
+    watch: WatchFile = WatchFile()
     hooks: HooksFile = HooksFile()
     state_dir: FilePath | None = Field(default=None, description="Lock, history and env files: a "
                                        "directory (default ~/.local/state/pipeline-steps/<app>).")

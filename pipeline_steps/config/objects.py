@@ -261,6 +261,41 @@ class BlueGreenPolicy:
 
 
 @dataclass(frozen=True)
+class WatchPolicy:
+    """watch: the post-deploy watch's checks (container CPU, memory, error lines in the logs).
+
+    They run at every check of canary-auto's holds (canary against stable), and for `duration` after
+    promote-canary and after blue-green's switch (the new version against the previous one's figures
+    from before the change, CPU and memory against the limits). A check left out (None) is off.
+    """
+
+    cpu_max_percent: float | None = None  # of the container's CPU limit (of one CPU without a limit)
+    memory_max_percent: float | None = None  # of the container's memory limit (none: not checked)
+    error_pattern: str | None = None  # a regular expression over the container's log lines
+    max_error_lines_increase: float = 0.0  # error lines per minute, the new version's over the old one's
+    duration: float | None = None  # after promote-canary / blue-green (None: promote 0, blue_green.watch)
+    interval: float = 5.0  # how often the watch after a change runs its checks
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any check is configured."""
+        return any(v is not None for v in (self.cpu_max_percent, self.memory_max_percent,
+                                           self.error_pattern))
+
+    def terms(self) -> str:
+        """The checks in one line (the plan's wording)."""
+        parts = []
+        if self.cpu_max_percent is not None:
+            parts.append(f"CPU <= {self.cpu_max_percent:g} % of its limit")
+        if self.memory_max_percent is not None:
+            parts.append(f"memory <= {self.memory_max_percent:g} % of its limit")
+        if self.error_pattern is not None:
+            parts.append(f"log lines matching /{self.error_pattern}/ at most "
+                         f"+{self.max_error_lines_increase:g}/min over the old version's")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole, validated ps.yaml."""
 
@@ -274,6 +309,7 @@ class Config:
     notify: MattermostNotify = field(default_factory=MattermostNotify)
     deploy: DeployPolicy = field(default_factory=DeployPolicy)
     blue_green: BlueGreenPolicy = field(default_factory=BlueGreenPolicy)
+    watch: WatchPolicy = field(default_factory=WatchPolicy)
     hooks: Hooks = field(default_factory=Hooks)
     state_dir: str = ""
     source: str = DEFAULT_CONFIG

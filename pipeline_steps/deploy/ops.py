@@ -22,6 +22,7 @@ from pipeline_steps.context import CIContext
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import Prober
+    from pipeline_steps.analysis.watch import SlotFigures
     from pipeline_steps.deploy.lock.engine import EngineLock
 
 
@@ -118,6 +119,10 @@ class DeployOps(Protocol):
     def start_probe(self, work: Callable[[], list[dict[str, Any]]]) -> Probe: ...
     def engine_lock(self) -> EngineLock | None: ...
     def access_logs(self, services: Sequence[Service]) -> list[Any]: ...
+    def watch_figures(self, slot: str, service: Service, since: float) -> list[SlotFigures]:
+        """The post-deploy watch: `slot`'s containers' CPU, memory and error lines since `since` (the
+        ops' clock, `now()`), one per host."""
+        ...
 
 
 class RealOps:
@@ -374,6 +379,15 @@ class RealOps:
         if self.config.router is None:
             return []
         return [AccessLogTail(self.config.router.access_log_path())]
+
+    def watch_figures(self, slot: str, service: Service, since: float) -> list[SlotFigures]:
+        """watch: docker stats and the error lines of `slot` (since: this clock's time, monotonic)."""
+        from pipeline_steps.operations.watch import WatchSampler
+
+        sampler = getattr(self, "_watch_sampler", None)
+        if sampler is None:
+            sampler = self._watch_sampler = WatchSampler(self.config)
+        return sampler.figures(service, slot, time.time() - (time.monotonic() - since))
 
 
 class _Background:

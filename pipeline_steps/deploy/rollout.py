@@ -172,9 +172,11 @@ class Rollout:
         outcome = self.outcome
         message = exc.message if isinstance(exc, StepFailed | PsError) else str(exc)
         wants_rollback = isinstance(exc, StepFailed) and exc.rollback
-        back: str | None = None
+        back: str | None = getattr(exc, "done", None)  # a step that put the previous version back itself
         try:
-            if wants_rollback and plan.recover == "stable":
+            if back:
+                pass
+            elif wants_rollback and plan.recover == "stable":
                 from pipeline_steps.deploy.judging import JudgementFailed
 
                 if isinstance(exc, JudgementFailed) and self.config.canary.rollback == "gradual":
