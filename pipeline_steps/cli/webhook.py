@@ -241,8 +241,11 @@ def log_writer(out: Output) -> Callable[[str], None]:
     def log(line: str) -> None:
         text = mask(f"{_now()} {line}") + "\n"
         with lock:
-            stream.write(text)
-            stream.flush()
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):  # stdout gone (a closed pipe): a delivery never fails on its log
+                pass
 
     return log
 

@@ -48,3 +48,10 @@ def test_existing_store_refuses_a_missing_db_and_closes_after(tmp_path: Path) ->
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_malloc_arenas_can_be_capped() -> None:
     assert cap_malloc_arenas(8) is True  # a cap of 8 for the test process: harmless
+
+
+def test_log_writer_survives_a_closed_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", closed)
+    log_writer(Output())("delivery two: accepted")  # no exception: the delivery was recorded already
