@@ -75,9 +75,9 @@ class ReceiverSettings:
     retry_wait: float = 1.0           # backoff: retry_wait * 2^n seconds, at most retry_max_wait
     retry_max_wait: float = 60.0
     # deliveries being recorded at once (each thread holds one while its group commit is fsync'd, so a
-    # burst of 100 needs 100/threads fsyncs one after the other: about 3.5 ms each here). 16 rather than 8:
+    # burst of 100 needs 100/threads fsyncs one after the other: 2.5 ms median each here). 16 rather than 8:
     # bursts answered sooner under load; 32 was faster still but raised the RSS plateau past the 10 % goal
-    # (+12..13 % even with the malloc arenas capped, +17 % without; 16: +7..10 %)
+    # (+12..13 % even with the malloc arenas capped, +17 % without; 16: +7.8..9.7 %)
     threads: int = 16
     backlog: int = 1024
     connection_limit: int = 256
