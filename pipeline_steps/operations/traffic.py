@@ -332,6 +332,7 @@ class TrafficStatus:
     services: list[ServiceStatus] = field(default_factory=list)  # router 1's
     warnings: list[str] = field(default_factory=list)
     routers: list[RouterTraffic] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # routers whose split differs from router 1's
 
 
 def _build_ids(config: Config, warnings: list[str]) -> dict[tuple[str, str, str], str | None]:
@@ -365,7 +366,8 @@ def traffic_status(config: Config) -> TrafficStatus:
     lives = load_all(config)
     live = lives[0][1]
     status = TrafficStatus(include=router.include, exists=live is not None)
-    status.warnings.extend(differences(config, lives))
+    status.differences = differences(config, lives)
+    status.warnings.extend(status.differences)
     builds = _build_ids(config, status.warnings) if any(f is not None for _, f in lives) else {}
     for r, file in lives:
         section = RouterTraffic(router=r.name, include=r.include, url=r.url,
