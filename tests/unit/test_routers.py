@@ -267,3 +267,120 @@ def test_dry_run_on_many_routers_writes_nothing(two: tuple[Config, FakeRouter, F
     config, r1, r2 = two
     change = set_weights(config, 10, dry_run=True)
     assert r1.text is None and r2.text is None and change.changed and not change.reloaded
+
+
+# ------------------------------------------------------------------ reads: verify-weights, status, history
+
+
+def _sender(shares: dict[str, float]) -> Any:
+    """A TrafficSender answering from each url's own router: 2xx naming a server of host1 (router1's
+    url), host2 (router2's) or both (the front), the canary answering `shares[url]` of the time."""
+    from pipeline_steps.adapters.traffic_probe import Answer, ProbeRun
+
+    hosts = {"http://127.0.0.1:18002": ["10.0.0.1"], "http://127.0.0.2:18002": ["10.0.0.2"],
+             "http://127.0.0.1:18080": ["10.0.0.1", "10.0.0.2"]}
+
+    def send(url: str, n: int, **_: Any) -> ProbeRun:
+        canary = round(n * shares[url])
+        answers = [Answer(200, f"{hosts[url][i % len(hosts[url])]}:{18082 if i < canary else 18081}")
+                   for i in range(n)]
+        return ProbeRun(url=url, wanted=n, answers=answers)
+
+    return send
+
+
+def test_verify_weights_measures_through_each_router_and_the_front(
+        two: tuple[Config, FakeRouter, FakeRouter]) -> None:
+    from dataclasses import replace
+
+    from pipeline_steps.operations.verify_weights import verify_weights
+
+    config, _, _ = two
+    config = replace(config, routers_url="http://127.0.0.1:18080")
+    set_weights(config, 10)
+    right = {"http://127.0.0.1:18002": 0.1, "http://127.0.0.2:18002": 0.1, "http://127.0.0.1:18080": 0.1}
+    result = verify_weights(config, expect_canary=10, probe=400, services=["web"], sender=_sender(right))
+    assert result.ok, result.problems()
+    assert [(r["router"], r["hosts"], r["url"]) for r in result.routers] == [
+        ("router1", ["host1"], "http://127.0.0.1:18002"), ("router2", ["host2"], "http://127.0.0.2:18002")]
+    assert [r["services"][0]["measured"]["valid"] for r in result.routers] == [400, 400]
+    assert result.front is not None and result.front["measured"]["valid"] == 400
+    # the front sends 25 % to the canary (one router at 40 %): caught, and named
+    wrong = {**right, "http://127.0.0.1:18080": 0.25}
+    bad = verify_weights(config, expect_canary=10, probe=400, services=["web"], sender=_sender(wrong))
+    assert not bad.ok and bad.problems()[0].startswith("front http://127.0.0.1:18080: web: canary answered "
+                                                       "100 of 400")
+    # router2's answers naming host1's servers are not router2's: invalid, and named router2
+    swapped = verify_weights(config, expect_canary=10, probe=50, services=["web"], sender=lambda url, n, **kw:
+                             _sender(right)("http://127.0.0.1:18002", n))
+    assert any(p.startswith("router2: web: 50 of 50 answers") for p in swapped.problems()), swapped.problems()
+
+
+def test_verify_weights_names_the_router_whose_weights_are_off(two: tuple[Config, FakeRouter,
+                                                                            FakeRouter]) -> None:
+    from pipeline_steps.operations.verify_weights import verify_weights
+
+    config, _, r2 = two
+    set_weights(config, 10)
+    r2.text = r2.text.replace("weight=900", "weight=500").replace("weight=100", "weight=500")  # type: ignore[union-attr]
+    result = verify_weights(config, expect_canary=10, services=["web"])
+    assert not result.ok and result.routers[0]["ok"] and not result.routers[1]["ok"]
+    assert result.problems()[0].startswith("router2: web")
+
+
+def test_status_shows_every_router_and_exits_1_on_a_weight_mismatch(
+        two: tuple[Config, FakeRouter, FakeRouter]) -> None:
+    from pipeline_steps.operations.status import slot_status
+
+    config, _, r2 = two
+    set_weights(config, 10)
+    result = slot_status(config)
+    assert [(r.router, r.hosts, r.splits["web"]) for r in result.routers] == [
+        ("router1", ["host1"], "stable 900 : canary 100 (10.0 %)"),
+        ("router2", ["host2"], "stable 900 : canary 100 (10.0 %)")]
+    assert not [m for m in result.mismatches if "routers" in m]
+    r2.text = r2.text.replace("weight=900", "weight=600").replace("weight=100", "weight=400")  # type: ignore[union-attr]
+    result = slot_status(config)
+    assert not result.ok
+    assert ("web: weights differ between routers (router1=stable 900 : canary 100 (10.0 %), "
+            "router2=stable 600 : canary 400 (40.0 %))") in result.mismatches
+
+
+def test_status_matches_an_unreachable_host_by_its_name_not_its_message(
+        two: tuple[Config, FakeRouter, FakeRouter]) -> None:
+    from pipeline_steps.adapters.fakes import FakeAdapters
+    from pipeline_steps.errors import Unreachable
+    from pipeline_steps.operations.status import slot_status
+
+    config, _, _ = two
+
+    class Down(FakeAdapters):
+        def docker(self, host: Host, timeout: float = 60.0) -> Any:
+            if host.name == "host2":
+                raise Unreachable("the second engine said nothing", host="host2")  # no "host host2 " in it
+            return super().docker(host, timeout)
+
+    registry = FakeRegistry()
+    engines = {h.name: FakeDockerHost(Host(h.name, docker=h.docker, address=h.address), registry)
+               for h in config.hosts}
+    engines["host1"].add_image("127.0.0.1:5999/shop/web:b1")
+    with factory.installed(Down(engines, registry, FakeNotifier())):
+        result = slot_status(config)
+    assert result.unreachable_hosts == ["host2"]
+    assert not result.mismatches  # host2 unreachable: its missing slots are no mismatch
+
+
+def test_history_and_report_name_the_hosts_and_routers(two: tuple[Config, FakeRouter, FakeRouter],
+                                                       tmp_path: Path) -> None:
+    from pipeline_steps.deploy.history import HistoryLog, acted_on
+    from pipeline_steps.deploy.report import RunReport
+
+    config, _, _ = two
+    where = acted_on(config, ["web"])
+    assert where == {"hosts": ["host1", "host2"], "routers": ["router1", "router2"]}
+    log = HistoryLog(tmp_path / "state")
+    log.record(app="shop", type="stable", result="ok", **where)
+    entry = log.read().entries[-1]
+    assert (entry.hosts, entry.routers) == (["host1", "host2"], ["router1", "router2"])
+    report = RunReport(app="shop", deploy_type="stable", hosts=where["hosts"], routers=where["routers"])
+    assert report.to_dict()["routers"] == ["router1", "router2"] and "router1, router2" in report.html()
