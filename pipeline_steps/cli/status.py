@@ -16,8 +16,9 @@ from pipeline_steps.operations.status import slot_status
 @click.command("status")
 @pass_output
 def command(out: Output) -> None:
-    """Show every slot on every host and every router; exit 1 when hosts run different BUILD_IDs for a
-    slot or routers split a service differently."""
+    """Show every slot on every host; exit 1 when hosts run different BUILD_IDs for a slot.
+
+    With many routers also every router's split; exit 1 when routers split a service differently."""
     config = load(out)
     result = slot_status(config)
     out.say(f"{'HOST':<10} {'SERVICE':<12} {'SLOT':<7} {'CONTAINER':<28} {'BUILD_ID':<20} "
