@@ -336,8 +336,9 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
             sections.append(_section(config, r, r.url if probe else None, found))
             verdicts = verdicts or found
     front = None
-    if probe and config.routers_url:
-        front = _measure_front(config, chosen[0], sections, probe, probe_deadline, stop, sender)
+    front_url = (url if many else None) or config.routers_url  # many routers: --url is the front
+    if probe and front_url:
+        front = _measure_front(config, chosen[0], sections, front_url, probe, probe_deadline, stop, sender)
     ok = all(sec["ok"] for sec in sections) and (front is None or not front["problems"])
     return VerifyResult(ok=ok, tolerance=tolerance, include=router.include,
                         services=[{**asdict(v), "ok": v.ok} for v in verdicts],
@@ -391,12 +392,11 @@ def _verify_router(config: Config, chosen: list[Service], expect_canary: float |
     return verdicts, live
 
 
-def _measure_front(config: Config, service: Service, sections: list[dict[str, Any]], probe: int,
-                   probe_deadline: float | None, stop: threading.Event | None,
+def _measure_front(config: Config, service: Service, sections: list[dict[str, Any]], front_url: str,
+                   probe: int, probe_deadline: float | None, stop: threading.Event | None,
                    sender: TrafficSender | None) -> dict[str, Any]:
-    """The split measured through routers_url (the front balancer): every router's servers count, and the
-    share must fall in the same interval as each router's."""
-    assert config.routers_url is not None
+    """The split measured through the front balancer (routers_url, or --url with many routers): every
+    router's servers count, and the share must fall in the same interval as each router's."""
     verdict = sections[0]["services"][0]
     if verdict["kind"] == "canary":
         target_slot, p = "canary", float(verdict["expected"].get("canary_share", 0.0))
@@ -408,7 +408,7 @@ def _measure_front(config: Config, service: Service, sections: list[dict[str, An
         up = live.get(service.upstream) if live is not None else None
         servers.extend(up.servers if up is not None else [])
     upstream = Upstream(name=service.upstream, servers=servers)
-    run = (sender or send_probe)(config.routers_url, probe, deadline=probe_deadline, stop=stop)
+    run = (sender or send_probe)(front_url, probe, deadline=probe_deadline, stop=stop)
     measured, problems = measure(config, service, upstream, run, target_slot, p)
-    return {"url": config.routers_url, "service": service.name, "measured": measured,
-            "problems": [f"front {config.routers_url}: {p}" for p in problems]}
+    return {"url": front_url, "service": service.name, "measured": measured,
+            "problems": [f"front {front_url}: {p}" for p in problems]}

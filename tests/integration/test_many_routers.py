@@ -158,3 +158,27 @@ def test_status_exits_1_when_one_routers_include_was_changed_by_hand(two_routers
     # the next change rewrites router 2 to router 1's state (and says so)
     assert docker_ps("set-weights", "--canary", "10").returncode == 0
     assert docker_ps("status").returncode == 0
+
+
+def test_the_split_through_the_front_balancer_matches(two_routers: TwoRouters, docker_ps: Any,
+                                                       project: Callable[..., Path],
+                                                       nginx_factory: Callable[..., Nginx]) -> None:
+    bed = two_routers
+    # a third nginx stands for the ALB: round-robin over the two routers (it adds no X-Upstream of its
+    # own, so each answer still names the slot server that answered behind its router)
+    front = nginx_factory(
+        "    server {\n        listen {address}:{port};\n        proxy_http_version 1.1;\n"
+        "        proxy_set_header Connection \"\";\n        location / { proxy_pass http://ps_front; }\n"
+        "    }\n",
+        "upstream ps_front {\n" + "".join(f"    server {address()}:{n.port};\n" for n in bed.routers) + "}\n")
+    project({**bed.raw, "routers_url": f"{front.url}/web/"})
+    assert docker_ps("set-weights", "--canary", "30").returncode == 0
+    verified = docker_ps("--json", "verify-weights", "--expect-canary", "30", "--probe", "300",
+                         "--service", "web")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    result = json.loads(verified.stdout.strip().splitlines()[-1])
+    measured = result["front"]["measured"]
+    assert measured["url"] == f"{front.url}/web/" and measured["valid"] == 300 and not measured["invalid"]
+    low, high = measured["interval"]
+    assert low <= measured["share"] <= high and not result["front"]["problems"]
+    assert f"front {front.url}/web/: web: measured canary" in verified.stderr
