@@ -384,3 +384,44 @@ def test_history_and_report_name_the_hosts_and_routers(two: tuple[Config, FakeRo
     assert (entry.hosts, entry.routers) == (["host1", "host2"], ["router1", "router2"])
     report = RunReport(app="shop", deploy_type="stable", hosts=where["hosts"], routers=where["routers"])
     assert report.to_dict()["routers"] == ["router1", "router2"] and "router1, router2" in report.html()
+
+
+def test_router_init_writes_every_router_with_its_own_hosts(
+        two: tuple[Config, FakeRouter, FakeRouter]) -> None:
+    from pipeline_steps.operations.router import router_init
+
+    config, r1, r2 = two
+    result = router_init(config)
+    assert [r.router for r in result.routers] == ["router1", "router2"]
+    assert all(r.written for r in result.routers)
+    assert _addresses(r1.text, "shop_web") == ["10.0.0.1:18081", "10.0.0.1:18082"]
+    assert _addresses(r2.text, "shop_web") == ["10.0.0.2:18081", "10.0.0.2:18082"]
+    assert router_init(config).routers[1].note == "already there"
+
+
+def test_deploy_ops_warn_of_a_differing_router_and_measure_each_router_and_the_front(
+        two: tuple[Config, FakeRouter, FakeRouter], monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from pipeline_steps.deploy.ops import RealOps
+    from pipeline_steps.operations import verify_weights
+
+    config, _, r2 = two
+    config = replace(config, routers_url="http://127.0.0.1:18080")
+    said: list[str] = []
+    warned: list[str] = []
+    ops = RealOps(config, None, said.append, warned.append, "canary-auto")
+    ops.set_weights(10, ["web"])
+    assert any(s.startswith("  router2 (host2): reloaded") for s in said), said
+    right = {"http://127.0.0.1:18002": 0.1, "http://127.0.0.2:18002": 0.1, "http://127.0.0.1:18080": 0.1}
+    monkeypatch.setattr(verify_weights, "send_probe", _sender(right))
+    config = replace(config, canary=replace(config.canary, probe=200))
+    ops = RealOps(config, None, said.append, warned.append, "canary-auto")
+    verdicts = ops.measure(config.services["web"], 10, None)
+    assert [v["service"] for v in verdicts] == ["web @router1", "web @router2", "web @front"]
+    assert all(not v["problems"] and v["measured"]["valid"] == 200 for v in verdicts), verdicts
+    assert ops.verify(["web"], 10, None) == []
+    r2.text = r2.text.replace("weight=900", "weight=500").replace("weight=100", "weight=500")  # type: ignore[union-attr]
+    assert ops.canary_percent(["web"]) == {"web": 10.0}  # router 1's
+    assert warned and warned[-1].startswith("router2: web is stable 500 : canary 500")
+    assert ops.verify(["web"], 10, None)[0].startswith("router2: web")
