@@ -388,12 +388,10 @@ class RealOps:
         return EngineLock.for_config(self.config)
 
     def access_logs(self, services: Sequence[Service]) -> list[Any]:
-        """canary.analysis: the router's ps_json access log, read from its current end."""
+        """canary.analysis: every router's ps_json access log, read from its current end."""
         from pipeline_steps.analysis import AccessLogTail
 
-        if self.config.router is None:
-            return []
-        return [AccessLogTail(self.config.router.access_log_path())]
+        return [AccessLogTail(r.access_log_path()) for r in self.config.routers]
 
 
 class _Background:
