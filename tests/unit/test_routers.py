@@ -425,3 +425,16 @@ def test_deploy_ops_warn_of_a_differing_router_and_measure_each_router_and_the_f
     assert ops.canary_percent(["web"]) == {"web": 10.0}  # router 1's
     assert warned and warned[-1].startswith("router2: web is stable 500 : canary 500")
     assert ops.verify(["web"], 10, None)[0].startswith("router2: web")
+
+
+def test_config_validate_lists_every_router(ps: Any, workdir: Path) -> None:
+    raw = {**BASE, "routers": [{"include": str(workdir / "a.conf"), "hosts": ["host1"]},
+                               {"include": "/etc/nginx/ps/ups.conf", "container": "edge-2", "host": "host2"}],
+           "routers_url": "http://127.0.0.1:8080"}
+    (workdir / "ps.yaml").write_text(yaml.safe_dump(raw))
+    done = ps("config", "validate")
+    assert done.returncode == 0, done.stderr
+    assert f"router router1: local nginx, include {workdir / 'a.conf'}, hosts host1" in done.stdout
+    assert ("router router2: container edge-2 on host2, include /etc/nginx/ps/ups.conf, hosts host2"
+            in done.stdout)
+    assert "routers_url: http://127.0.0.1:8080" in done.stdout
