@@ -438,3 +438,28 @@ def test_config_validate_lists_every_router(ps: Any, workdir: Path) -> None:
     assert ("router router2: container edge-2 on host2, include /etc/nginx/ps/ups.conf, hosts host2"
             in done.stdout)
     assert "routers_url: http://127.0.0.1:8080" in done.stdout
+
+
+def test_two_real_controls_in_one_directory_take_its_lock_once(tmp_path: Path) -> None:
+    """Two nginx includes in one directory share ps-backups/.lock: the group must not wait on itself."""
+    import threading
+
+    from pipeline_steps.adapters.nginx.control import NginxControl
+    from pipeline_steps.config import NginxRouter
+
+    class NoNginx(NginxControl):  # the real lock and file helpers; no nginx behind them
+        def stage(self, text: str, *, dry_run: bool = False) -> Any:
+            from pipeline_steps.adapters.nginx.control import ApplyResult, Staged
+
+            return Staged(None, text, ApplyResult(path=str(self.path), changed=False))
+
+    members = [(f"router{i}", NoNginx(NginxRouter(include=str(tmp_path / f"r{i}.conf"), name=f"router{i}")))
+               for i in (1, 2)]
+    finished = threading.Event()
+
+    def run() -> None:
+        RouterGroup(members).apply({"router1": "a", "router2": "b"})  # type: ignore[arg-type]
+        finished.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert finished.wait(10), "the group waited on its own lock"

@@ -82,8 +82,11 @@ class RouterGroup:
         staged: dict[str, Staged] = {}
         try:
             with ExitStack() as stack:
-                for _, router in self.members:
-                    stack.enter_context(router.locked())
+                held: set[Path] = set()
+                for _, router in self.members:  # one lock per directory: a second flock would wait on us
+                    if router.path.parent not in held:
+                        held.add(router.path.parent)
+                        stack.enter_context(router.locked())
 
                 def stage(name: str, router: StagedRouter) -> None:
                     staged[name] = router.stage(texts[name], dry_run=dry_run)
