@@ -64,6 +64,7 @@ SERIAL = (
     "tests/integration/test_deploy_types.py::test_canary_unhealthy_while_the_probe_runs_is_rolled_back",
     "tests/integration/test_deploy_types.py::test_blue_green_watch_switches_back_when_the_new_color_fails",
     "tests/integration/test_compose_deploy.py::",
+    "tests/integration/test_deploy_watch.py::",  # under load, 0 failed requests; a hold's timing
     "tests/integration/test_webhook.py::test_accepted_push_is_recorded_answered_fast_and_acted_on_once",
     "tests/integration/test_webhook.py::test_a_trickled_body_or_header_is_cut_at_the_request_deadline",
     "tests/integration/test_webhook.py::test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s",

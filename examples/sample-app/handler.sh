@@ -37,6 +37,9 @@ case "$path" in
     ;;
   *)
     echo x >> /tmp/requests
+    if [ -n "${ERROR_EVERY:-}" ] && [ $(( $(wc -l < /tmp/requests) % ERROR_EVERY )) -eq 0 ]; then
+      echo "ERROR sample-app: request $(wc -l < /tmp/requests) failed quietly (ERROR_EVERY=$ERROR_EVERY)" >&2
+    fi
     if [ -n "${FAIL_EVERY:-}" ] && [ $(( $(wc -l < /tmp/requests) % FAIL_EVERY )) -eq 0 ]; then
       respond 500 "Internal Server Error" application/json "{\"error\":\"every ${FAIL_EVERY}th request fails\"}"
       exit 0

@@ -14,6 +14,7 @@ from pipeline_steps.adapters import docker_host
 from pipeline_steps.adapters.interfaces import (
     AuthResolver,
     ContainerInfo,
+    ContainerStats,
     EngineError,
     EngineGone,
     ImageInfo,
@@ -242,6 +243,19 @@ class SdkDockerHost:
         return Processes(tuple(str(t) for t in top.get("Titles") or ()),
                          tuple(tuple(str(c) for c in row) for row in top.get("Processes") or ()))
 
+    def stats(self, name: str) -> ContainerStats:
+        """`docker stats --no-stream` of one container: one sample at once (one-shot where the engine
+        has it, API 1.41+), its limits from the inspect document."""
+        import docker.errors
+
+        with _calls():
+            container = self.client.containers.get(name)
+            try:
+                raw = self.client.api.stats(container.id, stream=False, one_shot=True)
+            except docker.errors.InvalidVersion:  # an older engine: the sample waits for its pre-sample
+                raw = self.client.api.stats(container.id, stream=False)
+        return stats_of(str(container.name), raw, container.attrs.get("HostConfig") or {})
+
     def published_ports(self) -> list[tuple[str, str, str, int]]:
         with _calls():
             return docker_host.published_ports(self.client)
@@ -288,3 +302,31 @@ class SdkDockerHost:
 def _volume(data: Mapping[str, Any]) -> VolumeInfo:
     return VolumeInfo(name=str(data.get("Name") or ""), labels=dict(data.get("Labels") or {}),
                       created=str(data.get("CreatedAt") or ""))
+
+
+def stats_of(name: str, raw: Mapping[str, Any], host_config: Mapping[str, Any]) -> ContainerStats:
+    """A ContainerStats from the engine's stats document and the container's HostConfig."""
+    import time
+
+    from pipeline_steps.timestamps import parse_log_timestamp
+
+    cpu = raw.get("cpu_stats") or {}
+    pre = raw.get("precpu_stats") or {}
+    quota, period = int(host_config.get("CpuQuota") or 0), int(host_config.get("CpuPeriod") or 0)
+    limit = int(host_config.get("NanoCpus") or 0) / 1e9 or (quota / period if quota > 0 and period > 0
+                                                              else 1.0)
+    usage = int((cpu.get("cpu_usage") or {}).get("total_usage") or 0)
+    percent = None
+    system, pre_system = int(cpu.get("system_cpu_usage") or 0), int(pre.get("system_cpu_usage") or 0)
+    if pre_system and system > pre_system:
+        online = int(cpu.get("online_cpus") or 0) or len((cpu.get("cpu_usage") or {}).get("percpu_usage")
+                                                         or ()) or 1
+        delta = usage - int((pre.get("cpu_usage") or {}).get("total_usage") or 0)
+        percent = round(100.0 * delta / (system - pre_system) * online / limit, 2)
+    memory = raw.get("memory_stats") or {}
+    detail = memory.get("stats") or {}
+    cache = int(detail.get("inactive_file", detail.get("total_inactive_file", 0)) or 0)
+    stamp = parse_log_timestamp(str(raw.get("read") or ""))
+    return ContainerStats(container=name, read_at=stamp / 1e9 if stamp else time.time(), cpu_usage=usage,
+                          cpu_limit=limit, memory_usage=max(0, int(memory.get("usage") or 0) - cache),
+                          memory_limit=int(host_config.get("Memory") or 0) or None, cpu_percent=percent)

@@ -175,6 +175,39 @@ class VolumeInfo:
     created: str = ""
 
 
+@dataclass(frozen=True)
+class ContainerStats:
+    """One `docker stats` sample of a container (the post-deploy watch): cumulative CPU time, memory.
+
+    `cpu_percent` is the engine's own pre/cpu delta when it gave one (of `cpu_limit` CPUs); two
+    one-shot samples give it through `cpu_percent_since(earlier)`. `memory_limit` is None without a
+    limit (`services.<s>.memory`); `memory_usage` leaves out the page cache the kernel can drop, as
+    `docker stats` does.
+    """
+
+    container: str
+    read_at: float  # seconds since the epoch (the engine's `read`)
+    cpu_usage: int  # nanoseconds of CPU time since the container started
+    cpu_limit: float  # CPUs it may use (its `cpus` limit; 1.0 when unlimited)
+    memory_usage: int  # bytes
+    memory_limit: int | None  # bytes; None: no memory limit
+    cpu_percent: float | None = None
+
+    def cpu_percent_since(self, earlier: ContainerStats | None) -> float | None:
+        """CPU use between `earlier` and this sample, in percent of the CPU limit."""
+        if earlier is not None and self.read_at > earlier.read_at and self.cpu_usage >= earlier.cpu_usage:
+            used = (self.cpu_usage - earlier.cpu_usage) / 1e9
+            return round(100.0 * used / (self.read_at - earlier.read_at) / self.cpu_limit, 2)
+        return self.cpu_percent
+
+    @property
+    def memory_percent(self) -> float | None:
+        """Memory in use, in percent of the limit (None without a limit)."""
+        if not self.memory_limit:
+            return None
+        return round(100.0 * self.memory_usage / self.memory_limit, 2)
+
+
 class DockerHost(Protocol):
     """One host's Docker engine, connected (it answered a ping). Containers are named or by ID.
 
@@ -228,6 +261,9 @@ class DockerHost(Protocol):
              tail: int | None = None) -> str: ...
     def exec(self, name: str, cmd: list[str]) -> tuple[int, str]: ...
     def top(self, name: str) -> Processes: ...
+    def stats(self, name: str) -> ContainerStats:
+        """One sample of the container's CPU and memory (NotFoundError when it is gone)."""
+        ...
     def published_ports(self) -> list[tuple[str, str, str, int]]: ...
     def try_bind(self, image: str, address: str, port: int, name: str,
                  labels: Mapping[str, str] | None = None) -> str | None: ...

@@ -19,9 +19,15 @@ def summary_lines(config: Config) -> list[str]:
         slots = ", ".join(f"{slot} {port}" for slot, port in svc.slots.items())
         lines.append(f"service {svc.name}: {config.image_repo(svc)}, port {svc.port}, slots {slots}, "
                      f"health {svc.health.path}")
-    if config.router is not None:
+    if len(config.routers) == 1 and config.router is not None:
         where = f"container {config.router.container}" if config.router.container else "local nginx"
         lines.append(f"router: {where}, include {config.router.include}")
+    for r in config.routers if len(config.routers) > 1 else ():  # issue 12: every router
+        where = f"container {r.container} on {r.host}" if r.container else "local nginx"
+        lines.append(f"router {r.name}: {where}, include {r.include}, hosts "
+                     f"{', '.join(h.name for h in config.router_hosts(r))}")
+    if config.routers_url:
+        lines.append(f"routers_url: {config.routers_url}")
     steps = "/".join(str(s.weight) for s in config.canary.steps)
     lines.append(f"canary: steps {steps}%, pause {config.canary.pause:g}s, "
                  f"tolerance {config.canary.tolerance}, scale {config.canary.scale}")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -15,7 +19,7 @@ from pipeline_steps.cli.command import pass_output, report
 from pipeline_steps.cli.output import Output
 from pipeline_steps.cli.types import DURATION
 from pipeline_steps.errors import BadInput
-from pipeline_steps.secrets import register_secret
+from pipeline_steps.secrets import mask, register_secret
 from pipeline_steps.webhook import actions
 from pipeline_steps.webhook.store import RETRIABLE_BY_HAND, DeliveryStore, default_db_path
 
@@ -128,6 +132,7 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
     X-Gitlab-Event-UUID, and run once by a worker; pending ones survive a restart.
     GET /healthz and GET /deliveries show the state.
     """
+    from pipeline_steps.webhook.httpd import cap_malloc_arenas
     from pipeline_steps.webhook.server import ReceiverSettings, WebhookServer
 
     token = read_token(token_env)
@@ -150,12 +155,12 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
                 f"and {settings.action_description}")
         report(out, "webhook-serve", {**settings.__dict__, "dry_run": True})
         return
+    cap_malloc_arenas()  # before the request threads start: a flat RSS with many of them
     store = DeliveryStore(db_path)
     try:
         receiver = ReceiverSettings(token=token, branches=tuple(branches), coalesce=coalesce,
                                     attempts=attempts, retry_wait=retry_wait, retry_max_wait=retry_max_wait)
-        server = WebhookServer(store, action, receiver, host, port,
-                               log=lambda line: out.say(f"{_now()} {line}"))
+        server = WebhookServer(store, action, receiver, host, port, log=log_writer(out))
     except OSError as exc:
         store.close()
         raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -182,14 +187,8 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
 @pass_output
 def deliveries(out: Output, db: str | None, limit: int) -> None:
     """List the newest deliveries and what became of them."""
-    db_path = Path(db) if db else default_db_path()
-    if not db_path.is_file():
-        raise BadInput(f"no deliveries database at {db_path} (has `ps webhook serve` run here?)")
-    store = DeliveryStore(db_path)
-    try:
+    with existing_store(db) as (db_path, store):
         rows = store.recent(limit)
-    finally:
-        store.close()
     for d in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.received_at))
         out.say(f"{when}  {d.status:<10} {d.event:<13} {d.branch or '-':<16} {(d.sha or '-')[:12]:<12}  "
@@ -205,22 +204,50 @@ def deliveries(out: Output, db: str | None, limit: int) -> None:
 @pass_output
 def retry(out: Output, key: str, db: str | None) -> None:
     """Run a dead, failed or superseded delivery KEY again (the running receiver picks it up)."""
+    with existing_store(db) as (db_path, store):
+        try:
+            delivery = store.requeue(key)
+        except KeyError:
+            raise BadInput(f"no delivery {key!r} in {db_path} (see `ps webhook deliveries`)") from None
+        except ValueError as exc:
+            raise BadInput(f"delivery {key!r} is {exc}: only {', '.join(RETRIABLE_BY_HAND)} deliveries can "
+                           "be re-triggered") from None
+    out.say(f"delivery {key} is pending again ({delivery.branch} {(delivery.sha or '')[:12]}); the receiver "
+            "runs it next")
+    report(out, "webhook-retry", {"db": str(db_path), "delivery": delivery.as_dict()})
+
+
+@contextmanager
+def existing_store(db: str | None) -> Iterator[tuple[Path, DeliveryStore]]:
+    """(path, store) of the deliveries database `serve` made (--db or the default), closed after;
+    BadInput when there is none (never a new empty one)."""
     db_path = Path(db) if db else default_db_path()
     if not db_path.is_file():
         raise BadInput(f"no deliveries database at {db_path} (has `ps webhook serve` run here?)")
     store = DeliveryStore(db_path)
     try:
-        delivery = store.requeue(key)
-    except KeyError:
-        raise BadInput(f"no delivery {key!r} in {db_path} (see `ps webhook deliveries`)") from None
-    except ValueError as exc:
-        raise BadInput(f"delivery {key!r} is {exc}: only {', '.join(RETRIABLE_BY_HAND)} deliveries can be "
-                       "re-triggered") from None
+        yield db_path, store
     finally:
         store.close()
-    out.say(f"delivery {key} is pending again ({delivery.branch} {(delivery.sha or '')[:12]}); the receiver "
-            "runs it next")
-    report(out, "webhook-retry", {"db": str(db_path), "delivery": delivery.as_dict()})
+
+
+def log_writer(out: Output) -> Callable[[str], None]:
+    """The receiver's log: each line timestamped, masked, written and flushed at once (stdout, or stderr
+    with --json). Not Output.say: click.echo asks the stream whether it is a terminal on every line, a
+    system call per delivery on the receiving path."""
+    stream = sys.stderr if out.json_mode else sys.stdout
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        text = mask(f"{_now()} {line}") + "\n"
+        with lock:
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):  # stdout gone (a closed pipe): a delivery never fails on its log
+                pass
+
+    return log
 
 
 def _probe_delivery() -> actions.Delivery:

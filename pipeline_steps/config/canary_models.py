@@ -1,14 +1,14 @@
-"""The canary's newer mappings of ps.yaml: the sticky split and segments (issue 13), and the judgement
-from nginx's access log (issue 14); split from models.py to keep it readable."""
+"""The canary's newer mappings of ps.yaml: the sticky split and segments (issue 13), the judgement
+from nginx's access log and the post-deploy watch (issue 14); split from models.py to keep it readable."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
-from pipeline_steps.config.objects import CORRECTIONS, INCONCLUSIVE, AnalysisPolicy
-from pipeline_steps.config.types import Bounds, Duration, FileModel, Rule
+from pipeline_steps.config.objects import CORRECTIONS, INCONCLUSIVE, AnalysisPolicy, WatchPolicy
+from pipeline_steps.config.types import NO_CONTROL, Bounds, Duration, FileModel, PositiveDuration, Rule
 
 _ANALYSIS = AnalysisPolicy()
 
@@ -66,3 +66,43 @@ class AnalysisFile(FileModel):
                              description="How long an inconclusive hold may be extended.")
     correction: Literal[CORRECTIONS] = Field(  # type: ignore[valid-type]
         default=_ANALYSIS.correction, description="How alpha is spread over a hold's looks.")
+
+
+def _regex(value: str) -> str:
+    import re
+
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return value
+
+
+_WATCH = WatchPolicy()
+Pattern = Annotated[str, Field(min_length=1, max_length=256),
+                    Rule(NO_CONTROL, "must not contain control characters or line breaks"),
+                    AfterValidator(_regex)]
+
+
+class WatchFile(FileModel):
+    """watch: container CPU, memory and error lines, checked in canary-auto's holds (canary against
+    stable) and for `duration` after promote-canary and blue-green's switch (failure: rollback)."""
+
+    cpu_max_percent: Annotated[float, Field(gt=0, le=10000, allow_inf_nan=False)] | None = Field(
+        default=_WATCH.cpu_max_percent, description="CPU in percent of the container's `cpus` limit (of one "
+                                                    "CPU without a limit) it must not exceed.")
+    memory_max_percent: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] | None = Field(
+        default=_WATCH.memory_max_percent, description="Memory in percent of the container's `memory` "
+                                                       "limit it must not exceed (no limit: not checked).")
+    error_pattern: Pattern | None = Field(
+        default=_WATCH.error_pattern, description="A regular expression over the container's log lines, "
+                                                  "e.g. `ERROR|Exception`.")
+    max_error_lines_increase: Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)] = Field(
+        default=_WATCH.max_error_lines_increase,
+        description="Matching lines per minute the new version may log above the old one's.")
+    duration: Duration | None = Field(
+        default=_WATCH.duration, description="How long the new version is watched after promote-canary "
+                                             "and after blue-green's switch (default: promote-canary not "
+                                             "watched, blue-green for blue_green.watch).")
+    interval: PositiveDuration = Field(default=_WATCH.interval,
+                                       description="How often the watch after a change runs its checks.")

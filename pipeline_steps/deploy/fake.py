@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from pipeline_steps.config import Config, Service
 from pipeline_steps.config.run_spec import Hook
 from pipeline_steps.deploy.ops import Check, DeployOps, GateVerdict, JobVerdict, Notice, SlotInfo, SlotMissing
-from pipeline_steps.errors import BadInput, CheckFailed
+from pipeline_steps.errors import BadInput, CheckFailed, Unreachable
 
 if TYPE_CHECKING:
+    from pipeline_steps.analysis.watch import SlotFigures
     from pipeline_steps.deploy.lock.engine import EngineLock
 
 Health = Callable[[float], str | None]  # seconds since the slot started -> None (healthy) or why not
@@ -89,6 +90,9 @@ class FakeOps:
     hook_exits: dict[str, int | None] = field(default_factory=dict)  # command (joined) -> exit code
     workers: dict[str, str] = field(default_factory=dict)  # worker service -> the build its replicas run
     hooks_run: list[tuple[str, str, str]] = field(default_factory=list)  # (phase, command, build)
+    # the watch: build -> (CPU %, memory % of the limit), and build -> error lines per minute it logs
+    usage: dict[str, tuple[float, float]] = field(default_factory=dict)
+    error_rate: dict[str, float] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- arranging
 
@@ -309,6 +313,24 @@ class FakeOps:
     def access_logs(self, services: Sequence[Service]) -> list[FakeAccessLog]:
         self.calls.append(("access-log",))
         return [FakeAccessLog(self, list(services))]
+
+    def watch_figures(self, slot: str, service: Service, since: float) -> list[SlotFigures]:
+        """`usage` and `error_rate` of the slot's build; lines only from the later of its start and since."""
+        from pipeline_steps.analysis.watch import SlotFigures
+
+        self.calls.append(("watch", slot, service.name))
+        if "watch" in self.faults:
+            raise Unreachable(self.faults["watch"])
+        found = self.slot(service.name, slot)
+        if found is None or found.state != "running":
+            return []
+        cpu, memory = self.usage.get(found.build, (5.0, 10.0))
+        minutes = max(0.0, self.clock - max(found.started, since)) / 60.0
+        lines = int(self.error_rate.get(found.build, 0.0) * minutes) if self.config.watch.error_pattern \
+            else None
+        return [SlotFigures(slot=slot, host="local", container=f"{self.config.app}-{service.name}-{slot}",
+                            cpu_percent=cpu, memory_percent=memory, memory_bytes=int(memory * (1 << 20)),
+                            error_lines=lines, minutes=round(minutes, 4))]
 
 
 class FakeAccessLog:

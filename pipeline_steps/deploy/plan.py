@@ -285,7 +285,7 @@ class Run:
         holds = max(1, len(self.config.canary.steps))  # the deploy's alpha is shared by its holds
         return HoldJudge(self.config, services, self.ops.access_logs(services), pause=pause,
                          interval=interval, weight=canary or 0.0, step=step, holds=holds, report=self.report,
-                         clock=self.ops.now)
+                         clock=self.ops.now, ops=self.ops)
 
     def _hold(self, services: Sequence[Service], pause: float, interval: float, slot: str,
               canary: float | None, active: str | None, during: str, judging: Any, observe: bool) -> None:

@@ -172,9 +172,11 @@ class Rollout:
         outcome = self.outcome
         message = exc.message if isinstance(exc, StepFailed | PsError) else str(exc)
         wants_rollback = isinstance(exc, StepFailed) and exc.rollback
-        back: str | None = None
+        back: str | None = getattr(exc, "done", None)  # a step that put the previous version back itself
         try:
-            if wants_rollback and plan.recover == "stable":
+            if back:
+                pass
+            elif wants_rollback and plan.recover == "stable":
                 from pipeline_steps.deploy.judging import JudgementFailed
 
                 if isinstance(exc, JudgementFailed) and self.config.canary.rollback == "gradual":
@@ -205,12 +207,16 @@ class Rollout:
         self.report.finish(outcome.result, outcome.message)
         history = HistoryLog(self.config.state_dir, timezone=self.config.timezone)
         judged: dict[str, Any] = {"judgements": outcome.judgements} if outcome.judgements else {}
+        from pipeline_steps.deploy.history import acted_on
+
+        where = acted_on(self.config, self.request.services)  # issue 12: hosts and routers by name
+        self.report.hosts, self.report.routers = where["hosts"], where["routers"]
         history.record(app=self.config.app, type=self.request.type, result=outcome.result,
                        build_ids=outcome.build_ids, weights=dict(outcome.weights),
                        who=self.ctx.who if self.ctx else None,
                        pipeline_url=self.ctx.pipeline_url if self.ctx else None,
                        message=outcome.message, duration=outcome.duration,
-                       **judged)
+                       hosts=where["hosts"], routers=where["routers"], **judged)
         if self.request.report:
             json_path, html_path = self.report.write(self.request.report)
             outcome.report = [str(json_path), str(html_path)]

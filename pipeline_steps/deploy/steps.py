@@ -23,6 +23,23 @@ def names(services: Sequence[Service]) -> str:
     return ", ".join(s.name for s in services)
 
 
+def other_color(color: str | None) -> str:
+    """blue-green: the color that is not `color` (no color yet: blue)."""
+    return "green" if color == "blue" else "blue"
+
+
+def down_slots(run: Run, services: Sequence[Service], *,
+               canary_only_where_stable_is_down: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+    """Which slots do not serve (canary, stable), each with why: the decision ChooseOrder and
+    StableServes take from the live state (StableServes asks about the canary only where stable is
+    down: that is all it decides on)."""
+    stable_down = run.not_serving("stable", services)
+    asked = [s for s in services if s.name in stable_down] if canary_only_where_stable_is_down \
+        else list(services)
+    canary_down = run.not_serving("canary", asked) if asked else {}
+    return canary_down, stable_down
+
+
 def by_build(services: Sequence[Service], builds: dict[str, str]) -> list[tuple[str, list[Service]]]:
     """Services grouped by the build they get (one deploy_slot call per build)."""
     groups: dict[str, list[Service]] = {}
@@ -52,8 +69,7 @@ class ChooseOrder(Step):
     def run(self, run: Run) -> None:
         if self.intro:
             run.decide(self.intro.format(build=_builds(run, self.services), names=names(self.services)))
-        canary_down = run.not_serving("canary", self.services)
-        stable_down = run.not_serving("stable", self.services)
+        canary_down, stable_down = down_slots(run, self.services)
         run.first = [s for s in self.services if s.name in canary_down or s.name not in stable_down]
         run.later = [s for s in self.services if s not in run.first]
         for s in self.services:
@@ -82,10 +98,9 @@ class StableServes(Step):
                 "first)")
 
     def run(self, run: Run) -> None:
-        stable_down = run.not_serving("stable", self.services)
+        canary_down, stable_down = down_slots(run, self.services, canary_only_where_stable_is_down=True)
         if not stable_down:
             return
-        canary_down = run.not_serving("canary", [s for s in self.services if s.name in stable_down])
         alone = [n for n in stable_down if n not in canary_down]
         if alone:
             raise StepFailed(f"stable of {', '.join(alone)} {stable_down[alone[0]]} and the canary is "
@@ -205,7 +220,7 @@ class ChooseColor(Step):
         if len(colors) > 1:
             raise StepFailed(f"services disagree on the active color ({actives}); switch them to one first")
         run.active = colors.pop() if colors else None
-        run.target = "green" if run.active == "blue" else "blue"
+        run.target = other_color(run.active)
         run.decide(f"{run.active or 'no color'} is active: deploying {run.build_id()} into {run.target}")
 
 
@@ -364,4 +379,5 @@ def _builds(run: Run, services: Sequence[Service]) -> str:
 
 
 __all__ = ["ChooseColor", "ChooseOrder", "CanaryBuilds", "CanaryRuns", "CanaryTrafficAway", "Deploy", "Gate",
-           "PreviousBuild", "Prune", "StableServes", "Switch", "Verify", "Weights"]
+           "PreviousBuild", "Prune", "StableServes", "Switch", "Verify", "Weights", "down_slots",
+           "other_color"]

@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pipeline_steps.config import Service
-from pipeline_steps.deploy.holds import Hold, KeptColor, StartKept, StopOld, SwitchBack, ToStable, Watch
+from pipeline_steps.deploy.holds import (
+    Hold,
+    KeptColor,
+    StartKept,
+    StopOld,
+    SwitchBack,
+    ToStable,
+    Watch,
+    WatchBaseline,
+    promote_watched,
+)
 from pipeline_steps.deploy.plan import Plan, Run, Step
 from pipeline_steps.deploy.stack_steps import hooks, requires, workers
 from pipeline_steps.deploy.steps import (
@@ -145,8 +155,11 @@ def canary_auto(run: Run) -> Plan:
 def promote_canary(run: Run) -> Plan:
     services = run.services("canary")
     everyone = _all(services)
+    baseline = WatchBaseline(services, "stable")
+    watched = promote_watched(run)  # a watch: section with a duration: the promoted build is watched
     steps: list[Step] = [
         CanaryBuilds(services),
+        *([baseline] if watched else []),
         Gate("canary", everyone, f"gate the canary of {names(services)}", stage="canary gate"),
         Weights(100, services, "traffic to the canary", stage="traffic to the canary",
                 decide="moving traffic to the canary (it runs the build being promoted) while the stable "
@@ -157,6 +170,7 @@ def promote_canary(run: Run) -> Plan:
              failure="the traffic stays on the canary (gated healthy); fix stable and promote again"),
         Weights(0, services, "stable 100 %"),
         Verify(services, "verify", canary=0),
+        *([Watch(services, kind="promote", baseline=baseline)] if watched else []),
         *workers(run),
         Prune(services + run.workers()),
     ]
@@ -185,6 +199,7 @@ def blue_green(run: Run) -> Plan:
     services = run.services("blue-green")
     build = run.build_id()
     everyone = _all(services)
+    baseline = WatchBaseline(services, "active")
     steps: list[Step] = [
         ChooseColor(services),
         *requires(run, services + run.workers()),
@@ -193,9 +208,10 @@ def blue_green(run: Run) -> Plan:
                stage="{slot} gate"),
         Gate("target", everyone, "gate it"),
         *hooks(run, "pre_traffic", services),
+        *([baseline] if run.config.watch.enabled else []),
         Switch("target", services, "switch to it"),
         Verify(services, "verify", active="target", rollback=True, measure=False),
-        Watch(services),
+        Watch(services, baseline=baseline),
         StopOld(services),
         *workers(run, build),
         *hooks(run, "post_deploy", services),

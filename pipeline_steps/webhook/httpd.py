@@ -173,3 +173,22 @@ def make_server(app: App, host: str, port: int, *, threads: int, backlog: int, c
     server = _Server(app, map=channels, adj=adj, dispatcher=dispatcher)
     server.request_deadline = request_deadline
     return server
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def cap_malloc_arenas(arenas: int = 2) -> bool:
+    """Let the threads created from now on share `arenas` malloc arenas (glibc; elsewhere a no-op).
+
+    glibc gives each new thread its own arena (up to 8 per core) and each keeps the pages it touched: with
+    many request threads the receiver's RSS grows for its first thousands of deliveries. Under the GIL the
+    threads hardly ever allocate at the same moment, so sharing arenas costs nothing measurable."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -53,7 +54,7 @@ WAITING = (PENDING, RETRY)           # states the worker picks up
 RETRIABLE_BY_HAND = (DEAD, FAILED, SUPERSEDED)
 # SQLite's page cache per connection (default 2 MiB): look-ups touch a few index pages, the rest comes from
 # the OS page cache; a small cap keeps the receiver's memory flat from its first deliveries on
-CACHE_KIB = 512
+CACHE_KIB = 256
 MERGE_WINDOW = 3600.0                # a push and a merge event of one commit are one trigger within this
 
 
@@ -113,7 +114,8 @@ class _Pending:
     found: str | None = None
     error: BaseException | None = None
     done: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
+    # put() wakes the caller, get() waits (C-level, no Condition per request as threading.Event has)
+    wake: queue.SimpleQueue[None] = field(default_factory=queue.SimpleQueue)
 
 
 @contextmanager
@@ -192,7 +194,7 @@ class DeliveryStore:
             lead = not self._committing
             self._committing = True
         if not lead:
-            request.wake.wait()  # set once our transaction is durable, or when we are to commit next
+            request.wake.get()  # put once our transaction is durable, or when we are to commit next
         while not request.done:
             self._commit_queued()
         if request.error is not None:
@@ -221,10 +223,10 @@ class DeliveryStore:
         finally:
             for item in batch:
                 item.done = True
-                item.wake.set()
+                item.wake.put(None)
             with self._queued:
                 if self._queue:
-                    self._queue[0].wake.set()
+                    self._queue[0].wake.put(None)
                 else:
                     self._committing = False
 

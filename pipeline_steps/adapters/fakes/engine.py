@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline_steps.adapters.interfaces import (
     AuthResolver,
     ContainerInfo,
+    ContainerStats,
     EngineError,
     EngineGone,
     ImageInfo,
@@ -127,6 +128,9 @@ class FakeDockerHost:
         self.timeout = 60.0
         self.closed = 0
         self.named_volumes: dict[str, VolumeInfo] = {}  # the deploy lock's volumes
+        # name -> (CPU percent of its limit, memory bytes in use): stats() answers from it, CPU time
+        # accumulating at that rate on the real clock; memory limits come from options["mem_limit"]
+        self.usage: dict[str, tuple[float, int]] = {}
 
     # ---------------------------------------------------------------- scripting helpers
 
@@ -407,6 +411,20 @@ class FakeDockerHost:
         if c.status != "running":
             raise EngineError(f"container {c.id[7:19]} is not running")
         return self.exec_results.get(tuple(cmd), (0, ""))
+
+    def stats(self, name: str) -> ContainerStats:
+        """A sample as `usage[name]` scripts it (CPU time grows at that percent since the start)."""
+        self._check("stats")
+        c = self._get(name)
+        if c.status != "running":
+            raise EngineError(f"Container {c.id[7:19]} is not running")
+        percent, memory = self.usage.get(c.name, (0.0, 1 << 20))
+        cpus = float(c.options.get("nano_cpus") or 0) / 1e9 or 1.0
+        now = time.time()
+        used = int(percent / 100.0 * cpus * max(0.0, now - (c.started_at or now)) * 1e9)
+        limit = c.options.get("mem_limit")
+        return ContainerStats(container=c.name, read_at=now, cpu_usage=used, cpu_limit=cpus,
+                              memory_usage=memory, memory_limit=int(limit) if limit else None)
 
     def top(self, name: str) -> Processes:
         self._check("top")

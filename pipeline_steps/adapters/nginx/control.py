@@ -49,6 +49,16 @@ class ApplyResult:
 
 
 @dataclass
+class Staged:
+    """A change written and tested on one router (phase 1), not necessarily reloaded yet."""
+
+    old_text: str | None
+    text: str
+    result: ApplyResult
+    written: bool = False  # the new text is in place (False again once restored)
+
+
+@dataclass
 class InstallResult:
     """What writing a first include did."""
 
@@ -174,42 +184,85 @@ class NginxControl:
         else:
             self._write(old_text)
 
+    def check_dir(self) -> None:
+        """BadInput when the include's directory is missing (before anything is locked or written)."""
+        if not self.path.parent.is_dir():
+            raise BadInput(f"directory of router.include does not exist: {self.path.parent}")
+
+    def stage(self, text: str, *, dry_run: bool = False) -> Staged:
+        """Phase 1 of a change: back up, write atomically and `nginx -t`. On a failure the previous file
+        is back and the error raised; nothing is reloaded. Call inside `locked()`."""
+        old_text = self.read_text()
+        staged = Staged(old_text=old_text, text=text,
+                        result=ApplyResult(path=str(self.path), changed=old_text != text,
+                                           created=old_text is None))
+        if not staged.result.changed or dry_run:
+            return staged
+        self.runner.ready()  # nginx (or its container) unreachable: nothing written
+        if self.runner.processes()[0] is None:
+            raise Unreachable(f"{self.runner.where()} is not running: nothing was changed; start "
+                              f"nginx (`ps router init` writes {self.path.name} for a first start)")
+        if old_text is not None:
+            staged.result.backup = str(self._backup(old_text))
+        self._write(text)
+        staged.written = True
+        try:
+            problem = self.test()
+        except Unreachable as exc:
+            self._restore(old_text)
+            staged.written = False
+            raise _annotated(exc, "; previous file restored") from None
+        if problem is not None:
+            self._restore(old_text)
+            staged.written = False
+            raise NginxFailed(f"nginx -t rejected the change, previous file restored: {problem}")
+        return staged
+
+    def commit(self, staged: Staged) -> None:
+        """Phase 2: reload and confirm a staged change. On a failure the previous file is back (and
+        reloaded back) and the error raised."""
+        if not staged.written:
+            return
+        try:
+            before, after = self.reload()
+        except (NginxFailed, Unreachable) as exc:
+            self._restore(staged.old_text)
+            staged.written = False
+            raise _annotated(exc, f"; previous file restored{self._reload_back(exc)}") from None
+        staged.result.reloaded = True
+        staged.result.workers_before, staged.result.workers_after = before, after
+
+    def restore(self, staged: Staged) -> str:
+        """Undo a staged change that another router's failure voids: the previous file back, and
+        reloaded back when it had been reloaded. "" when done, else what went wrong."""
+        if not staged.written:
+            return ""
+        self._restore(staged.old_text)
+        staged.written = False
+        if not staged.result.reloaded:
+            return ""
+        try:
+            problem = self.test()
+            if problem is not None:
+                return f"the restored file fails nginx -t: {problem}"
+            self.reload()
+            staged.result.reloaded = False
+            return ""
+        except (NginxFailed, Unreachable) as exc:
+            return f"reloading the restored file failed: {exc.message}"
+
     def apply(self, text: str, *, dry_run: bool = False) -> ApplyResult:
         """Put `text` in place safely and reload; the old file comes back on any failure."""
         started = time.monotonic()
-        if not self.path.parent.is_dir():
-            raise BadInput(f"directory of router.include does not exist: {self.path.parent}")
+        self.check_dir()
         try:
             with self.locked():
-                old_text = self.read_text()
-                result = ApplyResult(path=str(self.path), changed=old_text != text,
-                                     created=old_text is None)
-                if not result.changed or dry_run:
-                    return result
-                self.runner.ready()  # nginx (or its container) unreachable: nothing written
-                if self.runner.processes()[0] is None:
-                    raise Unreachable(f"{self.runner.where()} is not running: nothing was changed; start "
-                                      f"nginx (`ps router init` writes {self.path.name} for a first start)")
-                if old_text is not None:
-                    result.backup = str(self._backup(old_text))
-                self._write(text)
-                try:
-                    problem = self.test()
-                except Unreachable as exc:
-                    self._restore(old_text)
-                    raise _annotated(exc, "; previous file restored") from None
-                if problem is not None:
-                    self._restore(old_text)
-                    raise NginxFailed(f"nginx -t rejected the change, previous file restored: {problem}")
-                try:
-                    before, after = self.reload()
-                except (NginxFailed, Unreachable) as exc:
-                    self._restore(old_text)
-                    raise _annotated(exc, f"; previous file restored{self._reload_back(exc)}") from None
-                result.reloaded = True
-                result.workers_before, result.workers_after = before, after
-                result.seconds = round(time.monotonic() - started, 4)
-                return result
+                staged = self.stage(text, dry_run=dry_run)
+                if not staged.written:
+                    return staged.result
+                self.commit(staged)
+                staged.result.seconds = round(time.monotonic() - started, 4)
+                return staged.result
         finally:
             self.close()
 
