@@ -188,6 +188,18 @@ def probe_url(config: Config, service: Service, url: str | None = None) -> str:
                    "ps.yaml has one service) or give --url")
 
 
+def through(base: str, service: Service) -> str:
+    """`base` (a router's or the front balancer's address) with the path of the service's own url when
+    `base` names no path: every router serves the service at the path its public URL has."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    b = urlsplit(base)
+    if b.path not in ("", "/") or not service.url:
+        return base
+    s = urlsplit(service.url)
+    return urlunsplit((b.scheme, b.netloc, s.path or "/", s.query, ""))
+
+
 def upstream_servers(config: Config, service: Service, upstream: Upstream) -> dict[str, str]:
     """Server address (as written, and as nginx resolves a host name) -> slot, for the upstream's lines."""
     import ipaddress
@@ -331,12 +343,14 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
             if probe and not r.url:
                 raise BadInput(f"--probe with many routers measures through each router: set "
                                f"routers[{i}].url ({r.name}) in {config.source}")
+            where = through(r.url, chosen[0]) if probe and r.url else None
             found, _ = _verify_router(config.for_router(r), chosen, expect_canary, expect_active, tolerance,
-                                      probe, r.url if probe else None, probe_deadline, stop, sender)
-            sections.append(_section(config, r, r.url if probe else None, found))
+                                      probe, where, probe_deadline, stop, sender)
+            sections.append(_section(config, r, where, found))
             verdicts = verdicts or found
     front = None
-    front_url = (url if many else None) or config.routers_url  # many routers: --url is the front
+    front_url = ((url if many else None)  # many routers: --url is the front
+                 or (through(config.routers_url, chosen[0]) if config.routers_url else None))
     if probe and front_url:
         front = _measure_front(config, chosen[0], sections, front_url, probe, probe_deadline, stop, sender)
     ok = all(sec["ok"] for sec in sections) and (front is None or not front["problems"])
@@ -403,12 +417,19 @@ def _measure_front(config: Config, service: Service, sections: list[dict[str, An
     else:
         target_slot, p = str(verdict["expected"].get("active") or "blue"), 1.0
     servers: list[Any] = []
+    first_live = None
     for r in config.routers:
         live = load_live(config.for_router(r))
+        first_live = first_live or live
         up = live.get(service.upstream) if live is not None else None
         servers.extend(up.servers if up is not None else [])
     upstream = Upstream(name=service.upstream, servers=servers)
-    run = (sender or send_probe)(front_url, probe, deadline=probe_deadline, stop=stop)
-    measured, problems = measure(config, service, upstream, run, target_slot, p)
+    if verdict["kind"] == "canary" and config.canary.sticky is not None and sender is None:
+        # a sticky split decides per key at every router: measured by keys through the front too
+        measured, problems = _measure_sticky(config, service, upstream, first_live, front_url, probe,
+                                             probe_deadline, stop)
+    else:
+        run = (sender or send_probe)(front_url, probe, deadline=probe_deadline, stop=stop)
+        measured, problems = measure(config, service, upstream, run, target_slot, p)
     return {"url": front_url, "service": service.name, "measured": measured,
             "problems": [f"front {front_url}: {p}" for p in problems]}

@@ -463,3 +463,19 @@ def test_two_real_controls_in_one_directory_take_its_lock_once(tmp_path: Path) -
 
     threading.Thread(target=run, daemon=True).start()
     assert finished.wait(10), "the group waited on its own lock"
+
+
+def test_a_routers_address_takes_the_services_path() -> None:
+    """routers[].url and routers_url are addresses: the probe asks each for the service's own path."""
+    from pipeline_steps.operations.verify_weights import through
+
+    config = parse_config({"app": "shop", "registry": "r", "hosts": [{"name": "a"}],
+                           "services": {"web": {"slots": {"stable": 8001, "canary": 8002},
+                                                "url": "http://front.example/web/?x=1"},
+                                        "api": {"slots": {"stable": 8003, "canary": 8004}}},
+                           "router": {"include": "/tmp/ps-up.conf"}})
+    web, api = config.services["web"], config.services["api"]
+    assert through("http://127.0.0.1:8002", web) == "http://127.0.0.1:8002/web/?x=1"
+    assert through("http://127.0.0.1:8002/", web) == "http://127.0.0.1:8002/web/?x=1"
+    assert through("http://127.0.0.1:8002/own/", web) == "http://127.0.0.1:8002/own/"  # a path given: kept
+    assert through("http://127.0.0.1:8002", api) == "http://127.0.0.1:8002"  # no service url: as given
