@@ -1,4 +1,5 @@
-"""Fixtures of the slot and traffic tests: a second Docker host, and nginx in front of slot ports."""
+"""Fixtures of the slot and traffic tests: a second Docker host, nginx in front of slot ports, nginx in a
+container whose include only its engine reaches (a named volume), and a front balancer (haproxy)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 
 from testbed import images
 from testbed.engine import Engine, private_bridge, start_dockerd
+from testbed.front import Front, start_front
 from testbed.nginx import Nginx, SiteBed, server_block, site_plan
+from testbed.nginx_image import VolumeNginx, start_volume_nginx
 from testbed.ports import address, free_port, second_address, unique
 from testbed.sshd import SshServer, start_sshd
 from testbed.tls_engine import TlsEngine, start_tls_dockerd
@@ -133,3 +136,41 @@ def app_name(docker_client: Any) -> Iterator[str]:
     yield name
     images.remove_images(docker_client, label=f"pipeline-steps.app={name}")
 
+
+
+# ---------------------------------------------------------------- routers reached only through an engine
+
+
+@pytest.fixture
+def volume_nginx(second_host: SecondHost) -> Iterator[Callable[..., VolumeNginx]]:
+    """`volume_nginx(servers, upstreams)`: nginx in a container of the second host whose include
+    directory is a named volume there (testbed.nginx_image.VolumeNginx); ps reaches it over tcp:// only.
+    `engine=` (a testbed Engine) and `docker=` (its endpoint for ps) put it on another engine."""
+    started: list[tuple[VolumeNginx, Any]] = []
+
+    def start(servers: str, upstreams: str = "", *, engine: Engine | None = None, docker: str | None = None,
+              **kw: Any) -> VolumeNginx:
+        client = (engine or second_host.engine).client()
+        bed = start_volume_nginx(client, docker or second_host.tcp_url, servers, upstreams, **kw)
+        started.append((bed, client))
+        return bed
+
+    yield start
+    for bed, client in started:
+        bed.stop()
+        client.close()
+
+
+@pytest.fixture
+def front_balancer() -> Iterator[Callable[..., Front]]:
+    """`front_balancer([(address, port), ...])`: haproxy round-robin over the routers (testbed.front)."""
+    started: list[Front] = []
+
+    def start(backends: list[tuple[str, int]], **kw: Any) -> Front:
+        front = start_front(backends, **kw)
+        started.append(front)
+        return front
+
+    yield start
+    for front in started:
+        front.stop()
