@@ -14,6 +14,7 @@ import pytest
 from testbed import images
 from testbed.engine import Engine, private_bridge, start_dockerd
 from testbed.front import Front, start_front
+from testbed.many_routers import BedHost, ManyRouterBed, start_many_router_bed
 from testbed.nginx import Nginx, SiteBed, server_block, site_plan
 from testbed.nginx_image import VolumeNginx, start_volume_nginx
 from testbed.ports import address, free_port, second_address, unique
@@ -174,3 +175,36 @@ def front_balancer() -> Iterator[Callable[..., Front]]:
     yield start
     for front in started:
         front.stop()
+
+
+@pytest.fixture
+def many_router_bed(engine: Engine, docker_client: Any, second_host: SecondHost, workdir: Path,
+                    request: pytest.FixtureRequest) -> Iterator[Callable[..., ManyRouterBed]]:
+    """`many_router_bed({"web": "canary"}, app=...)`: host1 (the bed's engine) and host2 (the second host
+    over tcp://, or with `tls=True` the --tlsverify engine over tcp:// with client certificates), an nginx
+    router container on each whose include is a named volume there, haproxy in front of both, and the
+    ps.yaml with `routers:` and `routers_url:` (testbed.many_routers)."""
+    beds: list[ManyRouterBed] = []
+    clients: list[Any] = []
+
+    def make(kinds: dict[str, str], *, app: str, tls: bool = False,
+             extra: dict[str, Any] | None = None) -> ManyRouterBed:
+        one = BedHost("host1", engine.base_url, address(), docker_client)
+        if tls:
+            eng: TlsEngine = request.getfixturevalue("tls_engine")
+            client = eng.client()
+            two = BedHost("host2", eng.tcp_url, second_address(), client,
+                          tls={"ca": str(eng.pki.ca), "cert": str(eng.pki.cert), "key": str(eng.pki.key)})
+        else:
+            client = second_host.engine.client()
+            two = BedHost("host2", second_host.tcp_url, second_host.address, client)
+        clients.append(client)
+        bed = start_many_router_bed([one, two], kinds, app, workdir, extra)
+        beds.append(bed)
+        return bed
+
+    yield make
+    for bed in beds:
+        bed.close()
+    for client in clients:
+        client.close()
