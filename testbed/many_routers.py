@@ -3,9 +3,10 @@
 `start_many_router_bed(hosts, kinds, ...)`: on every BedHost an nginx container (built from Debian's
 nginx, testbed.nginx_image) whose include directory is a NAMED VOLUME of that host (only the engine
 reaches it), its first include listing that host's slots; haproxy (testbed.front) round-robin in front
-of all routers; and a ps.yaml with `hosts:`, `routers:` (router<i> on host<i>) and `routers_url:` (the
-front). The slots are ps's to deploy (images tagged on every host with `tag_everywhere`), or a test
-starts them by hand (`run_slot`). `close()` removes every container, tag, volume and process it made.
+of all routers; and a ps.yaml with `hosts:`, `routers:` (router<i> on host<i>, its url the first
+service's path on that router) and `routers_url:` (the front, with that path). The slots are ps's to
+deploy (images tagged on every host with `tag_everywhere`), or a test starts them by hand (`run_slot`).
+`close()` removes every container, tag, volume and process it made.
 """
 
 from __future__ import annotations
@@ -131,9 +132,11 @@ def start_many_router_bed(hosts: list[BedHost], kinds: dict[str, str], app: str,
         for r in routers:
             r.stop()
         raise
-    raw["routers"] = [r.router(f"router{i}", h.name)
+    # the probes go to each router's url and to routers_url as they are: the first service's path
+    path = f"/{next(iter(kinds))}/"
+    raw["routers"] = [{**r.router(f"router{i}", h.name), "url": r.url + path}
                       for i, (r, h) in enumerate(zip(routers, hosts, strict=True), 1)]
-    raw["routers_url"] = front.url
+    raw["routers_url"] = front.url + path
     for name in raw["services"]:
         raw["services"][name]["url"] = f"{front.url}/{name}/"
     bed = ManyRouterBed(hosts=hosts, routers=routers, front=front, app=app, raw=raw,
