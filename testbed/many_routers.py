@@ -19,7 +19,7 @@ import yaml
 
 from testbed.front import Front, start_front
 from testbed.nginx import server_block, site_plan
-from testbed.nginx_image import VolumeNginx, start_volume_nginx
+from testbed.nginx_image import CONTAINER_DIR, VolumeNginx, start_volume_nginx
 from testbed.ports import address
 
 
@@ -123,9 +123,11 @@ def start_many_router_bed(hosts: list[BedHost], kinds: dict[str, str], app: str,
     """The bed described in the module doc; `kinds`: service -> "canary" | "blue-green"."""
     raw, ports, _ = site_plan(kinds, app, workdir, {"hosts": [h.entry() for h in hosts], **(extra or {})})
     routers: list[VolumeNginx] = []
+    # the server, and the host's own extra config beside ps's include (none yet: a glob matching nothing)
+    servers = server_block(list(kinds), app) + f"    include {CONTAINER_DIR}/extra*.conf;\n"
     try:
         for i, host in enumerate(hosts, 1):
-            routers.append(start_volume_nginx(host.client, host.docker, server_block(list(kinds), app),
+            routers.append(start_volume_nginx(host.client, host.docker, servers,
                                               first_include(raw, host, workdir), name=f"{app}-router{i}"))
         front = start_front([(address(), r.port) for r in routers])
     except BaseException:
