@@ -36,9 +36,14 @@ class BadInput(PsError):
 
 
 class Unreachable(PsError):
-    """A system the step needs did not answer (exit 3)."""
+    """A system the step needs did not answer (exit 3); `host`: the configured host it is on, if any."""
 
     exit_code = EXIT_UNREACHABLE
+
+    def __init__(self, message: str, *, result: dict[str, object] | None = None,
+                 host: str | None = None) -> None:
+        super().__init__(message, result=result)
+        self.host = host
 
 
 class ConfigError(BadInput):
@@ -53,10 +58,10 @@ class ConfigError(BadInput):
 
 
 def unreachable(system: str, reason: str | BaseException, *, context: str = "",
-                result: dict[str, object] | None = None) -> Unreachable:
+                result: dict[str, object] | None = None, host: str | None = None) -> Unreachable:
     """The one wording for a needed system that did not answer (exit 3):
     `<system> is unreachable[ <context>]: <reason>`; an exception as reason is named by its type
     (its text may carry URLs with credentials)."""
     why = type(reason).__name__ if isinstance(reason, BaseException) else reason
     where = f" {context}" if context else ""
-    return Unreachable(f"{system} is unreachable{where}: {why}", result=result)
+    return Unreachable(f"{system} is unreachable{where}: {why}", result=result, host=host)

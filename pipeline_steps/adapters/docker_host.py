@@ -139,7 +139,8 @@ def unreachable(host: Host, exc: BaseException | str) -> Unreachable:
         ssh = host.docker is not None and host.docker.startswith("ssh://")
         reason = _ssh_reason(host.docker, exc) if ssh and host.docker else _tls_reason(host, exc)
         reason = reason or _short(exc)
-    return errors.unreachable(f"Docker engine of host {host.name} ({host.endpoint})", reason or "no answer")
+    return errors.unreachable(f"Docker engine of host {host.name} ({host.endpoint})", reason or "no answer",
+                              host=host.name)
 
 
 def open_host(host: Host, timeout: float = 60.0) -> DockerHost:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 import click
 
@@ -30,31 +31,48 @@ def command(out: Output, expect_canary: float | None, expect_active: str | None,
     config = load(out)
     result = verify_weights(config, expect_canary=expect_canary, expect_active=expect_active,
                             tolerance=tolerance, probe=probe, url=url, services=list(service_names) or None)
-    for v in result.services:
-        conf = v["configured"]
-        if v["kind"] == "canary" and "canary_share" in conf:
-            line = f"{v['service']}: configured canary {100 * conf['canary_share']:.1f} %"
-            if "canary_percent" in v["expected"]:
-                line += f", expected {v['expected']['canary_percent']:g} %"
-        else:
-            line = (f"{v['service']}: active {conf.get('active') or '?'}, "
-                    f"expected {v['expected'].get('active')}")
-        if v["measured"] and v["measured"].get("by") == "keys":  # issue 13: a sticky split, by keys
-            m = v["measured"]
-            line += (f", measured canary {100 * m['share']:.1f} % of {m['valid']} keys by {m['key']} "
-                     f"(expected {100 * m['expected_share']:g} %; 99 % interval "
-                     f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %; "
-                     f"{m['keys_on_both_slots']} keys on both slots)")
-        elif v["measured"]:
-            m = v["measured"]
-            line += (f", measured {m['slot']} {100 * m['share']:.1f} % of {m['valid']} valid answers "
-                     f"(of {m['requests']} requests to {m['url']}; 99 % interval "
-                     f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %)")
-        out.say(line + (" ok" if v["ok"] else " MISMATCH"))
-        for problem in v["problems"]:
+    sections = result.routers or [{"router": None, "services": result.services}]
+    for section in sections:
+        prefix = f"{section['router']}: " if section["router"] else ""
+        for v in section["services"]:
+            out.say(prefix + _line(v) + (" ok" if v["ok"] else " MISMATCH"))
+            for problem in v["problems"]:
+                out.say(f"  {problem}")
+    if result.front is not None:
+        m = result.front["measured"]
+        out.say(f"front {result.front['url']}: {result.front['service']}: measured {_measured(m)}"
+                + (" MISMATCH" if result.front["problems"] else " ok"))
+        for problem in result.front["problems"]:
             out.say(f"  {problem}")
     data = asdict(result)
     if not result.ok:
-        first = next(p for v in result.services for p in v["problems"])
+        first = result.problems()[0]
         raise CheckFailed(first, result=data)
     report(out, "verify-weights", data)
+
+
+def _measured(m: dict[str, Any]) -> str:
+    return (f"{m['slot']} {100 * m['share']:.1f} % of {m['valid']} valid answers "
+            f"(of {m['requests']} requests to {m['url']}; 99 % interval "
+            f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %)")
+
+
+def _line(v: dict[str, Any]) -> str:
+    """One service's verdict: configured, expected and (with --probe) measured."""
+    conf = v["configured"]
+    if v["kind"] == "canary" and "canary_share" in conf:
+        line = f"{v['service']}: configured canary {100 * conf['canary_share']:.1f} %"
+        if "canary_percent" in v["expected"]:
+            line += f", expected {v['expected']['canary_percent']:g} %"
+    else:
+        line = (f"{v['service']}: active {conf.get('active') or '?'}, "
+                f"expected {v['expected'].get('active')}")
+    if v["measured"] and v["measured"].get("by") == "keys":  # issue 13: a sticky split, by keys
+        m = v["measured"]
+        line += (f", measured canary {100 * m['share']:.1f} % of {m['valid']} keys by {m['key']} "
+                 f"(expected {100 * m['expected_share']:g} %; 99 % interval "
+                 f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %; "
+                 f"{m['keys_on_both_slots']} keys on both slots)")
+    elif v["measured"]:
+        line += f", measured {_measured(v['measured'])}"
+    return line

@@ -165,26 +165,64 @@ class _Build:
                               f"chmod 600 {path} (a private key stays private, as ssh requires)")
         return path
 
-    def router(self, r: RouterFile | None) -> NginxRouter | None:
+    def router(self, r: RouterFile | None, loc: Loc = ("router",), *, name: str = "router1",
+               hosts: tuple[Host, ...] = (), listed: bool = False) -> NginxRouter | None:
+        """One router; `listed`: an entry of `routers:` (its hosts default to [host] with a container)."""
         if r is None:
             return None
-        include = self.path(r.include, ("router", "include"))  # written by ps on this machine, in every mode
+        include = self.path(r.include, (*loc, "include"))  # written by ps on this machine, in every mode
         if _kind(include) == "directory":
-            self.problem(("router", "include"), f"must be a file path, not a directory: {include}")
+            self.problem((*loc, "include"), f"must be a file path, not a directory: {include}")
 
         def nginx_path(key: str) -> str | None:
             # with router.container, nginx's own paths are as the container sees them: left as written
             value = getattr(r.nginx, key)
             if value is None or r.container:
                 return value
-            return self.path(value, ("router", "nginx", key))
+            return self.path(value, (*loc, "nginx", key))
 
+        known = [h.name for h in hosts]
+        host = None
+        if r.host is not None and not r.container:
+            self.problem((*loc, "host"), "is only for a router with container (a host-process nginx runs "
+                                         "on the machine ps runs on)")
+        elif r.host is not None and known and r.host not in known:
+            self.problem((*loc, "host"), f"unknown host {r.host!r} (configured: {', '.join(known)})")
+        elif r.container and known:
+            host = r.host or known[0]
+        for i, h in enumerate(r.hosts or ()):
+            if known and h not in known:
+                self.problem((*loc, "hosts", i), f"unknown host {h!r} (configured: {', '.join(known)})")
+        # resolved in routers: (never empty); the one `router:` keeps () for "every host" (router_hosts)
+        served = tuple(r.hosts) if r.hosts else ((host,) if host else tuple(known)) if listed else ()
         error_log = r.nginx.error_log
         return NginxRouter(
             include=include, binary=r.nginx.binary, prefix=nginx_path("prefix"), conf=nginx_path("conf"),
-            error_log=self.path(error_log, ("router", "nginx", "error_log")) if error_log else None,
+            error_log=self.path(error_log, (*loc, "nginx", "error_log")) if error_log else None,
             pid=nginx_path("pid"), container=r.container, url=r.url, backups=r.backups, keepalive=r.keepalive,
-            access_log=self.path(r.access_log, ("router", "access_log")) if r.access_log else None)
+            access_log=self.path(r.access_log, (*loc, "access_log")) if r.access_log else None,
+            name=r.name or name, host=host, hosts=served)
+
+    def routers(self, file: PsFile, hosts: tuple[Host, ...]) -> tuple[NginxRouter, ...]:
+        """`routers:` (or the one `router:`), names unique; both at once is a problem."""
+        if file.router is not None and file.routers is not None:
+            self.problem(("routers",), "router and routers both given: use routers (a list) or router "
+                                       "(one), not both")
+        if file.routers is None:
+            one = self.router(file.router, hosts=hosts)
+            return (one,) if one is not None else ()
+        built: list[NginxRouter] = []
+        for i, r in enumerate(file.routers):
+            made = self.router(r, ("routers", i), name=f"router{i + 1}", hosts=hosts, listed=True)
+            assert made is not None
+            if made.name in {b.name for b in built}:
+                self.problem(("routers", i, "name"), f"duplicate router name {made.name!r}")
+            if any(b.include == made.include and not (b.container and made.container and b.host != made.host)
+                   for b in built):
+                self.problem(("routers", i, "include"), f"include {made.include} is also another "
+                                                        "router's: each router needs its own file")
+            built.append(made)
+        return tuple(built)
 
     def canary(self, c: CanaryFile) -> CanaryPolicy:
         steps = tuple(CanaryStep(s.weight, s.pause, s.checks) for s in c.steps)
@@ -293,7 +331,7 @@ def build(file: PsFile, source: str, base: Path,
     d = file.deploy
     config = Config(
         app=file.app, registry=file.registry, services=services, hosts=hosts, timezone=file.timezone,
-        router=b.router(file.router), canary=b.canary(file.canary),
+        routers=b.routers(file, hosts), routers_url=file.routers_url, canary=b.canary(file.canary),
         notify=MattermostNotify(webhook_env=n.webhook_env, channel=n.channel, username=n.username,
                                 icon_url=n.icon_url, timeout=n.timeout),
         deploy=DeployPolicy(keep_images=d.keep_images, blue_green_keep=d.blue_green_keep,

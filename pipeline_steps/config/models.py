@@ -144,6 +144,13 @@ class RouterFile(FileModel):
     """The nginx that splits traffic between the slots."""
 
     include: Annotated[FilePath, Field(description="The nginx include file ps owns (a file path).")]
+    name: Line | None = Field(default=None, description="In routers: its name in lines and --json "
+                                                      "(default router1, router2, ...).")
+    host: Line | None = Field(default=None, description="Only with container: the configured host whose "
+                                                      "engine runs it (default: the first host).")
+    hosts: Annotated[list[Line], Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="The hosts whose slots its upstreams list (default: [host] for a "
+                                  "container router in routers, every host otherwise).")
     nginx: NginxFile = NginxFile()
     container: ContainerName | None = Field(default=None, description="nginx runs in this container.")
     url: Url | None = Field(default=None, description="nginx's front door, for probes.")
@@ -262,7 +269,14 @@ class PsFile(FileModel):
     services: Annotated[dict[ServiceName, ServiceFile], Field(min_length=1, max_length=100),
                         BeforeValidator(_text_keys),
                         Say("is required: at least one service", ("missing", "too_short", "dict_type"))]
-    router: RouterFile | None = None
+    router: RouterFile | None = Field(default=None, description="One nginx (the one-router form of "
+                                                                "routers).")
+    routers: Annotated[list[RouterFile], Field(min_length=1, max_length=64),
+                       Say("must be a non-empty list of routers", ("too_short", "list_type"))] | None = Field(
+        default=None, description="Every nginx that splits traffic (one per server behind a load "
+                                  "balancer); a traffic change goes to all of them at once.")
+    routers_url: Url | None = Field(default=None, description="The front balancer in front of all routers "
+                                                              "(measured by verify-weights and the probe).")
     canary: CanaryFile = CanaryFile()
     notify: NotifyFile = NotifyFile()
     deploy: DeployFile = DeployFile()

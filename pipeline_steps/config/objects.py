@@ -114,7 +114,11 @@ class Service:
 
 @dataclass(frozen=True)
 class NginxRouter:
-    """The nginx that splits traffic, and how to test and reload it."""
+    """The nginx that splits traffic, and how to test and reload it.
+
+    `name` names it in lines and --json (router1, router2, ...); `host` is the configured host whose
+    engine runs `container` (None for an nginx on this machine); `hosts` are the hosts whose slots its
+    upstreams list (empty: every host)."""
 
     include: str
     binary: str = "nginx"
@@ -127,6 +131,9 @@ class NginxRouter:
     backups: int = 10
     keepalive: int = 32
     access_log: str | None = None  # the ps_json log nginx writes and ps reads (default: access_log_path)
+    name: str = "router1"
+    host: str | None = None
+    hosts: tuple[str, ...] = ()
 
     def access_log_path(self) -> str:
         """router.access_log, by default `ps-access.json` next to the include file."""
@@ -277,6 +284,34 @@ class Config:
     hooks: Hooks = field(default_factory=Hooks)
     state_dir: str = ""
     source: str = DEFAULT_CONFIG
+    routers: tuple[NginxRouter, ...] = ()  # every router (issue 12); `router` is routers[0]
+    routers_url: str | None = None  # the front balancer in front of all routers (the ALB)
+
+    def __post_init__(self) -> None:
+        # the one-router form and the list name the same routers: either may be given
+        if not self.routers and self.router is not None:
+            object.__setattr__(self, "routers", (self.router,))
+        elif self.routers and self.router is None:
+            object.__setattr__(self, "router", self.routers[0])
+
+    def router_host(self, router: NginxRouter) -> Host | None:
+        """The Host whose engine runs router.container (None for an nginx on this machine)."""
+        if not router.container:
+            return None
+        name = router.host or self.hosts[0].name
+        return next((h for h in self.hosts if h.name == name), self.hosts[0])
+
+    def router_hosts(self, router: NginxRouter) -> tuple[Host, ...]:
+        """The hosts whose slots `router`'s upstreams list (router.hosts; every host when empty)."""
+        if not router.hosts:
+            return self.hosts
+        return tuple(h for h in self.hosts if h.name in router.hosts)
+
+    def for_router(self, router: NginxRouter) -> Config:
+        """This config as one router sees it: routers=(router,) and only the hosts its include lists."""
+        from dataclasses import replace
+
+        return replace(self, router=router, routers=(router,), hosts=self.router_hosts(router))
 
     def service(self, name: str) -> Service:
         """The named service, or a BadInput listing the known ones."""
@@ -315,6 +350,9 @@ class Config:
             svc["env"] = {k: (MASK if is_secret_name(k) else v) for k, v in svc["env"].items()}
             svc["env_from"] = list(svc["env_from"])
         data["hosts"] = list(data["hosts"])
+        data["routers"] = [{**r, "hosts": list(r["hosts"])} for r in data["routers"]]
+        if data["router"] is not None:
+            data["router"]["hosts"] = list(data["router"]["hosts"])
         data["canary"]["steps"] = list(data["canary"]["steps"])
         data["canary"]["segments"] = [{**seg, "values": list(seg["values"])}
                                       for seg in data["canary"]["segments"]]

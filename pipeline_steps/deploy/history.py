@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,14 @@ if TYPE_CHECKING:
     from pipeline_steps.config import Config
 
 HISTORY_FILE = "history.jsonl"
+
+
+def acted_on(config: Config, services: Sequence[str] = ()) -> dict[str, list[str]]:
+    """{"hosts": [...], "routers": [...]}: where a deploy of `services` (all when empty) acts, by name."""
+    chosen = [config.services[n] for n in services if n in config.services] or list(config.services.values())
+    hosts = [h.name for h in config.hosts if any(h in config.hosts_of(s) for s in chosen)]
+    routers = [r.name for r in config.routers] if any(s.is_http for s in chosen) else []
+    return {"hosts": hosts, "routers": routers}
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class HistoryEntry:
     message: str = ""
     duration: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)  # the hosts the action acted on (issue 12)
+    routers: list[str] = field(default_factory=list)  # the routers it changed or read
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,13 +111,15 @@ class HistoryLog:
     def record(self, *, app: str, type: str, result: str, build_ids: dict[str, str] | None = None,
                weights: dict[str, Any] | None = None, who: str | None = None,
                pipeline_url: str | None = None, message: str = "", duration: float | None = None,
-               time: str | None = None, **extra: Any) -> HistoryEntry:
+               time: str | None = None, hosts: Sequence[str] = (), routers: Sequence[str] = (),
+               **extra: Any) -> HistoryEntry:
         """Build an entry stamped with the current time (config time zone) and append it."""
         from pipeline_steps.deploy.lock import now_iso
 
         entry = HistoryEntry(time=time or now_iso(self.timezone), app=app, type=type, result=result,
                              build_ids=dict(build_ids or {}), weights=dict(weights or {}), who=who,
-                             pipeline_url=pipeline_url, message=message, duration=duration, extra=extra)
+                             pipeline_url=pipeline_url, message=message, duration=duration, extra=extra,
+                             hosts=list(hosts), routers=list(routers))
         return self.append(entry)
 
     def read(self, limit: int | None = None, app: str | None = None,

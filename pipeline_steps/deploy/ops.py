@@ -177,40 +177,60 @@ class RealOps:
         from pipeline_steps.operations.set_weights import set_weights
         from pipeline_steps.operations.traffic import change_lines
 
-        for line in change_lines(set_weights(self.config, pct, list(names))):
+        change = set_weights(self.config, pct, list(names))
+        for line in change_lines(change):
             self.say(line)
+        for line in change.warnings:  # a router that differed from router 1, rewritten (issue 12)
+            self.warn(line)
 
     def switch(self, color: str, names: Sequence[str]) -> None:
         from pipeline_steps.operations.switch import switch
         from pipeline_steps.operations.traffic import change_lines
 
-        for line in change_lines(switch(self.config, color, list(names))):
+        change = switch(self.config, color, list(names))
+        for line in change_lines(change):
             self.say(line)
+        for line in change.warnings:
+            self.warn(line)
 
     def verify(self, names: Sequence[str], canary: float | None, active: str | None) -> list[str]:
         from pipeline_steps.operations.verify_weights import verify_weights
 
         result = verify_weights(self.config, expect_canary=canary, expect_active=active, services=list(names))
-        return [p for s in result.services for p in s.get("problems", [])]
+        return result.problems()  # every router's (issue 12)
 
     def measure(self, service: Service, canary: float | None, active: str | None) -> list[dict[str, Any]]:
         from pipeline_steps.operations.verify_weights import verify_weights
 
-        return list(verify_weights(self.config, expect_canary=canary, expect_active=active,
-                                   services=[service.name], probe=self.config.canary.probe,
-                                   url=service.url).services)
+        result = verify_weights(self.config, expect_canary=canary, expect_active=active,
+                                services=[service.name], probe=self.config.canary.probe, url=service.url)
+        if not result.routers and result.front is None:
+            return list(result.services)
+        # issue 12: a verdict per router (measured through its url) and one through the front
+        found = [{**v, "service": f"{v['service']} @{sec['router']}",
+                  "problems": [f"{sec['router']}: {p}" for p in v["problems"]]}
+                 for sec in result.routers for v in sec["services"]] or list(result.services)
+        if result.front is not None:
+            found.append({"service": f"{service.name} @front", "measured": result.front["measured"],
+                          "problems": result.front["problems"]})
+        return found
 
     def canary_percent(self, names: Sequence[str]) -> dict[str, float]:
         from pipeline_steps.operations.traffic import traffic_status
 
         wanted = set(names)
-        return {s.service: float(s.split.get("canary", 0.0)) for s in traffic_status(self.config).services
-                if s.service in wanted}
+        status = traffic_status(self.config)
+        for line in status.differences:  # many routers: router 1's is used (issue 12)
+            self.warn(line)
+        return {s.service: float(s.split.get("canary", 0.0)) for s in status.services if s.service in wanted}
 
     def active_colors(self, names: Sequence[str]) -> dict[str, str | None]:
         from pipeline_steps.operations.traffic import traffic_status
 
-        status = {s.service: s for s in traffic_status(self.config).services}
+        live = traffic_status(self.config)
+        for line in live.differences:
+            self.warn(line)
+        status = {s.service: s for s in live.services}
         return {n: (status[n].active if n in status else None) for n in names}
 
     def live_active(self, service: Service) -> str | None:
@@ -218,7 +238,7 @@ class RealOps:
         from pipeline_steps.operations.traffic import load_live
         from pipeline_steps.upstreams import active_color
 
-        live = load_live(self.config)
+        live = load_live(self.config, self.warn)  # many routers: router 1's, a warning per one differing
         upstream = (live.upstreams() if live is not None else {}).get(service.upstream)
         return active_color(upstream, service, self.config.hosts_of(service)) if upstream else None
 

@@ -61,6 +61,8 @@ class RunReport:
     started: str = ""
     finished: str | None = None
     duration: float | None = None
+    hosts: list[str] = field(default_factory=list)  # where the run acted (issue 12)
+    routers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from pipeline_steps.deploy.lock import now_iso
@@ -139,7 +141,7 @@ class RunReport:
             "app": self.app, "type": self.deploy_type, "result": self.result, "message": self.message,
             "started": self.started, "finished": self.finished, "duration": self.duration,
             "build_ids": self.build_ids, "pipeline_url": self.pipeline_url, "who": self.who,
-            "events": [asdict(e) for e in self.events],
+            "hosts": self.hosts, "routers": self.routers, "events": [asdict(e) for e in self.events],
         }
         if self.extra:
             data["extra"] = self.extra
@@ -183,6 +185,7 @@ class RunReport:
         summary = [("app", e(self.app)), ("type", e(self.deploy_type)),
                    ("result", f'<b class="r-{state}">{state}</b>'),
                    ("message", e(self.message or "-")), ("BUILD_IDs", builds),
+                   ("hosts", e(", ".join(self.hosts) or "-")), ("routers", e(", ".join(self.routers) or "-")),
                    ("started", e(self.started)), ("finished", e(self.finished or "-")),
                    ("duration", e(f"{self.duration:.1f}s" if self.duration is not None else "-")),
                    ("who", e(self.who or "-")), ("pipeline", pipeline)]

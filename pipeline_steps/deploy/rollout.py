@@ -205,12 +205,16 @@ class Rollout:
         self.report.finish(outcome.result, outcome.message)
         history = HistoryLog(self.config.state_dir, timezone=self.config.timezone)
         judged: dict[str, Any] = {"judgements": outcome.judgements} if outcome.judgements else {}
+        from pipeline_steps.deploy.history import acted_on
+
+        where = acted_on(self.config, self.request.services)  # issue 12: hosts and routers by name
+        self.report.hosts, self.report.routers = where["hosts"], where["routers"]
         history.record(app=self.config.app, type=self.request.type, result=outcome.result,
                        build_ids=outcome.build_ids, weights=dict(outcome.weights),
                        who=self.ctx.who if self.ctx else None,
                        pipeline_url=self.ctx.pipeline_url if self.ctx else None,
                        message=outcome.message, duration=outcome.duration,
-                       **judged)
+                       hosts=where["hosts"], routers=where["routers"], **judged)
         if self.request.report:
             json_path, html_path = self.report.write(self.request.report)
             outcome.report = [str(json_path), str(html_path)]

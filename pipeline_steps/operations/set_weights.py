@@ -19,12 +19,13 @@ def set_weights(config: Config, canary_pct: float, services: Sequence[str] | Non
                 dry_run: bool = False) -> TrafficChange:
     """Give the canary slot `canary_pct` % of each chosen service's traffic. Never touches Docker."""
     check_percent(canary_pct)
-    router = require_router(config)
+    require_router(config)
     chosen = pair_services(config, "canary", services)
     weights = Weights.from_percent(canary_pct, config.canary.scale, config.canary.min_weight)
 
-    def build(service: Service) -> Upstream:
-        return canary_upstream(service, config.hosts_of(service), weights, router.keepalive)
+    def build(view: Config, service: Service) -> Upstream:  # view: one router's hosts
+        assert view.router is not None
+        return canary_upstream(service, view.hosts_of(service), weights, view.router.keepalive)
 
     return change_upstreams(config, chosen, build, action="set-weights", target=f"{canary_pct:g}%",
                             dry_run=dry_run)

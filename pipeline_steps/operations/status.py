@@ -30,12 +30,26 @@ class SlotState:
 
 
 @dataclass
+class RouterState:
+    """One router's live split per service (`ps status`, issue 12)."""
+
+    router: str
+    include: str
+    hosts: list[str]
+    splits: dict[str, str] = field(default_factory=dict)  # service -> `stable 900 : canary 100 (10.0 %)`
+    problem: str | None = None  # the include could not be read
+
+
+@dataclass
 class StatusResult:
-    """Every slot on every host, the BUILD_ID mismatches found, and hosts that did not answer."""
+    """Every slot on every host and every router, the BUILD_ID mismatches between hosts and weight
+    mismatches between routers, and hosts that did not answer."""
 
     slots: list[SlotState] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
+    unreachable_hosts: list[str] = field(default_factory=list)
+    routers: list[RouterState] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -60,6 +74,7 @@ def slot_status(config: Config) -> StatusResult:
             engine = open_host(host, timeout=20)
         except Unreachable as exc:
             result.unreachable.append(exc.message)
+            result.unreachable_hosts.append(exc.host or host.name)
             continue
         try:
             found = {c.name: c for c in engine.slot_containers(config.app)}
@@ -90,8 +105,7 @@ def slot_status(config: Config) -> StatusResult:
         hosts = config.hosts_of(service)
         if len(hosts) < 2:
             continue
-        reachable = len(hosts) - sum(1 for line in result.unreachable
-                                     if any(f"host {h.name} " in line for h in hosts))
+        reachable = len(hosts) - sum(1 for h in hosts if h.name in result.unreachable_hosts)
         for slot in service.members():
             states = [s for s in result.slots if s.service == service.name and s.slot == slot]
             deployed = {s.host: s.build_id for s in states if s.state not in ("missing", "foreign")}
@@ -102,4 +116,33 @@ def slot_status(config: Config) -> StatusResult:
                 per_host = ", ".join(f"{s.host}={s.build_id or '-'}" for s in states)
                 result.mismatches.append(f"{service.name} {slot}: BUILD_ID differs between hosts "
                                          f"({per_host})")
+    router_status(config, result)
     return result
+
+
+def router_status(config: Config, result: StatusResult) -> None:
+    """Every router's split per service into `result`; a service whose split differs between routers is
+    a mismatch naming them."""
+    from pipeline_steps.errors import PsError
+    from pipeline_steps.operations.traffic import describe, read_live
+
+    for router in config.routers:
+        state = RouterState(router.name, router.include, [h.name for h in config.router_hosts(router)])
+        try:
+            live = read_live(config, router)
+        except PsError as exc:
+            state.problem = exc.message
+            result.routers.append(state)
+            continue
+        view = config.for_router(router)
+        for service in (s for s in config.services.values() if s.is_http):
+            said = describe(live.get(service.upstream), service, view) if live is not None else None
+            state.splits[service.name] = said or "-"
+        result.routers.append(state)
+    if len(result.routers) < 2:
+        return
+    for service in (s for s in config.services.values() if s.is_http):
+        splits = {r.router: r.splits.get(service.name, "-") for r in result.routers if r.problem is None}
+        if len(set(splits.values())) > 1:
+            per_router = ", ".join(f"{name}={split}" for name, split in splits.items())
+            result.mismatches.append(f"{service.name}: weights differ between routers ({per_router})")

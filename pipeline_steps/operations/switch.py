@@ -22,10 +22,11 @@ def switch(config: Config, color: str, services: Sequence[str] | None = None, *,
     """Make `color` active for the chosen blue/green services (the other color becomes backup)."""
     if color not in COLORS:
         raise BadInput(f"unknown color {color!r} (use blue or green)")
-    router = require_router(config)
+    require_router(config)
     chosen = pair_services(config, "blue-green", services)
 
-    def build(service: Service) -> Upstream:
-        return blue_green_upstream(service, config.hosts_of(service), color, router.keepalive)
+    def build(view: Config, service: Service) -> Upstream:  # view: one router's hosts
+        assert view.router is not None
+        return blue_green_upstream(service, view.hosts_of(service), color, view.router.keepalive)
 
     return change_upstreams(config, chosen, build, action="switch", target=color, dry_run=dry_run)

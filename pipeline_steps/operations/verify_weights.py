@@ -43,10 +43,24 @@ class ServiceVerdict:
 
 @dataclass
 class VerifyResult:
+    """The verdicts: `services` are router 1's; with many routers `routers` has a section per router
+    (router, url, hosts, ok, services), and `front` the split measured through routers_url."""
+
     ok: bool
     tolerance: int
     include: str
     services: list[dict[str, Any]] = field(default_factory=list)
+    routers: list[dict[str, Any]] = field(default_factory=list)
+    front: dict[str, Any] | None = None
+
+    def problems(self) -> list[str]:
+        """Every problem: router 1's, each other router's (named), then the front's."""
+        found = [p for v in self.services for p in v.get("problems", [])]
+        for section in self.routers[1:]:
+            found.extend(f"{section['router']}: {p}" for v in section["services"] for p in v["problems"])
+        if self.front is not None:
+            found.extend(self.front.get("problems", []))
+        return found
 
 
 def _choose(config: Config, names: Sequence[str] | None, expect_canary: float | None,
@@ -305,10 +319,48 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
     chosen = _choose(config, services, expect_canary, expect_active)
     if probe and len(chosen) != 1:
         raise BadInput("--probe measures one service: give --service NAME")
-    where = probe_url(config, chosen[0], url) if probe else None
+    many = len(config.routers) > 1
+    if not many:
+        where = probe_url(config, chosen[0], url) if probe else None
+        verdicts, live = _verify_router(config, chosen, expect_canary, expect_active, tolerance, probe, where,
+                                        probe_deadline, stop, sender)
+        sections = [_section(config, router, where, verdicts)]
+    else:
+        sections, verdicts = [], []
+        for i, r in enumerate(config.routers):
+            if probe and not r.url:
+                raise BadInput(f"--probe with many routers measures through each router: set "
+                               f"routers[{i}].url ({r.name}) in {config.source}")
+            found, _ = _verify_router(config.for_router(r), chosen, expect_canary, expect_active, tolerance,
+                                      probe, r.url if probe else None, probe_deadline, stop, sender)
+            sections.append(_section(config, r, r.url if probe else None, found))
+            verdicts = verdicts or found
+    front = None
+    front_url = (url if many else None) or config.routers_url  # many routers: --url is the front
+    if probe and front_url:
+        front = _measure_front(config, chosen[0], sections, front_url, probe, probe_deadline, stop, sender)
+    ok = all(sec["ok"] for sec in sections) and (front is None or not front["problems"])
+    return VerifyResult(ok=ok, tolerance=tolerance, include=router.include,
+                        services=[{**asdict(v), "ok": v.ok} for v in verdicts],
+                        routers=sections if many else [], front=front)
+
+
+def _section(config: Config, router: Any, url: str | None, verdicts: list[ServiceVerdict]) -> dict[str, Any]:
+    return {"router": router.name, "include": router.include, "url": url,
+            "hosts": [h.name for h in config.router_hosts(router)], "ok": all(v.ok for v in verdicts),
+            "services": [{**asdict(v), "ok": v.ok} for v in verdicts]}
+
+
+def _verify_router(config: Config, chosen: list[Service], expect_canary: float | None,
+                   expect_active: str | None, tolerance: int, probe: int, where: str | None,
+                   probe_deadline: float | None, stop: threading.Event | None,
+                   sender: TrafficSender | None) -> tuple[list[ServiceVerdict], Any]:
+    """The verdicts of one router (`config`: its view, config.router the router)."""
+    router = require_router(config)
     live = load_live(config)
     if live is None:
-        raise CheckFailed(missing_include(router))
+        raise CheckFailed(missing_include(router) if len(config.routers) == 1 else
+                          f"{router.name}: {missing_include(router)}")
     upstreams = live.upstreams()
     verdicts: list[ServiceVerdict] = []
     for service in chosen:
@@ -337,5 +389,26 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
                 verdict.measured, problems = measure(config, service, upstream, run, target_slot, p)
             verdict.problems.extend(problems)
         verdicts.append(verdict)
-    return VerifyResult(ok=all(v.ok for v in verdicts), tolerance=tolerance, include=router.include,
-                        services=[{**asdict(v), "ok": v.ok} for v in verdicts])
+    return verdicts, live
+
+
+def _measure_front(config: Config, service: Service, sections: list[dict[str, Any]], front_url: str,
+                   probe: int, probe_deadline: float | None, stop: threading.Event | None,
+                   sender: TrafficSender | None) -> dict[str, Any]:
+    """The split measured through the front balancer (routers_url, or --url with many routers): every
+    router's servers count, and the share must fall in the same interval as each router's."""
+    verdict = sections[0]["services"][0]
+    if verdict["kind"] == "canary":
+        target_slot, p = "canary", float(verdict["expected"].get("canary_share", 0.0))
+    else:
+        target_slot, p = str(verdict["expected"].get("active") or "blue"), 1.0
+    servers: list[Any] = []
+    for r in config.routers:
+        live = load_live(config.for_router(r))
+        up = live.get(service.upstream) if live is not None else None
+        servers.extend(up.servers if up is not None else [])
+    upstream = Upstream(name=service.upstream, servers=servers)
+    run = (sender or send_probe)(front_url, probe, deadline=probe_deadline, stop=stop)
+    measured, problems = measure(config, service, upstream, run, target_slot, p)
+    return {"url": front_url, "service": service.name, "measured": measured,
+            "problems": [f"front {front_url}: {p}" for p in problems]}

@@ -8,6 +8,7 @@ from `pipeline_steps.adapters.nginx` still is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pipeline_steps.adapters.nginx.control import (
@@ -37,7 +38,7 @@ from pipeline_steps.adapters.nginx.runners import (
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import Router
-    from pipeline_steps.config import NginxRouter
+    from pipeline_steps.config import Host, NginxRouter
 
 __all__ = [
     "BACKUP_DIR", "DEFAULT_PID", "ApplyResult", "ContainerLog", "ContainerRunner", "FileLog", "HostRunner",
@@ -46,20 +47,24 @@ __all__ = [
     "use_router", "_nginx_message",
 ]
 
-_override: Router | None = None
+_override: Router | Mapping[str, Router] | None = None
 
 
-def router_for(router: NginxRouter) -> Router:
-    """The Router for a configured `router:` section: nginx here or in router.container.
+def router_for(router: NginxRouter, docker_host: Host | None = None) -> Router:
+    """The Router for a configured router: nginx here or in router.container on `docker_host`'s engine
+    (callers pass `config.router_host(router)`).
 
     Tests can swap in a FakeRouter for every caller with `use_router` (the one factory all steps use).
     """
+    if isinstance(_override, Mapping):
+        return _override[router.name]
     if _override is not None:
         return _override
-    return NginxControl(router)
+    return NginxControl(router, docker_host=docker_host)
 
 
-def use_router(fake: Router | None) -> None:
-    """Make `router_for` return `fake` (None: the real nginx again). For tests and the fast tier."""
+def use_router(fake: Router | Mapping[str, Router] | None) -> None:
+    """Make `router_for` return `fake`, or fake[router.name] for a mapping of router names (None: the
+    real nginx again). For tests and the fast tier."""
     global _override
     _override = fake

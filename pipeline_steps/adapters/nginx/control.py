@@ -55,6 +55,16 @@ class ApplyResult:
 
 
 @dataclass
+class Staged:
+    """A change written and tested on one router (phase 1), not necessarily reloaded yet."""
+
+    old_text: str | None
+    text: str
+    result: ApplyResult
+    written: bool = False  # the new text is in place (False again once restored)
+
+
+@dataclass
 class InstallResult:
     """What writing a first include did."""
 
@@ -165,49 +175,86 @@ class NginxControl:
         else:
             self._write(old_text)
 
-    def _directory_missing(self) -> str | None:
-        """The BadInput line when the include's directory does not exist (here or in the container)."""
-        if self.files.directory_exists():
-            return None
-        return f"directory of router.include does not exist: {self.files.where(self.path.parent)}"
+    def check_dir(self) -> None:
+        """BadInput when the include's directory is missing (before anything is locked or written)."""
+        if not self.files.directory_exists():  # here, or in the container through its engine
+            where = self.files.where(self.path.parent)
+            raise BadInput(f"directory of router.include does not exist: {where}")
+
+    def stage(self, text: str, *, dry_run: bool = False) -> Staged:
+        """Phase 1 of a change: back up, write atomically and `nginx -t`. On a failure the previous file
+        is back and the error raised; nothing is reloaded. Call inside `locked()`."""
+        old_text = self.read_text()
+        staged = Staged(old_text=old_text, text=text,
+                        result=ApplyResult(path=str(self.path), changed=old_text != text,
+                                           created=old_text is None))
+        if not staged.result.changed or dry_run:
+            return staged
+        self.runner.ready()  # nginx (or its container) unreachable: nothing written
+        if self.runner.processes()[0] is None:
+            raise Unreachable(f"{self.runner.where()} is not running: nothing was changed; start "
+                              f"nginx (`ps router init` writes {self.path.name} for a first start)")
+        if old_text is not None:
+            staged.result.backup = str(self._backup(old_text))
+        self._write(text)
+        staged.written = True
+        try:
+            problem = self.test()
+        except Unreachable as exc:
+            self._restore(old_text)
+            staged.written = False
+            raise _annotated(exc, "; previous file restored") from None
+        if problem is not None:
+            self._restore(old_text)
+            staged.written = False
+            raise NginxFailed(f"nginx -t rejected the change, previous file restored: {problem}")
+        return staged
+
+    def commit(self, staged: Staged) -> None:
+        """Phase 2: reload and confirm a staged change. On a failure the previous file is back (and
+        reloaded back) and the error raised."""
+        if not staged.written:
+            return
+        try:
+            before, after = self.reload()
+        except (NginxFailed, Unreachable) as exc:
+            self._restore(staged.old_text)
+            staged.written = False
+            raise _annotated(exc, f"; previous file restored{self._reload_back(exc)}") from None
+        staged.result.reloaded = True
+        staged.result.workers_before, staged.result.workers_after = before, after
+
+    def restore(self, staged: Staged) -> str:
+        """Undo a staged change that another router's failure voids: the previous file back, and
+        reloaded back when it had been reloaded. "" when done, else what went wrong."""
+        if not staged.written:
+            return ""
+        self._restore(staged.old_text)
+        staged.written = False
+        if not staged.result.reloaded:
+            return ""
+        try:
+            problem = self.test()
+            if problem is not None:
+                return f"the restored file fails nginx -t: {problem}"
+            self.reload()
+            staged.result.reloaded = False
+            return ""
+        except (NginxFailed, Unreachable) as exc:
+            return f"reloading the restored file failed: {exc.message}"
 
     def apply(self, text: str, *, dry_run: bool = False) -> ApplyResult:
         """Put `text` in place safely and reload; the old file comes back on any failure."""
         started = time.monotonic()
-        missing = self._directory_missing()
-        if missing:
-            raise BadInput(missing)
+        self.check_dir()
         try:
             with self.locked():
-                old_text = self.read_text()
-                result = ApplyResult(path=str(self.path), changed=old_text != text,
-                                     created=old_text is None)
-                if not result.changed or dry_run:
-                    return result
-                self.runner.ready()  # nginx (or its container) unreachable: nothing written
-                if self.runner.processes()[0] is None:
-                    raise Unreachable(f"{self.runner.where()} is not running: nothing was changed; start "
-                                      f"nginx (`ps router init` writes {self.path.name} for a first start)")
-                if old_text is not None:
-                    result.backup = str(self._backup(old_text))
-                self._write(text)
-                try:
-                    problem = self.test()
-                except Unreachable as exc:
-                    self._restore(old_text)
-                    raise _annotated(exc, "; previous file restored") from None
-                if problem is not None:
-                    self._restore(old_text)
-                    raise NginxFailed(f"nginx -t rejected the change, previous file restored: {problem}")
-                try:
-                    before, after = self.reload()
-                except (NginxFailed, Unreachable) as exc:
-                    self._restore(old_text)
-                    raise _annotated(exc, f"; previous file restored{self._reload_back(exc)}") from None
-                result.reloaded = True
-                result.workers_before, result.workers_after = before, after
-                result.seconds = round(time.monotonic() - started, 4)
-                return result
+                staged = self.stage(text, dry_run=dry_run)
+                if not staged.written:
+                    return staged.result
+                self.commit(staged)
+                staged.result.seconds = round(time.monotonic() - started, 4)
+                return staged.result
         finally:
             self.close()
 
@@ -218,9 +265,7 @@ class NginxControl:
         atomically (0644) and tested with `nginx -t` when the binary (and router.nginx.conf, if set) are
         there; a failing test removes it again (NginxFailed).
         """
-        missing = self._directory_missing()
-        if missing:
-            raise BadInput(missing)
+        self.check_dir()
         old_text = self.read_text()
         if old_text is not None and not force:
             return InstallResult(path=str(self.path), written=False, running=False, note="already there")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline_steps.adapters.nginx.control import ApplyResult, InstallResult, NginxFailed
+from pipeline_steps.adapters.nginx.control import ApplyResult, InstallResult, NginxFailed, Staged
 from pipeline_steps.errors import Unreachable
 
 
@@ -13,7 +15,10 @@ from pipeline_steps.errors import Unreachable
 class FakeRouter:
     """An nginx that keeps its include in memory. Set `fail_test`/`fail_reload`/`fail_verify` to a message
     to make that step fail (the previous text comes back, as with the real one); `running=False` is a
-    stopped nginx. `reloads` counts the reloads that took, `applied` lists every text put in place."""
+    stopped nginx. `reloads` counts the reloads that took, `applied` lists every text put in place,
+    `loaded` is the text nginx last loaded. The phases of a many-router change (stage, commit,
+    restore) fail the same way: fail_test in stage, fail_reload in commit, fail_verify in verify;
+    `fail_reload_back` makes the reload of a restored file fail too."""
 
     path: Path = field(default_factory=lambda: Path("/fake/ps-upstreams.conf"))
     text: str | None = None
@@ -24,6 +29,9 @@ class FakeRouter:
     reloads: int = 0
     applied: list[str] = field(default_factory=list)
     backups: list[str] = field(default_factory=list)
+    loaded: str | None = None
+    restores: int = 0
+    fail_reload_back: str | None = None
 
     def read_text(self) -> str | None:
         return self.text
@@ -40,6 +48,7 @@ class FakeRouter:
         if self.fail_reload:
             raise NginxFailed(f"nginx could not apply the new config: {self.fail_reload}")
         self.reloads += 1
+        self.loaded = self.text
         return [self.reloads], [self.reloads + 1]
 
     def verify(self, text: str) -> str | None:
@@ -60,27 +69,61 @@ class FakeRouter:
         self.backups.append(old)
         return f"{self.path}.{len(self.backups)}.bak"
 
-    def apply(self, text: str, *, dry_run: bool = False) -> ApplyResult:
+    def check_dir(self) -> None:
+        """The fake's directory always exists."""
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        yield
+
+    def stage(self, text: str, *, dry_run: bool = False) -> Staged:
         old = self.text
-        result = ApplyResult(path=str(self.path), changed=old != text, created=old is None)
-        if not result.changed or dry_run:
-            return result
+        staged = Staged(old_text=old, text=text,
+                        result=ApplyResult(path=str(self.path), changed=old != text, created=old is None))
+        if not staged.result.changed or dry_run:
+            return staged
         if not self.is_running:
             raise Unreachable(f"nginx (fake) is not running: nothing was changed; start nginx (`ps router "
                               f"init` writes {self.path.name} for a first start)")
-        result.backup = self._backup(old)
+        staged.result.backup = self._backup(old)
         self.text = text
         if self.fail_test:
             self.text = old
             raise NginxFailed(f"nginx -t rejected the change, previous file restored: {self.fail_test}")
+        staged.written = True
+        return staged
+
+    def commit(self, staged: Staged) -> None:
+        if not staged.written:
+            return
         try:
-            result.workers_before, result.workers_after = self.reload()
+            staged.result.workers_before, staged.result.workers_after = self.reload()
         except NginxFailed as exc:
-            self.text = old
+            self.text = staged.old_text
+            staged.written = False
             raise NginxFailed(f"{exc.message}; previous file restored") from None
-        self.applied.append(text)
-        result.reloaded = True
-        return result
+        self.applied.append(staged.text)
+        staged.result.reloaded = True
+
+    def restore(self, staged: Staged) -> str:
+        if not staged.written:
+            return ""
+        self.text = staged.old_text
+        staged.written = False
+        self.restores += 1
+        if not staged.result.reloaded:
+            return ""
+        if self.fail_reload_back:
+            return f"reloading the restored file failed: {self.fail_reload_back}"
+        self.reloads += 1
+        self.loaded = self.text
+        staged.result.reloaded = False
+        return ""
+
+    def apply(self, text: str, *, dry_run: bool = False) -> ApplyResult:
+        staged = self.stage(text, dry_run=dry_run)
+        self.commit(staged)
+        return staged.result
 
     def install(self, text: str, *, force: bool = False) -> InstallResult:
         old = self.text
