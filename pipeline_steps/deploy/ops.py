@@ -388,12 +388,11 @@ class RealOps:
         return EngineLock.for_config(self.config)
 
     def access_logs(self, services: Sequence[Service]) -> list[Any]:
-        """canary.analysis: the router's ps_json access log, read from its current end."""
-        from pipeline_steps.analysis import AccessLogTail
+        """canary.analysis: every router's ps_json access log, read from its current end (through the
+        engine for a router in a container on a remote host or with its log in a volume)."""
+        from pipeline_steps.adapters.nginx.files import access_log_tail
 
-        if self.config.router is None:
-            return []
-        return [AccessLogTail(self.config.router.access_log_path())]
+        return [access_log_tail(r, self.config.router_host(r)) for r in self.config.routers]
 
 
 class _Background:
