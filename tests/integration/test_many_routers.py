@@ -303,6 +303,7 @@ def test_canary_auto_promote_rollback_through_the_front_split_in_interval_and_no
     print(f"through the front during canary-auto, promote, rollback: {report.summary()}")
     assert auto.returncode == 0, auto.stderr
     splits = _front_splits(auto.stderr)
+    print(f"canary-auto through the front (canary %, requests, target %): {splits}")
     assert [t for _, _, t in splits] == [20.0, 50.0], auto.stderr  # measured through the front each step
     for pct, n, target in splits:
         assert n >= 300 and _in_interval(pct, n, target), (pct, n, target)
