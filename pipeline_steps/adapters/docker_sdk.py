@@ -300,16 +300,32 @@ class SdkDockerHost:
     def read_file(self, name: str, path: str, offset: int = 0) -> FileRead | None:
         """`stat` then `tail -c +offset+1` by exec: the file's identity and size, and its bytes from
         `offset` (empty when offset is at or past the end). None when there is no such file."""
+        from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
+
+        def stat() -> tuple[int, bytes, bytes]:
+            code, (out, err) = container.exec_run(["stat", "-L", "-c", "%d:%i %s", path], demux=True)
+            return int(code or 0), bytes(out or b""), bytes(err or b"")
+
+        def last(state: RetryCallState) -> tuple[int, bytes, bytes]:
+            assert state.outcome is not None
+            return state.outcome.result()
+
+        # the output of a quick exec is now and then lost by the engine under load: ask again (3 tries)
+        garbled = retry_if_result(lambda done: done[0] == 0 and len(done[1].split()) != 2)
         with _calls():
             container = self.client.containers.get(name)
-            code, (out, err) = container.exec_run(["stat", "-L", "-c", "%d:%i %s", path], demux=True)
+            code, out, err = Retrying(stop=stop_after_attempt(3), wait=wait_fixed(0.05), retry=garbled,
+                                      retry_error_callback=last)(stat)
         if code != 0:
-            said = bytes(err or out or b"").decode(errors="replace").strip()
+            said = (err or out).decode(errors="replace").strip()
             if "No such file" in said or "can't stat" in said:
                 return None
             raise EngineError(f"stat {path} in container {name} failed ({code}): {said[:300]}")
-        ident, size_text = bytes(out or b"").decode().split()
-        size = int(size_text)
+        try:
+            ident, size_text = out.decode().split()
+            size = int(size_text)
+        except ValueError:
+            raise EngineError(f"stat {path} in container {name} said {out[:100]!r}") from None
         if offset >= size:
             return FileRead(ident, size, b"")
         with _calls():
