@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.images import import_once
+from testbed.images import _busybox, import_once
 from testbed.nginx import PROXY_DEFAULTS
 from testbed.ports import address, free_port, unique, wait_port
 
-NGINX_IMAGE = "pipeline-steps/nginx:bed"
+NGINX_IMAGE = "pipeline-steps/nginx:bed2"  # bed2: with busybox's file tools
 NGINX_BINARY = "/usr/sbin/nginx"
 CONTAINER_DIR = "/etc/nginx/ps"  # where the container sees the include's host directory
 CONTAINER_LOGS = "/var/log/nginx/ps"  # where the container sees the log directory (log_on_host)
+FILE_TOOLS = ("mv", "rm", "mkdir", "ls", "test", "stat", "tail", "cat", "sh")
 DIRS = ("bin", "etc", "etc/nginx", "usr", "usr/sbin", "usr/share", "usr/share/nginx", "var", "var/log",
         "var/log/nginx", "var/lib", "var/lib/nginx", "var/cache", "run", "tmp", "proc", "sys", "dev")
 
@@ -94,6 +95,12 @@ def nginx_rootfs_tar(binary: str = NGINX_BINARY) -> bytes:
             _add_dir(tar, d, 0o1777 if d == "tmp" else 0o755)
             added.add(d)
         _add_file(tar, binary, "usr/sbin/nginx", added)
+        _add_file(tar, str(_busybox()), "bin/busybox", added)
+        for tool in FILE_TOOLS:
+            link = tarfile.TarInfo(f"bin/{tool}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
         for lib in shared_libraries(binary):
             _add_file(tar, lib, lib.lstrip("/"), added)
         if Path("/etc/nginx/mime.types").is_file():
@@ -193,6 +200,109 @@ def start_nginx_container(client: Any, servers: str, upstreams: str = "", *, por
         raise
     bed = NginxContainer(container=container, name=name, dir=work, include=include, conf=conf, port=port,
                          logs=logs)
+    if not wait_port(port, timeout=15):
+        text = bed.log_text()
+        bed.stop()
+        raise RuntimeError(f"nginx container did not listen on {address()}:{port}: {text.strip()[-500:]}")
+    return bed
+
+
+# ---------------------------------------------------------------- nginx whose include is in a named volume
+
+
+@dataclass
+class VolumeNginx:
+    """nginx in a container of any engine whose include directory is a NAMED VOLUME of that engine:
+    nothing on this machine's file system reaches it, only the engine (archive, exec)."""
+
+    client: Any  # a docker client of the engine that runs it
+    container: Any
+    name: str
+    volume: str
+    port: int
+    docker: str  # the engine's endpoint (a ps.yaml hosts[].docker)
+    include: str = f"{CONTAINER_DIR}/ps-upstreams.conf"  # as the container sees it (router.include)
+    conf: str = f"{CONTAINER_DIR}/nginx.conf"
+
+    @property
+    def url(self) -> str:
+        return f"http://{address()}:{self.port}"
+
+    def router(self, name: str, host: str) -> dict[str, Any]:
+        """The `routers:` entry for this nginx on ps.yaml host `host`."""
+        return {"name": name, "host": host, "container": self.name, "include": self.include,
+                "url": self.url, "nginx": {"conf": self.conf}}
+
+    def read(self, path: str | None = None) -> str | None:
+        """A file of the volume (the include by default) through the engine; None when missing."""
+        import docker.errors
+
+        try:
+            stream, _ = self.client.api.get_archive(self.name, path or self.include)
+        except docker.errors.NotFound:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.extractfile(tar.getmembers()[0])
+            return member.read().decode() if member else None
+
+    def write(self, text: str, path: str | None = None) -> None:
+        """Put a file into the volume behind ps's back (a hand edit on that server)."""
+        target = path or self.include
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            _add_text(tar, target.rsplit("/", 1)[1], text)
+        self.client.api.put_archive(self.name, target.rsplit("/", 1)[0], buf.getvalue())
+
+    def nginx_t(self) -> tuple[int, str]:
+        """`nginx -t` of the live config in the container: (exit code, what nginx said)."""
+        code, out = self.container.exec_run(["nginx", "-c", self.conf, "-t", "-q"])
+        return int(code), bytes(out or b"").decode(errors="replace")
+
+    def log_text(self) -> str:
+        return bytes(self.container.logs(stdout=True, stderr=True)).decode(errors="replace")
+
+    def stop(self) -> None:
+        """Remove the container and its volume."""
+        for remove in (lambda: self.container.remove(force=True),
+                       lambda: self.client.volumes.get(self.volume).remove(force=True)):
+            try:
+                remove()
+            except Exception:
+                pass
+
+
+def start_volume_nginx(client: Any, docker: str, servers: str, upstreams: str = "", *,
+                       port: int | None = None, name: str | None = None) -> VolumeNginx:
+    """Run nginx (host networking, one worker) on the engine of `client` with CONTAINER_DIR a new named
+    volume holding nginx.conf and the include's first text (put in through the engine before the start).
+    `servers` as for start_nginx_container; `docker` is that engine's endpoint for ps.yaml."""
+    image = ensure_nginx_image(client)
+    port = port or free_port()
+    name = name or unique("pst-vnginx-")
+    volume = f"{name}-ps"
+    client.volumes.create(volume, labels={"pipeline-steps.test": "1"})
+    conf = ("worker_processes 1;\nerror_log stderr notice;\npid /run/nginx.pid;\n"
+            "events { worker_connections 1024; }\nhttp {\n    access_log off;\n"
+            f"    include {CONTAINER_DIR}/ps-upstreams.conf;\n"
+            + servers.replace("{port}", str(port)).replace("{address}", address())
+            .replace("{proxy_defaults}", PROXY_DEFAULTS) + "\n}\n")
+    bed: VolumeNginx | None = None
+    try:
+        container = client.containers.create(
+            image, ["nginx", "-c", f"{CONTAINER_DIR}/nginx.conf", "-g", "daemon off;"], name=name,
+            network_mode="host", volumes={volume: {"bind": CONTAINER_DIR, "mode": "rw"}},
+            labels={"pipeline-steps.test": "1"})
+        bed = VolumeNginx(client=client, container=container, name=name, volume=volume, port=port,
+                          docker=docker)
+        bed.write(conf, f"{CONTAINER_DIR}/nginx.conf")
+        bed.write(upstreams)
+        container.start()
+    except Exception:
+        if bed is not None:
+            bed.stop()
+        else:
+            client.volumes.get(volume).remove(force=True)
+        raise
     if not wait_port(port, timeout=15):
         text = bed.log_text()
         bed.stop()

@@ -65,6 +65,13 @@ SERIAL = (
     "tests/integration/test_deploy_types.py::test_blue_green_watch_switches_back_when_the_new_color_fails",
     "tests/integration/test_compose_deploy.py::",
     "tests/integration/test_deploy_watch.py::",  # under load, 0 failed requests; a hold's timing
+    # issue 12 end to end: deploys through two routers and a front balancer, 0 failed requests under load
+    "tests/integration/test_many_routers.py::test_canary_auto_promote_rollback_through_the_front",
+    "tests/integration/test_many_routers.py::test_blue_green_through_the_front_drops_nothing",
+    "tests/integration/test_many_routers.py::test_nginx_t_failing_on_router2_restores_router1",
+    "tests/integration/test_many_routers.py::test_a_canary_failing_on_host2_only_rolls_back_both_routers",
+    "tests/integration/test_many_routers.py::test_kill_9_at_5_random_points",
+    "tests/integration/test_many_routers.py::test_two_agents_deploying_at_once_exclude_each_other",
     "tests/integration/test_webhook.py::test_accepted_push_is_recorded_answered_fast_and_acted_on_once",
     "tests/integration/test_webhook.py::test_a_trickled_body_or_header_is_cut_at_the_request_deadline",
     "tests/integration/test_webhook.py::test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s",

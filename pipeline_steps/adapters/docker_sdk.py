@@ -17,6 +17,7 @@ from pipeline_steps.adapters.interfaces import (
     ContainerStats,
     EngineError,
     EngineGone,
+    FileRead,
     ImageInfo,
     KeptImage,
     NotFoundError,
@@ -270,6 +271,85 @@ class SdkDockerHost:
         from pipeline_steps.adapters import slots
 
         return slots.port_holder(address, port) if slots.is_local(self.host) else None
+
+    # ---------------------------------------------------------------- files in a container
+
+    def get_file(self, name: str, path: str) -> bytes | None:
+        """The file's bytes (the engine's archive of it), None when the container has no such file."""
+        import io
+        import tarfile
+
+        try:
+            with _calls():
+                stream, _stat = self.client.api.get_archive(name, path)
+                data = b"".join(stream)
+        except NotFoundError:
+            if self.container(name) is None:
+                raise
+            return None
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            member = tar.extractfile(members[0]) if members and members[0].isfile() else None
+            if member is None:
+                raise EngineError(f"{path} in container {name} is not a regular file")
+            return member.read()
+
+    def put_file(self, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write `path` (root-owned, `mode`) into its existing directory with one archive upload."""
+        import io
+        import posixpath
+        import tarfile
+        import time
+
+        directory, base = posixpath.split(path)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(base)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        with _calls():
+            if not self.client.api.put_archive(name, directory or "/", buf.getvalue()):
+                raise EngineError(f"the engine refused to write {path} in container {name}")
+
+    def read_file(self, name: str, path: str, offset: int = 0) -> FileRead | None:
+        """`stat` then `tail -c +offset+1` by exec: the file's identity and size, and its bytes from
+        `offset` (empty when offset is at or past the end). None when there is no such file."""
+        from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
+
+        def stat() -> tuple[int, bytes, bytes]:
+            code, (out, err) = container.exec_run(["stat", "-L", "-c", "%d:%i %s", path], demux=True)
+            return int(code or 0), bytes(out or b""), bytes(err or b"")
+
+        def last(state: RetryCallState) -> tuple[int, bytes, bytes]:
+            assert state.outcome is not None
+            return state.outcome.result()
+
+        # the output of a quick exec is now and then lost by the engine under load: ask again (3 tries)
+        garbled = retry_if_result(lambda done: done[0] == 0 and len(done[1].split()) != 2)
+        with _calls():
+            container = self.client.containers.get(name)
+            code, out, err = Retrying(stop=stop_after_attempt(3), wait=wait_fixed(0.05), retry=garbled,
+                                      retry_error_callback=last)(stat)
+        if code != 0:
+            said = (err or out).decode(errors="replace").strip()
+            if "No such file" in said or "can't stat" in said:
+                return None
+            raise EngineError(f"stat {path} in container {name} failed ({code}): {said[:300]}")
+        try:
+            ident, size_text = out.decode().split()
+            size = int(size_text)
+        except ValueError:
+            raise EngineError(f"stat {path} in container {name} said {out[:100]!r}") from None
+        if offset >= size:
+            return FileRead(ident, size, b"")
+        with _calls():
+            code, (out, err) = container.exec_run(["tail", "-c", f"+{offset + 1}", path], demux=True)
+        if code != 0:
+            said = bytes(err or b"").decode(errors="replace").strip()
+            if "No such file" in said or "can't open" in said:
+                return None  # rotated away between the two calls: the next read sees the new file
+            raise EngineError(f"tail {path} in container {name} failed ({code}): {said[:300]}")
+        return FileRead(ident, size, bytes(out or b""))
 
     # ---------------------------------------------------------------- named volumes (the deploy lock)
 

@@ -167,6 +167,16 @@ class Processes:
 
 
 @dataclass(frozen=True)
+class FileRead:
+    """A file in a container read from an offset: its identity (`device:inode`, a rotation changes it),
+    its size when looked at, and its bytes from the offset on (the file may have grown since)."""
+
+    ident: str
+    size: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class VolumeInfo:
     """A named volume as the engine reports it (labels are fixed at creation)."""
 
@@ -268,6 +278,15 @@ class DockerHost(Protocol):
     def try_bind(self, image: str, address: str, port: int, name: str,
                  labels: Mapping[str, str] | None = None) -> str | None: ...
     def port_holder(self, address: str, port: int) -> str | None: ...
+
+    # files in a container (a router's include on a remote host, its access log): through the engine
+    # alone, so they work for a named volume or a path only the container sees. get_file: None when the
+    # file does not exist (NotFoundError: no such container); put_file: one file written into an
+    # existing directory (NotFoundError: no such container or directory), not atomic by itself;
+    # read_file: `stat` and `tail -c` by exec (coreutils or busybox in the container), None: no file
+    def get_file(self, name: str, path: str) -> bytes | None: ...
+    def put_file(self, name: str, path: str, data: bytes, mode: int = 0o644) -> None: ...
+    def read_file(self, name: str, path: str, offset: int = 0) -> FileRead | None: ...
 
     # named volumes (the deploy lock, deploy/lock/engine.py): creating a volume whose name exists
     # returns the existing one untouched, so "create, then compare a label" is an atomic test-and-set

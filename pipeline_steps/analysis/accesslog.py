@@ -9,6 +9,11 @@ AccessLogTail reads only what was written after it was opened (an old line never
 partial last line until nginx finishes it, and follows rotation like `tail -F`: a renamed file is read to
 its end before the new file is read from its start; a truncated file (copytruncate) is read from 0.
 SlotMap then gives each line its (upstream, slot) from the last address nginx tried.
+
+SourceLogTail is the same reader over a LogSource instead of a local path: the access log of a router
+in a container on a remote host, read through that host's engine by offset (adapters/nginx/files.py gives
+the source). A renamed file cannot be read to its end there: its last unread lines are lost, counted in
+`rotations`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline_steps.analysis.stats import Samples
 from pipeline_steps.upstreams import last_upstream
@@ -191,6 +196,61 @@ class AccessLogTail:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LogSource(Protocol):
+    """A log file read by offset (through a Docker engine, say): None when the file does not exist."""
+
+    def read_from(self, offset: int) -> tuple[str, int, bytes] | None:
+        """(identity of the file, its size, its bytes from `offset` on)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SourceLogTail(AccessLogTail):
+    """AccessLogTail over a LogSource: lines written after it was opened, partial lines kept, a new
+    identity (rotation) or a smaller size (truncation) read from 0."""
+
+    def __init__(self, source: LogSource, *, from_start: bool = False) -> None:
+        self.source = source
+        self.path = Path(getattr(source, "path", "") or ".")
+        self.malformed = self.rotations = self.truncations = 0
+        self._partial = b""
+        self._skip_to_newline = False
+        self._ident: str | None = None
+        self._offset = 0
+        self._fh = None
+        found = source.read_from(1 << 62)
+        if found is not None:
+            self._ident, size, _ = found
+            if not from_start and size:
+                self._offset = size
+                last = source.read_from(size - 1)
+                self._skip_to_newline = last is not None and last[0] == self._ident and last[2][:1] != b"\n"
+
+    def read(self) -> list[LogRecord]:
+        """The complete lines written since the last read (or the start)."""
+        found = self.source.read_from(self._offset)
+        if found is None:
+            return []  # renamed away and not created yet (or never there): nothing new to read
+        ident, size, data = found
+        if self._ident is not None and ident != self._ident:
+            self.rotations += 1  # the renamed file's unread end is out of reach here
+            lines = self._split(b"", final=True)
+            self._ident, self._offset, self._skip_to_newline = ident, 0, False
+            return self._parse(lines) + self.read()
+        if self._ident is not None and size < self._offset:
+            self.truncations += 1
+            lines = self._split(b"", final=True)
+            self._offset, self._skip_to_newline = 0, False
+            return self._parse(lines) + self.read()
+        self._ident = ident
+        self._offset += len(data)
+        return self._parse(self._split(data, final=False))
+
+    def close(self) -> None:
+        self.source.close()
 
 
 @dataclass(frozen=True)

@@ -393,10 +393,11 @@ class RealOps:
         return EngineLock.for_config(self.config)
 
     def access_logs(self, services: Sequence[Service]) -> list[Any]:
-        """canary.analysis: every router's ps_json access log, read from its current end."""
-        from pipeline_steps.analysis import AccessLogTail
+        """canary.analysis: every router's ps_json access log, read from its current end (through the
+        engine for a router in a container on a remote host or with its log in a volume)."""
+        from pipeline_steps.adapters.nginx.files import access_log_tail
 
-        return [AccessLogTail(r.access_log_path()) for r in self.config.routers]
+        return [access_log_tail(r, self.config.router_host(r)) for r in self.config.routers]
 
     def watch_figures(self, slot: str, service: Service, since: float) -> list[SlotFigures]:
         """watch: docker stats and the error lines of `slot` (since: this clock's time, monotonic)."""

@@ -1,4 +1,5 @@
-"""Fixtures of the slot and traffic tests: a second Docker host, and nginx in front of slot ports."""
+"""Fixtures of the slot and traffic tests: a second Docker host, nginx in front of slot ports, nginx in a
+container whose include only its engine reaches (a named volume), and a front balancer (haproxy)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pytest
 
 from testbed import images
 from testbed.engine import Engine, private_bridge, start_dockerd
+from testbed.front import Front, start_front
+from testbed.many_routers import BedHost, ManyRouterBed, start_many_router_bed
 from testbed.nginx import Nginx, SiteBed, server_block, site_plan
+from testbed.nginx_image import VolumeNginx, start_volume_nginx
 from testbed.ports import address, free_port, second_address, unique
 from testbed.sshd import SshServer, start_sshd
 from testbed.tls_engine import TlsEngine, start_tls_dockerd
@@ -133,3 +137,74 @@ def app_name(docker_client: Any) -> Iterator[str]:
     yield name
     images.remove_images(docker_client, label=f"pipeline-steps.app={name}")
 
+
+
+# ---------------------------------------------------------------- routers reached only through an engine
+
+
+@pytest.fixture
+def volume_nginx(second_host: SecondHost) -> Iterator[Callable[..., VolumeNginx]]:
+    """`volume_nginx(servers, upstreams)`: nginx in a container of the second host whose include
+    directory is a named volume there (testbed.nginx_image.VolumeNginx); ps reaches it over tcp:// only.
+    `engine=` (a testbed Engine) and `docker=` (its endpoint for ps) put it on another engine."""
+    started: list[tuple[VolumeNginx, Any]] = []
+
+    def start(servers: str, upstreams: str = "", *, engine: Engine | None = None, docker: str | None = None,
+              **kw: Any) -> VolumeNginx:
+        client = (engine or second_host.engine).client()
+        bed = start_volume_nginx(client, docker or second_host.tcp_url, servers, upstreams, **kw)
+        started.append((bed, client))
+        return bed
+
+    yield start
+    for bed, client in started:
+        bed.stop()
+        client.close()
+
+
+@pytest.fixture
+def front_balancer() -> Iterator[Callable[..., Front]]:
+    """`front_balancer([(address, port), ...])`: haproxy round-robin over the routers (testbed.front)."""
+    started: list[Front] = []
+
+    def start(backends: list[tuple[str, int]], **kw: Any) -> Front:
+        front = start_front(backends, **kw)
+        started.append(front)
+        return front
+
+    yield start
+    for front in started:
+        front.stop()
+
+
+@pytest.fixture
+def many_router_bed(engine: Engine, docker_client: Any, second_host: SecondHost, workdir: Path,
+                    request: pytest.FixtureRequest) -> Iterator[Callable[..., ManyRouterBed]]:
+    """`many_router_bed({"web": "canary"}, app=...)`: host1 (the bed's engine) and host2 (the second host
+    over tcp://, or with `tls=True` the --tlsverify engine over tcp:// with client certificates), an nginx
+    router container on each whose include is a named volume there, haproxy in front of both, and the
+    ps.yaml with `routers:` and `routers_url:` (testbed.many_routers)."""
+    beds: list[ManyRouterBed] = []
+    clients: list[Any] = []
+
+    def make(kinds: dict[str, str], *, app: str, tls: bool = False,
+             extra: dict[str, Any] | None = None) -> ManyRouterBed:
+        one = BedHost("host1", engine.base_url, address(), docker_client)
+        if tls:
+            eng: TlsEngine = request.getfixturevalue("tls_engine")
+            client = eng.client()
+            two = BedHost("host2", eng.tcp_url, second_address(), client,
+                          tls={"ca": str(eng.pki.ca), "cert": str(eng.pki.cert), "key": str(eng.pki.key)})
+        else:
+            client = second_host.engine.client()
+            two = BedHost("host2", second_host.tcp_url, second_host.address, client)
+        clients.append(client)
+        bed = start_many_router_bed([one, two], kinds, app, workdir, extra)
+        beds.append(bed)
+        return bed
+
+    yield make
+    for bed in beds:
+        bed.close()
+    for client in clients:
+        client.close()

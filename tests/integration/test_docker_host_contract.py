@@ -306,6 +306,30 @@ def test_exec_runs_in_a_running_container_only(side: Side) -> None:
         side.engine.exec(f"{side.app}-none", ["echo", "hi"])
 
 
+def test_files_in_a_container_are_read_written_and_read_by_offset(side: Side) -> None:
+    c = _running(side, "canary")
+    if isinstance(side.engine, FakeDockerHost):
+        side.engine.containers[c.id].dirs.add("/tmp")  # the image's directory the real one has
+    assert side.engine.get_file(c.id, "/tmp/ps-x.conf") is None
+    assert side.engine.read_file(c.id, "/tmp/ps-x.conf") is None
+    side.engine.put_file(c.id, "/tmp/ps-x.conf", b"one\ntwo\n")
+    assert side.engine.get_file(c.id, "/tmp/ps-x.conf") == b"one\ntwo\n"
+    whole = side.engine.read_file(c.id, "/tmp/ps-x.conf")
+    assert whole is not None and whole.size == 8 and whole.data == b"one\ntwo\n"
+    part = side.engine.read_file(c.id, "/tmp/ps-x.conf", 4)
+    assert part is not None and part.data == b"two\n" and part.ident == whole.ident
+    past = side.engine.read_file(c.id, "/tmp/ps-x.conf", 100)
+    assert past is not None and past.data == b"" and past.size == 8
+    # a rename inside one directory (how ps replaces an include) keeps the file, under the new name
+    assert side.engine.exec(c.id, ["mv", "-f", "/tmp/ps-x.conf", "/tmp/ps-y.conf"])[0] == 0
+    assert side.engine.get_file(c.id, "/tmp/ps-x.conf") is None
+    assert side.engine.get_file(c.id, "/tmp/ps-y.conf") == b"one\ntwo\n"
+    with pytest.raises(NotFoundError):
+        side.engine.put_file(c.id, "/tmp/no-such-dir/x.conf", b"x")
+    with pytest.raises(NotFoundError):
+        side.engine.get_file(f"{side.app}-none", "/tmp/ps-y.conf")
+
+
 def test_top_lists_the_processes_of_a_running_container_only(side: Side) -> None:
     c = _running(side, "canary")
     top = side.engine.top(c.id)

@@ -1,5 +1,7 @@
-"""The Router contract: the same assertions against the in-memory FakeRouter and a real host nginx
-(Debian's nginx under a temporary prefix, from testbed/nginx.py)."""
+"""The Router contract: the same assertions against the in-memory FakeRouter, a real host nginx
+(Debian's nginx under a temporary prefix, from testbed/nginx.py) and nginx in a container of the second
+Docker host reached over tcp:// whose include is in a named volume there (testbed.nginx_image.VolumeNginx):
+that router's include is read, written, backed up and restored through the engine alone."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline_steps.adapters.interfaces import Router
 from pipeline_steps.adapters.nginx import NginxControl, NginxFailed
 from pipeline_steps.adapters.nginx.fake import FakeRouter
-from pipeline_steps.config import NginxRouter
+from pipeline_steps.config import Host, NginxRouter
 from pipeline_steps.errors import Unreachable
 from pipeline_steps.waiting import poll_until
 from testbed.nginx import Nginx
@@ -43,8 +46,9 @@ def _listening() -> socket.socket:
     return sock
 
 
-@pytest.fixture(params=["fake", "host-nginx"])
-def case(request: pytest.FixtureRequest, nginx_factory: Callable[..., Nginx]) -> Iterator[Case]:
+@pytest.fixture(params=["fake", "host-nginx", "remote-container"])
+def case(request: pytest.FixtureRequest, nginx_factory: Callable[..., Nginx],
+         tmp_path: Path) -> Iterator[Case]:
     if request.param == "fake":
         fake = FakeRouter(text=FIRST)
 
@@ -61,6 +65,10 @@ def case(request: pytest.FixtureRequest, nginx_factory: Callable[..., Nginx]) ->
 
         yield Case(fake, rejected, unbindable, stop)
         return
+    if request.param == "remote-container":
+        yield _remote_case(request.getfixturevalue("volume_nginx"), request.getfixturevalue("second_host"),
+                           tmp_path)
+        return
     bed = nginx_factory(SERVERS, FIRST)
     real = NginxControl(NginxRouter(include=str(bed.include), prefix=str(bed.prefix), conf=str(bed.conf)),
                         confirm_timeout=10.0)
@@ -75,6 +83,21 @@ def case(request: pytest.FixtureRequest, nginx_factory: Callable[..., Nginx]) ->
         poll_until(lambda: not real.running() or None, timeout=10, interval=0.02)  # the master exited
 
     yield Case(real, lambda: BAD, unbind, stop_real)
+
+
+def _remote_case(volume_nginx: Callable[..., Any], second_host: Any, tmp_path: Path) -> Case:
+    bed = volume_nginx(SERVERS, FIRST)
+    router = NginxRouter(include=bed.include, container=bed.name, conf=bed.conf)
+    host = Host(name="h2", docker=second_host.tcp_url)
+    remote = NginxControl(router, confirm_timeout=10.0, docker_host=host, lock_dir=tmp_path / "locks")
+
+    def unbind(sock: socket.socket) -> str:  # the container shares the host's network: the port is held
+        return SECOND + f"server {{ listen 127.0.0.1:{sock.getsockname()[1]}; return 204; }}\n"
+
+    def stop() -> None:
+        bed.container.stop(timeout=5)
+
+    return Case(remote, lambda: BAD, unbind, stop)
 
 
 def test_read_apply_verify(case: Case) -> None:

@@ -11,8 +11,10 @@ the port: bind tests and starts fail), `process_holder[(address, port)]` (what /
 `reachable = False` (the engine does not answer: the same exit-3 line as the real one), `gone` (names of
 methods that fail as if the engine went away mid-call), `fail_build[tag] = error` (the build stops with
 that error), `exec_results[cmd] = (code, output)`, `processes[name]` (what top shows), `write_log(name,
-text)` (a line of the container's logs now). Pulls and registry lookups check the linked FakeRegistry's
-`users` as a real registry with auth does. tests/integration/test_docker_host_contract.py runs the same
+text)` (a line of the container's logs now), `add_file(name, path, text)` (a file in the container:
+get_file, put_file, read_file and the execs `mv`, `rm`, `mkdir -p`, `ls -1`, `test -d` work over these
+files). Pulls and registry lookups check the linked FakeRegistry's `users` as a real registry with auth
+does. tests/integration/test_docker_host_contract.py runs the same
 assertions against this fake and the real engine.
 """
 

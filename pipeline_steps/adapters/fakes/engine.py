@@ -19,6 +19,7 @@ from pipeline_steps.adapters.interfaces import (
     ContainerStats,
     EngineError,
     EngineGone,
+    FileRead,
     ImageInfo,
     KeptImage,
     NotFoundError,
@@ -62,6 +63,17 @@ class FakeContainer:
     status: str = "created"
     started_at: float | None = None
     log: list[tuple[float, str]] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # path -> content (get_file, put_file, exec)
+    dirs: set[str] = field(default_factory=set)  # directories that exist besides files' parents
+    inodes: dict[str, int] = field(default_factory=dict)  # path -> inode (a mv or a new file changes it)
+
+    def has_dir(self, path: str) -> bool:
+        path = path.rstrip("/") or "/"
+        return path == "/" or path in self.dirs or any(f.startswith(path + "/") for f in self.files)
+
+    def store(self, path: str, data: bytes) -> None:
+        self.files[path] = data
+        self.inodes[path] = next(_ids)
 
     def info(self) -> ContainerInfo:
         started = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started_at)) + ".000000000Z"
@@ -158,6 +170,10 @@ class FakeDockerHost:
                           started_at=time.time() if status == "running" else None)
         self.containers[c.id] = c
         return c
+
+    def add_file(self, name: str, path: str, text: str | bytes) -> None:
+        """A file in the container now (its directory then exists too)."""
+        self._get(name).store(path, text.encode() if isinstance(text, str) else text)
 
     def write_log(self, name: str, text: str) -> None:
         """The container's process prints `text` now (a line of its logs)."""
@@ -410,6 +426,8 @@ class FakeDockerHost:
         c = self._get(name)
         if c.status != "running":
             raise EngineError(f"container {c.id[7:19]} is not running")
+        if tuple(cmd) not in self.exec_results and cmd and cmd[0] in _FILE_COMMANDS:
+            return _file_command(c, cmd)
         return self.exec_results.get(tuple(cmd), (0, ""))
 
     def stats(self, name: str) -> ContainerStats:
@@ -456,6 +474,28 @@ class FakeDockerHost:
                 return text
         return None
 
+    # ---------------------------------------------------------------- files in a container
+
+    def get_file(self, name: str, path: str) -> bytes | None:
+        self._check("get_file")
+        return self._get(name).files.get(path)
+
+    def put_file(self, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        self._check("put_file")
+        c = self._get(name)
+        directory = path.rpartition("/")[0] or "/"
+        if not c.has_dir(directory):
+            raise NotFoundError(f"Could not find the file {directory} in container {name}")
+        c.store(path, bytes(data))
+
+    def read_file(self, name: str, path: str, offset: int = 0) -> FileRead | None:
+        self._check("read_file")
+        c = self._get(name)
+        data = c.files.get(path)
+        if data is None:
+            return None
+        return FileRead(f"0:{c.inodes.get(path, 0)}", len(data), data[offset:])
+
     # ---------------------------------------------------------------- named volumes (the deploy lock)
 
     def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
@@ -477,3 +517,36 @@ class FakeDockerHost:
     def remove_volume(self, name: str) -> None:
         self._check("remove_volume")
         self.named_volumes.pop(name, None)
+
+
+_FILE_COMMANDS = ("mv", "rm", "mkdir", "ls", "test")
+
+
+def _file_command(c: FakeContainer, cmd: list[str]) -> tuple[int, str]:
+    """The few file commands ps execs in a router container (EngineFiles), over the container's files."""
+    tool, args = cmd[0], [a for a in cmd[1:] if not a.startswith("-")]
+    if tool == "mv" and len(args) == 2:
+        src, dst = args
+        if src not in c.files:
+            return 1, f"mv: can't rename '{src}': No such file or directory\n"
+        c.files[dst] = c.files.pop(src)
+        c.inodes[dst] = c.inodes.pop(src, next(_ids))
+        return 0, ""
+    if tool == "rm":
+        for path in args:
+            c.files.pop(path, None)
+            c.inodes.pop(path, None)
+        return 0, ""
+    if tool == "mkdir":
+        c.dirs.update(a.rstrip("/") for a in args)
+        return 0, ""
+    if tool == "test" and cmd[1:2] == ["-d"]:
+        return (0 if c.has_dir(cmd[2]) else 1), ""
+    if tool == "ls" and len(args) == 1:
+        directory = args[0].rstrip("/")
+        if not c.has_dir(directory):
+            return 1, f"ls: {directory}: No such file or directory\n"
+        inside = [f[len(directory) + 1:] for f in c.files if f.startswith(directory + "/")]
+        names = sorted({f.split("/")[0] for f in inside})
+        return 0, "".join(n + "\n" for n in names)
+    return 127, f"exec: {tool}: unsupported in the fake\n"

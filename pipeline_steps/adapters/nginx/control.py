@@ -6,28 +6,34 @@ reload counts only when the master's worker processes were replaced and the erro
 never left with a config that fails `nginx -t`.
 
 nginx runs either on this machine (router.nginx.prefix/conf) or in a container (router.container):
-then the include file is still written here (the host side of a bind mount) while `nginx -t` and
-`nginx -s reload` run through the Docker API (`exec`), the workers are read with `top` and `[emerg]`
-lines come from the container's logs (or router.nginx.error_log when the log is bind-mounted here).
+then `nginx -t` and `nginx -s reload` run through the Docker API (`exec`), the workers are read with
+`top` and `[emerg]` lines come from the container's logs (or router.nginx.error_log when the log is
+bind-mounted here). The include's file I/O (read, atomic write, backups, lock) is `self.files`
+(adapters/nginx/files.py): a local file (host nginx, or the host side of a bind mount), or, for a
+container on a remote engine or with the include in a named volume, through that engine alone.
 """
 
 from __future__ import annotations
 
-import fcntl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 
+from pipeline_steps.adapters.nginx.files import (
+    BACKUP_DIR,
+    EngineFiles,
+    IncludeFiles,
+    LocalFiles,
+    engine_backed,
+)
 from pipeline_steps.adapters.nginx.runners import ContainerRunner, HostRunner, NginxRunner, nginx_command
 from pipeline_steps.config import Host, NginxRouter
 from pipeline_steps.errors import BadInput, CheckFailed, PsError, Unreachable
-from pipeline_steps.files import atomic_write
 from pipeline_steps.waiting import poll_until
 
-BACKUP_DIR = "ps-backups"
+__all__ = ["BACKUP_DIR", "ApplyResult", "InstallResult", "NginxControl", "NginxFailed"]
 
 
 class NginxFailed(CheckFailed):
@@ -76,12 +82,16 @@ class NginxControl:
     """Reads, tests, writes and reloads the ps-owned include of an nginx here or in a container."""
 
     def __init__(self, router: NginxRouter, *, confirm_timeout: float = 5.0,
-                 docker_host: Host | None = None) -> None:
+                 docker_host: Host | None = None, lock_dir: Path | None = None) -> None:
         self.router = router
         self.path = Path(router.include)
         self.confirm_timeout = confirm_timeout
         self.runner: NginxRunner = (ContainerRunner(router, docker_host) if router.container
                                     else HostRunner(router))
+        # the include's file I/O: through the container's engine (remote host, named volume) or here
+        self.files: IncludeFiles = (EngineFiles(router, self.runner, lock_dir)
+                                    if isinstance(self.runner, ContainerRunner)
+                                    and engine_backed(router, docker_host) else LocalFiles(router))
 
     # ------------------------------------------------------------ nginx invocations
 
@@ -138,56 +148,38 @@ class NginxControl:
     # ------------------------------------------------------------ the include file
 
     def read_text(self) -> str | None:
-        try:
-            return self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise BadInput(f"cannot read nginx include file {self.path}: {exc}") from None
+        return self.files.read_text()
 
-    def backup_dir(self) -> Path:
-        return self.path.parent / BACKUP_DIR
+    def backup_dir(self) -> PurePath:
+        return self.files.backup_dir()
 
-    def backups(self) -> list[Path]:
+    def backups(self) -> list[PurePath]:
         """Backups of the include file, oldest first."""
-        d = self.backup_dir()
-        if not d.is_dir():
-            return []
-        return sorted(p for p in d.iterdir() if p.name.startswith(self.path.name + ".") and
-                      p.name.endswith(".bak"))
+        return self.files.backups()
 
     @contextmanager
     def locked(self) -> Iterator[None]:
         """One ps at a time changes this include file."""
-        self.backup_dir().mkdir(parents=True, exist_ok=True)
-        with open(self.backup_dir() / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with self.files.locked():
+            yield
 
     def _write(self, text: str) -> None:
-        atomic_write(self.path, text, mode=0o644)
+        self.files.write(text)
 
-    def _backup(self, text: str) -> Path:
-        stamp = datetime.now().strftime("%Y%m%dT%H%M%S.%f")
-        target = self.backup_dir() / f"{self.path.name}.{stamp}.bak"
-        atomic_write(target, text, mode=0o644)
-        for old in self.backups()[: -self.router.backups]:
-            old.unlink(missing_ok=True)
-        return target
+    def _backup(self, text: str) -> PurePath:
+        return self.files.backup(text, self.router.backups)
 
     def _restore(self, old_text: str | None) -> None:
         if old_text is None:
-            self.path.unlink(missing_ok=True)
+            self.files.remove()
         else:
             self._write(old_text)
 
     def check_dir(self) -> None:
         """BadInput when the include's directory is missing (before anything is locked or written)."""
-        if not self.path.parent.is_dir():
-            raise BadInput(f"directory of router.include does not exist: {self.path.parent}")
+        if not self.files.directory_exists():  # here, or in the container through its engine
+            where = self.files.where(self.path.parent)
+            raise BadInput(f"directory of router.include does not exist: {where}")
 
     def stage(self, text: str, *, dry_run: bool = False) -> Staged:
         """Phase 1 of a change: back up, write atomically and `nginx -t`. On a failure the previous file
@@ -273,8 +265,7 @@ class NginxControl:
         atomically (0644) and tested with `nginx -t` when the binary (and router.nginx.conf, if set) are
         there; a failing test removes it again (NginxFailed).
         """
-        if not self.path.parent.is_dir():
-            raise BadInput(f"directory of router.include does not exist: {self.path.parent}")
+        self.check_dir()
         old_text = self.read_text()
         if old_text is not None and not force:
             return InstallResult(path=str(self.path), written=False, running=False, note="already there")

@@ -138,7 +138,8 @@ class HostRunner(NginxRunner):
 
 
 class ContainerRunner(NginxRunner):
-    """nginx in a container of the local Docker engine: `exec`, `top` and `logs` through DockerHost."""
+    """nginx in a container of a host's Docker engine (the local one by default): `exec`, `top` and `logs`
+    through DockerHost (the include's files too when engine-backed: adapters/nginx/files.py)."""
 
     poll_interval = 0.02
 
@@ -182,7 +183,8 @@ class ContainerRunner(NginxRunner):
     def ready(self) -> None:
         self.container()
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """fn(*args) on the engine, its failures as one Unreachable line naming the container and `what`."""
         from pipeline_steps.adapters.interfaces import EngineError, EngineGone, NotFoundError
 
         try:
@@ -197,7 +199,7 @@ class ContainerRunner(NginxRunner):
     def run(self, *args: str) -> tuple[int, str]:
         container = self.container()
         cmd = nginx_command(self.router, *args)
-        code, text = self._call(f"exec {' '.join(cmd[:1] + list(args))}", self.engine().exec, container.id,
+        code, text = self.call(f"exec {' '.join(cmd[:1] + list(args))}", self.engine().exec, container.id,
                                 cmd)
         if code in (126, 127) and ("executable file not found" in text
                                    or "no such file or directory" in text.lower()):
@@ -210,7 +212,7 @@ class ContainerRunner(NginxRunner):
 
         container = self.container()
         try:
-            top = self._call("top", self.engine().top, container.id)
+            top = self.call("top", self.engine().top, container.id)
         except Unreachable as failure:
             try:
                 now = self.engine().container(container.id)
