@@ -85,12 +85,13 @@ def ensure_image(engine: DockerHost, ref: str) -> ImageInfo:
 # ---------------------------------------------------------------- preflight
 
 
-def _live_upstreams(config: Config) -> UpstreamFile | None:
-    if config.router is None or not Path(config.router.include).is_file():
-        return None
-    from pipeline_steps.upstreams import UpstreamFile
+def _live_upstreams(config: Config) -> list[UpstreamFile]:
+    """Every router's live include, read through its Router (a remote router's through its engine)."""
+    if not config.routers:
+        return []
+    from pipeline_steps.operations.traffic import load_all
 
-    return UpstreamFile.load(config.router.include)
+    return [file for _, file in load_all(config) if file is not None]
 
 
 def _select(config: Config, slot: str, services: Sequence[Service | str] | None) -> list[Service]:
@@ -181,7 +182,7 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
 
 
 def _plan(config: Config, host: Host, engine: DockerHost, service: Service, slot: str, ref: str,
-          build_id: str, image: ImageInfo, env: dict[str, str], upstreams: UpstreamFile | None,
+          build_id: str, image: ImageInfo, env: dict[str, str], upstreams: Sequence[UpstreamFile],
           force: bool) -> _Plan:
     from pipeline_steps.upstreams import carries_traffic
 
@@ -219,8 +220,9 @@ def _plan(config: Config, host: Host, engine: DockerHost, service: Service, slot
             change.action, change.reason = "replaced", f"leftover {existing.status} container removed"
         else:
             change.action, change.reason = "replaced", ", ".join(differences)
-            upstream = upstreams.get(service.upstream) if upstreams else None
-            if carries_traffic(upstream, service, host, slot, config.canary.min_weight) and not force:
+            carried = any(carries_traffic(file.get(service.upstream), service, host, slot,
+                                          config.canary.min_weight) for file in upstreams)
+            if carried and not force:
                 raise CheckFailed(f"host {host.name}: {name} carries traffic in nginx upstream "
                                   f"{service.upstream}; move traffic away first (ps set-weights / ps "
                                   "switch) or use --force")

@@ -112,6 +112,20 @@ def test_read_apply_verify(case: Case) -> None:
     assert not again.changed and not again.reloaded
 
 
+def test_a_change_killed_before_its_reload_is_reloaded_by_the_same_change(case: Case) -> None:
+    """A kill between the write (phase 1) and the reload leaves the right file and the old config
+    running: verify says so, and applying the same text again reloads instead of "no change"."""
+    router = case.router
+    with router.locked():  # type: ignore[attr-defined]
+        staged = router.stage(SECOND)  # type: ignore[attr-defined]
+    assert staged.written and router.read_text() == SECOND  # ... and then the process died
+    assert router.verify(SECOND) is not None
+    done = router.apply(SECOND)
+    assert done.reloaded, done
+    assert router.verify(SECOND) is None
+    assert not router.apply(SECOND).reloaded
+
+
 def test_dry_run_writes_nothing(case: Case) -> None:
     done = case.router.apply(SECOND, dry_run=True)
     assert done.changed and not done.reloaded and case.router.read_text() == FIRST

@@ -233,6 +233,21 @@ def test_a_kill_between_phases_leaves_valid_files_and_the_next_change_converges(
     assert r1.loaded == r1.text and r2.loaded == r2.text
 
 
+def test_the_same_change_after_a_kill_before_the_reload_reloads_it(
+        two: tuple[Config, FakeRouter, FakeRouter]) -> None:
+    """Killed after phase 1: the files are right, nginx is not; the same change again must reload."""
+    config, r1, r2 = two
+    set_weights(config, 10)
+    use_kill_after(1)
+    with pytest.raises(GroupKilled):
+        set_weights(config, 40)
+    use_kill_after(None)
+    assert r1.loaded != r1.text and r2.loaded != r2.text
+    again = set_weights(config, 40)
+    assert again.reloaded and r1.loaded == r1.text and r2.loaded == r2.text
+    assert not set_weights(config, 40).reloaded  # nothing pending any more: no reload
+
+
 def test_a_router_that_differs_is_warned_and_rewritten_by_the_next_change(
         two: tuple[Config, FakeRouter, FakeRouter]) -> None:
     config, r1, r2 = two

@@ -542,6 +542,8 @@ def _file_command(c: FakeContainer, cmd: list[str]) -> tuple[int, str]:
         return 0, ""
     if tool == "test" and cmd[1:2] == ["-d"]:
         return (0 if c.has_dir(cmd[2]) else 1), ""
+    if tool == "test" and cmd[1:2] == ["-f"]:
+        return (0 if cmd[2] in c.files else 1), ""
     if tool == "ls" and len(args) == 1:
         directory = args[0].rstrip("/")
         if not c.has_dir(directory):

@@ -36,6 +36,9 @@ from pipeline_steps.waiting import poll_until
 __all__ = ["BACKUP_DIR", "ApplyResult", "InstallResult", "NginxControl", "NginxFailed"]
 
 
+RELOADED_BACK = " and reloaded"
+
+
 class NginxFailed(CheckFailed):
     """nginx refused the change (exit 1); the previous file is back in place."""
 
@@ -62,6 +65,7 @@ class Staged:
     text: str
     result: ApplyResult
     written: bool = False  # the new text is in place (False again once restored)
+    was_pending: bool = False  # an earlier change was written but never reloaded (killed in between)
 
 
 @dataclass
@@ -188,27 +192,39 @@ class NginxControl:
         staged = Staged(old_text=old_text, text=text,
                         result=ApplyResult(path=str(self.path), changed=old_text != text,
                                            created=old_text is None))
-        if not staged.result.changed or dry_run:
+        if dry_run:
+            return staged
+        # a change killed between its write and its reload left the file right and nginx on the old
+        # config: the marker says so, and the same text is then reloaded rather than skipped
+        staged.was_pending = old_text is not None and self.files.is_pending()
+        if not staged.result.changed and not staged.was_pending:
             return staged
         self.runner.ready()  # nginx (or its container) unreachable: nothing written
         if self.runner.processes()[0] is None:
             raise Unreachable(f"{self.runner.where()} is not running: nothing was changed; start "
                               f"nginx (`ps router init` writes {self.path.name} for a first start)")
-        if old_text is not None:
+        staged.result.changed = True
+        if old_text is not None and old_text != text:
             staged.result.backup = str(self._backup(old_text))
+        self.files.set_pending(True)
         self._write(text)
         staged.written = True
         try:
             problem = self.test()
         except Unreachable as exc:
-            self._restore(old_text)
-            staged.written = False
+            self._unstage(staged)
             raise _annotated(exc, "; previous file restored") from None
         if problem is not None:
-            self._restore(old_text)
-            staged.written = False
+            self._unstage(staged)
             raise NginxFailed(f"nginx -t rejected the change, previous file restored: {problem}")
         return staged
+
+    def _unstage(self, staged: Staged) -> None:
+        """The previous file back before any reload; the marker as it was before this change."""
+        self._restore(staged.old_text)
+        staged.written = False
+        if not staged.was_pending:
+            self.files.set_pending(False)
 
     def commit(self, staged: Staged) -> None:
         """Phase 2: reload and confirm a staged change. On a failure the previous file is back (and
@@ -220,7 +236,11 @@ class NginxControl:
         except (NginxFailed, Unreachable) as exc:
             self._restore(staged.old_text)
             staged.written = False
-            raise _annotated(exc, f"; previous file restored{self._reload_back(exc)}") from None
+            note = self._reload_back(exc)
+            if note == RELOADED_BACK:  # nginx runs the restored file: nothing is pending any more
+                self.files.set_pending(False)
+            raise _annotated(exc, f"; previous file restored{note}") from None
+        self.files.set_pending(False)
         staged.result.reloaded = True
         staged.result.workers_before, staged.result.workers_after = before, after
 
@@ -229,15 +249,18 @@ class NginxControl:
         reloaded back when it had been reloaded. "" when done, else what went wrong."""
         if not staged.written:
             return ""
+        if not staged.result.reloaded:
+            self._unstage(staged)
+            return ""
         self._restore(staged.old_text)
         staged.written = False
-        if not staged.result.reloaded:
-            return ""
         try:
             problem = self.test()
             if problem is not None:
                 return f"the restored file fails nginx -t: {problem}"
+            self.files.set_pending(True)
             self.reload()
+            self.files.set_pending(False)
             staged.result.reloaded = False
             return ""
         except (NginxFailed, Unreachable) as exc:
@@ -315,6 +338,9 @@ class NginxControl:
         try:
             if self.read_text() != text:
                 return f"{self.path} does not hold the expected text"
+            if self.files.is_pending():
+                return (f"{self.path} was written but nginx was not reloaded since (an interrupted "
+                        "change): the next change reloads it")
             if not self.running():
                 return f"{self.runner.where()} is not running"
             return self.test()
@@ -341,7 +367,7 @@ class NginxControl:
             if self.test() is not None:
                 return ""
             self.reload()
-            return " and reloaded"
+            return RELOADED_BACK
         except (NginxFailed, Unreachable) as again:
             return f" (reloading it failed too: {again.message})"
 

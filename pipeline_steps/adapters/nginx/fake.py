@@ -33,6 +33,10 @@ class FakeRouter:
     restores: int = 0
     fail_reload_back: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.loaded is None:  # a fake started with a text runs with it
+            self.loaded = self.text
+
     def read_text(self) -> str | None:
         return self.text
 
@@ -56,6 +60,8 @@ class FakeRouter:
             return self.fail_verify
         if self.text != text:
             return f"{self.path} does not hold the expected text"
+        if self.loaded != self.text:
+            return f"{self.path} was written but nginx was not reloaded since (an interrupted change)"
         if not self.is_running:
             return "nginx (fake) is not running"
         return self.test()
@@ -80,12 +86,18 @@ class FakeRouter:
         old = self.text
         staged = Staged(old_text=old, text=text,
                         result=ApplyResult(path=str(self.path), changed=old != text, created=old is None))
-        if not staged.result.changed or dry_run:
+        if dry_run:
+            return staged
+        # as the real one's marker: a text written but never loaded (killed between) is reloaded
+        staged.was_pending = old is not None and self.loaded != old
+        if not staged.result.changed and not staged.was_pending:
             return staged
         if not self.is_running:
             raise Unreachable(f"nginx (fake) is not running: nothing was changed; start nginx (`ps router "
                               f"init` writes {self.path.name} for a first start)")
-        staged.result.backup = self._backup(old)
+        staged.result.changed = True
+        if old != text:
+            staged.result.backup = self._backup(old)
         self.text = text
         if self.fail_test:
             self.text = old

@@ -99,6 +99,17 @@ class IncludeFiles:
         """Save `text` as a new backup; keep the newest `keep` (0: all)."""
         raise NotImplementedError
 
+    def pending_path(self) -> PurePath:
+        """The marker of a change written but not yet reloaded (a kill between the two leaves it)."""
+        return self.backup_dir() / f"{self.path.name}.pending"
+
+    def set_pending(self, pending: bool) -> None:
+        """Put or remove the marker (pending_path)."""
+        raise NotImplementedError
+
+    def is_pending(self) -> bool:
+        raise NotImplementedError
+
     def _is_backup(self, name: str) -> bool:
         return name.startswith(self.path.name + ".") and name.endswith(".bak")
 
@@ -152,6 +163,16 @@ class LocalFiles(IncludeFiles):
         for old in self.backups()[: -keep]:
             Path(old).unlink(missing_ok=True)
         return target
+
+    def set_pending(self, pending: bool) -> None:
+        marker = Path(self.pending_path())
+        if pending:
+            atomic_write(marker, "written, not yet reloaded\n", mode=0o644)
+        else:
+            marker.unlink(missing_ok=True)
+
+    def is_pending(self) -> bool:
+        return Path(self.pending_path()).exists()
 
     def lock_path(self) -> Path:
         return Path(self.backup_dir()) / ".lock"
@@ -221,6 +242,16 @@ class EngineFiles(IncludeFiles):
         if old:
             self._exec("rm", "-f", *map(str, old))
         return target
+
+    def set_pending(self, pending: bool) -> None:
+        if pending:
+            self._exec("mkdir", "-p", str(self.backup_dir()))
+            self._put(self.pending_path(), "written, not yet reloaded\n")
+        else:
+            self._exec("rm", "-f", str(self.pending_path()))
+
+    def is_pending(self) -> bool:
+        return self._exec("test", "-f", str(self.pending_path()))[0] == 0
 
     def lock_path(self) -> Path:
         endpoint = self.runner.host.endpoint
