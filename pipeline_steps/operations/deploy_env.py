@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from pipeline_steps.context import CIContext
     from pipeline_steps.upstreams import UpstreamFile
 
-STOP_TIMEOUT = 0  # the previous container is killed, as when it was removed: it takes no traffic (or --force)
 WOULD = {"created": "would-create", "replaced": "would-replace"}
 
 
@@ -227,12 +226,6 @@ def _plan(config: Config, host: Host, engine: DockerHost, service: Service, slot
     return _Plan(host, engine, service, image, digest, existing, env, settings, change)
 
 
-def _stop_timeout(service: Service) -> int:
-    """Grace for the previous container: ps.yaml's stop_timeout, else none (it takes no traffic)."""
-    t = service.run.stop_timeout
-    return STOP_TIMEOUT if t is None else int(round(t))
-
-
 def _preflight_networks(todo: list[_Plan], create: bool) -> None:
     """Every network a slot joins exists on its host (BadInput naming it), or is made when `create: true`
     asks for it (only when `create`: a dry run changes nothing). Checked on every host before any swap."""
@@ -341,7 +334,8 @@ def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: st
     p.swap = slot_names.Swap(name, p.existing)
     try:
         started = slot_names.replace_slot(p.engine, p.swap, p.change.image, labels,
-                                          p.settings.create_kwargs(), stop_timeout=_stop_timeout(p.service))
+                                          p.settings.create_kwargs(),
+                                          stop_timeout=p.service.run.stop_seconds(worker=False))
     except EngineGone:
         raise
     except EngineError as exc:

@@ -117,7 +117,7 @@ def deploy_workers(config: Config, services: Sequence[Service], build_id: str, *
                 _replace_in_batches(engine, config, service, host, ref, todo, who, report, poll)
                 result.changes += [c for c, _, _ in todo]
                 for n, name in extra:
-                    engine.stop(name, timeout=_stop_timeout(service))
+                    engine.stop(name, timeout=service.run.stop_seconds(worker=True))
                     engine.remove(name)
                     change = ReplicaChange(host.name, service.name, n, name, "removed",
                                            f"replicas is {service.replicas}")
@@ -126,11 +126,6 @@ def deploy_workers(config: Config, services: Sequence[Service], build_id: str, *
             finally:
                 engine.close()
     return result
-
-
-def _stop_timeout(service: Service) -> int:
-    t = service.run.stop_timeout
-    return 10 if t is None else int(round(t))
 
 
 def _extra_replicas(engine: DockerHost, config: Config, service: Service) -> list[tuple[int, str]]:
@@ -164,7 +159,7 @@ def _replace_in_batches(engine: DockerHost, config: Config, service: Service, ho
                 swap = slot_names.Swap(change.container, existing)
                 swaps.append(swap)
                 slot_names.replace_slot(engine, swap, ref, labels, settings.create_kwargs(),
-                                        stop_timeout=_stop_timeout(service))
+                                        stop_timeout=service.run.stop_seconds(worker=True))
             for change, _, _ in batch:
                 change.ready = wait_ready(engine, service, change.container, poll=poll)
                 report(change)
