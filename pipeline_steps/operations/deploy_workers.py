@@ -21,7 +21,7 @@ from pipeline_steps.adapters.docker_host import ensure_image, image_digest, open
 from pipeline_steps.adapters.interfaces import DockerHost, EngineError
 from pipeline_steps.config import Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed
-from pipeline_steps.health import logs_match, run_start_ns
+from pipeline_steps.health import container_readiness, logs_match, run_start_ns
 from pipeline_steps.waiting import poll_until
 
 if TYPE_CHECKING:
@@ -186,21 +186,21 @@ def wait_ready(engine: DockerHost, service: Service, name: str, *, poll: float =
 
     def check() -> str | None:
         info = engine.container(name)
-        state = (info.attrs.get("State") or {}) if info is not None else {}
-        if info is None or not state.get("Running") or state.get("Restarting"):
+        state = (info.attrs.get("State") or {}) if info is not None else None
+        verdict = container_readiness(state)  # the health gate's rule; a replica adds its ready line
+        if info is None or state is None or not verdict.running:
             tail = engine.logs(name, tail=5).strip()[-300:] if info is not None else ""
-            raise CheckFailed(f"{name} is {state.get('Status', 'gone')} instead of ready"
-                              + (f": {tail}" if tail else ""))
-        health = str((state.get("Health") or {}).get("Status") or "")
+            raise CheckFailed(f"{name} is {verdict.status} instead of ready" + (f": {tail}" if tail else ""))
+        health = verdict.health
         if service.ready:
             since = run_start_ns(state)
             text = engine.logs(info.id, since=max(1, (since or 0) // 1_000_000_000), timestamps=True)
             if since is not None and logs_match(text, since, service.ready):
                 return f"logged {service.ready!r} after it started"
             why[0] = f"no line matching {service.ready!r} since it started"
-        elif health == "healthy":
+        elif health and verdict.ready:
             return "Docker health: healthy"
-        elif health == "unhealthy":
+        elif verdict.failed:
             raise CheckFailed(f"{name} is unhealthy (Docker HEALTHCHECK)")
         elif health:
             why[0] = f"Docker health: {health}"

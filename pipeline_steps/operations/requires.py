@@ -18,6 +18,7 @@ from pipeline_steps.adapters.interfaces import DockerHost
 from pipeline_steps.config import Config, Host, Service
 from pipeline_steps.config.run_spec import Require
 from pipeline_steps.errors import CheckFailed
+from pipeline_steps.health import container_readiness
 from pipeline_steps.waiting import poll_until
 
 
@@ -31,15 +32,15 @@ def _containers(config: Config, r: Require) -> tuple[list[str], bool]:
 
 
 def _container_why(engine: DockerHost, name: str) -> str | None:
+    """None when container `name` is ready by the health gate's rule (health.container_readiness)."""
     info = engine.container(name)
     if info is None:
         return f"no container {name}"
-    state = info.attrs.get("State") or {}
-    if not state.get("Running") or state.get("Restarting"):
-        return f"{name} is {state.get('Status', 'not running')}"
-    health = str((state.get("Health") or {}).get("Status") or "")
-    if health and health != "healthy":
-        return f"{name}: Docker health {health}"
+    verdict = container_readiness(info.attrs.get("State") or {})
+    if not verdict.running:
+        return f"{name} is {verdict.status}"
+    if not verdict.ready:
+        return f"{name}: Docker health {verdict.health}"
     return None
 
 
