@@ -299,6 +299,7 @@ def build(file: PsFile, source: str, base: Path,
         deploy=DeployPolicy(keep_images=d.keep_images, blue_green_keep=d.blue_green_keep,
                             lock_wait=d.lock_wait),
         blue_green=BlueGreenPolicy(watch=file.blue_green.watch), hooks=b.hooks(file.hooks, services, hosts),
-        state_dir=b.state_dir(file.state_dir, file.app), source=source)
+        state_dir=b.state_dir(file.state_dir, file.app), source=source,
+        parallel_hosts=file.parallel_hosts)
     return config, b.problems
 

@@ -277,6 +277,7 @@ class Config:
     hooks: Hooks = field(default_factory=Hooks)
     state_dir: str = ""
     source: str = DEFAULT_CONFIG
+    parallel_hosts: int = 4  # hosts worked on at once (pipeline_steps.parallel.each_host)
 
     def service(self, name: str) -> Service:
         """The named service, or a BadInput listing the known ones."""
