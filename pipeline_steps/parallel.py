@@ -44,10 +44,15 @@ def each_host(hosts: Sequence[T], fn: Callable[[T], R], limit: int = DEFAULT_LIM
 
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix="ps-host") as pool:
         futures: list[Future[R]] = [pool.submit(task, h) for h in items]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        if failed.is_set():
-            for f in futures:
-                f.cancel()  # not started yet: never starts
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # interrupted here (Ctrl-C): start nothing more, let the started ones end
+            failed.set()
+            raise
+        finally:
+            if failed.is_set():
+                for f in futures:
+                    f.cancel()  # not started yet: never starts
         wait(futures)  # every started task has finished
     for f in futures:
         error = None if f.cancelled() else f.exception()
