@@ -284,6 +284,44 @@ class GateResult:
         data["elapsed"] = round(self.elapsed, 3)
         return data
 
+# ---------------------------------------------------------------- a container's readiness
+
+
+@dataclass(frozen=True)
+class ContainerReadiness:
+    """Docker's word on one container, by the gate's rule for a container target (the one rule: the
+    prober's --container targets, `requires` and the workers' replicas all read it from here)."""
+
+    status: str  # State.Status: running, restarting, exited, paused, created, ... ("gone": no container)
+    health: str  # the HEALTHCHECK's status: starting | healthy | unhealthy, "" without one
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def ready(self) -> bool:
+        """Running, and healthy when it has a HEALTHCHECK (without one, running is ready)."""
+        return self.running and self.health in ("", "healthy")
+
+    @property
+    def failed(self) -> bool:
+        """No waiting will make it ready: not running, or its HEALTHCHECK says unhealthy."""
+        return not self.running or self.health == "unhealthy"
+
+
+def container_readiness(state: Mapping[str, Any] | None) -> ContainerReadiness:
+    """The readiness of a container from its inspect `State` (None: there is no such container)."""
+    if state is None:
+        return ContainerReadiness("gone", "")
+    status = str(state.get("Status") or "")
+    if not status:  # an engine that gives only the flags
+        status = "restarting" if state.get("Restarting") else "running" if state.get("Running") else "unknown"
+    elif status == "running" and state.get("Restarting"):
+        status = "restarting"
+    return ContainerReadiness(status, str((state.get("Health") or {}).get("Status") or ""))
+
+
 # ---------------------------------------------------------------- targets of a service
 
 

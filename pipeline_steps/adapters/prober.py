@@ -20,6 +20,7 @@ from pipeline_steps.health import (
     HealthTarget,
     ProbeResult,
     check_expectations,
+    container_readiness,
     json_text,
     logs_allowed,
     logs_match,
@@ -156,18 +157,18 @@ class LiveProber:
         if info is None:
             return ProbeResult(target.label, False, "missing", _ms(start), "no such container")
         state = info.get("State") or {}
-        running = state.get("Status", "unknown")
-        if running != "running":
-            return ProbeResult(target.label, False, running, _ms(start),
-                               f"container is {running} (exit code {state.get('ExitCode')})")
-        health = state.get("Health")
-        if not health:
+        verdict = container_readiness(state)  # the one rule (pipeline_steps/health.py)
+        if not verdict.running:
+            return ProbeResult(target.label, False, verdict.status, _ms(start),
+                               f"container is {verdict.status} (exit code {state.get('ExitCode')})")
+        health = state.get("Health") or {}
+        if not verdict.health:
             return ProbeResult(target.label, True, "running", _ms(start), detail="running, no HEALTHCHECK")
-        status = str(health.get("Status", "unknown"))
+        status = verdict.health
         log = health.get("Log") or []
         last = (log[-1].get("Output") or "").strip().replace("\n", " ")[:80] if log else ""
         detail = f"exit={log[-1].get('ExitCode')} {last}".strip() if log else ""
-        if status == "healthy":
+        if verdict.ready:
             return ProbeResult(target.label, True, status, _ms(start), detail=detail)
         # Docker has no verdict yet while `starting`: like a port that does not answer yet
         return ProbeResult(target.label, False, status, _ms(start), f"Docker health is {status}", detail,
@@ -184,9 +185,10 @@ class LiveProber:
         if info is None:
             return f"logs of {container}: no such container"
         state = info.get("State") or {}
-        if not state.get("Running") or state.get("Restarting"):
-            return f"logs of {container}: not counted, it is {state.get('Status', 'not running')}"
-        if str((state.get("Health") or {}).get("Status")) == "unhealthy":
+        verdict = container_readiness(state)
+        if not verdict.running:
+            return f"logs of {container}: not counted, it is {verdict.status}"
+        if verdict.health == "unhealthy":
             return f"logs of {container}: not counted, Docker health is unhealthy"
         since = run_start_ns(state)
         if since is None:

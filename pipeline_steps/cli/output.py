@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
 from pipeline_steps.secrets import mask, mask_obj
+
+_LOCK = threading.RLock()  # lines come from several threads (pipeline_steps.parallel): whole lines only
 
 
 @dataclass
@@ -24,26 +27,31 @@ class Output:
 
     def say(self, line: str) -> None:
         """One human line (masked)."""
-        click.echo(mask(line), err=self.json_mode)
+        with _LOCK:
+            click.echo(mask(line), err=self.json_mode)
 
     def debug(self, line: str) -> None:
         """A line only shown with -v."""
         if self.verbose:
-            click.echo(mask(line), err=True)
+            with _LOCK:
+                click.echo(mask(line), err=True)
 
     def warn(self, line: str) -> None:
-        click.echo(mask(f"warning: {line}"), err=True)
+        with _LOCK:
+            click.echo(mask(f"warning: {line}"), err=True)
 
     def stream(self, chunk: str) -> None:
         """Raw streamed text (build logs) without an added newline."""
         out = sys.stderr if self.json_mode else sys.stdout
-        out.write(mask(chunk))
-        out.flush()
+        with _LOCK:
+            out.write(mask(chunk))
+            out.flush()
 
     def result(self, step: str, data: dict[str, Any]) -> None:
         """The step's result object; printed only in --json mode."""
         record = mask_obj({"step": step, **data})
-        self._emitted.append(record)
-        if self.json_mode:
-            click.echo(json.dumps(record, sort_keys=False, default=str))
+        with _LOCK:
+            self._emitted.append(record)
+            if self.json_mode:
+                click.echo(json.dumps(record, sort_keys=False, default=str))
 

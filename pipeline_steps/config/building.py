@@ -340,7 +340,8 @@ def build(file: PsFile, source: str, base: Path,
                             lock_wait=d.lock_wait),
         blue_green=BlueGreenPolicy(watch=file.blue_green.watch), watch=watch_policy(file.watch),
         hooks=b.hooks(file.hooks, services, hosts),
-        state_dir=b.state_dir(file.state_dir, file.app), source=source)
+        state_dir=b.state_dir(file.state_dir, file.app), source=source,
+        parallel_hosts=file.parallel_hosts)
     return config, b.problems
 
 

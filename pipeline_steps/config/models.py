@@ -285,3 +285,6 @@ class PsFile(FileModel):
     hooks: HooksFile = HooksFile()
     state_dir: FilePath | None = Field(default=None, description="Lock, history and env files: a "
                                        "directory (default ~/.local/state/pipeline-steps/<app>).")
+    parallel_hosts: Annotated[int, Bounds(1, 64)] = Field(
+        default=Config.parallel_hosts, description="Hosts deploy-env, workers, health gates and "
+        "requires work on at once (1: one after the other).")

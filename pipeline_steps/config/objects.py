@@ -322,6 +322,7 @@ class Config:
     source: str = DEFAULT_CONFIG
     routers: tuple[NginxRouter, ...] = ()  # every router (issue 12); `router` is routers[0]
     routers_url: str | None = None  # the front balancer in front of all routers (the ALB)
+    parallel_hosts: int = 4  # hosts worked on at once (pipeline_steps.parallel.each_host)
 
     def __post_init__(self) -> None:
         # the one-router form and the list name the same routers: either may be given

@@ -55,6 +55,10 @@ class Ulimit:
     hard: int
 
 
+SLOT_STOP_TIMEOUT = 0  # a slot's previous container: killed at once (it carries no traffic, or --force)
+WORKER_STOP_TIMEOUT = 10  # a worker replica: Docker's default grace
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """How every slot (or replica) of a service runs, beyond image, env and ports."""
@@ -77,6 +81,14 @@ class RunSpec:
     labels: tuple[tuple[str, str], ...] = ()
     healthcheck: HealthcheckSpec | None = None
     restart: str | None = None
+
+    def stop_seconds(self, *, worker: bool) -> int:
+        """Grace (whole seconds) a container of this service gets when ps stops it: `stop_timeout` when
+        set; else a slot's previous container none (it takes no traffic: killed, as when it was removed)
+        and a worker replica Docker's usual 10 s (it may be finishing a job)."""
+        if self.stop_timeout is not None:
+            return int(round(self.stop_timeout))
+        return WORKER_STOP_TIMEOUT if worker else SLOT_STOP_TIMEOUT
 
     def as_label(self) -> str:
         """Canonical JSON of the settings that differ from the defaults ("" when none)."""

@@ -152,18 +152,21 @@ class RealOps:
         from pipeline_steps.operations.health_gate import (
             GatePolicy,
             TryRecord,
-            gate,
+            gate_hosts,
             service_targets,
             try_line,
         )
 
         policy = GatePolicy.from_spec(service.health)
+        targets = service_targets(self.config, service.name, slot)
+        several = len(targets) > 1  # one gate per host, all at once: each line names its host
 
-        def on_try(record: TryRecord) -> None:
-            self.say(f"  {service.name}/{slot} {try_line(record, policy.retries)}")
+        def on_try(host: str, record: TryRecord) -> None:
+            where = f"host {host}: " if several else ""
+            self.say(f"  {where}{service.name}/{slot} {try_line(record, policy.retries)}")
 
-        result = gate(service_targets(self.config, service.name, slot), policy, on_try=on_try,
-                      prober=self.prober() if self.prober else None)
+        result = gate_hosts(targets, policy, on_try=on_try, prober=self.prober,
+                            limit=self.config.parallel_hosts)
         return GateVerdict(result.healthy, result.tries, result.reason, result.elapsed)
 
     def check_once(self, slot: str, service: Service, logs_fallback: bool = True) -> Check:

@@ -34,12 +34,12 @@ from pipeline_steps.operations.slot_spec import (  # noqa: F401  (re-exported: t
     wanted_settings,
     write_env_file,
 )
+from pipeline_steps.parallel import each_host
 
 if TYPE_CHECKING:
     from pipeline_steps.context import CIContext
     from pipeline_steps.upstreams import UpstreamFile
 
-STOP_TIMEOUT = 0  # the previous container is killed, as when it was removed: it takes no traffic (or --force)
 WOULD = {"created": "would-create", "replaced": "would-replace"}
 
 
@@ -147,25 +147,25 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
     deployed_by = ctx.who if ctx is not None else (os.environ.get("USER") or "unknown")
     envs = {s.name: slot_environment(config, s, slot) for s in chosen}
     upstreams = _live_upstreams(config)
+    limit = config.parallel_hosts
     clients: dict[str, DockerHost] = {}
+
+    def connect(h: Host) -> None:
+        clients[h.name] = open_host(h)
+
     try:
-        for h in config.hosts:
-            clients[h.name] = open_host(h)
+        each_host(config.hosts, connect, limit)
         plans: list[_Plan] = []
         for service in chosen:
-            ref = config.image_ref(service, build_id)
-            images = {h.name: ensure_image(clients[h.name], ref) for h in config.hosts_of(service)}
-            ids = {img.id for img in images.values()}
-            if len(ids) > 1:
-                per_host = ", ".join(f"{h}: {img.id[:19]}" for h, img in images.items())
-                raise CheckFailed(f"image {ref} differs between hosts ({per_host}); push once and pull "
-                                  "the same digest everywhere")
-            for host in config.hosts_of(service):
-                plans.append(_plan(config, host, clients[host.name], service, slot, ref, build_id,
-                                   images[host.name], envs[service.name], upstreams, force))
+            plans += _plan_service(config, service, slot, build_id, clients, envs[service.name], upstreams,
+                                   force)
         todo = [p for p in plans if p.change.action != "unchanged"]
-        for p in todo:
-            _preflight_port(config, p, say)
+
+        def ports(mine: list[_Plan]) -> None:
+            for p in mine:
+                _preflight_port(config, p, say)
+
+        each_host(_by_host(config, todo), ports, limit)
         _preflight_networks(todo, create=not dry_run)
         if dry_run:
             for p in todo:
@@ -179,6 +179,32 @@ def deploy_slot(config: Config, slot: str, services: Sequence[Service | str] | N
     return DeployEnvResult(slot=slot, build_id=build_id, dry_run=dry_run,
                            changed=any(c.action in ("created", "replaced") for c in changes),
                            changes=changes)
+
+
+def _plan_service(config: Config, service: Service, slot: str, build_id: str,
+                  clients: dict[str, DockerHost], env: dict[str, str], upstreams: Sequence[UpstreamFile],
+                  force: bool) -> list[_Plan]:
+    """The image on each of the service's hosts (pulled there when missing, the hosts at once), the same
+    image everywhere, then each host's plan."""
+    ref = config.image_ref(service, build_id)
+    hosts = config.hosts_of(service)
+
+    def pull(h: Host) -> ImageInfo:
+        return ensure_image(clients[h.name], ref)
+
+    found = each_host(hosts, pull, config.parallel_hosts)
+    images = {h.name: img for h, img in zip(hosts, found, strict=True)}
+    ids = {img.id for img in images.values()}
+    if len(ids) > 1:
+        per_host = ", ".join(f"{h}: {img.id[:19]}" for h, img in images.items())
+        raise CheckFailed(f"image {ref} differs between hosts ({per_host}); push once and pull "
+                          "the same digest everywhere")
+
+    def plan(h: Host) -> _Plan:
+        return _plan(config, h, clients[h.name], service, slot, ref, build_id, images[h.name], env,
+                     upstreams, force)
+
+    return each_host(hosts, plan, config.parallel_hosts)
 
 
 def _plan(config: Config, host: Host, engine: DockerHost, service: Service, slot: str, ref: str,
@@ -227,12 +253,6 @@ def _plan(config: Config, host: Host, engine: DockerHost, service: Service, slot
                                   f"{service.upstream}; move traffic away first (ps set-weights / ps "
                                   "switch) or use --force")
     return _Plan(host, engine, service, image, digest, existing, env, settings, change)
-
-
-def _stop_timeout(service: Service) -> int:
-    """Grace for the previous container: ps.yaml's stop_timeout, else none (it takes no traffic)."""
-    t = service.run.stop_timeout
-    return STOP_TIMEOUT if t is None else int(round(t))
 
 
 def _preflight_networks(todo: list[_Plan], create: bool) -> None:
@@ -301,33 +321,63 @@ def _preflight_port(config: Config, p: _Plan, say: Any) -> None:
 # ---------------------------------------------------------------- the swap
 
 
+def _by_host(config: Config, plans: list[_Plan]) -> list[list[_Plan]]:
+    """The plans grouped per host (config order), each group in plan order; hosts without any left out."""
+    groups = [[p for p in plans if p.host.name == h.name] for h in config.hosts]
+    return [g for g in groups if g]
+
+
 def _swap_all(config: Config, plans: list[_Plan], slot: str, build_id: str, deployed_by: str,
               say: Any) -> None:
-    """Swap every planned slot; on any failure every swapped slot gets its previous container back."""
-    done: list[_Plan] = []
+    """Swap every planned slot, the hosts at once (config.parallel_hosts), each host's slots in turn.
+
+    On any failure (once every host's swaps in progress have ended) every slot swapped or being swapped
+    gets its previous container back, so all hosts keep their previous slots running, as one by one.
+    """
+    failed: list[_Plan] = []
+
+    def swap_host(mine: list[_Plan]) -> None:
+        for p in mine:
+            try:
+                _swap_in(config, p, slot, build_id, deployed_by)
+            except BaseException:
+                failed.append(p)
+                raise
+
+    groups = _by_host(config, plans)
     try:
-        for p in plans:
-            done.append(p)
-            _swap_in(config, p, slot, build_id, deployed_by)
+        each_host(groups, swap_host, config.parallel_hosts)
     except Exception as exc:
         from pipeline_steps.adapters.docker_host import is_unreachable
 
-        back = "; ".join(text for text in (slot_names.restore_slot(p.engine, p.swap)
-                                           for p in reversed(done) if p.swap is not None) if text)
-        back = back or "nothing ran in the slot before"
+        def restore(mine: list[_Plan]) -> list[str]:
+            return [slot_names.restore_slot(p.engine, p.swap) for p in reversed(mine) if p.swap is not None]
+
+        texts = [t for lines in reversed(each_host(groups, restore, config.parallel_hosts)) for t in lines]
+        back = "; ".join(t for t in texts if t) or "nothing ran in the slot before"
         if isinstance(exc, PsError):
             raise type(exc)(f"{exc.message}; {back}") from None
         if is_unreachable(exc):
-            raise Unreachable(f"host {done[-1].host.name}: Docker engine went away while swapping "
-                              f"{done[-1].change.container}: {exc}; {back}") from None
+            # the plan that raised, on the host each_host raised for (the first failing one in order)
+            gone = next((p for g in groups for p in g if any(p is f for f in failed)), plans[-1])
+            raise Unreachable(f"host {gone.host.name}: Docker engine went away while swapping "
+                              f"{gone.change.container}: {exc}; {back}") from None
         raise
-    for p in plans:
-        warning = slot_names.drop_previous(p.engine, p.swap) if p.swap is not None else None
-        if warning and say:
-            say(warning)
-        if say:
-            say(f"host {p.host.name}: {p.change.container} {p.change.action}, {p.change.reason} "
-                f"({p.change.image}) on {p.change.address}:{p.change.port}")
+
+    def finish(mine: list[_Plan]) -> list[str]:
+        lines = []
+        for p in mine:
+            warning = slot_names.drop_previous(p.engine, p.swap) if p.swap is not None else None
+            if warning:
+                lines.append(warning)
+            lines.append(f"host {p.host.name}: {p.change.container} {p.change.action}, {p.change.reason} "
+                         f"({p.change.image}) on {p.change.address}:{p.change.port}")
+        return lines
+
+    for lines in each_host(groups, finish, config.parallel_hosts):
+        for line in lines:
+            if say:
+                say(line)
 
 
 def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: str) -> None:
@@ -343,7 +393,8 @@ def _swap_in(config: Config, p: _Plan, slot: str, build_id: str, deployed_by: st
     p.swap = slot_names.Swap(name, p.existing)
     try:
         started = slot_names.replace_slot(p.engine, p.swap, p.change.image, labels,
-                                          p.settings.create_kwargs(), stop_timeout=_stop_timeout(p.service))
+                                          p.settings.create_kwargs(),
+                                          stop_timeout=p.service.run.stop_seconds(worker=False))
     except EngineGone:
         raise
     except EngineError as exc:

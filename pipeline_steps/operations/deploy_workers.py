@@ -5,7 +5,8 @@ A deploy replaces them `parallel` at a time (default one), each batch ready befo
 HEALTHCHECK healthy, else running without a restart for `health.interval`. If a replica is not ready in
 `health.start_period + health.retries x health.interval`, every replica this run replaced gets its
 previous container back (renamed, started) and the deploy fails naming it. Same image and settings:
-unchanged. Replicas beyond `replicas` are removed once the others are ready.
+unchanged. The hosts are worked on at once (`parallel_hosts`), each all or nothing on its own.
+Replicas beyond `replicas` are removed once the others are ready.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pipeline_steps.adapters.docker_host import ensure_image, image_digest, open
 from pipeline_steps.adapters.interfaces import DockerHost, EngineError
 from pipeline_steps.config import Config, Host, Service
 from pipeline_steps.errors import BadInput, CheckFailed
-from pipeline_steps.health import logs_match, run_start_ns
+from pipeline_steps.health import container_readiness, logs_match, run_start_ns
+from pipeline_steps.parallel import each_host
 from pipeline_steps.waiting import poll_until
 
 if TYPE_CHECKING:
@@ -70,67 +72,77 @@ def deploy_workers(config: Config, services: Sequence[Service], build_id: str, *
                    force: bool = False, deployed_by: str | None = None,
                    on_change: Callable[[ReplicaChange], None] | None = None,
                    poll: float = 0.25) -> WorkersResult:
-    """Every replica of each worker on every host runs `build_id`; see the module doc."""
-    from pipeline_steps.operations.slot_spec import changed_settings, slot_environment, wanted_settings
+    """Every replica of each worker on every host runs `build_id`; see the module doc.
 
+    The hosts of a worker are deployed at once (config.parallel_hosts); each host is all or nothing on
+    its own, as one host after the other was: a host that fails puts its own replicas back, a host that
+    finished keeps the new ones, the changes come back in host order.
+    """
     result = WorkersResult(build_id, dry_run)
     report = on_change or (lambda change: None)
     who = deployed_by or os.environ.get("USER") or "unknown"
     for service in services:
         if not service.is_worker:
             raise BadInput(f"service {service.name} is not a worker (kind: {service.kind})")
-        for host in config.hosts_of(service):
-            engine = open_host(host)
-            try:
-                ref = config.image_ref(service, build_id)
-                image = ensure_image(engine, ref)
-                digest = image_digest(image, config.image_repo(service))
-                todo: Todo = []
-                for n in range(1, service.replicas + 1):
-                    name = slot_names.container_name(config.app, service.name, str(n))
-                    env = {**slot_environment(config, service, SLOT), "PS_REPLICA": str(n)}
-                    settings = wanted_settings(config, service, host, SLOT, build_id, image, digest, env)
-                    existing = engine.container(name)
-                    change = ReplicaChange(host.name, service.name, n, name, "created", "no container yet")
-                    if existing is not None:
-                        if not slot_names.made_by_ps(existing.labels, config.app) and not force:
-                            raise CheckFailed(f"host {host.name}: container {name} has the replica's name "
-                                              "but pipeline-steps did not make it; rename or remove it, or "
-                                              "use --force")
-                        reasons = changed_settings(settings, dict(existing.attrs))
-                        if existing.running and not reasons:
-                            change.action, change.reason = "unchanged", "same image and settings running"
-                        else:
-                            change.action = "replaced"
-                            change.reason = ", ".join(reasons) if existing.running else \
-                                f"leftover {existing.status} container"
-                    todo.append((change, settings, existing))
-                extra = _extra_replicas(engine, config, service)
-                if dry_run:
-                    for change, _, _ in todo:
-                        change.action = {"created": "would create", "replaced": "would replace"}.get(
-                            change.action, change.action)
-                    result.changes += [c for c, _, _ in todo]
-                    result.changes += [ReplicaChange(host.name, service.name, n, name, "would remove",
-                                                     f"replicas is {service.replicas}") for n, name in extra]
-                    continue
-                _replace_in_batches(engine, config, service, host, ref, todo, who, report, poll)
-                result.changes += [c for c, _, _ in todo]
-                for n, name in extra:
-                    engine.stop(name, timeout=_stop_timeout(service))
-                    engine.remove(name)
-                    change = ReplicaChange(host.name, service.name, n, name, "removed",
-                                           f"replicas is {service.replicas}")
-                    result.changes.append(change)
-                    report(change)
-            finally:
-                engine.close()
+    for service in services:
+        def on_host(host: Host, service: Service = service) -> list[ReplicaChange]:
+            return _deploy_on_host(config, service, host, build_id, dry_run, force, who, report, poll)
+
+        for changes in each_host(config.hosts_of(service), on_host, config.parallel_hosts):
+            result.changes += changes
     return result
 
 
-def _stop_timeout(service: Service) -> int:
-    t = service.run.stop_timeout
-    return 10 if t is None else int(round(t))
+def _deploy_on_host(config: Config, service: Service, host: Host, build_id: str, dry_run: bool, force: bool,
+                    who: str, report: Callable[[ReplicaChange], None], poll: float) -> list[ReplicaChange]:
+    """One worker's replicas on one host (all of them, or each replaced one back as before: CheckFailed)."""
+    from pipeline_steps.operations.slot_spec import changed_settings, slot_environment, wanted_settings
+
+    engine = open_host(host)
+    try:
+        ref = config.image_ref(service, build_id)
+        image = ensure_image(engine, ref)
+        digest = image_digest(image, config.image_repo(service))
+        todo: Todo = []
+        for n in range(1, service.replicas + 1):
+            name = slot_names.container_name(config.app, service.name, str(n))
+            env = {**slot_environment(config, service, SLOT), "PS_REPLICA": str(n)}
+            settings = wanted_settings(config, service, host, SLOT, build_id, image, digest, env)
+            existing = engine.container(name)
+            change = ReplicaChange(host.name, service.name, n, name, "created", "no container yet")
+            if existing is not None:
+                if not slot_names.made_by_ps(existing.labels, config.app) and not force:
+                    raise CheckFailed(f"host {host.name}: container {name} has the replica's name "
+                                      "but pipeline-steps did not make it; rename or remove it, or "
+                                      "use --force")
+                reasons = changed_settings(settings, dict(existing.attrs))
+                if existing.running and not reasons:
+                    change.action, change.reason = "unchanged", "same image and settings running"
+                else:
+                    change.action = "replaced"
+                    change.reason = ", ".join(reasons) if existing.running else \
+                        f"leftover {existing.status} container"
+            todo.append((change, settings, existing))
+        extra = _extra_replicas(engine, config, service)
+        if dry_run:
+            for change, _, _ in todo:
+                change.action = {"created": "would create", "replaced": "would replace"}.get(
+                    change.action, change.action)
+            return [c for c, _, _ in todo] + [ReplicaChange(host.name, service.name, n, name, "would remove",
+                                                            f"replicas is {service.replicas}")
+                                              for n, name in extra]
+        _replace_in_batches(engine, config, service, host, ref, todo, who, report, poll)
+        changes = [c for c, _, _ in todo]
+        for n, name in extra:
+            engine.stop(name, timeout=service.run.stop_seconds(worker=True))
+            engine.remove(name)
+            change = ReplicaChange(host.name, service.name, n, name, "removed",
+                                   f"replicas is {service.replicas}")
+            changes.append(change)
+            report(change)
+        return changes
+    finally:
+        engine.close()
 
 
 def _extra_replicas(engine: DockerHost, config: Config, service: Service) -> list[tuple[int, str]]:
@@ -164,7 +176,7 @@ def _replace_in_batches(engine: DockerHost, config: Config, service: Service, ho
                 swap = slot_names.Swap(change.container, existing)
                 swaps.append(swap)
                 slot_names.replace_slot(engine, swap, ref, labels, settings.create_kwargs(),
-                                        stop_timeout=_stop_timeout(service))
+                                        stop_timeout=service.run.stop_seconds(worker=True))
             for change, _, _ in batch:
                 change.ready = wait_ready(engine, service, change.container, poll=poll)
                 report(change)
@@ -191,21 +203,21 @@ def wait_ready(engine: DockerHost, service: Service, name: str, *, poll: float =
 
     def check() -> str | None:
         info = engine.container(name)
-        state = (info.attrs.get("State") or {}) if info is not None else {}
-        if info is None or not state.get("Running") or state.get("Restarting"):
+        state = (info.attrs.get("State") or {}) if info is not None else None
+        verdict = container_readiness(state)  # the health gate's rule; a replica adds its ready line
+        if info is None or state is None or not verdict.running:
             tail = engine.logs(name, tail=5).strip()[-300:] if info is not None else ""
-            raise CheckFailed(f"{name} is {state.get('Status', 'gone')} instead of ready"
-                              + (f": {tail}" if tail else ""))
-        health = str((state.get("Health") or {}).get("Status") or "")
+            raise CheckFailed(f"{name} is {verdict.status} instead of ready" + (f": {tail}" if tail else ""))
+        health = verdict.health
         if service.ready:
             since = run_start_ns(state)
             text = engine.logs(info.id, since=max(1, (since or 0) // 1_000_000_000), timestamps=True)
             if since is not None and logs_match(text, since, service.ready):
                 return f"logged {service.ready!r} after it started"
             why[0] = f"no line matching {service.ready!r} since it started"
-        elif health == "healthy":
+        elif health and verdict.ready:
             return "Docker health: healthy"
-        elif health == "unhealthy":
+        elif verdict.failed:
             raise CheckFailed(f"{name} is unhealthy (Docker HEALTHCHECK)")
         elif health:
             why[0] = f"Docker health: {health}"

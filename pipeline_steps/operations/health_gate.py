@@ -2,8 +2,9 @@
 
 The rules (what counts as healthy, the timing rule, the logs fallback) are pure and live in
 pipeline_steps/health.py; the probes that talk to HTTP, TCP and Docker are the Prober adapter
-(adapters/prober.py, or a FakeProber in tests). This module is the loop (`gate`, `check_once`); the
-click command is cli/health_gate.py. The health names other layers import from here are re-exported.
+(adapters/prober.py, or a FakeProber in tests). This module is the loop (`gate`, `check_once`, and
+`gate_hosts`: one gate per host, the hosts at once); the click command is cli/health_gate.py.
+The health names other layers import from here are re-exported.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pipeline_steps.health import (
     summarise,
     try_line,
 )
+from pipeline_steps.parallel import DEFAULT_LIMIT, each_host
 
 if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import Prober as ProberInterface
@@ -49,8 +51,8 @@ Prober = LiveProber  # the real prober under its old name (the interface is adap
 __all__ = [
     "FAST_RETRY", "FAST_RETRY_CAP", "LOG_EARLY_NS", "LOG_TAIL", "QUICK_TRY", "GatePolicy", "GateResult",
     "HealthTarget", "ProbeResult", "Prober", "TryRecord", "check_expectations", "check_once",
-    "fast_wait", "gate", "is_counted", "json_text", "logs_allowed", "logs_match", "lookup", "next_wait",
-    "parse_expectation", "run_start_ns", "service_targets", "try_line",
+    "fast_wait", "gate", "gate_hosts", "is_counted", "json_text", "logs_allowed", "logs_match", "lookup",
+    "next_wait", "parse_expectation", "run_start_ns", "service_targets", "try_line",
 ]
 
 
@@ -168,3 +170,44 @@ def gate(targets: Sequence[HealthTarget], policy: GatePolicy,
     return GateResult(healthy=run.healthy, tries=run.counted, elapsed=elapsed,
                       last_status=last.status if last else "-", reason=reason, records=run.records,
                       attempts=len(run.records), targets=[t.label for t in targets])
+
+
+# ---------------------------------------------------------------- every host at once
+
+
+def gate_hosts(targets: Sequence[HealthTarget], policy: GatePolicy,
+               on_try: Callable[[str, TryRecord], None] | None = None,
+               prober: Callable[[], ProberInterface] | None = None,
+               limit: int = DEFAULT_LIMIT) -> GateResult:
+    """One gate per host (a target's `docker` host; one without is a host of its own), the hosts at once.
+
+    Each host needs its own `policy.successes` passing tries in a row within its own retries; the result
+    is healthy when every host is, its reason naming each host that is not. `on_try(host, record)` is
+    called from the host's thread; `prober` makes one Prober per host (default: a live one each).
+    """
+    if not targets:
+        raise BadInput("no target: give --url, --service with --slot, --container or --tcp")
+    groups: dict[str, list[HealthTarget]] = {}
+    for t in targets:
+        groups.setdefault(t.docker.name if t.docker is not None else t.label, []).append(t)
+
+    def one(host: str) -> GateResult:
+        report = (lambda record: on_try(host, record)) if on_try is not None else None
+        return gate(groups[host], policy, on_try=report, prober=prober() if prober else None)
+
+    names = list(groups)
+    return merge_results(list(zip(names, each_host(names, one, limit), strict=True)))
+
+
+def merge_results(per_host: Sequence[tuple[str, GateResult]]) -> GateResult:
+    """The gates of several hosts as one verdict (a single host's result as it is)."""
+    if len(per_host) == 1:
+        return per_host[0][1]
+    failing = [(h, r) for h, r in per_host if not r.healthy]
+    shown = failing[0][1] if failing else per_host[0][1]
+    reason = "; ".join(f"host {h}: {r.reason}" for h, r in failing) if failing else shown.reason
+    return GateResult(healthy=not failing, tries=max(r.tries for _, r in per_host),
+                      elapsed=max(r.elapsed for _, r in per_host), last_status=shown.last_status,
+                      reason=reason, records=[rec for _, r in per_host for rec in r.records],
+                      attempts=sum(r.attempts for _, r in per_host),
+                      targets=[t for _, r in per_host for t in r.targets])

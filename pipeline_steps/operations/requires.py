@@ -18,6 +18,8 @@ from pipeline_steps.adapters.interfaces import DockerHost
 from pipeline_steps.config import Config, Host, Service
 from pipeline_steps.config.run_spec import Require
 from pipeline_steps.errors import CheckFailed
+from pipeline_steps.health import container_readiness
+from pipeline_steps.parallel import each_host
 from pipeline_steps.waiting import poll_until
 
 
@@ -31,15 +33,15 @@ def _containers(config: Config, r: Require) -> tuple[list[str], bool]:
 
 
 def _container_why(engine: DockerHost, name: str) -> str | None:
+    """None when container `name` is ready by the health gate's rule (health.container_readiness)."""
     info = engine.container(name)
     if info is None:
         return f"no container {name}"
-    state = info.attrs.get("State") or {}
-    if not state.get("Running") or state.get("Restarting"):
-        return f"{name} is {state.get('Status', 'not running')}"
-    health = str((state.get("Health") or {}).get("Status") or "")
-    if health and health != "healthy":
-        return f"{name}: Docker health {health}"
+    verdict = container_readiness(info.attrs.get("State") or {})
+    if not verdict.running:
+        return f"{name} is {verdict.status}"
+    if not verdict.ready:
+        return f"{name}: Docker health {verdict.health}"
     return None
 
 
@@ -88,13 +90,15 @@ def _wait_one(config: Config, engine: DockerHost, host: Host, service: Service, 
 
 def wait_required(config: Config, services: Sequence[Service], *,
                   on_wait: Callable[[str], None] | None = None, poll: float = 0.5) -> list[str]:
-    """Wait until every requirement of `services` is ready on every host; a line per requirement.
+    """Wait until every requirement of `services` is ready on every host (the hosts at once,
+    config.parallel_hosts); a line per requirement, in host order.
 
     CheckFailed names the service, the requirement, the host and the last reason.
     """
     said = on_wait or (lambda line: None)
-    done: list[str] = []
-    for host in config.hosts:
+
+    def on_host(host: Host) -> list[str]:
+        done: list[str] = []
         engine = open_host(host)
         try:
             for service in (s for s in services if host in config.hosts_of(s)):
@@ -103,4 +107,6 @@ def wait_required(config: Config, services: Sequence[Service], *,
                     done.append(f"{service.name}: {r.name} ready on host {host.name}")
         finally:
             engine.close()
-    return done
+        return done
+
+    return [line for lines in each_host(config.hosts, on_host, config.parallel_hosts) for line in lines]

@@ -138,3 +138,12 @@ def test_limits_round_trip(memory: int, cpus: float, pids: int) -> None:
     assert opts["mem_limit"] == memory * 1024 ** 2 and opts["pids_limit"] == pids
     assert abs(opts["nano_cpus"] - cpus * 1e9) <= 1
     assert RunSpec.names_in_label(run.as_label())["memory"] == memory * 1024 ** 2
+
+
+@pytest.mark.parametrize(("stop_timeout", "slot", "worker"), [(None, 0, 10), (30.0, 30, 30), (0.4, 0, 0),
+                                                              (2.6, 3, 3)])
+def test_the_stop_grace_is_stop_timeout_else_none_for_a_slot_and_ten_seconds_for_a_worker(
+        stop_timeout: float | None, slot: int, worker: int) -> None:
+    run = RunSpec(stop_timeout=stop_timeout)
+    assert run.stop_seconds(worker=False) == slot  # a slot's previous container takes no traffic
+    assert run.stop_seconds(worker=True) == worker  # a replica may be finishing a job: Docker's 10 s
