@@ -206,7 +206,7 @@ def serve_prefork(out: Output, receiver: ReceiverSettings, action: actions.Actio
         sock = listen_socket(settings.host, settings.port, receiver.backlog)
     except OSError as exc:
         raise BadInput(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-    DeliveryStore(db_path).close()  # created or migrated once, before the children open it
+    DeliveryStore(db_path, shared=True).close()  # created or migrated once, before the children open it
     log = log_writer(out)
     port = int(sock.getsockname()[1])
 
@@ -221,7 +221,7 @@ def serve_prefork(out: Output, receiver: ReceiverSettings, action: actions.Actio
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        store = DeliveryStore(db_path)
+        store = DeliveryStore(db_path, shared=True)  # writes of all processes take turns on an flock
         try:
             if role == ACTOR:
                 shared.close()

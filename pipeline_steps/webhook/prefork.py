@@ -138,14 +138,14 @@ class Supervisor:
                 role = self.children.pop(pid, None)
                 if role is None:
                     continue
-                self.log(f"{role} {pid} ended ({_how(status)}): starting another")
                 now = time.monotonic()
                 self.crashes = [t for t in self.crashes if t > now - CRASH_WINDOW] + [now]
                 if len(self.crashes) >= CRASH_LIMIT:
-                    self.log(f"{len(self.crashes)} receiver processes ended within {CRASH_WINDOW:.0f}s: "
-                             "stopping")
+                    self.log(f"{role} {pid} ended ({_how(status)}); {len(self.crashes)} processes ended "
+                             f"within {CRASH_WINDOW:.0f}s: stopping")
                     code = 1
                     break
+                self.log(f"{role} {pid} ended ({_how(status)}): starting another")
                 self._fork(role)
         except KeyboardInterrupt:
             pass
