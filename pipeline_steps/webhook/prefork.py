@@ -31,6 +31,7 @@ RECEIVER, ACTOR = "receiver", "actor"
 CRASH_LIMIT, CRASH_WINDOW = 5, 30.0
 STOP_GRACE = 10.0  # seconds a child has to stop after SIGTERM before SIGKILL
 PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 Log = Callable[[str], None]
 # what a child runs: (role, listening socket, pipe fds (read, write)) -> exit code
@@ -94,12 +95,20 @@ class Supervisor:
     def _fork(self, role: str) -> int:
         self.flush()  # else the child would write what the supervisor had buffered a second time
         parent = os.getpid()
-        pid = os.fork()
+        # no SIGTERM/SIGINT between the fork and the child's own handlers: the supervisor's handler would
+        # raise in the child outside the try below, and the child would go on as a second supervisor
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            raise
         if pid == 0:  # the child: never returns into the supervisor's code
             code = 1
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 die_with_parent(parent)
                 code = self.child_main(role, self.sock, self._pipe)
             except BaseException as exc:  # noqa: BLE001 - a child reports and exits, never unwinds here
@@ -112,6 +121,7 @@ class Supervisor:
                 finally:
                     os._exit(code)
         self.children[pid] = role
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # a pending SIGTERM is handled now
         self.log(f"{role} {pid} started")
         return pid
 
@@ -150,6 +160,9 @@ class Supervisor:
         except KeyboardInterrupt:
             pass
         except ChildProcessError:  # no child left (cannot happen while we replace them)
+            code = 1
+        except OSError as exc:  # fork refused (out of processes or memory)
+            self.log(f"cannot start a receiver process: {exc.strerror or exc}: stopping")
             code = 1
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
