@@ -12,20 +12,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline_steps.cli.command import pass_output, report
 from pipeline_steps.cli.output import Output
 from pipeline_steps.cli.types import DURATION
-from pipeline_steps.errors import BadInput
+from pipeline_steps.errors import BadInput, CheckFailed
 from pipeline_steps.secrets import mask, register_secret
 from pipeline_steps.webhook import actions
 from pipeline_steps.webhook.store import RETRIABLE_BY_HAND, DeliveryStore, default_db_path
 
+if TYPE_CHECKING:
+    from pipeline_steps.webhook.server import ReceiverSettings
+
 MIN_TOKEN_LENGTH = 16  # = server.MIN_TOKEN_LENGTH (not imported: the server module pulls in waitress)
 
 ACTIONS = ("jenkins", "gitlab", "local")
+MAX_WORKERS = 16
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class ServeSettings:
     db: str
     action: str
     action_description: str
+    workers: int = 1
 
 
 def read_token(env_name: str, env: dict[str, str] | None = None) -> str:
@@ -119,13 +125,16 @@ def group() -> None:
               help="First backoff (doubling, at most --retry-max-wait).")
 @click.option("--retry-max-wait", type=DURATION, default="60s", show_default=True, metavar="D",
               help="Longest backoff.")
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
+              help="Receiving processes on the one port (more than 1: a further process acts on the "
+                   "deliveries; uses more cores under bursts).")
 @pass_output
 def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str, ...], db: str | None,
           action_kind: str, deploy_type: str, jenkins_url: str | None, jenkins_job: str | None,
           jenkins_user_env: str, jenkins_api_token_env: str, jenkins_job_token_env: str,
           gitlab_url: str | None, gitlab_project: str | None, gitlab_trigger_token_env: str,
           gitlab_ref: str | None, gitlab_token_env: str, local_command: str, workdir: str | None,
-          coalesce: bool, attempts: int, retry_wait: float, retry_max_wait: float) -> None:
+          coalesce: bool, attempts: int, retry_wait: float, retry_max_wait: float, workers: int) -> None:
     """Receive GitLab push events; pushes to --branch run the action (default: `ps deploy` locally).
 
     Every delivery is stored (SQLite) before the 200, deduplicated by Idempotency-Key /
@@ -149,17 +158,20 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
         actions.local_argv(local_command, _probe_delivery(), deploy_type)  # a bad template fails now
     db_path = Path(db) if db else default_db_path()
     settings = ServeSettings(host, port, tuple(branches), str(db_path), action.name,
-                             actions.describe(action))
+                             actions.describe(action), workers)
     if out.dry_run:
         out.say(f"would listen on http://{host}:{port}, deploy pushes to {', '.join(branches)} "
                 f"and {settings.action_description}")
         report(out, "webhook-serve", {**settings.__dict__, "dry_run": True})
         return
     cap_malloc_arenas()  # before the request threads start: a flat RSS with many of them
+    receiver = ReceiverSettings(token=token, branches=tuple(branches), coalesce=coalesce, attempts=attempts,
+                                retry_wait=retry_wait, retry_max_wait=retry_max_wait, workers=workers)
+    if workers > 1:
+        serve_prefork(out, receiver, action, settings, db_path)
+        return
     store = DeliveryStore(db_path)
     try:
-        receiver = ReceiverSettings(token=token, branches=tuple(branches), coalesce=coalesce,
-                                    attempts=attempts, retry_wait=retry_wait, retry_max_wait=retry_max_wait)
         server = WebhookServer(store, action, receiver, host, port, log=log_writer(out))
     except OSError as exc:
         store.close()
@@ -179,6 +191,64 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
         store.close()
     out.say("ps webhook stopped")
     report(out, "webhook-serve", {**settings.__dict__, "port": server.port})
+
+
+def serve_prefork(out: Output, receiver: ReceiverSettings, action: actions.Action, settings: ServeSettings,
+                  db_path: Path) -> None:
+    """`serve --workers N` (N > 1): bind here, then the supervisor forks the receivers and the actor
+    (webhook/prefork.py) before any thread starts; returns when stopped, CheckFailed after a crash loop."""
+    import socket
+
+    from pipeline_steps.webhook.prefork import ACTOR, Supervisor, listen_socket, notify_writer
+    from pipeline_steps.webhook.server import WebhookServer
+
+    try:
+        sock = listen_socket(settings.host, settings.port, receiver.backlog)
+    except OSError as exc:
+        raise BadInput(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    DeliveryStore(db_path, shared=True).close()  # created or migrated once, before the children open it
+    log = log_writer(out)
+    port = int(sock.getsockname()[1])
+
+    def child(role: str, shared: socket.socket, pipe: tuple[int, int]) -> int:
+        prefix = f"[{role} {os.getpid()}] "
+
+        def own_log(line: str) -> None:
+            log(prefix + line)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        store = DeliveryStore(db_path, shared=True)  # writes of all processes take turns on an flock
+        try:
+            if role == ACTOR:
+                shared.close()
+                os.close(pipe[1])
+                server = WebhookServer(store, action, receiver, settings.host, port, log=own_log,
+                                       listen=False)
+                server.watch(pipe[0])
+            else:
+                os.close(pipe[0])
+                server = WebhookServer(store, action, receiver, settings.host, port, log=own_log, sock=shared,
+                                       start_worker=False, notify=notify_writer(pipe[1]))
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            store.close()
+        return 0
+
+    out.say(f"ps webhook listening on http://{settings.host}:{port} (deliveries in {db_path}; "
+            f"{settings.workers} receiving processes, one acting); pushes to {', '.join(settings.branches)} "
+            f"{settings.action_description}")
+    code = Supervisor(settings.workers, sock, child, log, flush=_flush_streams).run()
+    sock.close()
+    if code:
+        raise CheckFailed("ps webhook stopped: its processes kept ending (see the lines above)")
+    out.say("ps webhook stopped")
+    report(out, "webhook-serve", {**settings.__dict__, "port": port})
 
 
 @group.command("deliveries")
@@ -248,6 +318,14 @@ def log_writer(out: Output) -> Callable[[str], None]:
                 pass
 
     return log
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _probe_delivery() -> actions.Delivery:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import select
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -82,11 +83,17 @@ def _channel_flags(channel: _Channel, lookahead: int) -> int:
 class _Server(TcpWSGIServer):
     channel_class = _Channel
     request_deadline = 10.0
+    accept_per_turn = 0  # 0: all that wait; several processes sharing one socket take a few each
 
     def handle_accept(self) -> None:
         """Every connection waiting to be accepted, up to the connection limit (waitress takes one per
-        turn of its event loop, and each turn visits every open connection)."""
+        turn of its event loop, and each turn visits every open connection); at most `accept_per_turn`
+        when other processes accept from the same socket (a burst is then shared out among them)."""
+        taken = 0
         while len(self._map) < self.adj.connection_limit:
+            if self.accept_per_turn and taken >= self.accept_per_turn:
+                return
+            taken += 1
             before = len(self._map)
             super().handle_accept()
             if len(self._map) == before:  # nothing left to accept (or a bogus socket, logged)
@@ -159,10 +166,13 @@ class _Dispatcher(ThreadedTaskDispatcher):
 
 def make_server(app: App, host: str, port: int, *, threads: int, backlog: int, connection_limit: int,
                 idle_timeout: float, request_deadline: float, max_body: int,
-                channels: dict[int, Any]) -> _Server:
-    """A waitress server for `app`, bound now, served by `.run()`; its connections live in `channels`."""
+                channels: dict[int, Any], sock: socket.socket | None = None,
+                accept_per_turn: int = 0) -> _Server:
+    """A waitress server for `app`, bound now (or on `sock`, a listening socket bound by the caller and
+    shared with other processes), served by `.run()`; its connections live in `channels`."""
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" under bursts
-    adj = Adjustments(host=host, port=port, threads=threads, backlog=backlog,
+    where: dict[str, Any] = {"sockets": [sock]} if sock is not None else {"host": host, "port": port}
+    adj = Adjustments(**where, threads=threads, backlog=backlog,
                       connection_limit=connection_limit, channel_timeout=idle_timeout,
                       cleanup_interval=1, max_request_body_size=max_body + 1,
                       max_request_header_size=64 * 1024, ident="ps-webhook", expose_tracebacks=False,
@@ -170,8 +180,13 @@ def make_server(app: App, host: str, port: int, *, threads: int, backlog: int, c
                       clear_untrusted_proxy_headers=False)
     dispatcher = _Dispatcher()
     dispatcher.set_thread_count(threads)
-    server = _Server(app, map=channels, adj=adj, dispatcher=dispatcher)
+    if sock is None:
+        server = _Server(app, map=channels, adj=adj, dispatcher=dispatcher)
+    else:
+        server = _Server(app, map=channels, adj=adj, dispatcher=dispatcher, _sock=sock, bind_socket=False,
+                         sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
     server.request_deadline = request_deadline
+    server.accept_per_turn = accept_per_turn
     return server
 
 

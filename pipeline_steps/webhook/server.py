@@ -9,12 +9,16 @@ deadline (channel_timeout) and a whole-request deadline: a request whose headers
 within `request_deadline` seconds is cut, however slowly its bytes trickle in.
 
 The worker runs one delivery at a time, its attempts and retries as attempts.py says. Request checks are
-in validate.py, the fitted waitress server in httpd.py, the durable group commit in store.py.
+in validate.py, the fitted waitress server in httpd.py, the durable group commit in store.py. With
+`--workers N` (N > 1) several processes serve one listening socket and only receive, and one process
+acts (`listen=False`), woken by a byte per accepted delivery on a pipe: prefork.py.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
+import socket
 import sys
 import threading
 import time
@@ -59,6 +63,9 @@ from pipeline_steps.webhook.validate import (
 # event loop) computes: 5 ms by default, paid several times per delivery. The serving process uses less.
 SWITCH_INTERVAL = 0.0005
 SETTLE_QUIET, SETTLE_MAX = 0.02, 0.5  # the worker acts once no delivery was recorded for SETTLE_QUIET s
+# connections one receiving process accepts per turn of its loop when several share the socket: a burst is
+# shared out among them instead of the first one awake taking it all
+ACCEPT_PER_TURN = 4
 Log = Callable[[str], None]
 
 
@@ -83,6 +90,8 @@ class ReceiverSettings:
     connection_limit: int = 256
     idle_timeout: float = 30.0        # an idle keep-alive connection is closed after this
     request_deadline: float = 10.0    # headers + body must be in within this
+    # receiving processes on one socket (prefork.py); 1: this process receives and acts, as always
+    workers: int = 1
 
 
 class WebhookServer:
@@ -90,7 +99,11 @@ class WebhookServer:
 
     def __init__(self, store: DeliveryStore, action: Action, settings: ReceiverSettings,
                  host: str = "127.0.0.1", port: int = 9000, *, start_worker: bool = True,
-                 log: Log | None = None) -> None:
+                 log: Log | None = None, sock: socket.socket | None = None, listen: bool = True,
+                 notify: Callable[[], None] | None = None) -> None:
+        """`sock`: serve this listening socket (shared with other receiving processes) instead of binding
+        host:port; `listen=False`: no HTTP at all (the acting process of prefork.py); `notify` is called
+        once per accepted delivery (it wakes that acting process)."""
         self.store = store
         self.action = action
         self.settings = settings
@@ -102,11 +115,14 @@ class WebhookServer:
             bind(store)
         self._token = settings.token.encode("utf-8")
         self._map: dict[int, Any] = {}
-        self._httpd = make_server(self.wsgi, host, port, threads=settings.threads, backlog=settings.backlog,
-                                  connection_limit=settings.connection_limit,
-                                  idle_timeout=settings.idle_timeout,
-                                  request_deadline=settings.request_deadline, max_body=settings.max_body,
-                                  channels=self._map)
+        self._port = port
+        self._notify = notify
+        self._notified = 0  # deliveries other processes said they accepted (see watch())
+        self._httpd = None if not listen else make_server(
+            self.wsgi, host, port, threads=settings.threads, backlog=settings.backlog,
+            connection_limit=settings.connection_limit, idle_timeout=settings.idle_timeout,
+            request_deadline=settings.request_deadline, max_body=settings.max_body, channels=self._map,
+            sock=sock, accept_per_turn=ACCEPT_PER_TURN if sock is not None else 0)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -116,7 +132,7 @@ class WebhookServer:
 
     @property
     def port(self) -> int:
-        return int(self._httpd.effective_port)
+        return int(self._httpd.effective_port) if self._httpd is not None else self._port
 
     @property
     def url(self) -> str:
@@ -205,6 +221,8 @@ class WebhookServer:
         what = "merge into" if info.event == "merge_request" else "push of"
         self.log(f"delivery {key}: accepted {what} {info.branch} at {(info.sha or '')[:12]}")
         self._wake.set()
+        if self._notify is not None:
+            self._notify()
         return 200, {"status": "accepted", "delivery": key}
 
     # ------------------------------------------------------------ working
@@ -253,11 +271,27 @@ class WebhookServer:
         store writes and HTTP calls would compete with the receiving threads, and coalescing then starts
         the burst's newest push of a branch once instead of its first one and then the newest."""
         deadline = time.monotonic() + SETTLE_MAX
-        seen = self.store.group_commits
+        seen = self.store.group_commits + self._notified
         while time.monotonic() < deadline and not self._stop.wait(SETTLE_QUIET):
-            if self.store.group_commits == seen:
+            if self.store.group_commits + self._notified == seen:
                 return
-            seen = self.store.group_commits
+            seen = self.store.group_commits + self._notified
+
+    def watch(self, fd: int) -> None:
+        """Wake the worker for every byte read from `fd` (the receiving processes write one per accepted
+        delivery); in a daemon thread, until the pipe's last writer is gone."""
+        def read() -> None:
+            while True:
+                try:
+                    got = os.read(fd, 4096)
+                except OSError:
+                    return
+                if not got:
+                    return
+                self._notified += len(got)
+                self._wake.set()
+
+        threading.Thread(target=read, name="ps-webhook-notified", daemon=True).start()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until the worker has nothing left to do (two empty rounds begun after this call)."""
@@ -275,7 +309,7 @@ class WebhookServer:
     # ------------------------------------------------------------ lifecycle
 
     def _begin(self) -> None:
-        waiting = self.store.count(PENDING) + self.store.count(RETRY)
+        waiting = self.store.count(PENDING) + self.store.count(RETRY) if self.start_worker else 0
         if waiting:
             self.log(f"{waiting} waiting delivery(ies) picked up")
         if self.start_worker:
@@ -285,15 +319,21 @@ class WebhookServer:
     def start(self) -> None:
         """Serve in a background thread (tests, embedding)."""
         self._begin()
-        self._serving = threading.Thread(target=self._httpd.run, name="ps-webhook-http", daemon=True)
-        self._serving.start()
+        if self._httpd is not None:
+            self._serving = threading.Thread(target=self._httpd.run, name="ps-webhook-http", daemon=True)
+            self._serving.start()
 
     def serve_forever(self) -> None:
-        """Serve in this thread until KeyboardInterrupt (SIGINT/SIGTERM), then stop."""
+        """Serve in this thread until KeyboardInterrupt (SIGINT/SIGTERM), then stop. Without HTTP
+        (`listen=False`): act on deliveries until then."""
         sys.setswitchinterval(SWITCH_INTERVAL)
         self._begin()
         try:
-            self._httpd.run()
+            if self._httpd is not None:
+                self._httpd.run()
+            else:
+                while not self._stop.wait(3600):
+                    pass
         finally:
             self.stop()
 
@@ -305,7 +345,9 @@ class WebhookServer:
         """Stop serving and working; an attempt still in flight stays `running` (resumed at next start)."""
         self._stop.set()
         self._wake.set()
-        if self._serving is not None:
+        if self._httpd is None:
+            pass
+        elif self._serving is not None:
             try:
                 self._httpd.trigger.pull_trigger(self._close_all)
             except OSError:  # the loop already ended and closed its trigger
@@ -314,7 +356,8 @@ class WebhookServer:
             self._serving = None
         else:
             self._close_all()
-        self._httpd.task_dispatcher.shutdown(timeout=wait)
+        if self._httpd is not None:
+            self._httpd.task_dispatcher.shutdown(timeout=wait)
         if self._worker is not None:
             self._worker.join(timeout=wait)
             self._worker = None

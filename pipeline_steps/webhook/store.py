@@ -11,6 +11,7 @@ A delivery found `running` at start was interrupted by a crash: the worker resum
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -132,10 +133,12 @@ class DeliveryStore:
     """Thread-safe access to the deliveries database.
 
     One writer connection guarded by a lock, one reader connection (WAL: reads never wait for a write's
-    fsync), so `/healthz` and listings stay fast while deliveries are being recorded.
+    fsync), so `/healthz` and listings stay fast while deliveries are being recorded. With `shared`
+    (several processes write: `serve --workers N`), a write also holds an flock on `<db>-writer`: SQLite's
+    own busy handler would sleep 1, 2, 5, 10... ms between tries, the flock hands over at once.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, shared: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
@@ -159,6 +162,9 @@ class DeliveryStore:
                                            timeout=10)
             self._reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._reader.execute("SELECT 1 FROM deliveries LIMIT 1").fetchall()  # opens -wal/-shm now
+        self._writer_fd: int | None = None
+        if shared:
+            self._writer_fd = os.open(f"{self.path}-writer", os.O_RDWR | os.O_CREAT, 0o600)
         for suffix in ("", "-wal", "-shm"):
             side = Path(f"{self.path}{suffix}")
             if side.exists():
@@ -168,6 +174,23 @@ class DeliveryStore:
         with self._lock, self._read_lock:
             self._reader.close()
             self._db.close()
+            if self._writer_fd is not None:
+                os.close(self._writer_fd)
+                self._writer_fd = None
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The writer connection, this process's only (and with `shared`, all processes' only) writer."""
+        with self._lock:
+            fd = self._writer_fd
+            if fd is None:
+                yield
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------ recording
 
@@ -206,7 +229,7 @@ class DeliveryStore:
         then each of them is woken, and the oldest call queued meanwhile commits the next batch."""
         batch: list[_Pending] = []
         try:
-            with self._lock:
+            with self._writing():
                 with self._queued:
                     batch, self._queue = self._queue, []
                 self._db.execute("BEGIN IMMEDIATE")
@@ -305,7 +328,7 @@ class DeliveryStore:
         With `coalesce`, the older waiting deliveries of that branch are marked superseded and the newest
         one is claimed instead.
         """
-        with self._lock:
+        with self._writing():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(f"{_SELECT} WHERE status IN (?, ?) ORDER BY received_at, rowid "
@@ -338,7 +361,7 @@ class DeliveryStore:
     def begin_attempt(self, key: str) -> Delivery:
         """Record that another attempt is about to be made (in flight from now on)."""
         now = time.time()
-        with self._lock:
+        with self._writing():
             self._db.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, "
                              "started_at = ?, pid = NULL WHERE key = ?", (RUNNING, now, now, key))
         got = self.get(key)
@@ -347,7 +370,7 @@ class DeliveryStore:
 
     def requeue_interrupted(self) -> int:
         """Deliveries left `running` by a crash go back to `pending`; returns how many."""
-        with self._lock:
+        with self._writing():
             cursor = self._db.execute("UPDATE deliveries SET status = ?, outcome = ?, updated_at = ? "
                                       "WHERE status = ?",
                                       (PENDING, "interrupted by a restart; run again", time.time(), RUNNING))
@@ -355,19 +378,19 @@ class DeliveryStore:
 
     def set_pid(self, key: str, pid: int | None) -> None:
         """Record the process (group) a local action runs in, so a restart can adopt it."""
-        with self._lock:
+        with self._writing():
             self._db.execute("UPDATE deliveries SET pid = ?, updated_at = ? WHERE key = ?",
                              (pid, time.time(), key))
 
     def finish(self, key: str, status: str, outcome: str) -> None:
         """Record the outcome of a delivery (or of its last attempt, for `retry`)."""
-        with self._lock:
+        with self._writing():
             self._db.execute("UPDATE deliveries SET status = ?, outcome = ?, updated_at = ? WHERE key = ?",
                              (status, outcome, time.time(), key))
 
     def requeue(self, key: str) -> Delivery:
         """`ps webhook retry`: a dead, failed or superseded delivery waits again with a fresh retry budget."""
-        with self._lock:
+        with self._writing():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()

@@ -200,3 +200,60 @@ def test_an_old_database_is_migrated(tmp_path: Path) -> None:
     store = DeliveryStore(path)
     got = store.get("k")
     assert got is not None and (got.status, got.pid) == (DONE, None)
+
+
+def _record_in_child(path: Path, proc: int, shared: bool, start: int, out: Path) -> None:
+    import os
+
+    store = DeliveryStore(path, shared=shared)
+    os.read(start, 1)  # all start together
+    found: list[tuple[int, str | None]] = []
+
+    def one(n: int) -> None:
+        found.append((n, store.record(make(f"p{proc}-{n}"), [f"uuid-{n}"])))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.write_text(repr(sorted(found)))
+    store.close()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_processes_recording_at_once_keep_one_owner_per_id(tmp_path: Path, shared: bool) -> None:
+    """`serve --workers N`: several processes (forked, each its own store) record the same deliveries and
+    ids at the same moment; each delivery is recorded once, every other call sees it as a duplicate."""
+    import os
+
+    path = tmp_path / "d.sqlite3"
+    DeliveryStore(path).close()
+    start_r, start_w = os.pipe()
+    pids = []
+    for proc in range(3):
+        pid = os.fork()
+        if pid == 0:  # a child: record, write what it found, exit without unwinding pytest
+            code = 1
+            try:
+                _record_in_child(path, proc, shared, start_r, tmp_path / f"out{proc}")
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    os.write(start_w, b"xxx")
+    for pid in pids:
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    os.close(start_r)
+    os.close(start_w)
+    store = DeliveryStore(path)
+    rows = store.recent(1000)
+    assert len(rows) == 20  # one delivery per uuid, whichever process was first
+    owner = {f"uuid-{n}": next(d.key for d in rows if d.key.endswith(f"-{n}")) for n in range(20)}
+    for proc in range(3):
+        for n, found in eval((tmp_path / f"out{proc}").read_text()):  # noqa: S307 - our own repr
+            assert found in (None, owner[f"uuid-{n}"])
+            assert (found is None) == (owner[f"uuid-{n}"] == f"p{proc}-{n}")
+    if shared:
+        assert stat.S_IMODE(Path(f"{path}-writer").stat().st_mode) == 0o600
+    store.close()
