@@ -73,6 +73,7 @@ SERIAL = (
     "tests/integration/test_many_routers.py::test_kill_9_at_5_random_points",
     "tests/integration/test_many_routers.py::test_two_agents_deploying_at_once_exclude_each_other",
     "tests/integration/test_webhook.py::test_accepted_push_is_recorded_answered_fast_and_acted_on_once",
+    "tests/integration/test_webhook_workers.py::test_two_receivers_take_100_at_once_none_reset_each_acted_on_exactly_once",
     "tests/integration/test_webhook.py::test_a_trickled_body_or_header_is_cut_at_the_request_deadline",
     "tests/integration/test_webhook.py::test_ps_webhook_serve_cuts_a_body_sent_one_byte_every_5_s",
     "tests/integration/test_health_gate.py::test_worker_ready_at_4s_does_not_pass_at_1_2s",
