@@ -5,8 +5,9 @@ prune) of one service to 1, 2 and 4 Docker hosts, in the same run: host 1 is the
 are dockerds of their own (testbed.engine.start_dockerd, each with its own bridge, as the tests' second
 host), each host's slots on a loopback address of its own. The hard case: the sample app answers 503
 `{"status":"starting"}` for HEALTHY_AFTER seconds after every start, so each gate waits for every host's
-boot. One host nginx in front of every host's slots (`router:`, today's one-router form; a router per host
-is the multi-router work's). Also 4 hosts with `parallel_hosts: 1` (one host after the other, as before)
+boot. A router per host (`routers:`): an nginx for each host listing only that host's slots, so every
+traffic change of the deploy is written, tested and reloaded on 1, 2 or 4 routers at once. Also 4 hosts
+with `parallel_hosts: 1` (one host after the other, as before)
 to show what the pool buys. The runs are interleaved in rounds (1, 2, 4, 4 one by one; then 2, 4, ...: the
 order turns each round) so load from other work on the machine hits all alike; the figure is the median
 over the rounds of each round's time against that round's 1 host.
@@ -36,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from testbed.bench import write_result  # noqa: E402
 from testbed.deploy_bed import REGISTRY, DeployBed, start_deploy_bed  # noqa: E402
 from testbed.engine import Engine, private_bridge, start_dockerd  # noqa: E402
+from testbed.nginx import server_block, start_nginx  # noqa: E402
 from testbed.ports import CLAIM_PORT, address, second_address  # noqa: E402
 
 GOAL = 1.3
@@ -93,9 +95,10 @@ def drop_containers(bed: DeployBed, engines: list[Engine]) -> None:
             client.close()
 
 
-def make_bed(others: list[tuple[Engine, str]], parallel: int, boot: float) -> DeployBed:
+def make_bed(others: list[tuple[Engine, str]], parallel: int, boot: float, stack: ExitStack) -> DeployBed:
     """A deploy bed whose ps.yaml lists its own engine (host 1, the run's address) and `others` (engine,
-    address), `parallel_hosts: parallel`, the app answering 503 for `boot` seconds after each start."""
+    address), a router per host, `parallel_hosts: parallel`, the app answering 503 for `boot` seconds
+    after each start."""
     bed = start_deploy_bed({"web": "canary"})
     for build in BUILDS:
         bed.build(build)
@@ -105,6 +108,15 @@ def make_bed(others: list[tuple[Engine, str]], parallel: int, boot: float) -> De
     raw["hosts"] = [{"name": f"app{n}", "docker": docker, "address": addr}
                     for n, (docker, addr) in enumerate(hosts, start=1)]
     raw["parallel_hosts"] = parallel
+    first = raw.pop("router")
+    routers = [{"name": "router1", **first, "hosts": ["app1"]}]
+    for n in range(2, len(hosts) + 1):  # hosts 2..N: an nginx each (ps rewrites its include at once)
+        nginx = start_nginx(server_block(bed.slots, bed.app), bed.nginx.include.read_text())
+        stack.callback(nginx.stop)
+        routers.append({"name": f"router{n}", "include": str(nginx.include), "url": nginx.url,
+                        "hosts": [f"app{n}"], "nginx": {"prefix": str(nginx.prefix), "conf": str(nginx.conf),
+                                                        "error_log": str(nginx.error_log)}})
+    raw["routers"] = routers
     web = raw["services"]["web"]
     web["env"] = {"HEALTHY_AFTER": f"{boot:g}"}
     web["health"]["retries"] = 300  # 30 s at 100 ms: never the limit, even on a loaded machine
@@ -135,7 +147,7 @@ def main() -> int:
         try:
             for name, count, parallel in CASES:
                 others = list(zip(engines[:count - 1], addresses, strict=False))
-                bed = make_bed(others, parallel, args.boot)
+                bed = make_bed(others, parallel, args.boot, stack)
                 beds[name] = (bed, [e for e, _ in others])
                 deploy(bed, BUILDS[0])  # the live world before the timed runs: stable and canary on B1
             times: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
@@ -147,16 +159,16 @@ def main() -> int:
                     times[name].append(took)
                     print(f"  {name}: {took:.2f} s", flush=True)
         finally:
-            for bed, others in beds.values():
-                drop_containers(bed, others)
+            for bed, extra in beds.values():
+                drop_containers(bed, extra)
                 bed.close()
     medians = {name: statistics.median(t) for name, t in times.items()}
     # each round measures every case within a minute: the ratio to that round's 1 host, then the median
     ratios = {name: round(statistics.median(t / b for t, b in zip(ts, times["1 host"], strict=True)), 3)
               for name, ts in times.items()}
     result: dict[str, Any] = {
-        "figure": "ps deploy --type stable wall time, N hosts / 1 host (median of the rounds' ratios), "
-                  "app 503 while it boots",
+        "figure": "ps deploy --type stable wall time, N hosts with a router each / 1 host and its router "
+                  "(median of the rounds' ratios), app 503 while it boots",
         "boot_s": args.boot, "reps": args.reps,
         "median_s": {name: round(m, 3) for name, m in medians.items()},
         "ratio": ratios, "goal": GOAL, "met": ratios["4 hosts"] <= GOAL,
