@@ -97,7 +97,9 @@ def test_a_canary_logging_errors_with_green_health_is_rolled_back_by_the_watch(
     assert history["extra"]["judgements"][-1]["judgements"][0]["kind"] == "watch"
     data = json.loads((tmp_path / "noisy.json").read_text())
     assert data["extra"]["watch"][-1]["decision"] == "fail"
-    assert report.sent > 200 and report.failed == 0, report.errors[:5]
+    # the load ran across the canary step (the noisy canary answered some), and no request failed
+    assert report.sent > 100 and report.failed == 0, report.errors[:5]
+    assert set(report.by_slot) == {"stable", "canary"}, report.by_slot
 
 
 def test_a_canary_over_its_memory_share_is_caught(bed: Any, docker_ps: Any) -> None:
@@ -147,7 +149,9 @@ def test_a_promoted_build_logging_errors_is_watched_and_the_previous_build_put_b
     for slot in ("stable", "canary"):
         assert _labels(docker_client, f"{APP}-web-{slot}")[LABEL_BUILD_ID] == OLD
     assert out["judgements"][-1]["step"] == "stable watch"
-    assert report.sent > 300 and report.failed == 0, report.errors[:5]
+    # the load ran across the change: it reached the promoted build, and no request failed
+    assert report.sent > 100 and report.failed == 0, report.errors[:5]
+    assert set(report.by_slot) == {"stable", "canary"}, report.by_slot
 
 
 @pytest.fixture
@@ -182,4 +186,6 @@ def test_blue_green_watch_switches_back_from_a_color_logging_errors(bg_bed: Any,
     assert out["result"] == "rolled-back", out["message"]
     assert " error lines (" in out["message"] and f"vs before ({before}) 0" in out["message"]
     assert f"switched back to {before}" in out["message"] and out["active"] == {"web": before}
-    assert report.sent > 200 and report.failed == 0, report.errors[:5]
+    # the load ran across the switch and the switch back (both colors answered), and no request failed
+    assert report.sent > 100 and report.failed == 0, report.errors[:5]
+    assert set(report.by_slot) == {"blue", "green"}, report.by_slot
