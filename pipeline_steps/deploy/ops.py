@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline_steps.config import Config, Service
+from pipeline_steps.config import Config, Host, Service
 from pipeline_steps.config.run_spec import Hook
 from pipeline_steps.context import CIContext
 
@@ -259,42 +259,59 @@ class RealOps:
     def start_slot(self, slot: str, service: Service) -> list[str]:
         from pipeline_steps.adapters import slots
         from pipeline_steps.adapters.docker_host import opened
+        from pipeline_steps.parallel import each_host
 
         name = slots.container_name(self.config.app, service.name, slot)
-        started = []
-        for host in self.config.hosts_of(service):
+
+        def start(host: Host) -> str | None:
             with opened(host) as engine:
                 container = engine.container(name)
                 if container is None:
                     raise SlotMissing(host.name, name)
-                if container.status != "running":
-                    engine.start(container.id)
-                    started.append(f"host {host.name}: started {name} (was {container.status})")
-        return started
+                if container.status == "running":
+                    return None
+                engine.start(container.id)
+                return f"host {host.name}: started {name} (was {container.status})"
+
+        found = each_host(self.config.hosts_of(service), start, self.config.parallel_hosts)
+        return [line for line in found if line]
 
     def stop_slot(self, slot: str, services: Sequence[Service]) -> None:
         from pipeline_steps.adapters import slots
         from pipeline_steps.adapters.docker_host import opened
+        from pipeline_steps.parallel import each_host
 
-        for host in self.config.hosts:
+        def stop(host: Host) -> list[str]:
+            stopped = []
             with opened(host) as engine:
                 for service in (s for s in services if host in self.config.hosts_of(s)):
                     name = slots.container_name(self.config.app, service.name, slot)
                     container = engine.container(name)
                     if container is not None and container.running:
                         engine.stop(container.id, timeout=10)
-                        self.say(f"host {host.name}: stopped {name}")
+                        stopped.append(f"host {host.name}: stopped {name}")
+            return stopped
+
+        for lines in each_host(self.config.hosts, stop, self.config.parallel_hosts):  # lines in host order
+            for line in lines:
+                self.say(line)
 
     def prune(self, services: Sequence[Service]) -> None:
         """Keep the newest deploy.keep_images images per service on every host (for --to previous)."""
         from pipeline_steps.adapters.docker_host import opened, prune_repo
+        from pipeline_steps.parallel import each_host
 
         keep = self.config.deploy.keep_images
-        for host in self.config.hosts:
+
+        def prune_host(host: Host) -> list[str]:
             with opened(host) as engine:
-                for service in (s for s in services if host in self.config.hosts_of(s)):
-                    for tag in prune_repo(engine, self.config.image_repo(service), keep):
-                        self.say(f"host {host.name}: removed old image {tag}")
+                return [f"host {host.name}: removed old image {tag}"
+                        for service in services if host in self.config.hosts_of(service)
+                        for tag in prune_repo(engine, self.config.image_repo(service), keep)]
+
+        for lines in each_host(self.config.hosts, prune_host, self.config.parallel_hosts):
+            for line in lines:
+                self.say(line)
 
     def kept_builds(self, service: Service) -> list[str]:
         """The BUILD_IDs of the service's images kept on the first host, newest first."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipeline_steps.config import Config, NginxRouter, Service
+from pipeline_steps.config import Config, Host, NginxRouter, Service
 from pipeline_steps.errors import BadInput, Unreachable
 from pipeline_steps.upstreams import (
     Upstream,
@@ -339,22 +339,27 @@ def _build_ids(config: Config, warnings: list[str]) -> dict[tuple[str, str, str]
     """BUILD_ID per (host, service, slot) from the slot containers' labels."""
     from pipeline_steps.adapters import slots as slot_names
     from pipeline_steps.adapters.docker_host import open_host
+    from pipeline_steps.parallel import each_host
 
-    found: dict[tuple[str, str, str], str | None] = {}
-    for host in config.hosts:
+    def labels_of(host: Host) -> list[Mapping[str, str]] | str:
         try:
             engine = open_host(host, timeout=10)
         except Unreachable as exc:
-            warnings.append(exc.message)
-            continue
+            return exc.message
         try:
-            for c in engine.slot_containers(config.app):
-                labels = c.labels
-                key = (host.name, labels.get(slot_names.LABEL_SERVICE, ""),
-                       labels.get(slot_names.LABEL_SLOT, ""))
-                found[key] = labels.get(slot_names.LABEL_BUILD_ID)
+            return [c.labels for c in engine.slot_containers(config.app)]
         finally:
             engine.close()
+
+    found: dict[tuple[str, str, str], str | None] = {}
+    for host, listed in zip(config.hosts, each_host(config.hosts, labels_of, config.parallel_hosts),
+                            strict=True):
+        if isinstance(listed, str):  # unreachable: a warning, the other hosts still count
+            warnings.append(listed)
+            continue
+        for labels in listed:
+            key = (host.name, labels.get(slot_names.LABEL_SERVICE, ""), labels.get(slot_names.LABEL_SLOT, ""))
+            found[key] = labels.get(slot_names.LABEL_BUILD_ID)
     return found
 
 

@@ -118,6 +118,72 @@ def test_a_canary_with_5_percent_errors_is_rolled_back_and_an_equal_one_promoted
     assert report.sent > 500 and report.failed == 0, report.errors[:5]
 
 
+@pytest.fixture
+def two_routers(bed: Any, nginx_factory: Callable[..., Any], docker_client: Any) -> Iterator[Any]:
+    """The bed with a second router (another nginx in front of the same slots, its own include and JSON
+    access log) and a front nginx sending each request to the next router, as a load balancer does."""
+    from testbed.nginx import server_block
+
+    second = nginx_factory(server_block(["web"], APP), bed.include_text(), access_log=True)
+    servers = "".join(f"        server {n.url.removeprefix('http://')} max_fails=0;\n"
+                      for n in (bed.nginx, second))
+    front = nginx_factory("    upstream judged_front {\n" + servers + "    }\n"
+                          "    server {\n        listen {address}:{port};\n"
+                          "        location / { proxy_pass http://judged_front; proxy_next_upstream off; }\n"
+                          "    }\n")
+    raw = bed.raw
+    first = raw.pop("router")
+    raw["routers"] = [{"name": "router1", **first},
+                      {"name": "router2", "include": str(second.include), "url": second.url,
+                       "nginx": {"prefix": str(second.prefix), "conf": str(second.conf),
+                                 "error_log": str(second.error_log)}}]
+    raw["services"]["web"]["url"] = f"{front.url}/web/"
+    bed.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    bed.second, bed.front = second, front
+    yield bed
+
+
+def _canary_lines(log: Path, canary: str) -> int:
+    """Lines of a router's JSON access log that the canary slot answered."""
+    if not log.exists():
+        return 0
+    return sum(1 for text in log.read_text().splitlines()
+               if text.strip() and canary in json.loads(text).get("upstream_addr", ""))
+
+
+def test_the_same_judgement_is_read_from_two_routers(two_routers: Any, docker_ps: Any) -> None:
+    """Load through a front balancer alternating between two routers: the judgement reads both routers'
+    access logs (it counts more canary requests than either log holds alone) and rolls the 5 % canary
+    back from both routers at once, with 0 failed requests through the front."""
+    bed = two_routers
+    assert _deploy(docker_ps, "--type", "stable", "--build-id", OLD).returncode == 0
+    logs = [Path(n.include).parent / "ps-access.json" for n in (bed.nginx, bed.second)]
+    canary = f"{address()}:{bed.ports['web']['canary']}"
+    with LoadGenerator(f"{bed.front.url}/web/", rate=100, max_seconds=60, max_requests=6000, timeout=10,
+                       ok_status=range(200, 600)) as load:
+        bad = _deploy(docker_ps, "--type", "canary-auto", "--build-id", BAD)
+    report = load.report()
+    print(f"load through the front during the bad canary: {report.summary()}")
+    assert bad.returncode == 1, bad.stderr + bad.stdout
+    out = _result(bad)
+    print(f"judged from two routers: {out['message']}")
+    assert out["result"] == "rolled-back" and out["message"].startswith("judgement at canary 20 %: web: "), \
+        out["message"]
+    web = out["judgements"][-1]["judgements"][0]
+    assert web["errors"]["decision"] == "fail" and web["stable"]["errors"] == 0
+    per_router = [_canary_lines(log, canary) for log in logs]
+    print(f"canary lines per router log: {per_router}; judged canary requests: {web['canary']['requests']}")
+    assert min(per_router) > 0, per_router  # the front spread the canary's requests over both routers
+    assert max(per_router) < web["canary"]["requests"] <= sum(per_router)
+    from pipeline_steps.upstreams import UpstreamFile
+
+    for include in (bed.nginx.include, bed.second.include):  # rolled back on both routers
+        upstream = UpstreamFile.load(str(include)).upstreams()[f"{APP}_web".replace("-", "_")]
+        weights = {line.address: line.effective_weight for line in upstream.servers}
+        assert weights[canary] <= 1 and weights[f"{address()}:{bed.ports['web']['stable']}"] > 900, weights
+    assert report.failed == 0, report.errors[:5]
+
+
 def test_a_slower_canary_inconclusive_then_failed_on_latency_steps_back_gradually(
         bed: Any, docker_ps: Any) -> None:
     """At 50 req/s, 10 % for 8 s is too little traffic (inconclusive, passed by policy); at 40 % the
