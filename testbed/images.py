@@ -122,6 +122,18 @@ def copy_sample_app(dest: Path) -> Path:
     return dest
 
 
+def build_variants(client: Any, base_image: str, repo: str, variants: dict[str, str],
+                   new_dir: Callable[[], Path]) -> None:
+    """The sample app built once per BUILD_ID as `<repo>:<BUILD_ID>`, each with its extra Dockerfile
+    lines (e.g. "ENV FAIL_EVERY=20\n"); `new_dir()` gives an empty build directory."""
+    for build_id, extra in variants.items():
+        ctx = copy_sample_app(new_dir())
+        with open(ctx / "Dockerfile", "a") as fh:
+            fh.write("\n" + extra)
+        client.images.build(path=str(ctx), tag=f"{repo}:{build_id}", rm=True,
+                            buildargs={"BUILD_ID": build_id, "BASE_IMAGE": base_image})
+
+
 def remove_images(client: Any, *, repo_prefix: str | None = None, label: str | None = None) -> list[str]:
     """Untag this run's images (tags starting with repo_prefix, or images carrying label): never by ID
     with force, which would also take the tags of another run whose identical build hit the same cache.

@@ -152,6 +152,15 @@ class SiteBed:
     def include_text(self) -> str:
         return str(self.nginx.include.read_text())
 
+    def for_deploys(self, registry: str, service: str = "web") -> dict[str, Any]:
+        """`raw` set up for real deploys of `service`: the registry, a 200 ms health check with 40 tries,
+        and its URL through this nginx (the caller adds its policy and saves)."""
+        self.raw["registry"] = registry
+        self.raw["services"][service]["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s",
+                                                   "retries": 40}
+        self.raw["services"][service]["url"] = self.url(service)
+        return self.raw
+
     def save(self) -> None:
         """Write `raw` back to the ps.yaml."""
         import yaml

@@ -26,12 +26,9 @@ OLD, BAD, GOOD, SLOW = "aaaa00000001", "bbbb0000bad5", "cccc00000003", "dddd0000
 def builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The stable build, a canary whose every 20th request answers 500, an equal canary, and one that
     answers 100 ms later."""
-    for build_id, env in ((OLD, ""), (BAD, "ENV FAIL_EVERY=20\n"), (GOOD, ""), (SLOW, "ENV SLOW_MS=100\n")):
-        ctx = images.copy_sample_app(tmp_path_factory.mktemp("ctx"))
-        with open(ctx / "Dockerfile", "a") as fh:
-            fh.write("\n" + env)
-        docker_client.images.build(path=str(ctx), tag=f"{REGISTRY}/{APP}/web:{build_id}", rm=True,
-                                   buildargs={"BUILD_ID": build_id, "BASE_IMAGE": base_image})
+    images.build_variants(docker_client, base_image, f"{REGISTRY}/{APP}/web",
+                          {OLD: "", BAD: "ENV FAIL_EVERY=20\n", GOOD: "", SLOW: "ENV SLOW_MS=100\n"},
+                          lambda: tmp_path_factory.mktemp("ctx"))
     yield
     images.remove_images(docker_client, repo_prefix=f"{REGISTRY}/{APP}/")
 
@@ -40,11 +37,7 @@ def builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPat
 def bed(traffic_bed: Callable[..., Any], engine: Any, docker_client: Any, builds: None) -> Iterator[Any]:
     made = traffic_bed({"web": "canary"}, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
                                                           "address": address()}])
-    raw = made.raw
-    raw["registry"] = REGISTRY
-    raw["services"]["web"]["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s",
-                                        "retries": 40}
-    raw["services"]["web"]["url"] = made.url("web")
+    raw = made.for_deploys(REGISTRY)
     raw["canary"] = {"steps": [20], "pause": "20s", "check_interval": "1s", "probe": 0,
                      "analysis": {"enabled": True, "max_error_rate_increase": 0.02,
                                   "max_p99_increase": "100ms", "min_requests": 50, "extend": "0s"}}

@@ -30,12 +30,9 @@ OLD, NOISY, FAT = "aaaa00000001", "eeee0000err1", "ffff0000mem1"
 def builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The stable build, a canary logging an ERROR line every 10th request (answering 200 all along),
     and one that holds 40 MiB of memory from its start."""
-    for build_id, env in ((OLD, ""), (NOISY, "ENV ERROR_EVERY=10\n"), (FAT, "ENV ALLOC_MB=40\n")):
-        ctx = images.copy_sample_app(tmp_path_factory.mktemp("ctx"))
-        with open(ctx / "Dockerfile", "a") as fh:
-            fh.write("\n" + env)
-        docker_client.images.build(path=str(ctx), tag=f"{REGISTRY}/{APP}/web:{build_id}", rm=True,
-                                   buildargs={"BUILD_ID": build_id, "BASE_IMAGE": base_image})
+    images.build_variants(docker_client, base_image, f"{REGISTRY}/{APP}/web",
+                          {OLD: "", NOISY: "ENV ERROR_EVERY=10\n", FAT: "ENV ALLOC_MB=40\n"},
+                          lambda: tmp_path_factory.mktemp("ctx"))
     yield
     images.remove_images(docker_client, repo_prefix=f"{REGISTRY}/{APP}/")
 
@@ -44,11 +41,7 @@ def builds(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPat
 def bed(traffic_bed: Callable[..., Any], engine: Any, docker_client: Any, builds: None) -> Iterator[Any]:
     made = traffic_bed({"web": "canary"}, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
                                                           "address": address()}])
-    raw = made.raw
-    raw["registry"] = REGISTRY
-    raw["services"]["web"]["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s",
-                                        "retries": 40}
-    raw["services"]["web"]["url"] = made.url("web")
+    raw = made.for_deploys(REGISTRY)
     raw["services"]["web"]["memory"] = "64m"
     raw["canary"] = {"steps": [20], "pause": "20s", "check_interval": "1s", "probe": 0}
     raw["watch"] = {"error_pattern": "ERROR|Exception", "max_error_lines_increase": 5,
@@ -158,11 +151,7 @@ def test_a_promoted_build_logging_errors_is_watched_and_the_previous_build_put_b
 def bg_bed(traffic_bed: Callable[..., Any], engine: Any, docker_client: Any, builds: None) -> Iterator[Any]:
     made = traffic_bed({"web": "blue-green"}, app=APP, hosts=[{"name": "local", "docker": engine.base_url,
                                                               "address": address()}])
-    raw = made.raw
-    raw["registry"] = REGISTRY
-    raw["services"]["web"]["health"] = {"path": "/health", "interval": "200ms", "timeout": "2s",
-                                        "retries": 40}
-    raw["services"]["web"]["url"] = made.url("web")
+    raw = made.for_deploys(REGISTRY)
     raw["canary"] = {"check_interval": "1s", "probe": 0}
     raw["watch"] = {"error_pattern": "ERROR|Exception", "max_error_lines_increase": 5, "duration": "20s",
                     "interval": "2s"}
