@@ -14,7 +14,7 @@ from testbed.wait import until
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys
     from pipeline_steps.webhook.prefork import Supervisor, listen_socket
 
     def child(role, sock, pipe):
@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
         if sys.argv[1] == "crash":
             return 3
         while True:
-            time.sleep(3600)
+            signal.pause()  # until the supervisor's signal ends this child
 
     def log(line):
         os.write(1, f"{line}\\n".encode())
