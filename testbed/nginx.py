@@ -183,6 +183,11 @@ class SiteBed:
         return last_json(done.stdout), last_json(probe.stdout)["services"][0]["measured"]
 
 
+def json_deploy(ps: Callable[..., Any], *args: str) -> Any:
+    """`ps --json deploy ARGS --no-notify` through a test's `ps` runner (4 minutes at most)."""
+    return ps("--json", "deploy", *args, "--no-notify", timeout=240)
+
+
 def last_json(stdout: str) -> dict[str, Any]:
     """The last line of a `ps --json` run's stdout (the step's record)."""
     import json

@@ -18,6 +18,7 @@ import yaml
 
 from testbed import images
 from testbed.load import LoadGenerator
+from testbed.nginx import json_deploy, last_json
 from testbed.ports import address, unique
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -53,11 +54,11 @@ def bed(traffic_bed: Callable[..., Any], engine: Any, docker_client: Any, builds
 
 
 def _deploy(ps: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return ps("--json", "deploy", *args, "--no-notify", timeout=240)
+    return json_deploy(ps, *args)  # type: ignore[no-any-return]
 
 
 def _result(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return last_json(done.stdout)
 
 
 def test_a_canary_logging_errors_with_green_health_is_rolled_back_by_the_watch(
