@@ -53,7 +53,7 @@ def command(out: Output, expect_canary: float | None, expect_active: str | None,
 
 def _measured(m: dict[str, Any]) -> str:
     return (f"{m['slot']} {100 * m['share']:.1f} % of {m['valid']} valid answers "
-            f"(of {m['requests']} requests to {m['url']}; 99 % interval "
+            f"(of {m['requests']} requests to {m['url']}; {100 * m['confidence']:g} % interval "
             f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %)")
 
 
@@ -70,7 +70,7 @@ def _line(v: dict[str, Any]) -> str:
     if v["measured"] and v["measured"].get("by") == "keys":  # issue 13: a sticky split, by keys
         m = v["measured"]
         line += (f", measured canary {100 * m['share']:.1f} % of {m['valid']} keys by {m['key']} "
-                 f"(expected {100 * m['expected_share']:g} %; 99 % interval "
+                 f"(expected {100 * m['expected_share']:g} %; {100 * m['confidence']:g} % interval "
                  f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %; "
                  f"{m['keys_on_both_slots']} keys on both slots)")
     elif v["measured"]:

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from pipeline_steps.adapters.interfaces import TrafficSender
 
 __all__ = ["PROBE_TIMEOUT", "Answer", "ProbeRun", "classify", "describe_invalid", "last_upstream",
-           "measure", "probe_url", "send_probe", "verify_weights"]
+           "family_confidence", "measure", "probe_url", "send_probe", "verify_weights"]
 
-CONFIDENCE = 0.99
+CONFIDENCE = 0.99  # for all the split measures of one verification together (see family_confidence)
 MAX_PROBE = 100_000
 
 
@@ -238,8 +238,14 @@ def slot_builds(config: Config, service: Service, warnings: list[str]) -> dict[s
     return out
 
 
+def family_confidence(measures: int, confidence: float = CONFIDENCE) -> float:
+    """The confidence of each of `measures` split measures judged together (each router's and the
+    front's), so that a right split fails any of them with at most 1 - `confidence` (Bonferroni)."""
+    return 1.0 - (1.0 - confidence) / max(1, measures)
+
+
 def measure(config: Config, service: Service, upstream: Upstream, run: ProbeRun, target_slot: str,
-            p: float) -> tuple[dict[str, Any], list[str]]:
+            p: float, confidence: float = CONFIDENCE) -> tuple[dict[str, Any], list[str]]:
     """Judge a probe run: the measured dict and the problems (any invalid answer is one)."""
     servers = upstream_servers(config, service, upstream)
     warnings: list[str] = []
@@ -262,12 +268,12 @@ def measure(config: Config, service: Service, upstream: Upstream, run: ProbeRun,
                             + (f", {answer.error}" if answer.error else ""))
     valid = sum(counts.values())
     hits = counts.get(target_slot, 0)
-    low, high = binomial_interval(valid, p, CONFIDENCE)
+    low, high = binomial_interval(valid, p, confidence)
     measured: dict[str, Any] = {
         "url": run.url, "requests": run.wanted, "answered": len(run.answers), "valid": valid,
         "counts": counts, "invalid": invalid, "examples": examples, "slot": target_slot,
         "share": share(counts, target_slot), "expected_share": p,
-        "interval": [low / valid, high / valid] if valid else [0.0, 0.0], "confidence": CONFIDENCE,
+        "interval": [low / valid, high / valid] if valid else [0.0, 0.0], "confidence": confidence,
         "timed_out": run.timed_out, "stopped": run.stopped, "warnings": warnings}
     problems: list[str] = []
     total = len(run.answers)
@@ -282,13 +288,14 @@ def measure(config: Config, service: Service, upstream: Upstream, run: ProbeRun,
     elif not low <= hits <= high:
         problems.append(
             f"{service.name}: {target_slot} answered {hits} of {valid} valid answers "
-            f"({100 * hits / valid:.1f} %), outside the 99 % interval "
+            f"({100 * hits / valid:.1f} %), outside the {100 * confidence:g} % interval "
             f"{100 * low / valid:.1f}..{100 * high / valid:.1f} % around {100 * p:.1f} %")
     return measured, problems
 
 
 def _measure_sticky(config: Config, service: Service, upstream: Upstream, live: Any, url: str, keys: int,
-                    deadline: float | None, stop: threading.Event | None) -> tuple[dict[str, Any], list[str]]:
+                    deadline: float | None, stop: threading.Event | None,
+                    confidence: float) -> tuple[dict[str, Any], list[str]]:
     """issue 13: a sticky split is measured by keys (pipeline_steps.sticky, adapters/key_probe)."""
     from pipeline_steps import sticky
     from pipeline_steps.adapters.key_probe import probe_keys
@@ -301,7 +308,7 @@ def _measure_sticky(config: Config, service: Service, upstream: Upstream, live: 
     key = config.canary.sticky
     assert key is not None
     run = probe_keys(url, keys, key.kind, key.name, deadline=deadline, stop=stop)
-    return sticky.measure_keys(service.name, run, lambda a: classify(a, servers, {}), percent, CONFIDENCE)
+    return sticky.measure_keys(service.name, run, lambda a: classify(a, servers, {}), percent, confidence)
 
 
 def verify_weights(config: Config, *, expect_canary: float | None = None, expect_active: str | None = None,
@@ -332,10 +339,13 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
     if probe and len(chosen) != 1:
         raise BadInput("--probe measures one service: give --service NAME")
     many = len(config.routers) > 1
+    front_url = ((url if many else None)  # many routers: --url is the front
+                 or (through(config.routers_url, chosen[0]) if config.routers_url else None))
+    confidence = family_confidence((len(config.routers) if many else 1) + (1 if front_url else 0))
     if not many:
         where = probe_url(config, chosen[0], url) if probe else None
         verdicts, live = _verify_router(config, chosen, expect_canary, expect_active, tolerance, probe, where,
-                                        probe_deadline, stop, sender)
+                                        probe_deadline, stop, sender, confidence)
         sections = [_section(config, router, where, verdicts)]
     else:
         sections, verdicts = [], []
@@ -345,14 +355,13 @@ def verify_weights(config: Config, *, expect_canary: float | None = None, expect
                                f"routers[{i}].url ({r.name}) in {config.source}")
             where = through(r.url, chosen[0]) if probe and r.url else None
             found, _ = _verify_router(config.for_router(r), chosen, expect_canary, expect_active, tolerance,
-                                      probe, where, probe_deadline, stop, sender)
+                                      probe, where, probe_deadline, stop, sender, confidence)
             sections.append(_section(config, r, where, found))
             verdicts = verdicts or found
     front = None
-    front_url = ((url if many else None)  # many routers: --url is the front
-                 or (through(config.routers_url, chosen[0]) if config.routers_url else None))
     if probe and front_url:
-        front = _measure_front(config, chosen[0], sections, front_url, probe, probe_deadline, stop, sender)
+        front = _measure_front(config, chosen[0], sections, front_url, probe, probe_deadline, stop, sender,
+                               confidence)
     ok = all(sec["ok"] for sec in sections) and (front is None or not front["problems"])
     return VerifyResult(ok=ok, tolerance=tolerance, include=router.include,
                         services=[{**asdict(v), "ok": v.ok} for v in verdicts],
@@ -368,7 +377,7 @@ def _section(config: Config, router: Any, url: str | None, verdicts: list[Servic
 def _verify_router(config: Config, chosen: list[Service], expect_canary: float | None,
                    expect_active: str | None, tolerance: int, probe: int, where: str | None,
                    probe_deadline: float | None, stop: threading.Event | None,
-                   sender: TrafficSender | None) -> tuple[list[ServiceVerdict], Any]:
+                   sender: TrafficSender | None, confidence: float) -> tuple[list[ServiceVerdict], Any]:
     """The verdicts of one router (`config`: its view, config.router the router)."""
     router = require_router(config)
     live = load_live(config)
@@ -397,10 +406,11 @@ def _verify_router(config: Config, chosen: list[Service], expect_canary: float |
                 target_slot, p = str(verdict.expected.get("active") or "blue"), 1.0
             if kind == "canary" and config.canary.sticky is not None and sender is None:
                 verdict.measured, problems = _measure_sticky(config, service, upstream, live, where, probe,
-                                                             probe_deadline, stop)
+                                                             probe_deadline, stop, confidence)
             else:
                 run = (sender or send_probe)(where, probe, deadline=probe_deadline, stop=stop)
-                verdict.measured, problems = measure(config, service, upstream, run, target_slot, p)
+                verdict.measured, problems = measure(config, service, upstream, run, target_slot, p,
+                                                     confidence)
             verdict.problems.extend(problems)
         verdicts.append(verdict)
     return verdicts, live
@@ -408,7 +418,7 @@ def _verify_router(config: Config, chosen: list[Service], expect_canary: float |
 
 def _measure_front(config: Config, service: Service, sections: list[dict[str, Any]], front_url: str,
                    probe: int, probe_deadline: float | None, stop: threading.Event | None,
-                   sender: TrafficSender | None) -> dict[str, Any]:
+                   sender: TrafficSender | None, confidence: float) -> dict[str, Any]:
     """The split measured through the front balancer (routers_url, or --url with many routers): every
     router's servers count, and the share must fall in the same interval as each router's."""
     verdict = sections[0]["services"][0]
@@ -427,9 +437,9 @@ def _measure_front(config: Config, service: Service, sections: list[dict[str, An
     if verdict["kind"] == "canary" and config.canary.sticky is not None and sender is None:
         # a sticky split decides per key at every router: measured by keys through the front too
         measured, problems = _measure_sticky(config, service, upstream, first_live, front_url, probe,
-                                             probe_deadline, stop)
+                                             probe_deadline, stop, confidence)
     else:
         run = (sender or send_probe)(front_url, probe, deadline=probe_deadline, stop=stop)
-        measured, problems = measure(config, service, upstream, run, target_slot, p)
+        measured, problems = measure(config, service, upstream, run, target_slot, p, confidence)
     return {"url": front_url, "service": service.name, "measured": measured,
             "problems": [f"front {front_url}: {p}" for p in problems]}

@@ -331,6 +331,41 @@ def test_verify_weights_measures_through_each_router_and_the_front(
     assert any(p.startswith("router2: web: 50 of 50 answers") for p in swapped.problems()), swapped.problems()
 
 
+def test_the_split_measures_of_one_verification_share_its_99_percent(
+        two: tuple[Config, FakeRouter, FakeRouter]) -> None:
+    """Two routers and the front are three measures: each is judged at 1 - 0.01/3, so a right split fails
+    one of them at most 1 % of the time (not 3 %); a count just outside the 99 % interval passes them."""
+    from dataclasses import replace
+
+    from pipeline_steps.operations.verify_weights import family_confidence, verify_weights
+    from pipeline_steps.weights import binomial_interval
+
+    assert family_confidence(1) == 0.99 and family_confidence(0) == 0.99
+    assert abs(family_confidence(3) - (1 - 0.01 / 3)) < 1e-12
+    config, _, _ = two
+    config = replace(config, routers_url="http://127.0.0.1:18080")
+    set_weights(config, 10)
+    n = 400
+    _, high99 = binomial_interval(n, 0.1, 0.99)
+    _, high3 = binomial_interval(n, 0.1, family_confidence(3))
+    assert high3 > high99  # the family's intervals are wider
+    edge = (high99 + 1) / n  # outside one 99 % interval, inside each of three
+    shares = {"http://127.0.0.1:18002": edge, "http://127.0.0.2:18002": 0.1, "http://127.0.0.1:18080": 0.1}
+    result = verify_weights(config, expect_canary=10, probe=n, services=["web"], sender=_sender(shares))
+    assert result.ok, result.problems()
+    measured = [r["services"][0]["measured"] for r in result.routers] + [result.front["measured"]]
+    assert {m["confidence"] for m in measured} == {family_confidence(3)}
+    beyond = {**shares, "http://127.0.0.1:18002": (high3 + 1) / n}
+    bad = verify_weights(config, expect_canary=10, probe=n, services=["web"], sender=_sender(beyond))
+    assert not bad.ok and "outside the 99.6667 % interval" in bad.problems()[0], bad.problems()
+    # one router and no front: one measure, judged at 99 %, and the same count fails it
+    one = replace(config.for_router(config.routers[0]), routers_url=None)
+    alone = verify_weights(one, expect_canary=10, probe=n, services=["web"], url="http://127.0.0.1:18002",
+                           sender=_sender(shares))
+    assert not alone.ok and len(alone.problems()) == 1, alone.problems()
+    assert "outside the 99 % interval" in alone.problems()[0]
+
+
 def test_verify_weights_names_the_router_whose_weights_are_off(two: tuple[Config, FakeRouter,
                                                                             FakeRouter]) -> None:
     from pipeline_steps.operations.verify_weights import verify_weights
