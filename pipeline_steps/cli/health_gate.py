@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import click
@@ -20,7 +21,7 @@ from pipeline_steps.health import (
     service_targets,
     try_line,
 )
-from pipeline_steps.operations.health_gate import gate
+from pipeline_steps.operations.health_gate import gate, gate_hosts
 
 
 @click.command("health-gate")
@@ -72,10 +73,12 @@ def command(out: Output, urls: tuple[str, ...], service: str | None, slot: str |
     expect = _expect_pairs(expects) if expects else None
     spec = HealthSpec()
     targets: list[HealthTarget] = []
+    limit = 0
     if service and slot:
         config = load(out)
         spec = config.service(service).health
         targets.extend(service_targets(config, service, slot))
+        limit = config.parallel_hosts
     policy = GatePolicy.from_spec(spec, retries=retries, interval=interval, timeout=timeout,
                                   expect_status=expect_status, expect=expect, max_latency=max_latency,
                                   successes=successes, start_period=start_period,
@@ -90,7 +93,18 @@ def command(out: Output, urls: tuple[str, ...], service: str | None, slot: str |
                    for c in containers)
     if not targets:
         raise BadInput("no target: give --url, --service with --slot, --container or --tcp")
-    result = gate(targets, policy, on_try=lambda r: _print_try(out, r, policy.retries))
+    hosts = {t.docker.name for t in targets if t.docker is not None}
+    if service and not (urls or containers or tcps) and len(hosts) > 1:
+        # one gate per host, all at once (as a deploy gates): each host needs its own passing tries
+        printing = threading.Lock()
+
+        def on_host_try(host: str, record: TryRecord) -> None:
+            with printing:
+                _print_try(out, record, policy.retries, f"host {host}: ")
+
+        result = gate_hosts(targets, policy, on_try=on_host_try, limit=limit)
+    else:
+        result = gate(targets, policy, on_try=lambda r: _print_try(out, r, policy.retries))
     data = result.as_dict()
     took = format_duration(result.elapsed)
     tries = f"{result.tries} {'try' if result.tries == 1 else 'tries'}"
@@ -104,8 +118,8 @@ def command(out: Output, urls: tuple[str, ...], service: str | None, slot: str |
     report(out, "health-gate", data)
 
 
-def _print_try(out: Output, record: TryRecord, retries: int) -> None:
+def _print_try(out: Output, record: TryRecord, retries: int, where: str = "") -> None:
     if record.counted or record.ok:
-        out.say(try_line(record, retries))
+        out.say(where + try_line(record, retries))
     else:
-        out.debug(try_line(record, retries))
+        out.debug(where + try_line(record, retries))

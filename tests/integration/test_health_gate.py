@@ -487,6 +487,48 @@ def test_service_and_slot_from_ps_yaml(docker_ps: Any, run_sample: Any, project:
         stable.remove(force=True)
 
 
+def test_service_on_two_hosts_is_gated_on_each_host_at_once(ps: Any, project: Any) -> None:
+    """--service/--slot on two hosts: one gate per host, both at once (as a deploy gates), each try line
+    naming its host; a host that never answers 2xx fails the gate by its name."""
+    from testbed.ports import second_address
+
+    port = free_port()
+    second = second_address()
+    project({"app": "shop", "registry": "127.0.0.1:5000",
+             "hosts": [{"name": "app1", "address": ADDR}, {"name": "app2", "address": second}],
+             "services": {"web": {"slots": {"stable": free_port(), "canary": port},
+                                  "health": {"retries": 3}}}})
+    answers = {"app2": [503, 503, 200]}  # app2 boots: two 503s, then up
+
+    def host_app(name: str) -> Callable[[Request], Response]:
+        def handle(request: Request) -> Response:
+            queue = answers.get(name)
+            return Response("ok", status=queue.pop(0) if queue and len(queue) > 1 else 200)
+        return handle
+
+    servers = []
+    try:
+        for name, where in (("app1", ADDR), ("app2", second)):
+            server = HTTPServer(host=where, port=port)
+            server.expect_request("/health").respond_with_handler(host_app(name))
+            server.start()
+            servers.append(server)
+        done = ps("health-gate", "--service", "web", "--slot", "canary", *FAST)
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = [line for line in done.stdout.splitlines() if line.startswith("host ")]
+        assert {line.split(":")[0] for line in lines} == {"host app1", "host app2"}, done.stdout
+        assert "(4 probes)" in done.stdout  # app1 once, app2 through its two 503s (not-ready: fast retries)
+        answers["app2"] = [503] * 10  # never up this time
+        done = ps("health-gate", "--service", "web", "--slot", "canary", "--retries", "2", *FAST)
+        assert done.returncode == 1 and "host app2: " in done.stderr and "host app1" not in done.stderr, \
+            done.stderr
+    finally:
+        for server in servers:
+            server.clear()
+            if server.is_running():
+                server.stop()
+
+
 @pytest.mark.docker
 def test_service_logs_fallback_with_engine_down_exits_3(ps: Any, project: Any, tmp_path: Any) -> None:
     project({"app": "shop", "registry": "127.0.0.1:5000",
