@@ -1,12 +1,13 @@
 """A Docker engine to test against: the one that answers, or a dockerd we start and stop ourselves.
 
-`run_engine()` is the pytest session's: when no engine answers, one dockerd serves every process of the
-run (the xdist workers): the first that needs it starts it under the run's lock and writes a marker
-(base_url, pid, root) in the run's directory; the others reuse it; the run's top process stops it once,
-at its end (`stop_run_engine()`), workers being done by then. The run is named by PS_TEST_RUN, which
-`begin_run()` sets in the top process and its workers inherit.
+`run_engine()` is the pytest session's: when no engine answers, one dockerd (the machine's bed engine,
+under <tmp>/ps-bed-engine) serves every process of every test run on this machine: the first that needs
+it starts it under a lock and writes a marker (base_url, pid, root); the others reuse it. Each process
+using it holds a shared lock on its users file; a run's top process, at its end (`stop_run_engine()`),
+stops it when no process holds that lock any more, so two runs at once share one engine as they share a
+machine's own dockerd. The run is named by PS_TEST_RUN, which `begin_run()` sets in the top process and
+its workers inherit.
 """
-
 from __future__ import annotations
 
 import fcntl
@@ -147,11 +148,12 @@ def ensure_engine() -> Engine:
     return start_dockerd(root)
 
 
-# ---------------------------------------------------------------- one engine per test run (xdist)
+# ---------------------------------------------------------------- one bed engine for every run (xdist)
 
 
 RUN_ENV = "PS_TEST_RUN"  # "<pid of the run's top process>-<random>"
-_started: dict[str, Engine] = {}  # engines this process started for its run, by run id
+ENGINE_DIR_ENV = "PS_BED_ENGINE_DIR"  # where the machine's bed engine lives (default: <tmp>/ps-bed-engine)
+_users: list[Any] = []  # this process's shared lock on the bed engine's users file (held until it exits)
 
 
 def begin_run() -> str:
@@ -166,10 +168,10 @@ def is_run_top() -> bool:
     return os.environ.get(RUN_ENV, "").split("-")[0] == str(os.getpid())
 
 
-def run_dir() -> Path:
-    """The run's shared directory (its lock and the marker of the engine it started)."""
-    path = Path(tempfile.gettempdir()) / f"ps-bed-run-{begin_run()}"
-    path.mkdir(exist_ok=True)
+def engine_dir() -> Path:
+    """The directory of the machine's bed engine: its lock, users file, marker and dockerd root."""
+    path = Path(os.environ.get(ENGINE_DIR_ENV) or Path(tempfile.gettempdir()) / "ps-bed-engine")
+    path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
@@ -186,25 +188,34 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def run_engine(start: Callable[[Path], Engine] | None = None, *, look: bool = True) -> Engine:
-    """The engine that answers, else the run's own dockerd, started by the first process that asks
-    (`start(root)`, default start_dockerd; `look=False` skips looking for an answering engine).
+    """The engine that answers, else the machine's bed engine: one dockerd that every process of every
+    test run on this machine shares, started by the first that asks (`start(root)`, default
+    start_dockerd; `look=False` skips looking for an answering engine).
 
-    The Engine returned never stops a shared dockerd itself (stop_run_engine does, in the top process)."""
+    One engine for all, as when the machine's own dockerd answers: two dockerds of two runs would both
+    take docker0 and hand out the same container addresses on it. Each process that uses it holds a shared
+    lock on its users file until it exits; stop_run_engine stops it when no process holds one any more.
+    The Engine returned never stops the shared dockerd itself."""
     found = _answering() if look else None
     if found is not None:
         return found
-    here = run_dir()
+    here = engine_dir()
     with file_lock(here / "engine.lock"):
+        if not _users:  # taken under the lock: a stop checking for users sees this process
+            users = open(here / "users", "a")  # noqa: SIM115 - held (locked) as long as this process lives
+            fcntl.flock(users, fcntl.LOCK_SH)
+            _users.append(users)
         marker = here / "engine.json"
         if marker.exists():
-            url = json.loads(marker.read_text())["base_url"]
-            if _answers(url):
-                return Engine(base_url=url)
-        started = (start or start_dockerd)(here / "dockerd")
+            info = json.loads(marker.read_text())
+            if _answers(info["base_url"]):
+                return Engine(base_url=info["base_url"])
+            _stop_marked(info)  # a bed engine left behind by a killed run, not answering: gone for good
+            marker.unlink()
+        started = (start or start_dockerd)(here / f"dockerd-{uuid.uuid4().hex[:8]}")
         assert started.process is not None
         marker.write_text(json.dumps({"base_url": started.base_url, "pid": started.process.pid,
                                       "root": str(started.root)}))
-        _started[begin_run()] = started
         return Engine(base_url=started.base_url)
 
 
@@ -216,25 +227,36 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def _stop_marked(info: dict[str, Any]) -> None:
+    """Stop the bed dockerd a marker names (by its pid) and remove its root."""
+    pid = int(info["pid"])
+    with _suppress():
+        os.kill(pid, signal.SIGTERM)
+    if not until(lambda: _gone(pid), 30, 0.2):
+        with _suppress():
+            os.kill(pid, signal.SIGKILL)
+    Engine(base_url=info["base_url"], process=None, root=Path(info["root"])).cleanup()
+
+
 def stop_run_engine() -> None:
-    """In the run's top process: stop the dockerd the run started (if any) and remove its directory."""
+    """In the run's top process: stop the bed engine unless a process of this or another run still uses
+    it (holds its users lock); the last run to end stops it."""
     if not is_run_top():
         return
-    here = Path(tempfile.gettempdir()) / f"ps-bed-run-{os.environ[RUN_ENV]}"
-    marker = here / "engine.json"
-    own = _started.pop(os.environ[RUN_ENV], None)
-    if own is not None:
-        own.stop()
-    elif marker.exists():  # started by a worker that has exited: stop it by its pid
-        info = json.loads(marker.read_text())
-        pid = int(info["pid"])
-        with _suppress():
-            os.kill(pid, signal.SIGTERM)
-        if not until(lambda: _gone(pid), 30, 0.2):
-            with _suppress():
-                os.kill(pid, signal.SIGKILL)
-        Engine(base_url=info["base_url"], process=None, root=Path(info["root"])).cleanup()
-    shutil.rmtree(here, ignore_errors=True)
+    here = engine_dir()
+    with file_lock(here / "engine.lock"):
+        while _users:
+            _users.pop().close()  # this process is done with it
+        marker = here / "engine.json"
+        if not marker.exists():
+            return
+        with open(here / "users", "a") as users:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another process (of another run) still uses it
+            _stop_marked(json.loads(marker.read_text()))
+            marker.unlink()
 
 
 @contextmanager
