@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     import docker
 
 
+EXEC_EXIT_WAIT = 10.0  # seconds an exec'd command's exit code may take to be recorded after its output
+
+
 @contextmanager
 def _calls() -> Iterator[None]:
     """Translate SDK and transport errors into the interface's."""
@@ -234,9 +237,19 @@ class SdkDockerHost:
             return bytes(self.client.api.logs(name, **kw)).decode(errors="replace")
 
     def exec(self, name: str, cmd: list[str]) -> tuple[int, str]:
+        from pipeline_steps.waiting import poll_until
+
         with _calls():
-            code, output = self.client.containers.get(name).exec_run(cmd)
-        return int(code or 0), bytes(output or b"").decode(errors="replace")
+            api = self.client.api
+            exec_id = api.exec_create(self.client.containers.get(name).id, cmd)["Id"]
+            output = api.exec_start(exec_id)
+            # the output ends when the command closes it; its exit code may be recorded a moment later
+            # (inspect says Running, ExitCode None): wait for it rather than take None for success
+            code = poll_until(lambda: api.exec_inspect(exec_id).get("ExitCode"), timeout=EXEC_EXIT_WAIT,
+                              interval=0.01)
+        if code is None:
+            raise EngineError(f"{cmd[0]} in container {name}: no exit code after {EXEC_EXIT_WAIT:g} s")
+        return int(code), bytes(output or b"").decode(errors="replace")
 
     def top(self, name: str) -> Processes:
         with _calls():

@@ -66,11 +66,15 @@ def test_the_include_is_only_in_the_volume_and_changes_through_the_engine(
     assert not Path(bed.include).exists()
     assert control.verify(SECOND) is None and bed.nginx_t()[0] == 0
     assert list((tmp_path / "locks").glob(f"{bed.name}-*.lock"))  # the per-router lock is on this agent
+    made = [done.backup]
     for text in (FIRST, SECOND, FIRST):
-        assert control.apply(text).reloaded
+        again = control.apply(text)
+        assert again.reloaded and again.backup
+        made.append(again.backup)
     kept = control.backups()
-    assert len(kept) == 2 and len([n for n in _listing(bed, f"{CONTAINER_DIR}/ps-backups")
-                                   if n.endswith(".bak")]) == 2
+    listed = _listing(bed, f"{CONTAINER_DIR}/ps-backups")
+    assert [str(k) for k in kept] == made[-2:] and len([n for n in listed if n.endswith(".bak")]) == 2, \
+        (made, listed)
     assert bed.read(str(kept[-1])) == SECOND  # the newest backup: the text before the last change
 
 
