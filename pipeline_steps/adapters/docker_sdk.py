@@ -307,6 +307,28 @@ class SdkDockerHost:
                 raise EngineError(f"{path} in container {name} is not a regular file")
             return member.read()
 
+    def list_dir(self, name: str, path: str) -> list[str] | None:
+        """The names directly in directory `path` (from the engine's archive of it), sorted; None when
+        the container has no such directory."""
+        import io
+        import tarfile
+
+        try:
+            with _calls():
+                stream, _stat = self.client.api.get_archive(name, path.rstrip("/") or "/")
+                data = b"".join(stream)
+        except NotFoundError:
+            if self.container(name) is None:
+                raise
+            return None
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+        if not members or not members[0].isdir():
+            return None
+        top = members[0].name.rstrip("/")
+        return sorted({m.name[len(top) + 1:].split("/")[0] for m in members[1:]
+                       if m.name.startswith(top + "/")} - {""})
+
     def put_file(self, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write `path` (root-owned, `mode`) into its existing directory with one archive upload."""
         import io

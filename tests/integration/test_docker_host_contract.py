@@ -330,6 +330,22 @@ def test_files_in_a_container_are_read_written_and_read_by_offset(side: Side) ->
         side.engine.get_file(f"{side.app}-none", "/tmp/ps-y.conf")
 
 
+def test_a_directory_is_listed_from_the_engines_archive(side: Side) -> None:
+    c = _running(side, "canary")
+    if isinstance(side.engine, FakeDockerHost):
+        side.engine.containers[c.id].dirs.add("/tmp")
+    assert side.engine.exec(c.id, ["mkdir", "-p", "/tmp/ps-l/sub"])[0] == 0
+    names = [f"b{n}.bak" for n in range(40)]  # more than one exec output frame would carry
+    for name in names:
+        side.engine.put_file(c.id, f"/tmp/ps-l/{name}", b"x" * 512)
+    side.engine.put_file(c.id, "/tmp/ps-l/sub/inner", b"y")
+    assert side.engine.list_dir(c.id, "/tmp/ps-l") == sorted([*names, "sub"])
+    assert side.engine.list_dir(c.id, "/tmp/ps-l/") == sorted([*names, "sub"])
+    assert side.engine.list_dir(c.id, "/tmp/ps-none") is None
+    with pytest.raises(NotFoundError):
+        side.engine.list_dir(f"{side.app}-none", "/tmp")
+
+
 def test_top_lists_the_processes_of_a_running_container_only(side: Side) -> None:
     c = _running(side, "canary")
     top = side.engine.top(c.id)

@@ -69,7 +69,7 @@ class FakeContainer:
 
     def has_dir(self, path: str) -> bool:
         path = path.rstrip("/") or "/"
-        return path == "/" or path in self.dirs or any(f.startswith(path + "/") for f in self.files)
+        return path == "/" or any(p == path or p.startswith(path + "/") for p in (*self.dirs, *self.files))
 
     def store(self, path: str, data: bytes) -> None:
         self.files[path] = data
@@ -480,6 +480,11 @@ class FakeDockerHost:
         self._check("get_file")
         return self._get(name).files.get(path)
 
+    def list_dir(self, name: str, path: str) -> list[str] | None:
+        self._check("list_dir")
+        code, listing = _file_command(self._get(name), ["ls", "-1", path])
+        return listing.split() if code == 0 else None
+
     def put_file(self, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
         self._check("put_file")
         c = self._get(name)
@@ -548,7 +553,7 @@ def _file_command(c: FakeContainer, cmd: list[str]) -> tuple[int, str]:
         directory = args[0].rstrip("/")
         if not c.has_dir(directory):
             return 1, f"ls: {directory}: No such file or directory\n"
-        inside = [f[len(directory) + 1:] for f in c.files if f.startswith(directory + "/")]
+        inside = [f[len(directory) + 1:] for f in (*c.files, *c.dirs) if f.startswith(directory + "/")]
         names = sorted({f.split("/")[0] for f in inside})
         return 0, "".join(n + "\n" for n in names)
     return 127, f"exec: {tool}: unsupported in the fake\n"

@@ -194,8 +194,8 @@ class EngineFiles(IncludeFiles):
         runner = self.runner
         code, text = runner.call(f"exec {cmd[0]}", runner.engine().exec, runner.container().id, list(cmd))
         if code in (126, 127):
-            raise Unreachable(f"nginx container {runner.name} cannot run {cmd[0]} (ps needs mv, rm, mkdir, "
-                              f"ls and test there: coreutils or busybox): {text.strip()[:200]}")
+            raise Unreachable(f"nginx container {runner.name} cannot run {cmd[0]} (ps needs mv, rm, mkdir "
+                              f"and test there: coreutils or busybox): {text.strip()[:200]}")
         return code, text
 
     def directory_exists(self) -> bool:
@@ -229,10 +229,10 @@ class EngineFiles(IncludeFiles):
         self._exec("rm", "-f", str(self.path))
 
     def backups(self) -> list[PurePath]:
-        code, listing = self._exec("ls", "-1", str(self.backup_dir()))
-        if code != 0:
-            return []
-        return sorted(self.backup_dir() / n for n in listing.split() if self._is_backup(n))
+        runner = self.runner
+        names = runner.call("listing of the backups", runner.engine().list_dir, runner.name,
+                            str(self.backup_dir()))
+        return sorted(self.backup_dir() / n for n in names or () if self._is_backup(n))
 
     def backup(self, text: str, keep: int) -> PurePath:
         self._exec("mkdir", "-p", str(self.backup_dir()))
