@@ -33,6 +33,10 @@ SAMPLE_BUILD_ID = "5a3e1e000001"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     forget_inherited()  # a pair the controller drew is not this worker's: it claims its own
 begin_run()  # the top process names the run; xdist workers inherit the name (one engine for all)
+# the keys of a sticky split's probe are random: each measure would fail a right split 1 % of the time, and
+# the suite has several. A fixed seed makes every probe's keys, and so each verdict, the same in every run.
+PROBE_SEED = "PS_PROBE_SEED"
+os.environ.setdefault(PROBE_SEED, "ps-test-bed")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -161,7 +165,8 @@ class PsRun:
 
 
 def _base_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "PYTHONPATH", "SYSTEMROOT", ENV, ENV2)
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "PYTHONPATH", "SYSTEMROOT", ENV, ENV2,
+            PROBE_SEED)
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -8,6 +8,7 @@ from one machine every request otherwise has the same address, one key).
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from dataclasses import dataclass, field
@@ -44,9 +45,14 @@ def key_headers(kind: str, name: str | None, key: str) -> dict[str, str]:
     return {"X-Forwarded-For": key}
 
 
+SEED_ENV = "PS_PROBE_SEED"  # set: the keys of every probe come from this seed (a probe one can repeat)
+
+
 def new_keys(kind: str, n: int, rng: random.Random | None = None) -> list[str]:
-    """n distinct random keys: `psprobe-<hex>`, or for ip addresses in 10.0.0.0/8."""
-    rng = rng or random.SystemRandom()
+    """n distinct random keys: `psprobe-<hex>`, or for ip addresses in 10.0.0.0/8. Fresh ones each probe
+    (so a split's false-alarm rate is the test's 1 - confidence), unless PS_PROBE_SEED fixes them."""
+    seed = os.environ.get(SEED_ENV)
+    rng = rng or (random.Random(f"{seed}:{kind}:{n}") if seed else random.SystemRandom())
     keys: set[str] = set()
     while len(keys) < n:
         if kind == "ip":

@@ -5,6 +5,9 @@ replica back on its previous container; scaling down removes the extra ones."""
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import pytest
 
 from pipeline_steps.health import parse_state_time
 from testbed.ports import address, unique
+from testbed.wait import until
 
 pytestmark = pytest.mark.docker
 REGISTRY = "ps-test.local"
@@ -102,11 +106,24 @@ def test_replicas_one_at_a_time_each_ready_put_back_on_failure(workers: dict[str
     assert sorted(c.name for c in every) == workers["names"][:2]
 
 
-def test_requires_waits_for_a_broker_that_turns_healthy_after_3s(docker_client: Any, base_image: str,
-                                                                 project: Any, workdir: Path,
-                                                                 docker_ps: Any) -> None:
-    """A six-container stack: postgres, redis and a broker (healthy 3 s after it starts) beside two
-    consumer replicas and a cache worker; the consumers start only once the broker is healthy."""
+def _lines(proc: subprocess.Popen[str]) -> list[str]:
+    """Every line `proc` writes to stdout and stderr, appended as it comes (reader threads)."""
+    lines: list[str] = []
+
+    def read(stream: Any) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    for stream in (proc.stdout, proc.stderr):
+        threading.Thread(target=read, args=(stream,), daemon=True).start()
+    return lines
+
+
+def test_requires_waits_for_a_broker_that_turns_healthy_only_after_ps_waited(
+        docker_client: Any, base_image: str, project: Any, workdir: Path, docker_ps: Any) -> None:
+    """A six-container stack: postgres, redis and a broker (healthy only once the test, having seen ps
+    wait for it, lets it be) beside two consumer replicas and a cache worker; the consumers start only
+    once the broker is healthy."""
     app = unique("req")
     stand_ins = [docker_client.containers.run(
         base_image, ["nc", "-ll", "-p", "5432", "-e", "/bin/echo", "ok"], detach=True, name=f"{app}-postgres",
@@ -128,19 +145,19 @@ def test_requires_waits_for_a_broker_that_turns_healthy_after_3s(docker_client: 
                  "services": {"consumer": {**worker, "replicas": 2, "requires": [f"{app}-broker"]},
                               "cache": {**worker, "requires": [f"{app}-redis", f"{app}-postgres"]}}})
         broker = docker_client.containers.run(
-            base_image, ["sh", "-c", "sleep 3; touch /tmp/up; exec sleep 600"], detach=True,
+            base_image, ["sh", "-c", "exec sleep 600"], detach=True,
             name=f"{app}-broker", labels={"pipeline-steps.test": "1"},
             healthcheck={"test": ["CMD", "sh", "-c", "[ -e /tmp/up ]"], "interval": 250_000_000,
-                         "retries": 100})
+                         "retries": 1000})
         stand_ins.append(broker)
-        done = docker_ps("deploy", "--type", "stable", "--build-id", "r1", timeout=240)
-        assert done.returncode == 0, done.stderr
-        text = done.stdout + done.stderr
-        assert f"consumer waits for {app}-broker on host local ({app}-broker: Docker health starting)" in text
-        broker.reload()
-        broker_started = parse_state_time(broker.attrs["State"]["StartedAt"])
-        assert broker_started is not None
-        first_healthy = broker_started + 3_000_000_000  # it can pass its check only 3 s after it started
+        waits = f"consumer waits for {app}-broker on host local ({app}-broker: Docker health starting)"
+        deploy = docker_ps.popen("deploy", "--type", "stable", "--build-id", "r1")
+        said = _lines(deploy)
+        assert until(lambda: any(waits in line for line in said), 120), said  # ps waits for the broker...
+        first_healthy = time.time_ns()
+        assert broker.exec_run(["touch", "/tmp/up"]).exit_code == 0  # ...which may turn healthy only now
+        deploy.wait(timeout=240)
+        assert deploy.returncode == 0, said
         for n in (1, 2):
             consumer = docker_client.containers.get(f"{app}-consumer-{n}")
             started = parse_state_time(consumer.attrs["State"]["StartedAt"])

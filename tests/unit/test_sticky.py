@@ -244,3 +244,17 @@ def test_new_keys_are_distinct() -> None:
     assert key_headers("cookie", "ps_uid", "a") == {"Cookie": "ps_uid=a"}
     assert key_headers("header", "X-User", "a") == {"X-User": "a"}
     assert key_headers("ip", None, "10.0.0.1") == {"X-Forwarded-For": "10.0.0.1"}
+
+
+def test_probe_keys_are_fresh_each_probe_unless_a_seed_fixes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline_steps.adapters.key_probe import SEED_ENV, new_keys
+
+    monkeypatch.delenv(SEED_ENV, raising=False)
+    assert new_keys("cookie", 50) != new_keys("cookie", 50)  # 2^-64-ish odds of a repeat
+    monkeypatch.setenv(SEED_ENV, "42")
+    assert new_keys("cookie", 50) == new_keys("cookie", 50) and new_keys("ip", 50) == new_keys("ip", 50)
+    assert new_keys("ip", 50) != new_keys("cookie", 50)
+    monkeypatch.setenv(SEED_ENV, "43")
+    fixed = new_keys("cookie", 50)
+    monkeypatch.setenv(SEED_ENV, "42")
+    assert new_keys("cookie", 50) != fixed
