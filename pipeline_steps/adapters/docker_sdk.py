@@ -287,8 +287,9 @@ class SdkDockerHost:
 
     # ---------------------------------------------------------------- files in a container
 
-    def get_file(self, name: str, path: str) -> bytes | None:
-        """The file's bytes (the engine's archive of it), None when the container has no such file."""
+    def _archive(self, name: str, path: str) -> Any:
+        """The engine's tar archive of `path` in the container, opened; None when there is no such path
+        (NotFoundError when there is no such container)."""
         import io
         import tarfile
 
@@ -300,28 +301,27 @@ class SdkDockerHost:
             if self.container(name) is None:
                 raise
             return None
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tarfile.open(fileobj=io.BytesIO(data))
+
+    def get_file(self, name: str, path: str) -> bytes | None:
+        """The file's bytes (the engine's archive of it), None when the container has no such file."""
+        tar = self._archive(name, path)
+        if tar is None:
+            return None
+        with tar:
             members = tar.getmembers()
             member = tar.extractfile(members[0]) if members and members[0].isfile() else None
             if member is None:
                 raise EngineError(f"{path} in container {name} is not a regular file")
-            return member.read()
+            return bytes(member.read())
 
     def list_dir(self, name: str, path: str) -> list[str] | None:
         """The names directly in directory `path` (from the engine's archive of it), sorted; None when
         the container has no such directory."""
-        import io
-        import tarfile
-
-        try:
-            with _calls():
-                stream, _stat = self.client.api.get_archive(name, path.rstrip("/") or "/")
-                data = b"".join(stream)
-        except NotFoundError:
-            if self.container(name) is None:
-                raise
+        tar = self._archive(name, path.rstrip("/") or "/")
+        if tar is None:
             return None
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        with tar:
             members = tar.getmembers()
         if not members or not members[0].isdir():
             return None
