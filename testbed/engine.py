@@ -153,7 +153,7 @@ def ensure_engine() -> Engine:
 
 RUN_ENV = "PS_TEST_RUN"  # "<pid of the run's top process>-<random>"
 ENGINE_DIR_ENV = "PS_BED_ENGINE_DIR"  # where the machine's bed engine lives (default: <tmp>/ps-bed-engine)
-_users: list[Any] = []  # this process's shared lock on the bed engine's users file (held until it exits)
+_users: dict[Path, Any] = {}  # engine dir -> this process's shared lock on its users file (held until exit)
 
 
 def begin_run() -> str:
@@ -201,10 +201,10 @@ def run_engine(start: Callable[[Path], Engine] | None = None, *, look: bool = Tr
         return found
     here = engine_dir()
     with file_lock(here / "engine.lock"):
-        if not _users:  # taken under the lock: a stop checking for users sees this process
+        if here not in _users:  # taken under the lock: a stop checking for users sees this process
             users = open(here / "users", "a")  # noqa: SIM115 - held (locked) as long as this process lives
             fcntl.flock(users, fcntl.LOCK_SH)
-            _users.append(users)
+            _users[here] = users
         marker = here / "engine.json"
         if marker.exists():
             info = json.loads(marker.read_text())
@@ -245,8 +245,9 @@ def stop_run_engine() -> None:
         return
     here = engine_dir()
     with file_lock(here / "engine.lock"):
-        while _users:
-            _users.pop().close()  # this process is done with it
+        mine = _users.pop(here, None)
+        if mine is not None:
+            mine.close()  # this process is done with it
         marker = here / "engine.json"
         if not marker.exists():
             return

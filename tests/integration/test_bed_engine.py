@@ -20,6 +20,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ from testbed.engine import (
     RUN_ENV,
     _answers,
     _gone,
+    _users,
     engine_dir,
     private_bridge,
     stop_run_engine,
@@ -67,8 +69,9 @@ def own_bed(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 @pytest.mark.docker
-def test_workers_share_one_started_engine_and_the_top_process_stops_it(own_bed: str) -> None:
+def test_workers_share_one_started_engine_and_the_top_process_stops_it(engine: Any, own_bed: str) -> None:
     here = engine_dir()
+    held = set(_users)  # this worker's own hold on the suite's bed engine (on CI), which must stay
     with private_bridge() as bridge:
         try:
             workers = [_worker(bridge, own_bed) for _ in range(3)]
@@ -83,6 +86,7 @@ def test_workers_share_one_started_engine_and_the_top_process_stops_it(own_bed: 
             stop_run_engine()
         assert until(lambda: _gone(info["pid"]), 10), "the bed dockerd still runs"
         assert not (here / "engine.json").exists() and not Path(info["root"]).exists()
+        assert set(_users) == held  # stopping this bed let go of its lock only
 
 
 @pytest.mark.docker
