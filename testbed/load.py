@@ -201,8 +201,9 @@ class LoadGenerator:
             response.read()
             status = response.status
             slot = response.getheader("X-Slot")
-            if status not in self.ok_status:
-                error = f"HTTP {status}"
+            if status not in self.ok_status:  # who answered it, when the answer says
+                build = response.getheader("X-Build-Id")
+                error = f"HTTP {status}" + (f" ({slot} {build})" if slot and build else "")
         except (OSError, http.client.HTTPException) as exc:
             error = f"{type(exc).__name__}: {exc}"[:160]
         finally:

@@ -69,9 +69,9 @@ SERIAL = (
     "tests/integration/test_deploy_types.py::test_blue_green_watch_switches_back_when_the_new_color_fails",
     "tests/integration/test_compose_deploy.py::",
     "tests/integration/test_deploy_watch.py::",  # under load, 0 failed requests; a hold's timing
-    # a latency decision (canary +100 ms against stable's p99): two suites at once made stable's p99 1.1 s
-    "tests/integration/test_deploy_judgement.py::test_a_slower_canary_inconclusive_then_failed_on_latency_"
-    "steps_back_gradually",
+    # judged deploys under load: a latency decision (two suites at once made stable's p99 1.1 s), 0 failed
+    # requests, stable's health answered within its timeout
+    "tests/integration/test_deploy_judgement.py::",
     # issue 12 end to end: deploys through two routers and a front balancer, 0 failed requests under load
     "tests/integration/test_many_routers.py::test_canary_auto_promote_rollback_through_the_front",
     "tests/integration/test_many_routers.py::test_blue_green_through_the_front_drops_nothing",

@@ -109,7 +109,10 @@ def test_a_canary_with_5_percent_errors_is_rolled_back_and_an_equal_one_promoted
     assert web["decision"] == "pass" and web["canary"]["errors"] == 0
     assert web["canary"]["requests"] >= 50 and "judged at 20 % (pass)" in out["message"]
     assert promote.returncode == 0, promote.stderr + promote.stdout
-    assert report.sent > 500 and report.failed == 0, report.errors[:5]
+    # the rolled-back canary keeps canary.min_weight (0.1 %) until the equal build replaces it: a 500 of
+    # it is the bad build's (1 in 20 of its answers), never a failure of stable or of the equal build
+    assert report.sent > 500 and report.failed == len(report.errors) <= 3, report.errors[:5]
+    assert all(e.endswith(f"HTTP 500 (canary {BAD})") for e in report.errors), report.errors[:5]
 
 
 @pytest.fixture
