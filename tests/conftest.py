@@ -23,6 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipeline_steps.adapters.key_probe import SEED_ENV as PROBE_SEED  # noqa: E402
 from testbed import images  # noqa: E402
 from testbed.engine import Engine, begin_run, run_engine, stop_run_engine  # noqa: E402
 from testbed.nginx import Nginx, start_nginx  # noqa: E402
@@ -35,7 +36,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 begin_run()  # the top process names the run; xdist workers inherit the name (one engine for all)
 # the keys of a sticky split's probe are random: each measure would fail a right split 1 % of the time, and
 # the suite has several. A fixed seed makes every probe's keys, and so each verdict, the same in every run.
-PROBE_SEED = "PS_PROBE_SEED"
 os.environ.setdefault(PROBE_SEED, "ps-test-bed")
 
 
