@@ -1,5 +1,6 @@
-"""Posting to a Mattermost incoming webhook, with retries for what can pass (connection errors,
-timeouts, 5xx) and none for what cannot (4xx).
+"""Posting to a Mattermost incoming webhook, with retries for what can pass and surely did not post
+(connection errors, connect timeouts, 5xx) and none for what cannot (4xx) or may already have posted (no
+answer within the read timeout: a webhook post is not idempotent, so sending it again could post twice).
 
 The webhook URL is a secret: it is registered for masking, and no exception text (which would quote it)
 is ever passed on; reasons are written here.
@@ -27,7 +28,7 @@ class MattermostNotifier:
 
 
 class _Retryable(Exception):
-    """A failure worth another try (connection error, timeout, 5xx)."""
+    """A failure worth another try (connection error, connect timeout, 5xx)."""
 
     def __init__(self, reason: str, status: int | None = None) -> None:
         super().__init__(reason)
@@ -62,8 +63,11 @@ def post(url: str, payload: dict[str, Any], *, timeout: float = 5.0, attempts: i
         try:
             response = session.post(url, json=payload, timeout=(timeout, timeout), allow_redirects=False,
                                     headers={"User-Agent": "pipeline-steps mattermost-notify"})
+        except requests.exceptions.ConnectTimeout:
+            raise _Retryable(f"no connection within {timeout:g}s") from None
         except requests.exceptions.Timeout:
-            raise _Retryable(f"no answer within {timeout:g}s") from None
+            reason = f"no answer within {timeout:g}s; not sent again, as Mattermost may have made the post"
+            return Delivery(False, None, count, reason)
         except requests.exceptions.ConnectionError as exc:
             raise _Retryable(_connection_reason(exc)) from None
         except requests.exceptions.RequestException as exc:

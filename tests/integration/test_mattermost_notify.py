@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+import requests
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -132,20 +133,28 @@ def test_200_without_ok_body_is_a_failure(ps: Any, hook: Any) -> None:
     assert done.returncode == 1 and len(received) == 1 and "want 200 'ok'" in done.stderr
 
 
-def test_slow_endpoint_times_out(ps: Any, hook: Any) -> None:
+def test_slow_endpoint_times_out_and_is_not_posted_twice(ps: Any, hook: Any) -> None:
+    """The post reached Mattermost, which may yet make it: sending it again could post it twice."""
     server, env = hook
+    received: list[dict[str, Any]] = []
+    answer = mattermost(received)
 
     def slow(request: Request) -> Response:
         stall(0.6)  # slower than --timeout 200ms on purpose
-        return Response("ok")
+        return answer(request)
 
     server.expect_request(SECRET_PATH).respond_with_handler(slow)
-    done = ps("--json", "mattermost-notify", "--status", "started", "--timeout", "200ms", "--attempts", "2",
+    done = ps("--json", "mattermost-notify", "--status", "started", "--timeout", "200ms", "--attempts", "3",
               "--backoff", "10ms", env=env)
     assert done.returncode == 0
-    assert "no answer within 0.2s (after 2 attempts)" in done.stderr
-    assert json.loads(done.stdout)["attempts"] == 2
+    assert "no answer within 0.2s; not sent again" in done.stderr
+    assert json.loads(done.stdout)["attempts"] == 1
     assert_no_secret(done)
+    # The stub answers one request at a time, in order: once a later request is answered, any second post
+    # ps made has been handled too.
+    server.expect_request("/after").respond_with_data("here")
+    assert requests.get(server.url_for("/after"), timeout=30).text == "here"
+    assert len(received) == 1
 
 
 def test_unreachable_endpoint(ps: Any) -> None:
@@ -170,7 +179,7 @@ def test_webhook_env_name_from_config(ps: Any, project: Any, httpserver: HTTPSer
              "notify": {"mattermost": {"webhook_env": "TEAM_HOOK"}}})
     received: list[dict[str, Any]] = []
     httpserver.expect_request(SECRET_PATH).respond_with_handler(mattermost(received))
-    done = ps("mattermost-notify", "--status", "success", "--fail-on-error",
+    done = ps("mattermost-notify", "--status", "success", "--fail-on-error", "--timeout", "30s",
               env={"TEAM_HOOK": httpserver.url_for(SECRET_PATH)})
     assert done.returncode == 0, done.stderr
     assert len(received) == 1 and "**shop**" in received[0]["text"]
