@@ -6,7 +6,7 @@ EngineGone (connection refused/reset or a timeout mid-call).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -351,20 +351,23 @@ class SdkDockerHost:
         `offset` (empty when offset is at or past the end). None when there is no such file."""
         from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
-        def stat() -> tuple[int, bytes, bytes]:
-            code, (out, err) = container.exec_run(["stat", "-L", "-c", "%d:%i %s", path], demux=True)
+        def run(argv: list[str]) -> tuple[int, bytes, bytes]:
+            code, (out, err) = container.exec_run(argv, demux=True)
             return int(code or 0), bytes(out or b""), bytes(err or b"")
 
         def last(state: RetryCallState) -> tuple[int, bytes, bytes]:
             assert state.outcome is not None
             return state.outcome.result()
 
+        def retrying(lost: Callable[[tuple[int, bytes, bytes]], bool]) -> Retrying:
+            return Retrying(stop=stop_after_attempt(3), wait=wait_fixed(0.05), retry=retry_if_result(lost),
+                            retry_error_callback=last)
+
         # the output of a quick exec is now and then lost by the engine under load: ask again (3 tries)
-        garbled = retry_if_result(lambda done: done[0] == 0 and len(done[1].split()) != 2)
         with _calls():
             container = self.client.containers.get(name)
-            code, out, err = Retrying(stop=stop_after_attempt(3), wait=wait_fixed(0.05), retry=garbled,
-                                      retry_error_callback=last)(stat)
+            code, out, err = retrying(lambda done: done[0] == 0 and len(done[1].split()) != 2)(
+                run, ["stat", "-L", "-c", "%d:%i %s", path])
         if code != 0:
             said = (err or out).decode(errors="replace").strip()
             if "No such file" in said or "can't stat" in said:
@@ -377,14 +380,18 @@ class SdkDockerHost:
             raise EngineError(f"stat {path} in container {name} said {out[:100]!r}") from None
         if offset >= size:
             return FileRead(ident, size, b"")
+        # the file only grows between the two calls (a rotation renames or truncates it): fewer bytes than
+        # stat counted is a lost output, asked again; after 3 tries what came is kept (the reader goes on
+        # from offset + what it got, so a rotation's short read loses nothing either)
         with _calls():
-            code, (out, err) = container.exec_run(["tail", "-c", f"+{offset + 1}", path], demux=True)
+            code, out, err = retrying(lambda done: done[0] == 0 and len(done[1]) < size - offset)(
+                run, ["tail", "-c", f"+{offset + 1}", path])
         if code != 0:
-            said = bytes(err or b"").decode(errors="replace").strip()
+            said = err.decode(errors="replace").strip()
             if "No such file" in said or "can't open" in said:
                 return None  # rotated away between the two calls: the next read sees the new file
             raise EngineError(f"tail {path} in container {name} failed ({code}): {said[:300]}")
-        return FileRead(ident, size, bytes(out or b""))
+        return FileRead(ident, size, out)
 
     # ---------------------------------------------------------------- named volumes (the deploy lock)
 

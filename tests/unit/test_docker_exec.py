@@ -51,3 +51,44 @@ def test_an_exit_code_that_never_comes_is_an_engine_error(monkeypatch: pytest.Mo
     monkeypatch.setattr(docker_sdk, "EXEC_EXIT_WAIT", 0.05)
     with pytest.raises(EngineError, match="test in container web: no exit code"):
         _host(SlowExitApi(0, lag=10**9)).exec("web", ["test", "-f", "/x"])
+
+
+class LossyContainer:
+    """A container whose engine loses the output of the first `lose` execs of each command (code 0,
+    no bytes), as an engine under load now and then does; the file holds `content`."""
+
+    def __init__(self, content: bytes, lose: int) -> None:
+        self.content, self.lose = content, lose
+        self.calls: dict[str, int] = {}
+
+    def exec_run(self, argv: list[str], demux: bool) -> tuple[int, tuple[bytes | None, bytes | None]]:
+        n = self.calls[argv[0]] = self.calls.get(argv[0], 0) + 1
+        if n <= self.lose:
+            return 0, (None, None)
+        if argv[0] == "stat":
+            return 0, (f"52:77 {len(self.content)}\n".encode(), None)
+        assert argv[:2] == ["tail", "-c"]
+        return 0, (self.content[int(argv[2][1:]) - 1:], None)
+
+
+def _lossy_host(container: LossyContainer) -> SdkDockerHost:
+    client = SimpleNamespace(containers=SimpleNamespace(get=lambda name: container))
+    return SdkDockerHost(Host(name="local"), client)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("offset", [0, 4])
+def test_a_file_read_whose_output_the_engine_lost_is_asked_again(offset: int) -> None:
+    container = LossyContainer(b"one\ntwo\n", lose=2)
+    found = _lossy_host(container).read_file("web", "/var/log/x.log", offset)
+    assert found is not None and (found.ident, found.size) == ("52:77", 8)
+    assert found.data == b"one\ntwo\n"[offset:]
+    assert container.calls == {"stat": 3, "tail": 3}
+
+
+def test_output_lost_three_times_gives_what_came_and_the_reader_reads_it_later() -> None:
+    """After 3 tries the short read is returned as it is (a log reader goes on from offset + what it got);
+    it is never an error."""
+    lossy = LossyContainer(b"one\ntwo\n", lose=3)
+    lossy.calls["stat"] = 3  # stat answers; every tail comes back empty
+    short = _lossy_host(lossy).read_file("web", "/var/log/x.log", 0)
+    assert short is not None and (short.size, short.data) == (8, b"") and lossy.calls["tail"] == 3
