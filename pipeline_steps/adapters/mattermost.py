@@ -1,6 +1,7 @@
 """Posting to a Mattermost incoming webhook, with retries for what can pass and surely did not post
-(connection errors, connect timeouts, 5xx) and none for what cannot (4xx) or may already have posted (no
-answer within the read timeout: a webhook post is not idempotent, so sending it again could post twice).
+(refused, unknown host, connect timeouts, 5xx) and none for what cannot (4xx) or may already have posted
+(no answer within the read timeout, or the connection closed after the post was sent: a webhook post is not
+idempotent, so sending it again could post twice).
 
 The webhook URL is a secret: it is registered for masking, and no exception text (which would quote it)
 is ever passed on; reasons are written here.
@@ -17,6 +18,7 @@ from pipeline_steps.secrets import register_secret
 __all__ = ["MAX_TEXT", "Delivery", "MattermostNotifier", "post", "register_webhook"]
 
 MAX_TEXT = 16383  # Mattermost's limit for a post's message, in characters
+CLOSED = "connection closed without an answer"  # the post was sent: the far side may have made it
 
 
 class MattermostNotifier:
@@ -69,7 +71,11 @@ def post(url: str, payload: dict[str, Any], *, timeout: float = 5.0, attempts: i
             reason = f"no answer within {timeout:g}s; not sent again, as Mattermost may have made the post"
             return Delivery(False, None, count, reason)
         except requests.exceptions.ConnectionError as exc:
-            raise _Retryable(_connection_reason(exc)) from None
+            reason = _connection_reason(exc)
+            if reason == CLOSED:
+                return Delivery(False, None, count, f"{reason}; not sent again, as Mattermost may have made "
+                                "the post")
+            raise _Retryable(reason) from None
         except requests.exceptions.RequestException as exc:
             return Delivery(False, None, count, f"request failed: {type(exc).__name__}")
         body = response.text[:200].strip()
@@ -101,7 +107,7 @@ def _connection_reason(exc: BaseException) -> str:
     if "Connection refused" in text or "ConnectionRefused" in text:
         return "connection refused"
     if "RemoteDisconnected" in text or "ConnectionReset" in text or "Connection aborted" in text:
-        return "connection closed without an answer"
+        return CLOSED
     if "SSL" in text:
         return "TLS error"
     return "connection failed"
