@@ -237,19 +237,26 @@ class SdkDockerHost:
             return bytes(self.client.api.logs(name, **kw)).decode(errors="replace")
 
     def exec(self, name: str, cmd: list[str]) -> tuple[int, str]:
+        with _calls():
+            code, output, _ = self._run(self.client.containers.get(name).id, name, cmd, demux=False)
+        return code, output.decode(errors="replace")
+
+    def _run(self, container_id: str, name: str, cmd: list[str], *, demux: bool) -> tuple[int, bytes, bytes]:
+        """Run `cmd` in the container: its exit code, its output (stdout and stderr apart with `demux`,
+        else both in the first). The one place execs are made, inside the caller's `_calls()`."""
         from pipeline_steps.waiting import poll_until
 
-        with _calls():
-            api = self.client.api
-            exec_id = api.exec_create(self.client.containers.get(name).id, cmd)["Id"]
-            output = api.exec_start(exec_id)
-            # the output ends when the command closes it; its exit code may be recorded a moment later
-            # (inspect says Running, ExitCode None): wait for it rather than take None for success
-            code = poll_until(lambda: api.exec_inspect(exec_id).get("ExitCode"), timeout=EXEC_EXIT_WAIT,
-                              interval=0.01)
+        api = self.client.api
+        exec_id = api.exec_create(container_id, cmd)["Id"]
+        got = api.exec_start(exec_id, demux=demux)
+        out, err = got if demux else (got, None)
+        # the output ends when the command closes it; its exit code may be recorded a moment later
+        # (inspect says Running, ExitCode None): wait for it rather than take None for success
+        code = poll_until(lambda: api.exec_inspect(exec_id).get("ExitCode"), timeout=EXEC_EXIT_WAIT,
+                          interval=0.01)
         if code is None:
             raise EngineError(f"{cmd[0]} in container {name}: no exit code after {EXEC_EXIT_WAIT:g} s")
-        return int(code), bytes(output or b"").decode(errors="replace")
+        return int(code), bytes(out or b""), bytes(err or b"")
 
     def top(self, name: str) -> Processes:
         with _calls():
@@ -352,8 +359,7 @@ class SdkDockerHost:
         from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
         def run(argv: list[str]) -> tuple[int, bytes, bytes]:
-            code, (out, err) = container.exec_run(argv, demux=True)
-            return int(code or 0), bytes(out or b""), bytes(err or b"")
+            return self._run(container_id, name, argv, demux=True)
 
         def last(state: RetryCallState) -> tuple[int, bytes, bytes]:
             assert state.outcome is not None
@@ -365,7 +371,7 @@ class SdkDockerHost:
 
         # the output of a quick exec is now and then lost by the engine under load: ask again (3 tries)
         with _calls():
-            container = self.client.containers.get(name)
+            container_id = self.client.containers.get(name).id
             code, out, err = retrying(lambda done: done[0] == 0 and len(done[1].split()) != 2)(
                 run, ["stat", "-L", "-c", "%d:%i %s", path])
         if code != 0:

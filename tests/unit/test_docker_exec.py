@@ -1,5 +1,6 @@
-"""SdkDockerHost.exec waits for the exit code the engine records a moment after the command's output
-ends (inspect first says Running, ExitCode None), and never takes a missing one for success."""
+"""SdkDockerHost's execs (exec, read_file) wait for the exit code the engine records a moment after the
+command's output ends (inspect first says Running, ExitCode None) and never take a missing one for
+success; read_file asks again for an output the engine lost."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ class SlowExitApi:
         assert container == "c0ffee"
         return {"Id": "e1"}
 
-    def exec_start(self, exec_id: str) -> bytes:
+    def exec_start(self, exec_id: str, demux: bool) -> bytes:
+        assert not demux
         return b"out\n"
 
     def exec_inspect(self, exec_id: str) -> dict[str, Any]:
@@ -53,42 +55,78 @@ def test_an_exit_code_that_never_comes_is_an_engine_error(monkeypatch: pytest.Mo
         _host(SlowExitApi(0, lag=10**9)).exec("web", ["test", "-f", "/x"])
 
 
-class LossyContainer:
-    """A container whose engine loses the output of the first `lose` execs of each command (code 0,
-    no bytes), as an engine under load now and then does; the file holds `content`."""
+class LossyApi:
+    """An engine that loses the output of the first `lose` execs of each command (no bytes), as an engine
+    under load now and then does, and records each exit code `lag` inspects late; the file holds
+    `content`, or is missing."""
 
-    def __init__(self, content: bytes, lose: int) -> None:
-        self.content, self.lose = content, lose
+    def __init__(self, content: bytes | None, lose: int, lag: int = 0) -> None:
+        self.content, self.lose, self.lag = content, lose, lag
         self.calls: dict[str, int] = {}
+        self.execs: dict[str, tuple[list[str], int]] = {}
+        self.inspects: dict[str, int] = {}
 
-    def exec_run(self, argv: list[str], demux: bool) -> tuple[int, tuple[bytes | None, bytes | None]]:
+    def exec_create(self, container: str, cmd: list[str]) -> dict[str, str]:
+        assert container == "c0ffee"
+        exec_id = f"e{len(self.execs)}"
+        self.execs[exec_id] = (cmd, 0)
+        return {"Id": exec_id}
+
+    def exec_start(self, exec_id: str, demux: bool) -> tuple[bytes | None, bytes | None]:
+        assert demux
+        argv = self.execs[exec_id][0]
         n = self.calls[argv[0]] = self.calls.get(argv[0], 0) + 1
+        if self.content is None:
+            self.execs[exec_id] = (argv, 1)
+            return None, f"{argv[0]}: {argv[-1]}: No such file or directory\n".encode()
         if n <= self.lose:
-            return 0, (None, None)
+            return None, None
         if argv[0] == "stat":
-            return 0, (f"52:77 {len(self.content)}\n".encode(), None)
+            return f"52:77 {len(self.content)}\n".encode(), None
         assert argv[:2] == ["tail", "-c"]
-        return 0, (self.content[int(argv[2][1:]) - 1:], None)
+        return self.content[int(argv[2][1:]) - 1:], None
+
+    def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        n = self.inspects[exec_id] = self.inspects.get(exec_id, 0) + 1
+        if n <= self.lag:
+            return {"Running": True, "ExitCode": None}
+        return {"Running": False, "ExitCode": self.execs[exec_id][1]}
 
 
-def _lossy_host(container: LossyContainer) -> SdkDockerHost:
-    client = SimpleNamespace(containers=SimpleNamespace(get=lambda name: container))
+def _lossy_host(api: LossyApi) -> SdkDockerHost:
+    containers = SimpleNamespace(get=lambda name: SimpleNamespace(id="c0ffee"))
+    client = SimpleNamespace(api=api, containers=containers)
     return SdkDockerHost(Host(name="local"), client)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("offset", [0, 4])
 def test_a_file_read_whose_output_the_engine_lost_is_asked_again(offset: int) -> None:
-    container = LossyContainer(b"one\ntwo\n", lose=2)
-    found = _lossy_host(container).read_file("web", "/var/log/x.log", offset)
+    api = LossyApi(b"one\ntwo\n", lose=2)
+    found = _lossy_host(api).read_file("web", "/var/log/x.log", offset)
     assert found is not None and (found.ident, found.size) == ("52:77", 8)
     assert found.data == b"one\ntwo\n"[offset:]
-    assert container.calls == {"stat": 3, "tail": 3}
+    assert api.calls == {"stat": 3, "tail": 3}
 
 
 def test_output_lost_three_times_gives_what_came_and_the_reader_reads_it_later() -> None:
     """After 3 tries the short read is returned as it is (a log reader goes on from offset + what it got);
     it is never an error."""
-    lossy = LossyContainer(b"one\ntwo\n", lose=3)
+    lossy = LossyApi(b"one\ntwo\n", lose=3)
     lossy.calls["stat"] = 3  # stat answers; every tail comes back empty
     short = _lossy_host(lossy).read_file("web", "/var/log/x.log", 0)
     assert short is not None and (short.size, short.data) == (8, b"") and lossy.calls["tail"] == 3
+
+
+def test_a_missing_file_whose_exit_code_comes_late_is_none_not_an_empty_success() -> None:
+    """stat's exit code 1 is recorded a few inspects after its output: read as 0, the read would have
+    been retried and then failed on stat's empty answer instead of saying "no such file"."""
+    api = LossyApi(None, lose=0, lag=3)
+    assert _lossy_host(api).read_file("web", "/var/log/gone.log", 0) is None
+    assert api.calls == {"stat": 1}
+
+
+def test_a_file_read_waits_for_each_exit_code() -> None:
+    api = LossyApi(b"line\n", lose=0, lag=2)
+    found = _lossy_host(api).read_file("web", "/var/log/x.log", 0)
+    assert found is not None and found.data == b"line\n"
+    assert api.calls == {"stat": 1, "tail": 1} and set(api.inspects.values()) == {3}
