@@ -296,13 +296,15 @@ REALIP_HINT = ("for a sticky split by ip the probe sends X-Forwarded-For, which 
 def measure_keys(service: str, run: Any, slot_of: Callable[[Any], tuple[str | None, str]], percent: float,
                  confidence: float = 0.99) -> tuple[dict[str, Any], list[str]]:
     """Judge a keyed probe (adapters/key_probe.KeyedRun): each key's slot is that of its first valid
-    answer; a key whose answers name two slots, any invalid answer, or a canary share of keys outside
-    the `confidence` binomial interval around `percent` is a problem."""
+    answer; a key whose answers name two slots, any invalid answer, or a key on another slot than
+    split_clients gives it at `percent` (`decide`, nginx's own hash: exact, so a right split never fails
+    by chance) is a problem. The share's `confidence` binomial interval is reported, not judged."""
     from pipeline_steps.weights import binomial_interval
 
     counts: dict[str, int] = {}
     invalid: dict[str, int] = {}
     split_keys: list[str] = []
+    misplaced: list[tuple[str, str, str]] = []  # key, the slot it reached, the slot the split gives it
     for item in run.keys:
         slots: list[str] = []
         for answer in item.answers:
@@ -316,6 +318,9 @@ def measure_keys(service: str, run: Any, slot_of: Callable[[Any], tuple[str | No
         if len(set(slots)) > 1:
             split_keys.append(item.key)
         counts[slots[0]] = counts.get(slots[0], 0) + 1
+        want = decide(item.key, percent)
+        if slots[0] != want:
+            misplaced.append((item.key, slots[0], want))
     valid = sum(counts.values())
     hits = counts.get("canary", 0)
     p = percent / 100
@@ -327,6 +332,7 @@ def measure_keys(service: str, run: Any, slot_of: Callable[[Any], tuple[str | No
         "share": hits / valid if valid else 0.0, "expected_share": p,
         "interval": [low / valid, high / valid] if valid else [0.0, 0.0], "confidence": confidence,
         "keys_on_both_slots": len(split_keys), "examples": split_keys[:5],
+        "keys_off_their_slot": len(misplaced), "off_examples": [list(m) for m in misplaced[:5]],
         "timed_out": run.timed_out, "stopped": run.stopped}
     problems: list[str] = []
     for reason, count in sorted(invalid.items(), key=lambda kv: -kv[1]):
@@ -340,9 +346,10 @@ def measure_keys(service: str, run: Any, slot_of: Callable[[Any], tuple[str | No
                         f"{run.wanted} keys")
     if valid == 0:
         problems.append(f"{service}: no valid answer from {run.url}: nothing measured")
-    elif not low <= hits <= high:
-        line = (f"{service}: canary got {hits} of {valid} keys ({100 * hits / valid:.1f} %), outside the "
-                f"{100 * confidence:g} % interval {100 * low / valid:.1f}..{100 * high / valid:.1f} % "
-                f"around {percent:g} %")
+    elif misplaced:
+        key, got, want = misplaced[0]
+        line = (f"{service}: {len(misplaced)} of {valid} keys reached another slot than the live split "
+                f"({percent:g} %) gives them, e.g. {key} on {got}, split_clients says {want} (canary got "
+                f"{hits} keys, {100 * hits / valid:.1f} %)")
         problems.append(line + (f"; {REALIP_HINT}" if run.key == "client ip" else ""))
     return measured, problems

@@ -72,7 +72,8 @@ def _line(v: dict[str, Any]) -> str:
         line += (f", measured canary {100 * m['share']:.1f} % of {m['valid']} keys by {m['key']} "
                  f"(expected {100 * m['expected_share']:g} %; {100 * m['confidence']:g} % interval "
                  f"{100 * m['interval'][0]:.1f}..{100 * m['interval'][1]:.1f} %; "
-                 f"{m['keys_on_both_slots']} keys on both slots)")
+                 f"{m['keys_on_both_slots']} keys on both slots, {m.get('keys_off_their_slot', 0)} off "
+                 "their slot)")
     elif v["measured"]:
         line += f", measured {_measured(v['measured'])}"
     return line

@@ -244,7 +244,8 @@ class Run:
             if m and m.get("by") == "keys":  # issue 13: a sticky split is measured by keys
                 self.say(f"{svc['service']}: {m['slot']} got {100 * m['share']:.1f} % of {m['valid']} keys "
                          f"by {m['key']} (target {100 * m['expected_share']:.1f} %, "
-                         f"{m['keys_on_both_slots']} keys on both slots)")
+                         f"{m['keys_on_both_slots']} keys on both slots, "
+                         f"{m.get('keys_off_their_slot', 0)} off their slot)")
                 self.report.add("step", f"{svc['service']}: measured {m['slot']} "
                                 f"{100 * m['share']:.1f} % of {m['valid']} keys")
             elif m:

@@ -214,23 +214,48 @@ def _slot_of(answer: Any) -> tuple[str | None, str]:
     return (answer.upstream, "") if answer.status == 200 else (None, f"status {answer.status}")
 
 
+def _where(keys: list[str], percent: float) -> dict[str, list[str | None]]:
+    """Each key answered twice from the slot split_clients gives it at `percent`."""
+    return {k: [sticky.decide(k, percent)] * 2 for k in keys}
+
+
 def test_measure_keys_counts_keys_not_requests() -> None:
-    keys = {f"k{i}": ["canary", "canary"] if i < 100 else ["stable", "stable"] for i in range(1000)}
+    keys = _where([f"k{i}" for i in range(1000)], 10.0)
     measured, problems = sticky.measure_keys("web", _run(keys), _slot_of, 10.0)
     assert problems == []
     assert measured["by"] == "keys" and measured["valid"] == 1000 and measured["requests"] == 2000
-    assert measured["share"] == 0.1 and measured["keys_on_both_slots"] == 0
+    hits = sum(slots[0] == "canary" for slots in keys.values())
+    assert measured["share"] == hits / 1000 and measured["keys_on_both_slots"] == 0
+    assert measured["keys_off_their_slot"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 9999).map(lambda n: n / 100), st.integers(0, 2**32))
+def test_a_right_sticky_split_never_fails_by_chance(percent: float, seed: int) -> None:
+    """Keys are judged one by one against nginx's own decision: fresh random keys, however unlucky
+    their share, never fail a right split (a binomial interval did 1 % of the time)."""
+    import random
+
+    from pipeline_steps.adapters.key_probe import new_keys
+
+    keys = _where(new_keys("cookie", 50, random.Random(seed)), percent)
+    assert sticky.measure_keys("web", _run(keys), _slot_of, percent)[1] == []
 
 
 def test_measure_keys_problems() -> None:
-    keys: dict[str, list[str | None]] = {f"k{i}": ["stable", "stable"] for i in range(1000)}
-    keys["k1"] = ["stable", "canary"]
-    keys["k2"] = ["stable", None]
+    keys = _where([f"k{i}" for i in range(1000)], 10.0)
+    canary = [k for k, slots in keys.items() if slots[0] == "canary"]
+    stable = [k for k, slots in keys.items() if slots[0] == "stable"]
+    keys[stable[0]] = ["stable", "canary"]
+    keys[stable[1]] = ["stable", None]
+    keys[canary[0]] = ["stable", "stable"]  # on stable, where split_clients says canary
     measured, problems = sticky.measure_keys("web", _run(keys), _slot_of, 10.0)
-    assert measured["keys_on_both_slots"] == 1
+    assert measured["keys_on_both_slots"] == 1 and measured["keys_off_their_slot"] == 1
     assert any("1 answers of the keyed probe did not count (status 502)" in p for p in problems)
-    assert any("1 of 1000 keys reached both slots (e.g. k1)" in p for p in problems)
-    assert any("outside the 99 % interval" in p and "set_real_ip_from" not in p for p in problems)
+    assert any(f"1 of 1000 keys reached both slots (e.g. {stable[0]})" in p for p in problems)
+    off = f"reached another slot than the live split (10 %) gives them, e.g. {canary[0]} on stable"
+    assert any(p.startswith("web: 1 of 1000 keys ") and off in p and "set_real_ip_from" not in p
+               for p in problems), problems
     _, by_ip = sticky.measure_keys("web", _run(keys, key="client ip"), _slot_of, 10.0)
     assert any("set_real_ip_from" in p for p in by_ip)
 
