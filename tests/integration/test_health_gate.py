@@ -17,6 +17,7 @@ from pipeline_steps.config import Host
 from pipeline_steps.operations.health_gate import GatePolicy, HealthTarget, check_once, gate
 from testbed.engine import Engine
 from testbed.ports import address, free_port, unique
+from testbed.raw_http import RawServer, read_request
 from testbed.wait import stall, until
 
 FAST = ["--interval", "0.2s", "--timeout", "2s"]
@@ -30,41 +31,6 @@ def _json_records(stdout: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- small raw servers
-
-
-class RawServer:
-    """A one-trick TCP server on the run's address answering every connection with `handler(conn)`."""
-
-    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ADDR, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.handler = handler
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            try:
-                conn.settimeout(2)
-                self.handler(conn)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
 
 
 @pytest.fixture
@@ -81,17 +47,8 @@ def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServ
         s.stop()
 
 
-def _read_request(conn: socket.socket) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            return
-        data += chunk
-
-
 def _reset_mid_body(conn: socket.socket) -> None:
-    _read_request(conn)
+    read_request(conn)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                  + b'{"status":"healthy"' + b" " * 80)
     stall(0.05)  # the partial body on its way before the reset
@@ -99,7 +56,7 @@ def _reset_mid_body(conn: socket.socket) -> None:
 
 
 def _endless_body(conn: socket.socket) -> None:
-    _read_request(conn)
+    read_request(conn)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
     chunk = b"x" * 65536
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from werkzeug import Request, Response
 
 from pipeline_steps.operations.mattermost_notify import STATUSES
 from testbed.ports import address, free_port
+from testbed.raw_http import RawServer, read_request
 from testbed.wait import stall
 
 SECRET_PATH = "/hooks/k7q2x9w4secretkeyz1"
@@ -159,64 +159,27 @@ def test_slow_endpoint_times_out_and_is_not_posted_twice(ps: Any, hook: Any) -> 
     assert len(received) == 1
 
 
-class ClosingHook:
-    """A webhook endpoint that reads each whole post and closes the connection without an answer (a
-    proxy or Mattermost dying mid-request); counts the posts it got."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server((address(), 0))
-        self.sock.settimeout(30)
-        self.posts: list[dict[str, Any]] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{address()}:{self.sock.getsockname()[1]}{SECRET_PATH}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # closed by close(), or 30 s without a connection
-                return
-            with conn:
-                conn.settimeout(10)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                while len(body) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    body += chunk
-                if length and len(body) == length:
-                    self.posts.append(json.loads(body))
-
-    def close(self) -> None:
-        self.sock.close()
-        self.thread.join(timeout=10)
-
-
 def test_a_connection_closed_after_the_post_is_not_posted_twice(ps: Any) -> None:
-    """The post was sent whole before the connection closed: Mattermost may have made it."""
-    hook = ClosingHook()
+    """The post was sent whole before the connection closed: Mattermost may have made it. The endpoint
+    reads each whole post and closes without an answer (a proxy or Mattermost dying mid-request)."""
+    posts: list[dict[str, Any]] = []
+
+    def read_and_close(conn: socket.socket) -> None:
+        got = read_request(conn)
+        if got is not None:
+            posts.append(json.loads(got[1]))
+
+    hook = RawServer(read_and_close)
     try:
         done = ps("--json", "mattermost-notify", "--status", "started", "--attempts", "3", *FAST,
-                  env={"MATTERMOST_WEBHOOK_URL": hook.url})
+                  env={"MATTERMOST_WEBHOOK_URL": f"http://{address()}:{hook.port}{SECRET_PATH}"})
     finally:
-        hook.close()
+        hook.stop()
     assert done.returncode == 0
     assert "connection closed without an answer; not sent again" in done.stderr
     assert json.loads(done.stdout)["attempts"] == 1
-    assert len(hook.posts) == 1  # read whole each time: a second post would have been counted
-    check_format(hook.posts[0])
+    assert len(posts) == 1  # read whole each time: a second post would have been counted
+    check_format(posts[0])
     assert_no_secret(done)
 
 

@@ -15,53 +15,14 @@ from pipeline_steps.adapters.interfaces import EngineError
 from pipeline_steps.config import Host
 
 
-class SlowExitApi:
-    """The low-level API of an engine whose exec inspect lags: `lag` inspects without an exit code."""
+class FakeExecApi:
+    """The low-level exec API of an engine that records each exit code `lag` inspects late and loses the
+    output of the first `lose` execs of each command (no bytes), as an engine under load now and then
+    does. A file read finds `content` (None: no such file); any other command prints `out` and exits
+    `code`."""
 
-    def __init__(self, code: int, lag: int) -> None:
-        self.code, self.lag, self.inspects = code, lag, 0
-
-    def exec_create(self, container: str, cmd: list[str]) -> dict[str, str]:
-        assert container == "c0ffee"
-        return {"Id": "e1"}
-
-    def exec_start(self, exec_id: str, demux: bool) -> bytes:
-        assert not demux
-        return b"out\n"
-
-    def exec_inspect(self, exec_id: str) -> dict[str, Any]:
-        self.inspects += 1
-        if self.inspects <= self.lag:
-            return {"Running": True, "ExitCode": None}
-        return {"Running": False, "ExitCode": self.code}
-
-
-def _host(api: SlowExitApi) -> SdkDockerHost:
-    containers = SimpleNamespace(get=lambda name: SimpleNamespace(id="c0ffee"))
-    client = SimpleNamespace(api=api, containers=containers)
-    return SdkDockerHost(Host(name="local"), client)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("code", [0, 1, 3])
-def test_the_exit_code_is_waited_for_not_taken_as_zero(code: int) -> None:
-    api = SlowExitApi(code, lag=3)
-    assert _host(api).exec("web", ["test", "-f", "/x"]) == (code, "out\n")
-    assert api.inspects == 4
-
-
-def test_an_exit_code_that_never_comes_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(docker_sdk, "EXEC_EXIT_WAIT", 0.05)
-    with pytest.raises(EngineError, match="test in container web: no exit code"):
-        _host(SlowExitApi(0, lag=10**9)).exec("web", ["test", "-f", "/x"])
-
-
-class LossyApi:
-    """An engine that loses the output of the first `lose` execs of each command (no bytes), as an engine
-    under load now and then does, and records each exit code `lag` inspects late; the file holds
-    `content`, or is missing."""
-
-    def __init__(self, content: bytes | None, lose: int, lag: int = 0) -> None:
-        self.content, self.lose, self.lag = content, lose, lag
+    def __init__(self, content: bytes | None = b"", lose: int = 0, lag: int = 0, code: int = 0) -> None:
+        self.content, self.lose, self.lag, self.code = content, lose, lag, code
         self.calls: dict[str, int] = {}
         self.execs: dict[str, tuple[list[str], int]] = {}
         self.inspects: dict[str, int] = {}
@@ -69,12 +30,15 @@ class LossyApi:
     def exec_create(self, container: str, cmd: list[str]) -> dict[str, str]:
         assert container == "c0ffee"
         exec_id = f"e{len(self.execs)}"
-        self.execs[exec_id] = (cmd, 0)
+        self.execs[exec_id] = (cmd, 0 if cmd[0] in ("stat", "tail") else self.code)
         return {"Id": exec_id}
 
-    def exec_start(self, exec_id: str, demux: bool) -> tuple[bytes | None, bytes | None]:
-        assert demux
+    def exec_start(self, exec_id: str, demux: bool) -> Any:
         argv = self.execs[exec_id][0]
+        if argv[0] not in ("stat", "tail"):
+            assert not demux
+            return b"out\n"
+        assert demux
         n = self.calls[argv[0]] = self.calls.get(argv[0], 0) + 1
         if self.content is None:
             self.execs[exec_id] = (argv, 1)
@@ -93,16 +57,29 @@ class LossyApi:
         return {"Running": False, "ExitCode": self.execs[exec_id][1]}
 
 
-def _lossy_host(api: LossyApi) -> SdkDockerHost:
+def _host(api: FakeExecApi) -> SdkDockerHost:
     containers = SimpleNamespace(get=lambda name: SimpleNamespace(id="c0ffee"))
     client = SimpleNamespace(api=api, containers=containers)
     return SdkDockerHost(Host(name="local"), client)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("code", [0, 1, 3])
+def test_the_exit_code_is_waited_for_not_taken_as_zero(code: int) -> None:
+    api = FakeExecApi(code=code, lag=3)
+    assert _host(api).exec("web", ["test", "-f", "/x"]) == (code, "out\n")
+    assert api.inspects == {"e0": 4}
+
+
+def test_an_exit_code_that_never_comes_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_sdk, "EXEC_EXIT_WAIT", 0.05)
+    with pytest.raises(EngineError, match="test in container web: no exit code"):
+        _host(FakeExecApi(lag=10**9)).exec("web", ["test", "-f", "/x"])
+
+
 @pytest.mark.parametrize("offset", [0, 4])
 def test_a_file_read_whose_output_the_engine_lost_is_asked_again(offset: int) -> None:
-    api = LossyApi(b"one\ntwo\n", lose=2)
-    found = _lossy_host(api).read_file("web", "/var/log/x.log", offset)
+    api = FakeExecApi(b"one\ntwo\n", lose=2)
+    found = _host(api).read_file("web", "/var/log/x.log", offset)
     assert found is not None and (found.ident, found.size) == ("52:77", 8)
     assert found.data == b"one\ntwo\n"[offset:]
     assert api.calls == {"stat": 3, "tail": 3}
@@ -111,22 +88,22 @@ def test_a_file_read_whose_output_the_engine_lost_is_asked_again(offset: int) ->
 def test_output_lost_three_times_gives_what_came_and_the_reader_reads_it_later() -> None:
     """After 3 tries the short read is returned as it is (a log reader goes on from offset + what it got);
     it is never an error."""
-    lossy = LossyApi(b"one\ntwo\n", lose=3)
+    lossy = FakeExecApi(b"one\ntwo\n", lose=3)
     lossy.calls["stat"] = 3  # stat answers; every tail comes back empty
-    short = _lossy_host(lossy).read_file("web", "/var/log/x.log", 0)
+    short = _host(lossy).read_file("web", "/var/log/x.log", 0)
     assert short is not None and (short.size, short.data) == (8, b"") and lossy.calls["tail"] == 3
 
 
 def test_a_missing_file_whose_exit_code_comes_late_is_none_not_an_empty_success() -> None:
     """stat's exit code 1 is recorded a few inspects after its output: read as 0, the read would have
     been retried and then failed on stat's empty answer instead of saying "no such file"."""
-    api = LossyApi(None, lose=0, lag=3)
-    assert _lossy_host(api).read_file("web", "/var/log/gone.log", 0) is None
+    api = FakeExecApi(None, lose=0, lag=3)
+    assert _host(api).read_file("web", "/var/log/gone.log", 0) is None
     assert api.calls == {"stat": 1}
 
 
 def test_a_file_read_waits_for_each_exit_code() -> None:
-    api = LossyApi(b"line\n", lose=0, lag=2)
-    found = _lossy_host(api).read_file("web", "/var/log/x.log", 0)
+    api = FakeExecApi(b"line\n", lose=0, lag=2)
+    found = _host(api).read_file("web", "/var/log/x.log", 0)
     assert found is not None and found.data == b"line\n"
     assert api.calls == {"stat": 1, "tail": 1} and set(api.inspects.values()) == {3}
