@@ -8,10 +8,12 @@ Figures: deliveries per second, time to the 200 (median of the runs' medians, wo
 100 deliveries against its RSS after all of them (no growth per delivery). Then the burst case: 100
 connections each sending one delivery at the same moment to an idle receiver (bench/burst.c), repeated
 (`--bursts`, the receiver drained between them): time to the 200 (median, p99) over all of them.
-Baseline in the same run: a bare waitress app answering 200 (no store, no parsing) with the same server
-settings and as many processes on one socket, behind the same clients. Goal: 0 resets, p99 < 50 ms for
-the burst, RSS within 10 %. Measured for each `--workers` count (default 1 and 2: `serve --workers N`,
-N receiving processes and one acting process; CPU and RSS are the whole process tree's).
+Baselines in the same run, as many processes on one socket, behind the same clients: a bare uvicorn app
+answering 200 (no store, no parsing) with the receiver's server settings (the floor of its server), and a
+bare waitress app with 16 threads (the server the receiver had before, at its floor). Goal: 0 resets,
+p99 < 50 ms for the burst, RSS within 10 %. Measured for each `--workers` count (default 1 and 2:
+`serve --workers N`, N receiving processes and one acting process; CPU and RSS are the whole process
+tree's).
 
 The clients are C (wrk, installed with apt-get when missing; burst.c, compiled with cc): on a 2-core
 machine a Python client competes with the server for the CPU and inflates its latencies.
@@ -47,7 +49,7 @@ TOKEN = "bench-webhook-token-0123456789"
 P99_GOAL_MS = 50.0
 RSS_GOAL = 0.10
 TIMEOUT = 10.0
-THREADS = 16  # = ReceiverSettings.threads: the bare app gets the same waitress settings
+THREADS = 16  # the threads the receiver's waitress had (its previous server: the second baseline)
 WRK_THREADS = 2
 HERE = Path(__file__).resolve().parent
 
@@ -67,6 +69,29 @@ for _ in range(int(sys.argv[4]) - 1):  # as many processes on the one socket as 
         break
 create_server(app, sockets=[sock], threads=int(sys.argv[3]), backlog=1024, connection_limit=256,
               channel_timeout=30, asyncore_use_poll=True).run()
+"""
+BARE_UVICORN = """
+import os, socket, sys
+import uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    message = await receive()
+    while message.get("more_body"):
+        message = await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind((sys.argv[2], int(sys.argv[1])))
+sock.listen(1024)
+for _ in range(int(sys.argv[3]) - 1):
+    if os.fork() == 0:
+        break
+uvicorn.Server(uvicorn.Config(app, interface="asgi3", http="httptools", loop="auto", lifespan="off",
+                              log_config=None, access_log=False, limit_concurrency=1024,
+                              timeout_keep_alive=30)).run(sockets=[sock])
 """
 
 
@@ -285,20 +310,28 @@ def stop(proc: subprocess.Popen[bytes], group: bool = False) -> None:
         proc.wait(timeout=5)
 
 
+def bare_baseline(program: list[str], env: dict[str, str], wrk: str, client: str, secs: int, conc: int,
+                  rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A bare app (`python -c PROGRAM PORT ADDRESS ARGS...`): its closed-loop and burst figures."""
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", program[0], str(port), address(), *program[1:]], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_port(port, timeout=15), "the bare baseline app did not listen"
+        loop = merged([closed_loop(wrk, port, bare.pid, secs, conc) for _ in range(2)])
+        return loop, summary(bursts(client, port, 0, rounds, conc, drain=False), rounds * conc)
+    finally:
+        stop(bare, group=True)
+
+
 def measure(workers: int, wrk: str, client: str, tmp: str, jenkins_port: int, n: int, conc: int, secs: int,
             rounds: int) -> dict[str, Any]:
     """The bare baseline and the receiver, each with `workers` processes on the socket: their figures."""
     env = {**os.environ, "WEBHOOK_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
-    base_port = free_port()
-    bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(base_port), address(), str(THREADS),
-                             str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        assert wait_port(base_port, timeout=15), "bare waitress did not listen"
-        baseline = merged([closed_loop(wrk, base_port, bare.pid, secs, conc) for _ in range(2)])
-        baseline_burst = summary(bursts(client, base_port, 0, rounds, conc, drain=False), rounds * conc)
-    finally:
-        stop(bare, group=True)
+    base_uvicorn = bare_baseline([BARE_UVICORN, str(workers)], env, wrk, client, secs, conc, rounds)
+    base_waitress = bare_baseline([BARE_APP, str(THREADS), str(workers)], env, wrk, client, secs, conc,
+                                  rounds)
+    baseline, baseline_burst = base_uvicorn
 
     port = free_port()
     state = f"{tmp}/w{workers}"
@@ -345,10 +378,13 @@ def measure(workers: int, wrk: str, client: str, tmp: str, jenkins_port: int, n:
         "receiver": measured,
         "jenkins_triggers": triggers,
         "receiver_not_acting": ignored,
-        "baseline_bare_waitress": {**baseline, "processes": workers},
+        "baseline_bare_uvicorn": {**baseline, "processes": workers},
+        "baseline_bare_waitress_16_threads": {**base_waitress[0], "processes": workers},
         f"burst_{conc}_at_once_x{rounds}": at_once_run,
-        f"baseline_burst_{conc}_at_once_x{rounds}": baseline_burst,
+        f"baseline_uvicorn_burst_{conc}_at_once_x{rounds}": baseline_burst,
+        f"baseline_waitress_burst_{conc}_at_once_x{rounds}": base_waitress[1],
         "burst_p99_ratio": round(at_once_run["p99_ms"] / baseline_burst["p99_ms"], 2),
+        "burst_p99_ratio_to_bare_waitress": round(at_once_run["p99_ms"] / base_waitress[1]["p99_ms"], 2),
         "per_second_ratio": round(measured["per_second"] / baseline["per_second"], 3),
         "errors_or_resets": errors,
         "healthz_under_load_ms": {

@@ -27,7 +27,7 @@ from pipeline_steps.webhook.store import RETRIABLE_BY_HAND, DeliveryStore, defau
 if TYPE_CHECKING:
     from pipeline_steps.webhook.server import ReceiverSettings
 
-MIN_TOKEN_LENGTH = 16  # = server.MIN_TOKEN_LENGTH (not imported: the server module pulls in waitress)
+MIN_TOKEN_LENGTH = 16  # = server.MIN_TOKEN_LENGTH (not imported: the server module pulls in uvicorn)
 
 ACTIONS = ("jenkins", "gitlab", "local")
 MAX_WORKERS = 16
@@ -164,7 +164,7 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
                 f"and {settings.action_description}")
         report(out, "webhook-serve", {**settings.__dict__, "dry_run": True})
         return
-    cap_malloc_arenas()  # before the request threads start: a flat RSS with many of them
+    cap_malloc_arenas()  # before the store's, worker's and action's threads start: a flatter RSS
     receiver = ReceiverSettings(token=token, branches=tuple(branches), coalesce=coalesce, attempts=attempts,
                                 retry_wait=retry_wait, retry_max_wait=retry_max_wait, workers=workers)
     if workers > 1:
@@ -184,7 +184,7 @@ def serve(out: Output, host: str, port: int, token_env: str, branches: tuple[str
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever()  # returns on SIGINT/SIGTERM (waitress ends its loop on KeyboardInterrupt)
+        server.serve_forever()  # on SIGINT/SIGTERM uvicorn stops, then raises it again: KeyboardInterrupt
     except KeyboardInterrupt:
         pass
     finally:

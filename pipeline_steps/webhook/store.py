@@ -104,6 +104,10 @@ _INSERT_IDS = ("INSERT OR IGNORE INTO delivery_ids (id, key, at) SELECT json_ext
                "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?) ORDER BY key")
 
 
+# what `record` takes: the delivery, its ids, the ids recorded and those looked up within MERGE_WINDOW
+Recording = tuple[Delivery, Iterable[str], Iterable[str], Iterable[str]]
+
+
 @dataclass
 class _Pending:
     """A `record` call waiting for its group commit."""
@@ -224,6 +228,25 @@ class DeliveryStore:
             raise request.error
         return request.found
 
+    def record_many(self, recordings: Iterable[Recording]) -> list[str | None]:
+        """`record` for each of `recordings` (in order), in one transaction: one fsync for all of them.
+        An error (a disk full) is raised for all of them: none was recorded."""
+        batch = [_Pending(delivery, [delivery.key, *ids], list(cross), list(lookup))
+                 for delivery, ids, cross, lookup in recordings]
+        with self._writing():
+            self._transaction(batch)
+        return [item.found for item in batch]
+
+    def _transaction(self, batch: list[_Pending]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._record_batch(batch)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.group_commits += 1
+
     def _commit_queued(self) -> None:
         """One transaction for every `record` call queued by the time the writer connection is ours;
         then each of them is woken, and the oldest call queued meanwhile commits the next batch."""
@@ -232,14 +255,7 @@ class DeliveryStore:
             with self._writing():
                 with self._queued:
                     batch, self._queue = self._queue, []
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._record_batch(batch)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self.group_commits += 1
+                self._transaction(batch)
         except BaseException as exc:  # every caller of the batch gets it (a disk full: each answers 503)
             for item in batch:
                 item.error = exc

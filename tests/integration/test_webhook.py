@@ -1,4 +1,4 @@
-"""`ps webhook serve` over real HTTP (waitress): in-process on a free port, and as a real `ps` subprocess.
+"""`ps webhook serve` over real HTTP (uvicorn): in-process on a free port, and as a real `ps` subprocess.
 
 Jenkins is a local pytest-httpserver endpoint (FakeJenkins: trigger, queue and builds API); GitLab is
 python-gitlab against `responses`.
@@ -239,6 +239,62 @@ def test_oversize_body_is_413_and_not_read(serve: Callable[..., WebhookServer]) 
     at_limit = padded_json("note", MAX_BODY)
     assert len(at_limit) == MAX_BODY
     assert post(server.url, body=at_limit).json()["status"] == "ignored"
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_not_recorded(serve: Callable[..., WebhookServer]) -> None:
+    """No Content-Length to refuse early: the body is counted as it comes and refused past the limit."""
+    server = serve(Recorder())
+
+    def chunks(total: int) -> Iterator[bytes]:
+        body = padded_json("push", total)
+        for at in range(0, len(body), 64 * 1024):
+            yield body[at:at + 64 * 1024]
+
+    try:
+        answer = requests.post(server.url, data=chunks(MAX_BODY + 1), timeout=5,
+                               headers={"Content-Type": "application/json", "X-Gitlab-Token": TOKEN})
+        assert answer.status_code == 413
+    except requests.ConnectionError:
+        pass  # closed before the client finished sending: refused all the same
+    assert deliveries(server) == []
+    answer = requests.post(server.url, data=chunks(MAX_BODY), timeout=5,
+                           headers={"Content-Type": "application/json", "X-Gitlab-Token": TOKEN})
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored"  # read whole, then judged
+
+
+def test_a_request_head_over_64_kib_is_431_and_closed(serve: Callable[..., WebhookServer]) -> None:
+    server = serve(Recorder())
+    with socket.create_connection((address(), server.port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Gitlab-Token: " + TOKEN.encode() + b"\r\n")
+        got = b""
+        try:
+            for n in range(100):  # 100 headers of 1 KiB each, never the blank line that ends the head
+                sock.sendall(f"X-Pad-{n}: ".encode() + b"p" * 1024 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            while chunk := sock.recv(4096):
+                got += chunk
+        except ConnectionResetError:
+            pass
+    assert got.startswith(b"HTTP/1.1 431"), got[:80]
+    # a head just under the limit is served
+    pad = {f"X-Pad-{n}": "p" * 1000 for n in range(60)}
+    assert post(server.url, push_payload(), uuid="big-head", headers=pad).json()["status"] == "accepted"
+    assert [d["key"] for d in deliveries(server)] == ["big-head"]
+
+
+def test_a_connection_over_the_limit_is_answered_503_and_the_others_are_served(
+        serve: Callable[..., WebhookServer]) -> None:
+    server = serve(Recorder(), connection_limit=3)
+    idle = [socket.create_connection((address(), server.port), timeout=5) for _ in range(3)]
+    try:
+        assert wait_for(lambda: post(server.url, push_payload(), uuid="over").status_code == 503)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert wait_for(lambda: post(server.url, push_payload(), uuid="under").status_code == 200)
+    assert [d["key"] for d in deliveries(server)] == ["under"]
 
 
 def test_pending_delivery_survives_a_restart_and_runs_exactly_once(
