@@ -249,9 +249,11 @@ class WebhookServer:
     # ------------------------------------------------------------ working
 
     def run_pending(self) -> int:
-        """Run every waiting delivery now (in this thread); returns how many ran."""
+        """Run every waiting delivery now (in this thread), each claimed once the deliveries arriving
+        meanwhile have settled (see _settle); returns how many ran."""
         ran = 0
         while not self._stop.is_set():
+            self._settle()
             delivery = self.store.claim_next(coalesce=self.settings.coalesce)
             if delivery is None:
                 return ran
@@ -280,7 +282,6 @@ class WebhookServer:
             self._run(delivery, resumed=True)
         while not self._stop.is_set():
             self._wake.clear()
-            self._settle()
             if self.run_pending() == 0:
                 with self._idle:
                     self._idle_rounds += 1  # a round that found nothing to do (wait_idle counts them)
@@ -289,14 +290,16 @@ class WebhookServer:
 
     def _settle(self) -> None:
         """Let a burst of deliveries be recorded before acting on it (at most SETTLE_MAX): the action's
-        store writes and HTTP calls would compete with the receiving threads, and coalescing then starts
-        the burst's newest push of a branch once instead of its first one and then the newest."""
+        store writes and HTTP calls would compete with the receiving path for the writer and the GIL, and
+        coalescing then starts the burst's newest push of a branch once instead of its first one and then
+        the newest. Before each claim, not only the first: under a flood of pushes the worker acts about
+        every SETTLE_MAX, on the newest, instead of back to back."""
         deadline = time.monotonic() + SETTLE_MAX
-        seen = self.store.group_commits + self._notified
+        seen = self.store.transactions + self._notified
         while time.monotonic() < deadline and not self._stop.wait(SETTLE_QUIET):
-            if self.store.group_commits + self._notified == seen:
+            if self.store.transactions + self._notified == seen:
                 return
-            seen = self.store.group_commits + self._notified
+            seen = self.store.transactions + self._notified
 
     def watch(self, fd: int) -> None:
         """Wake the worker for every byte read from `fd` (the receiving processes write one per accepted

@@ -14,13 +14,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -110,17 +109,13 @@ Recording = tuple[Delivery, Iterable[str], Iterable[str], Iterable[str]]
 
 @dataclass
 class _Pending:
-    """A `record` call waiting for its group commit."""
+    """A delivery of a transaction being written, and the key it repeats (None: new)."""
 
     delivery: Delivery
     ids: list[str]
     cross_ids: list[str]
     cross_lookup: list[str]
     found: str | None = None
-    error: BaseException | None = None
-    done: bool = False
-    # put() wakes the caller, get() waits (C-level, no Condition per request as threading.Event has)
-    wake: queue.SimpleQueue[None] = field(default_factory=queue.SimpleQueue)
 
 
 @contextmanager
@@ -147,10 +142,7 @@ class DeliveryStore:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._queued = threading.Lock()  # guards _queue and _committing (a commit under way)
-        self._queue: list[_Pending] = []
-        self._committing = False
-        self.group_commits = 0  # transactions `record` made (deliveries per fsync = records / this)
+        self.transactions = 0  # those `record_many` made (deliveries per fsync = deliveries / this)
         with _private_umask():
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                        timeout=10)
@@ -209,65 +201,24 @@ class DeliveryStore:
         `ids` identify this delivery forever (keys, UUID, body hash); `cross_ids` are recorded for it and
         `cross_lookup` are looked up only within MERGE_WINDOW (a merge event and its merge commit's push).
         Returns None when recorded, else the key of the delivery it duplicates (its ids are added to it).
-
-        Group commit: callers arriving while another commit is being fsync'd are written together in the
-        next transaction (one fsync for all of them); each call returns as soon as its own transaction is
-        durable (woken by its committer, not queued behind the next commit). A batch holds at most one call
-        per thread (each waits for its own).
         """
-        request = _Pending(delivery, [delivery.key, *ids], list(cross_ids), list(cross_lookup))
-        with self._queued:
-            self._queue.append(request)
-            lead = not self._committing
-            self._committing = True
-        if not lead:
-            request.wake.get()  # put once our transaction is durable, or when we are to commit next
-        while not request.done:
-            self._commit_queued()
-        if request.error is not None:
-            raise request.error
-        return request.found
+        return self.record_many([(delivery, ids, cross_ids, cross_lookup)])[0]
 
     def record_many(self, recordings: Iterable[Recording]) -> list[str | None]:
-        """`record` for each of `recordings` (in order), in one transaction: one fsync for all of them.
-        An error (a disk full) is raised for all of them: none was recorded."""
+        """`record` for each of `recordings` (in order), in one transaction: one fsync for all of them (the
+        receiver's group commit, commits.py). An error (a disk full) is raised for all: none was recorded."""
         batch = [_Pending(delivery, [delivery.key, *ids], list(cross), list(lookup))
                  for delivery, ids, cross, lookup in recordings]
         with self._writing():
-            self._transaction(batch)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._record_batch(batch)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self.transactions += 1
         return [item.found for item in batch]
-
-    def _transaction(self, batch: list[_Pending]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._record_batch(batch)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self.group_commits += 1
-
-    def _commit_queued(self) -> None:
-        """One transaction for every `record` call queued by the time the writer connection is ours;
-        then each of them is woken, and the oldest call queued meanwhile commits the next batch."""
-        batch: list[_Pending] = []
-        try:
-            with self._writing():
-                with self._queued:
-                    batch, self._queue = self._queue, []
-                self._transaction(batch)
-        except BaseException as exc:  # every caller of the batch gets it (a disk full: each answers 503)
-            for item in batch:
-                item.error = exc
-        finally:
-            for item in batch:
-                item.done = True
-                item.wake.put(None)
-            with self._queued:
-                if self._queue:
-                    self._queue[0].wake.put(None)
-                else:
-                    self._committing = False
 
     def _record_batch(self, batch: list[_Pending]) -> None:
         """Four statements however many deliveries the batch holds (each SQLite call hands the GIL over

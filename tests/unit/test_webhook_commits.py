@@ -51,7 +51,8 @@ def test_requests_arriving_during_a_commit_share_the_next_and_each_gets_its_own_
         rest = [asyncio.ensure_future(commits.record(
             (make(f"k{n}"), ["uuid-0" if n == 5 else "uuid-78" if n in (7, 8) else f"uuid-{n}"], [], [])))
             for n in range(1, 21)]
-        await asyncio.sleep(0.05)
+        while len(commits._queue) < 20:
+            await asyncio.sleep(0)  # a turn of the loop, until the 20 have queued behind k0's transaction
         store.release.set()
         return await asyncio.gather(first, *rest)
 

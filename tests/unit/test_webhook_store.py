@@ -19,7 +19,6 @@ from pipeline_steps.webhook.store import (
     Delivery,
     DeliveryStore,
 )
-from testbed.wait import until
 
 
 def make(key: str, at: float = 1.0, status: str = PENDING) -> Delivery:
@@ -117,27 +116,14 @@ def test_any_known_id_makes_a_duplicate_and_adds_its_ids(tmp_path: Path) -> None
 
 
 def test_one_group_commit_dedups_within_its_batch_too(tmp_path: Path) -> None:
-
+    """The receiver's group commit (commits.py) hands the store a batch: one transaction, decided in order."""
     store = DeliveryStore(tmp_path / "d.sqlite3")
     assert store.record(make("old"), ["body:old"]) is None
     calls = [("a", ["uuid:a", "body:1"]), ("b", ["uuid:b", "body:1"]), ("c", ["uuid:b", "body:2"]),
              ("d", ["body:old"]), ("e", ["body:3"]), ("a", ["body:4"])]
-    found: dict[int, str | None] = {}
-
-    def record(n: int, key: str, ids: list[str]) -> None:
-        found[n] = store.record(make(key), ids)
-
-    commits = store.group_commits
-    threads = []
-    with store._lock:  # every call queues behind this one, in this order: they share the next transaction
-        for n, (key, ids) in enumerate(calls):
-            threads.append(threading.Thread(target=record, args=(n, key, ids)))
-            threads[-1].start()
-            until(lambda n=n: len(store._queue) > n, timeout=10, interval=0.005)
-            assert len(store._queue) == n + 1
-    for t in threads:
-        t.join(10)
-    assert store.group_commits == commits + 1
+    commits = store.transactions
+    found = dict(enumerate(store.record_many([(make(key), ids, [], []) for key, ids in calls])))
+    assert store.transactions == commits + 1
     assert found == {0: None, 1: "a", 2: "a", 3: "old", 4: None, 5: "a"}  # c: b's UUID, learnt just now
     assert sorted(d.key for d in store.recent()) == ["a", "e", "old"]
 
