@@ -48,10 +48,13 @@ class _Protocol(HttpToolsProtocol):
     head_bytes = 0
     in_head = False
 
-    def data_received(self, data: bytes) -> None:
+    def _begin(self) -> None:
         if self.request_began is None:
             self.request_began = time.monotonic()
             self.in_head, self.head_bytes = True, 0
+
+    def data_received(self, data: bytes) -> None:
+        self._begin()
         if self.in_head:
             self.head_bytes += len(data)
         super().data_received(data)
@@ -60,9 +63,7 @@ class _Protocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_message_begin(self) -> None:
-        if self.request_began is None:  # a pipelined request, begun inside the previous one's data
-            self.request_began = time.monotonic()
-            self.in_head, self.head_bytes = True, 0
+        self._begin()  # a pipelined request begins inside the previous one's data
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
@@ -104,6 +105,7 @@ def make_server(app: App, *, connection_limit: int, idle_timeout: float, request
                 shutdown_wait: float, log: Log) -> _Server:
     """A uvicorn server for `app`; `.run(sockets=[sock])` serves a socket of prefork.listen_socket()."""
     errors = logging.getLogger("uvicorn.error")
+    # uvicorn's logger is one per process: the server made last logs its lines (one per process in use)
     errors.handlers[:] = [_LogHandler(log)]
     errors.propagate = False
     config = Config(app, http=_Protocol, loop="auto", interface="asgi3", lifespan="off", log_config=None,

@@ -36,7 +36,7 @@ from pipeline_steps.secrets import mask
 from pipeline_steps.webhook.actions import Action
 from pipeline_steps.webhook.attempts import run_delivery
 from pipeline_steps.webhook.commits import GroupCommit
-from pipeline_steps.webhook.httpd import Receive, Scope, Send, json_answer, make_server
+from pipeline_steps.webhook.httpd import Log, Receive, Scope, Send, json_answer, make_server
 from pipeline_steps.webhook.prefork import listen_socket
 from pipeline_steps.webhook.store import (
     DEAD,
@@ -66,11 +66,10 @@ from pipeline_steps.webhook.validate import (
     token_matches,
 )
 
-# A thread back from SQLite or a socket waits for the GIL up to this long while another thread (the event
-# loop) computes: 5 ms by default, paid several times per delivery. The serving process uses less.
+# A thread back from SQLite or a socket (the commit thread, the worker) waits for the GIL up to this long
+# while the event loop computes: 5 ms by default, paid per transaction. The serving process uses less.
 SWITCH_INTERVAL = 0.0005
 SETTLE_QUIET, SETTLE_MAX = 0.02, 0.5  # the worker acts once no delivery was recorded for SETTLE_QUIET s
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
